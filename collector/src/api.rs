@@ -1,0 +1,376 @@
+//! The HTTP API of DESIGN.md (`/api/v1/*`, `/metrics`, `/healthz`, `/readyz`, `/`), as an axum
+//! router over the [`Hub`].
+//!
+//! Handlers return `Result<_, ApiError>`: a client's mistake gets 400 with a message that names the
+//! parameter, an unknown workload or revision 404, a collector that is not ready 503, and an
+//! internal failure is logged and answered with a plain JSON body.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use futures_util::Stream;
+use meshlens_model::api::{ErrorBody, ErrorDetail, WorkloadRow, WorkloadsBody};
+use meshlens_model::graph::{DiffBody, GraphSnapshot, NodeKind, RevisionsBody, View};
+use meshlens_model::hist::Merger;
+use meshlens_model::time::{parse_duration, parse_rfc3339_ms};
+use parking_lot::Mutex;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::engine::unix_now;
+use crate::hub::Hub;
+use crate::store::StoredRevision;
+use crate::views;
+use crate::window::{MAX_WINDOW_SECS, MIN_WINDOW_SECS};
+
+/// An API failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A query parameter is wrong.
+    #[error("{0}")]
+    BadParameter(String),
+    /// Nothing by that name or number.
+    #[error("{0}")]
+    NotFound(String),
+    /// The collector is starting.
+    #[error("collector is not ready yet")]
+    NotReady,
+    /// Something broke inside.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::BadParameter(_) => (StatusCode::BAD_REQUEST, "bad_parameter"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "API request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message: self.to_string() } };
+        (status, Json(body)).into_response()
+    }
+}
+
+fn bad(name: &str, detail: impl std::fmt::Display) -> ApiError {
+    ApiError::BadParameter(format!("parameter {name}: {detail}"))
+}
+
+/// Where `at=` points.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum At {
+    Revision(u64),
+    Time(i64),
+}
+
+#[derive(Debug, Default)]
+struct Params {
+    view: Option<View>,
+    window: Option<u64>,
+    namespaces: Vec<String>,
+    at: Option<At>,
+    numbers: Vec<(String, u64)>,
+}
+
+impl Params {
+    fn number(&self, name: &str) -> Option<u64> {
+        self.numbers.iter().find(|(n, _)| n == name).map(|&(_, v)| v)
+    }
+}
+
+fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Params, ApiError> {
+    let mut p = Params::default();
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        if !allowed.contains(&key.as_ref()) {
+            return Err(bad(&key, format!("unknown parameter; this endpoint takes {}", allowed.join(", "))));
+        }
+        match key.as_ref() {
+            "view" => p.view = Some(value.parse::<View>().map_err(|e| bad("view", e))?),
+            "window" => {
+                let d = parse_duration(&value).map_err(|e| bad("window", e))?;
+                let secs = d.as_secs();
+                if !(MIN_WINDOW_SECS..=MAX_WINDOW_SECS).contains(&secs) {
+                    return Err(bad("window", format!("{value:?} is outside 10s..1h")));
+                }
+                p.window = Some(secs);
+            }
+            "namespace" => {
+                if value.is_empty() {
+                    return Err(bad("namespace", "must not be empty"));
+                }
+                p.namespaces.push(value.into_owned());
+            }
+            "at" => {
+                p.at = Some(match value.parse::<u64>() {
+                    Ok(n) => At::Revision(n),
+                    Err(_) => At::Time(parse_rfc3339_ms(&value).map_err(|e| bad("at", e))?),
+                });
+            }
+            name => {
+                let n =
+                    value.parse::<u64>().map_err(|_| bad(name, format!("{value:?} is not a non-negative integer")))?;
+                p.numbers.push((name.to_owned(), n));
+            }
+        }
+    }
+    Ok(p)
+}
+
+type ApiState = State<Arc<Api>>;
+
+/// The API's state: the hub and a cache of serialized latest snapshots.
+pub struct Api {
+    hub: Arc<Hub>,
+    cache: Mutex<Option<(u64, View, Bytes)>>,
+}
+
+fn ready(hub: &Hub) -> Result<(), ApiError> {
+    if hub.is_ready() { Ok(()) } else { Err(ApiError::NotReady) }
+}
+
+fn stored(hub: &Hub, at: At) -> Result<Arc<StoredRevision>, ApiError> {
+    let n = match at {
+        At::Revision(n) => n,
+        At::Time(t) => hub.revision_at_time(t).ok_or_else(|| {
+            ApiError::NotFound(format!("no revision at or before {}", meshlens_model::time::format_rfc3339_ms(t)))
+        })?,
+    };
+    if let Some(latest) = hub.latest().filter(|l| l.revision == n) {
+        return Ok(latest);
+    }
+    match hub.store.revision(n) {
+        Ok(Some(r)) => Ok(Arc::new(r)),
+        Ok(None) => Err(ApiError::NotFound(format!("revision {n} is not stored (oldest kept: {})", hub.oldest()))),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+fn view_of(rev: &StoredRevision, view: View) -> Result<GraphSnapshot, ApiError> {
+    let i = View::ALL.iter().position(|&v| v == view).unwrap_or(0);
+    rev.views.get(i).cloned().ok_or_else(|| ApiError::Internal(format!("revision {} lacks view {view}", rev.revision)))
+}
+
+/// The snapshot a read asks for: a stored revision, the latest, or computed live for another window.
+fn resolve(hub: &Hub, p: &Params) -> Result<GraphSnapshot, ApiError> {
+    let view = p.view.unwrap_or_default();
+    let mut g = if let Some(at) = p.at {
+        let rev = stored(hub, at)?;
+        if let Some(w) = p.window.filter(|&w| w != rev.window_seconds) {
+            return Err(bad(
+                "window",
+                format!(
+                    "revision {} was published with a {}s window; a past revision cannot be read with another window ({w}s)",
+                    rev.revision, rev.window_seconds
+                ),
+            ));
+        }
+        view_of(&rev, view)?
+    } else {
+        let window = p.window.unwrap_or(hub.window_secs);
+        match hub.latest() {
+            Some(rev) if window == rev.window_seconds => view_of(&rev, view)?,
+            latest => {
+                let mut merger = Merger::default();
+                let engine = hub.engine.lock();
+                let mut g = views::snapshot(&engine, view, window, unix_now(), &mut merger);
+                g.revision = latest.map(|r| r.revision).unwrap_or(0);
+                g
+            }
+        }
+    };
+    g.retain_namespaces(&p.namespaces);
+    Ok(g)
+}
+
+async fn graph(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    ready(&api.hub)?;
+    let p = parse(q.as_deref(), &["view", "window", "namespace", "at"])?;
+    // The common read — the latest revision, whole mesh — is served from cached bytes.
+    if p.at.is_none()
+        && p.namespaces.is_empty()
+        && p.window.is_none_or(|w| w == api.hub.window_secs)
+        && let Some(rev) = api.hub.latest()
+    {
+        let view = p.view.unwrap_or_default();
+        let mut cache = api.cache.lock();
+        let hit = cache.as_ref().filter(|(r, v, _)| *r == rev.revision && *v == view).map(|(_, _, b)| b.clone());
+        let body = match hit {
+            Some(b) => b,
+            None => {
+                let b = Bytes::from(
+                    serde_json::to_vec(&view_of(&rev, view)?).map_err(|e| ApiError::Internal(e.to_string()))?,
+                );
+                *cache = Some((rev.revision, view, b.clone()));
+                b
+            }
+        };
+        return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+    }
+    Ok(Json(resolve(&api.hub, &p)?).into_response())
+}
+
+async fn revisions(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<RevisionsBody>, ApiError> {
+    ready(&api.hub)?;
+    let p = parse(q.as_deref(), &["since", "limit"])?;
+    let since = p.number("since").unwrap_or(0);
+    let limit = p.number("limit").unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(bad("limit", "must be between 1 and 10000"));
+    }
+    let list = api.hub.store.revisions_after(since, limit as usize).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let latest = api.hub.latest().map(|r| r.revision).unwrap_or(0);
+    Ok(Json(RevisionsBody { latest, oldest: api.hub.oldest(), revisions: list }))
+}
+
+async fn diff(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<DiffBody>, ApiError> {
+    ready(&api.hub)?;
+    let p = parse(q.as_deref(), &["from", "to", "view"])?;
+    let from = p.number("from").ok_or_else(|| bad("from", "is required (a revision number)"))?;
+    let to = match p.number("to") {
+        Some(t) => t,
+        None => api
+            .hub
+            .latest()
+            .map(|r| r.revision)
+            .ok_or_else(|| ApiError::NotFound("no revision published yet".into()))?,
+    };
+    let view = p.view.unwrap_or_default();
+    let a = view_of(&*stored(&api.hub, At::Revision(from))?, view)?;
+    let b = view_of(&*stored(&api.hub, At::Revision(to))?, view)?;
+    Ok(Json(DiffBody::between(&a, &b)))
+}
+
+fn workload_rows(g: &GraphSnapshot) -> Vec<WorkloadRow> {
+    let mut rows: Vec<WorkloadRow> = g
+        .nodes
+        .iter()
+        .filter(|n| n.kind == NodeKind::Workload)
+        .map(|n| WorkloadRow {
+            namespace: n.namespace.clone(),
+            app: n.app.clone(),
+            version: n.version.clone(),
+            id: n.id.clone(),
+            health: n.health,
+            inbound: n.inbound.clone(),
+            outbound: n.outbound.clone(),
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.namespace, &a.app, &a.version).cmp(&(&b.namespace, &b.app, &b.version)));
+    rows
+}
+
+async fn workloads(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<WorkloadsBody>, ApiError> {
+    ready(&api.hub)?;
+    let mut p = parse(q.as_deref(), &["window", "namespace", "at"])?;
+    p.view = Some(View::Workload);
+    let g = resolve(&api.hub, &p)?;
+    Ok(Json(WorkloadsBody { revision: g.revision, window_seconds: g.window_seconds, workloads: workload_rows(&g) }))
+}
+
+async fn app(
+    State(api): ApiState,
+    Path((namespace, app)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    ready(&api.hub)?;
+    let p = parse(q.as_deref(), &["window"])?;
+    let window = p.window.unwrap_or(api.hub.window_secs);
+    let mut merger = Merger::default();
+    let detail = {
+        let engine = api.hub.engine.lock();
+        views::app_detail(&engine, &namespace, &app, window, unix_now(), &mut merger)
+    };
+    match detail {
+        Some(d) => Ok(Json(d).into_response()),
+        None => Err(ApiError::NotFound(format!("no workload {namespace}/{app} with traffic in the last {window}s"))),
+    }
+}
+
+fn sse_event(rev: &StoredRevision, view: View, namespaces: &[String]) -> Option<Event> {
+    let mut g = view_of(rev, view).ok()?;
+    g.retain_namespaces(namespaces);
+    let data = serde_json::to_string(&g).ok()?;
+    Some(Event::default().event("graph").id(rev.revision.to_string()).data(data))
+}
+
+async fn stream(
+    State(api): ApiState,
+    RawQuery(q): RawQuery,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    ready(&api.hub)?;
+    let p = parse(q.as_deref(), &["view", "namespace"])?;
+    let view = p.view.unwrap_or_default();
+    let namespaces = p.namespaces;
+    let rx = api.hub.events.subscribe();
+    let first = api.hub.latest();
+    let first_rev = first.as_ref().map(|r| r.revision).unwrap_or(0);
+    let ns = namespaces.clone();
+    let initial = tokio_stream::iter(first.and_then(|r| sse_event(&r, view, &ns)).map(Ok));
+    let updates = BroadcastStream::new(rx).filter_map(move |item| match item {
+        Ok(rev) if rev.revision > first_rev => sse_event(&rev, view, &namespaces).map(Ok),
+        // A slow subscriber that lagged gets the next revision; the graph is a full snapshot.
+        _ => None,
+    });
+    Ok(Sse::new(initial.chain(updates)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+async fn metrics(State(api): ApiState) -> Response {
+    let body = {
+        let engine = api.hub.engine.lock();
+        crate::prom::render(&engine, &api.hub)
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(api): ApiState) -> Result<&'static str, ApiError> {
+    ready(&api.hub)?;
+    Ok("ready\n")
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("index.html"))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint; see /api/v1/openapi.json".into())
+}
+
+/// The API router.
+pub fn router(hub: Arc<Hub>) -> Router {
+    let api = Arc::new(Api { hub, cache: Mutex::new(None) });
+    Router::new()
+        .route("/api/v1/graph", get(graph))
+        .route("/api/v1/revisions", get(revisions))
+        .route("/api/v1/diff", get(diff))
+        .route("/api/v1/workloads", get(workloads))
+        .route("/api/v1/workloads/{namespace}/{app}", get(app))
+        .route("/api/v1/stream", get(stream))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/", get(index))
+        .fallback(not_found)
+        .with_state(api)
+}

@@ -1,0 +1,85 @@
+//! The collector's own health counters, shared lock-free between the receivers, the pipeline and
+//! `/metrics` (`meshlens_collector_*`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Reads the value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// Sets the value (gauges).
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Every counter the collector exposes about itself.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Spans accepted into the ingest queue.
+    pub spans_received: Counter,
+    /// Metric data points accepted into the ingest queue.
+    pub points_received: Counter,
+    /// Spans rejected at the door (partial success): resource without `service.name`.
+    pub spans_rejected: Counter,
+    /// Data points rejected at the door.
+    pub points_rejected: Counter,
+    /// Export requests refused because the ingest queue was full.
+    pub requests_refused_queue_full: Counter,
+    /// Export requests that could not be decoded.
+    pub requests_malformed: Counter,
+    /// Export requests over the size cap.
+    pub requests_too_large: Counter,
+    /// Spans dropped because a node or edge limit was reached.
+    pub spans_dropped_cardinality: Counter,
+    /// Data points dropped because a node, edge or series limit was reached.
+    pub points_dropped_cardinality: Counter,
+    /// Spans dropped because the pairing store was full.
+    pub spans_dropped_store_full: Counter,
+    /// Client and server span halves paired into an edge.
+    pub spans_paired: Counter,
+    /// SERVER spans whose CLIENT never came (not an edge).
+    pub expired_server: Counter,
+    /// CONSUMER spans whose PRODUCER never came.
+    pub expired_consumer: Counter,
+    /// CLIENT spans with no SERVER: an edge to a virtual node.
+    pub unpaired_client: Counter,
+    /// PRODUCER spans with no CONSUMER: an edge to a virtual node.
+    pub unpaired_producer: Counter,
+    /// Root SERVER/CONSUMER spans: an edge from `user` or their `peer.service`.
+    pub root_server: Counter,
+    /// CLIENT spans to a database: a one-span edge.
+    pub database_client: Counter,
+    /// Spans that are neither CLIENT, SERVER, PRODUCER nor CONSUMER.
+    pub spans_ignored_kind: Counter,
+    /// Span-derived requests not counted because agent metrics cover the edge.
+    pub spans_covered_by_metrics: Counter,
+    /// Cumulative series that went backwards (counter resets).
+    pub counter_resets: Counter,
+    /// Gauge: bytes waiting in the ingest queue.
+    pub queue_bytes: Counter,
+    /// Gauge: batches waiting in the ingest queue.
+    pub queue_batches: Counter,
+    /// Gauge: span halves waiting to be paired.
+    pub store_size: Counter,
+    /// Gauge: nodes known.
+    pub nodes: Counter,
+    /// Gauge: edges known.
+    pub edges: Counter,
+    /// Gauge: metric series tracked for delta conversion.
+    pub series: Counter,
+    /// Revisions published.
+    pub revisions_published: Counter,
+    /// Store writes that failed.
+    pub store_errors: Counter,
+}

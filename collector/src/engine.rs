@@ -1,0 +1,326 @@
+//! The collector's graph state: interned peers, edges with their windowed stats and Prometheus totals,
+//! the span pairing store and the metric series state. One pipeline thread writes it; API readers and
+//! the publisher take the same lock briefly.
+//!
+//! Ingest lives in [`crate::spans`] (traces) and [`crate::metrics`] (agent metrics); building graph
+//! views from this state lives in [`crate::views`].
+
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use meshlens_model::Peer;
+use meshlens_model::stats::HealthThresholds;
+
+use crate::counters::Counters;
+use crate::metrics::SeriesStore;
+use crate::spans::SpanStore;
+use crate::window::{Obs, Rings};
+
+/// Limits and knobs of the graph state.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Most nodes (workloads and virtual peers) tracked; beyond it, data about new nodes is dropped
+    /// and counted.
+    pub max_nodes: usize,
+    /// Most edges tracked.
+    pub max_edges: usize,
+    /// Most span halves waiting for their other half.
+    pub pairing_capacity: usize,
+    /// How long a span half waits for its other half, seconds.
+    pub pairing_ttl_secs: f64,
+    /// Most cumulative metric series remembered for delta conversion.
+    pub max_series: usize,
+    /// Health thresholds.
+    pub health: HealthThresholds,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_nodes: 10_000,
+            max_edges: 50_000,
+            pairing_capacity: 1_000_000,
+            pairing_ttl_secs: 5.0,
+            max_series: 200_000,
+            health: HealthThresholds::default(),
+        }
+    }
+}
+
+/// Prometheus servicegraph histogram buckets, seconds (the OTel Collector connector's defaults).
+pub const PROM_BUCKETS: [f64; 16] =
+    [0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0];
+
+/// A cumulative Prometheus histogram.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PromHist {
+    /// Non-cumulative counts per bucket of [`PROM_BUCKETS`], plus the `+Inf` bucket.
+    pub buckets: Vec<u64>,
+    /// Sum of observations, seconds.
+    pub sum: f64,
+    /// Observations.
+    pub count: u64,
+}
+
+impl PromHist {
+    /// Records `n` observations of `secs`.
+    pub fn record(&mut self, secs: f64, n: u64) {
+        if self.buckets.len() != PROM_BUCKETS.len() + 1 {
+            self.buckets = vec![0; PROM_BUCKETS.len() + 1];
+        }
+        let i = PROM_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(PROM_BUCKETS.len());
+        self.buckets[i] += n;
+        self.sum += secs * n as f64;
+        self.count += n;
+    }
+}
+
+/// Totals since the collector's data began, for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Totals {
+    /// Requests.
+    pub requests: u64,
+    /// Failed requests.
+    pub failed: u64,
+    /// Server-side latency.
+    pub server: PromHist,
+    /// Client-side latency.
+    pub client: PromHist,
+}
+
+/// The protocol an edge carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP.
+    Http,
+    /// gRPC.
+    Grpc,
+    /// A message queue (PRODUCER/CONSUMER spans).
+    Messaging,
+    /// A database call.
+    Database,
+}
+
+impl Protocol {
+    /// API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+            Protocol::Messaging => "messaging",
+            Protocol::Database => "database",
+        }
+    }
+
+    /// The servicegraph `connection_type` label.
+    pub fn connection_type(self) -> &'static str {
+        match self {
+            Protocol::Http | Protocol::Grpc => "",
+            Protocol::Messaging => "messaging_system",
+            Protocol::Database => "database",
+        }
+    }
+}
+
+/// One directed edge between two peers.
+#[derive(Clone, Debug)]
+pub struct EdgeState {
+    /// Caller peer index.
+    pub source: u32,
+    /// Callee peer index.
+    pub target: u32,
+    /// What it carries.
+    pub protocol: Protocol,
+    /// Windowed stats.
+    pub rings: Rings,
+    /// Totals for `/metrics`.
+    pub totals: Totals,
+    /// Agent metrics have covered this edge: span-derived counts are not added on top.
+    pub metrics_seen: bool,
+    /// The callee's agent reports this edge: client-side reports add only what it never saw.
+    pub server_metrics_seen: bool,
+    /// Second of the last observation (Unix).
+    pub last_sec: u64,
+    /// Seconds (Unix) touched since the last persist, oldest first; drained by the store.
+    pub dirty_from: Option<u64>,
+}
+
+impl EdgeState {
+    fn new(source: u32, target: u32, protocol: Protocol) -> Self {
+        Self {
+            source,
+            target,
+            protocol,
+            rings: Rings::default(),
+            totals: Totals::default(),
+            metrics_seen: false,
+            server_metrics_seen: false,
+            last_sec: 0,
+            dirty_from: None,
+        }
+    }
+
+    fn touch(&mut self, sec: u64) {
+        self.last_sec = self.last_sec.max(sec);
+        if self.dirty_from.is_none_or(|d| sec < d) {
+            self.dirty_from = Some(sec);
+        }
+    }
+
+    /// Records requests that arrived at second `sec` into the window and the totals.
+    pub fn record(&mut self, sec: u64, obs: &Obs) {
+        self.rings.record(sec, obs);
+        self.totals.requests += u64::from(obs.count);
+        if obs.failed {
+            self.totals.failed += u64::from(obs.count);
+        }
+        self.touch(sec);
+    }
+
+    /// Records server-side latency into the totals.
+    pub fn record_server_latency(&mut self, latency_us: u64, n: u64) {
+        self.totals.server.record(latency_us as f64 / 1e6, n);
+    }
+
+    /// Records client-side latency into the totals.
+    pub fn record_client_latency(&mut self, latency_us: u64, n: u64) {
+        self.totals.client.record(latency_us as f64 / 1e6, n);
+    }
+
+    /// Adds agent-reported retries and timeouts.
+    pub fn record_retries(&mut self, sec: u64, retries: u32, timeouts: u32) {
+        self.rings.record_retries(sec, retries, timeouts);
+        self.touch(sec);
+    }
+}
+
+/// Why data about a node or an edge was not kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitHit {
+    /// `max_nodes` reached.
+    Nodes,
+    /// `max_edges` reached.
+    Edges,
+}
+
+/// The graph state.
+pub struct Engine {
+    /// Limits.
+    pub config: EngineConfig,
+    /// Shared counters.
+    pub counters: Arc<Counters>,
+    peers: Vec<Peer>,
+    peer_index: HashMap<Peer, u32>,
+    edges: Vec<EdgeState>,
+    edge_index: HashMap<(u32, u32), u32>,
+    /// Span halves waiting for their other half.
+    pub pairing: SpanStore,
+    /// Cumulative metric series state.
+    pub series: SeriesStore,
+    /// Unix seconds since when this state holds data (collector start, or restored data).
+    pub data_since: f64,
+    /// Unix nanoseconds when this collector process started (cumulative series that started before it
+    /// are not counted from zero).
+    pub started_unix_nanos: u64,
+}
+
+impl Engine {
+    /// An empty state.
+    pub fn new(config: EngineConfig, counters: Arc<Counters>, now: f64) -> Self {
+        let pairing = SpanStore::new(config.pairing_capacity, config.pairing_ttl_secs);
+        Self {
+            config,
+            counters,
+            peers: Vec::new(),
+            peer_index: HashMap::new(),
+            edges: Vec::new(),
+            edge_index: HashMap::new(),
+            pairing,
+            series: SeriesStore::default(),
+            data_since: now,
+            started_unix_nanos: (now * 1e9) as u64,
+        }
+    }
+
+    /// Interns a peer, or refuses when the node limit is reached.
+    pub fn peer(&mut self, peer: &Peer) -> Result<u32, LimitHit> {
+        if let Some(&i) = self.peer_index.get(peer) {
+            return Ok(i);
+        }
+        if self.peers.len() >= self.config.max_nodes {
+            return Err(LimitHit::Nodes);
+        }
+        let i = self.peers.len() as u32;
+        self.peers.push(peer.clone());
+        self.peer_index.insert(peer.clone(), i);
+        self.counters.nodes.set(self.peers.len() as u64);
+        Ok(i)
+    }
+
+    /// The peer at an index.
+    pub fn peer_at(&self, i: u32) -> &Peer {
+        &self.peers[i as usize]
+    }
+
+    /// The edge between two peers, created on first use.
+    pub fn edge_mut(&mut self, source: u32, target: u32, protocol: Protocol) -> Result<&mut EdgeState, LimitHit> {
+        let i = match self.edge_index.get(&(source, target)) {
+            Some(&i) => i,
+            None => {
+                if self.edges.len() >= self.config.max_edges {
+                    return Err(LimitHit::Edges);
+                }
+                let i = self.edges.len() as u32;
+                self.edges.push(EdgeState::new(source, target, protocol));
+                self.edge_index.insert((source, target), i);
+                self.counters.edges.set(self.edges.len() as u64);
+                i
+            }
+        };
+        let e = &mut self.edges[i as usize];
+        if protocol == Protocol::Grpc && e.protocol == Protocol::Http {
+            e.protocol = Protocol::Grpc;
+        }
+        Ok(e)
+    }
+
+    /// All edges, by index.
+    pub fn edges(&self) -> &[EdgeState] {
+        &self.edges
+    }
+
+    /// All edges, mutable (the store drains dirty marks).
+    pub fn edges_mut(&mut self) -> &mut [EdgeState] {
+        &mut self.edges
+    }
+
+    /// Puts back an edge read from the store.
+    pub fn restore_edge(&mut self, source: &Peer, target: &Peer, edge: EdgeState) -> Result<u32, LimitHit> {
+        let s = self.peer(source)?;
+        let t = self.peer(target)?;
+        if self.edges.len() >= self.config.max_edges {
+            return Err(LimitHit::Edges);
+        }
+        let i = self.edges.len() as u32;
+        self.edges.push(EdgeState { source: s, target: t, ..edge });
+        self.edge_index.insert((s, t), i);
+        self.counters.edges.set(self.edges.len() as u64);
+        Ok(i)
+    }
+
+    /// Bytes of memory the windowed stats hold (rings and histograms), for the memory benchmark.
+    pub fn window_heap_bytes(&self) -> usize {
+        self.edges.iter().map(|e| e.rings.fine.heap_bytes() + e.rings.coarse.heap_bytes()).sum()
+    }
+
+    /// Expires span halves that waited too long.
+    pub fn expire(&mut self, now: f64) {
+        crate::spans::expire(self, now);
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}

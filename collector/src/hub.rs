@@ -1,0 +1,222 @@
+//! The shared state behind the API, and the publisher: on each tick it expires span halves, computes
+//! the four views, publishes a revision when the graph changed, writes the tick to the store and
+//! announces the revision to SSE subscribers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use meshlens_model::graph::{GraphSnapshot, TopologyChanges, View};
+use meshlens_model::hist::Merger;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::broadcast;
+
+use crate::counters::Counters;
+use crate::engine::{EdgeState, Engine, unix_now};
+use crate::store::{EdgeMeta, EdgeRecord, Store, StoreError, StoredRevision};
+use crate::views::snapshot;
+use crate::window::{COARSE_WIDTH, FINE_SLOTS, FINE_WIDTH, Slice};
+
+/// Everything the API and the publisher share.
+pub struct Hub {
+    /// The graph state.
+    pub engine: Mutex<Engine>,
+    /// The store.
+    pub store: Store,
+    /// The newest revision.
+    latest: RwLock<Option<Arc<StoredRevision>>>,
+    /// `(revision, generated_at_ms)` of stored revisions, for `at=<time>`.
+    index: RwLock<Vec<(u64, i64)>>,
+    last_key: Mutex<String>,
+    /// New revisions, for SSE.
+    pub events: broadcast::Sender<Arc<StoredRevision>>,
+    /// Shared counters.
+    pub counters: Arc<Counters>,
+    /// The window revisions are published with.
+    pub window_secs: u64,
+    /// Ready once the store is loaded and the listeners are bound.
+    pub ready: AtomicBool,
+    retain_revisions: u64,
+}
+
+fn graph_key(g: &GraphSnapshot) -> String {
+    serde_json::to_string(&(&g.nodes, &g.edges)).unwrap_or_default()
+}
+
+impl Hub {
+    /// Builds the hub and restores what the store holds.
+    pub fn new(mut engine: Engine, store: Store, window_secs: u64, retain_revisions: u64) -> Result<Self, StoreError> {
+        let loaded = store.load()?;
+        if let Some(since) = loaded.data_since {
+            engine.data_since = engine.data_since.min(since as f64);
+        }
+        for (_, meta, slices) in loaded.edges {
+            let mut edge = EdgeState {
+                source: 0,
+                target: 0,
+                protocol: meta.protocol,
+                rings: Default::default(),
+                totals: meta.totals,
+                metrics_seen: meta.metrics_seen,
+                server_metrics_seen: meta.server_metrics_seen,
+                last_sec: meta.last_sec,
+                dirty_from: None,
+            };
+            for (ring, slice) in slices {
+                if ring == 0 { edge.rings.fine.restore(slice) } else { edge.rings.coarse.restore(slice) }
+            }
+            if engine.restore_edge(&meta.source, &meta.target, edge).is_err() {
+                tracing::warn!("edge limit reached while restoring the store; some edges were not restored");
+                break;
+            }
+        }
+        let last_key = loaded
+            .latest
+            .as_ref()
+            .and_then(|r| r.views.first())
+            .map(graph_key)
+            .unwrap_or_else(|| graph_key(&GraphSnapshot::default()));
+        let (events, _) = broadcast::channel(64);
+        let counters = engine.counters.clone();
+        Ok(Self {
+            engine: Mutex::new(engine),
+            store,
+            latest: RwLock::new(loaded.latest.map(Arc::new)),
+            index: RwLock::new(loaded.index),
+            last_key: Mutex::new(last_key),
+            events,
+            counters,
+            window_secs,
+            ready: AtomicBool::new(false),
+            retain_revisions,
+        })
+    }
+
+    /// The newest revision.
+    pub fn latest(&self) -> Option<Arc<StoredRevision>> {
+        self.latest.read().clone()
+    }
+
+    /// The revision in force at Unix ms `t`: the newest published at or before it.
+    pub fn revision_at_time(&self, t_ms: i64) -> Option<u64> {
+        let idx = self.index.read();
+        let pos = idx.partition_point(|&(_, at)| at <= t_ms);
+        (pos > 0).then(|| idx[pos - 1].0)
+    }
+
+    /// The oldest revision kept.
+    pub fn oldest(&self) -> u64 {
+        self.index.read().first().map(|&(r, _)| r).unwrap_or(0)
+    }
+
+    /// Whether the API may answer.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// One tick at `now`: returns the new revision if one was published.
+    pub fn tick(&self, now: f64, merger: &mut Merger) -> Result<Option<Arc<StoredRevision>>, StoreError> {
+        let (views, records, data_since) = {
+            let mut engine = self.engine.lock();
+            engine.expire(now);
+            let views: Vec<GraphSnapshot> =
+                View::ALL.iter().map(|&v| snapshot(&engine, v, self.window_secs, now, merger)).collect();
+            let records = dirty_records(&mut engine, now as u64);
+            (views, records, engine.data_since)
+        };
+        let key = graph_key(&views[0]);
+        let mut published = None;
+        {
+            let mut last_key = self.last_key.lock();
+            if *last_key != key {
+                let prev = self.latest();
+                let revision = prev.as_ref().map(|r| r.revision).unwrap_or(0) + 1;
+                let changes = match prev.as_ref().and_then(|p| p.views.first()) {
+                    Some(before) => TopologyChanges::between(before, &views[0]),
+                    None => TopologyChanges::between(&GraphSnapshot::default(), &views[0]),
+                };
+                let mut views = views;
+                for v in &mut views {
+                    v.revision = revision;
+                }
+                let rec = StoredRevision {
+                    revision,
+                    generated_at_ms: (now * 1000.0) as i64,
+                    window_seconds: self.window_secs,
+                    changes,
+                    views,
+                };
+                *last_key = key;
+                published = Some(Arc::new(rec));
+            }
+        }
+        if let Err(e) = self.store.write_tick(published.as_deref(), &records, now as u64, data_since as u64) {
+            self.counters.store_errors.add(1);
+            return Err(e);
+        }
+        if let Some(rec) = &published {
+            *self.latest.write() = Some(rec.clone());
+            let mut idx = self.index.write();
+            idx.push((rec.revision, rec.generated_at_ms));
+            let excess = idx.len().saturating_sub(self.retain_revisions as usize);
+            idx.drain(..excess);
+            drop(idx);
+            self.counters.revisions_published.add(1);
+            let _ = self.events.send(rec.clone());
+        }
+        Ok(published)
+    }
+
+    /// Runs ticks every `every` until `stop` is set (on a thread of its own: store writes block).
+    pub fn run_publisher(self: Arc<Self>, every: std::time::Duration, stop: Arc<AtomicBool>) {
+        let mut merger = Merger::default();
+        while !stop.load(Ordering::Acquire) {
+            std::thread::park_timeout(every);
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            if let Err(error) = self.tick(unix_now(), &mut merger) {
+                tracing::error!(%error, "publishing a revision failed");
+            }
+        }
+    }
+}
+
+/// Takes the dirty marks of every edge and copies the slices that changed.
+fn dirty_records(engine: &mut Engine, now_sec: u64) -> Vec<EdgeRecord> {
+    let mut out = Vec::new();
+    let edges = engine.edges().len();
+    for i in 0..edges {
+        let (from, meta) = {
+            let e = &engine.edges()[i];
+            let Some(from) = e.dirty_from else { continue };
+            (
+                from,
+                EdgeMeta {
+                    source: engine.peer_at(e.source).clone(),
+                    target: engine.peer_at(e.target).clone(),
+                    protocol: e.protocol,
+                    totals: e.totals.clone(),
+                    metrics_seen: e.metrics_seen,
+                    server_metrics_seen: e.server_metrics_seen,
+                    last_sec: e.last_sec,
+                },
+            )
+        };
+        let e = &mut engine.edges_mut()[i];
+        e.dirty_from = None;
+        let from = from.max(now_sec.saturating_sub(FINE_SLOTS as u64 - 1));
+        let mut slices: Vec<(u8, Slice)> = Vec::new();
+        for epoch in (from / FINE_WIDTH)..=(now_sec / FINE_WIDTH) {
+            if let Some(s) = e.rings.fine.get(epoch) {
+                slices.push((0, s.clone()));
+            }
+        }
+        for epoch in (from / COARSE_WIDTH)..=(now_sec / COARSE_WIDTH) {
+            if let Some(s) = e.rings.coarse.get(epoch) {
+                slices.push((1, s.clone()));
+            }
+        }
+        out.push(EdgeRecord { index: i as u32, meta, slices });
+    }
+    out
+}

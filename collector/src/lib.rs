@@ -1,0 +1,305 @@
+//! The meshlens collector.
+//!
+//! It owns the OTLP receivers (gRPC with tonic, HTTP with axum), the pipeline that turns spans and
+//! agent metrics into edges ([`spans`], [`metrics`]), the windowed stats ([`window`]), the graph views
+//! ([`views`]), the revisions and their store ([`hub`], [`store`]), and the HTTP API ([`api`],
+//! [`prom`]). It does not own the shared shapes (those are `meshlens-model`) and knows nothing of the
+//! agent, the console or the web app, which talk to its API.
+//!
+//! Tasks and threads: each receiver is a tokio task that decodes, validates and queues; one pipeline
+//! thread applies queued batches to the [`engine::Engine`] under its lock; one publisher thread ticks
+//! (default 1 s): expire, compute views, publish a revision if the graph changed, write the store,
+//! notify SSE subscribers. See docs/ARCHITECTURE.md.
+
+pub mod api;
+pub mod attrs;
+pub mod counters;
+pub mod engine;
+pub mod hub;
+pub mod metrics;
+pub mod otlp;
+pub mod prom;
+pub mod spans;
+pub mod store;
+pub mod testkit;
+pub mod views;
+pub mod window;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::counters::Counters;
+use crate::engine::{Engine, EngineConfig, unix_now};
+use crate::hub::Hub;
+use crate::otlp::{Batch, Ingest};
+use crate::store::{Store, StoreError};
+
+/// How a collector runs.
+#[derive(Clone, Debug)]
+pub struct CollectorConfig {
+    /// OTLP/gRPC listen address.
+    pub otlp_grpc: SocketAddr,
+    /// OTLP/HTTP listen address.
+    pub otlp_http: SocketAddr,
+    /// API and web UI listen address.
+    pub http: SocketAddr,
+    /// Where the store lives; `None` keeps nothing (`--in-memory`).
+    pub data_dir: Option<PathBuf>,
+    /// How often a revision may be published.
+    pub tick: Duration,
+    /// The window revisions are published with.
+    pub window: Duration,
+    /// How many revisions the store keeps.
+    pub retain_revisions: u64,
+    /// Size cap of one export, after decompression.
+    pub max_request_bytes: usize,
+    /// Size cap of the ingest queue, in encoded bytes.
+    pub max_queue_bytes: usize,
+    /// Limits of the graph state.
+    pub engine: EngineConfig,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            otlp_grpc: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            otlp_http: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            http: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            data_dir: Some(PathBuf::from("meshlens-data")),
+            tick: Duration::from_secs(1),
+            window: Duration::from_secs(60),
+            retain_revisions: 3600,
+            max_request_bytes: 64 << 20,
+            max_queue_bytes: 256 << 20,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// A configuration for tests and embedding: every listener on `127.0.0.1:0`, nothing kept,
+    /// fast ticks.
+    pub fn ephemeral() -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            otlp_grpc: any,
+            otlp_http: any,
+            http: any,
+            data_dir: None,
+            tick: Duration::from_millis(100),
+            ..Self::default()
+        }
+    }
+}
+
+/// Why the collector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A non-loopback address without authentication.
+    #[error(
+        "refusing to listen on {addr} ({what}): only loopback addresses are allowed until API authentication (--token) is configured; use 127.0.0.1 or ::1"
+    )]
+    NotLoopback {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A setting is out of range.
+    #[error("invalid setting {name}: {message}")]
+    Config {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A running collector.
+pub struct Running {
+    /// Where OTLP/gRPC listens.
+    pub otlp_grpc_addr: SocketAddr,
+    /// Where OTLP/HTTP listens.
+    pub otlp_http_addr: SocketAddr,
+    /// Where the API listens.
+    pub http_addr: SocketAddr,
+    /// The shared state.
+    pub hub: Arc<Hub>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<(), String>>>,
+    stop: Arc<AtomicBool>,
+    publisher: Option<std::thread::JoinHandle<()>>,
+    pipeline: Option<std::thread::JoinHandle<()>>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, CollectorError> {
+    if !addr.ip().is_loopback() {
+        return Err(CollectorError::NotLoopback { what, addr });
+    }
+    TcpListener::bind(addr).await.map_err(|source| CollectorError::Bind { what, addr, source })
+}
+
+/// Starts a collector: opens the store, binds the listeners, starts the pipeline and the publisher.
+pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
+    let window = config.window.as_secs();
+    if !(window::MIN_WINDOW_SECS..=window::MAX_WINDOW_SECS).contains(&window) {
+        return Err(CollectorError::Config { name: "window", message: "must be between 10s and 1h".into() });
+    }
+    if config.tick < Duration::from_millis(10) {
+        return Err(CollectorError::Config { name: "tick", message: "must be at least 10ms".into() });
+    }
+    let counters = Arc::new(Counters::default());
+    let engine = Engine::new(config.engine.clone(), counters.clone(), unix_now());
+    let store = match &config.data_dir {
+        Some(dir) => {
+            let dir = dir.clone();
+            let keep = config.retain_revisions;
+            tokio::task::spawn_blocking(move || Store::open(&dir, keep))
+                .await
+                .map_err(|e| CollectorError::Config { name: "data-dir", message: e.to_string() })??
+        }
+        None => Store::in_memory(config.retain_revisions)?,
+    };
+    let hub = Arc::new(Hub::new(engine, store, window, config.retain_revisions)?);
+
+    let grpc_l = bind("OTLP/gRPC", config.otlp_grpc).await?;
+    let http_l = bind("OTLP/HTTP", config.otlp_http).await?;
+    let api_l = bind("API", config.http).await?;
+    let addr =
+        |l: &TcpListener, what, a| l.local_addr().map_err(|source| CollectorError::Bind { what, addr: a, source });
+    let (otlp_grpc_addr, otlp_http_addr, http_addr) = (
+        addr(&grpc_l, "OTLP/gRPC", config.otlp_grpc)?,
+        addr(&http_l, "OTLP/HTTP", config.otlp_http)?,
+        addr(&api_l, "API", config.http)?,
+    );
+
+    let (ingest, mut rx) = Ingest::new(config.max_queue_bytes, config.max_request_bytes, counters.clone());
+    let pipeline_hub = hub.clone();
+    let pipeline_ingest = ingest.clone();
+    let pipeline = std::thread::Builder::new()
+        .name("meshlens-pipeline".into())
+        .spawn(move || {
+            while let Some(job) = rx.blocking_recv() {
+                let now = unix_now();
+                {
+                    let mut engine = pipeline_hub.engine.lock();
+                    match &job.batch {
+                        Batch::Traces(t) => engine.ingest_traces(t, now),
+                        Batch::Metrics(m) => engine.ingest_metrics(m, now),
+                    }
+                }
+                pipeline_ingest.done(job.bytes);
+            }
+        })
+        .map_err(|e| CollectorError::Config { name: "threads", message: e.to_string() })?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher_hub = hub.clone();
+    let publisher_stop = stop.clone();
+    let tick = config.tick;
+    let publisher = std::thread::Builder::new()
+        .name("meshlens-publisher".into())
+        .spawn(move || publisher_hub.run_publisher(tick, publisher_stop))
+        .map_err(|e| CollectorError::Config { name: "threads", message: e.to_string() })?;
+
+    let (shutdown, rx_shutdown) = watch::channel(false);
+    let signal = move || {
+        let mut rx = rx_shutdown.clone();
+        async move {
+            let _ = rx.wait_for(|&s| s).await;
+        }
+    };
+    let mut tasks = Vec::new();
+    let grpc_routes = otlp::grpc::router(ingest.clone());
+    let sig = signal();
+    tasks.push(tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(grpc_routes)
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_l), sig)
+            .await
+            .map_err(|e| format!("OTLP/gRPC server: {e}"))
+    }));
+    let otlp_router = otlp::http::router(ingest);
+    let sig = signal();
+    tasks.push(tokio::spawn(async move {
+        axum::serve(http_l, otlp_router).with_graceful_shutdown(sig).await.map_err(|e| format!("OTLP/HTTP server: {e}"))
+    }));
+    let api_router = api::router(hub.clone());
+    let sig = signal();
+    tasks.push(tokio::spawn(async move {
+        axum::serve(api_l, api_router).with_graceful_shutdown(sig).await.map_err(|e| format!("API server: {e}"))
+    }));
+    hub.ready.store(true, Ordering::Release);
+    tracing::info!(%otlp_grpc_addr, %otlp_http_addr, %http_addr, "collector ready");
+    Ok(Running {
+        otlp_grpc_addr,
+        otlp_http_addr,
+        http_addr,
+        hub,
+        shutdown,
+        tasks,
+        stop,
+        publisher: Some(publisher),
+        pipeline: Some(pipeline),
+    })
+}
+
+impl Running {
+    /// The API base URL, `http://addr`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Waits until a server task ends (an error) — for the CLI, which otherwise runs until Ctrl-C.
+    pub async fn wait_any(&mut self) -> Result<(), String> {
+        let tasks = std::mem::take(&mut self.tasks);
+        let (res, _, rest) = futures_util::future::select_all(tasks).await;
+        self.tasks = rest;
+        res.map_err(|e| e.to_string())?
+    }
+
+    /// Stops the servers, drains the queue, publishes and stores a last tick, and joins everything.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        let _ = self.shutdown.send(true);
+        let mut first_err = Ok(());
+        for t in std::mem::take(&mut self.tasks) {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_err = first_err.and(Err(e)),
+                Err(e) => first_err = first_err.and(Err(e.to_string())),
+            }
+        }
+        if let Some(p) = self.pipeline.take() {
+            let _ = tokio::task::spawn_blocking(move || p.join()).await;
+        }
+        self.stop.store(true, Ordering::Release);
+        if let Some(p) = self.publisher.take() {
+            p.thread().unpark();
+            let _ = tokio::task::spawn_blocking(move || p.join()).await;
+        }
+        let hub = self.hub.clone();
+        let _ = tokio::task::spawn_blocking(move || hub.tick(unix_now(), &mut meshlens_model::hist::Merger::default()))
+            .await;
+        first_err
+    }
+}

@@ -1,0 +1,295 @@
+//! Agent metrics to edges: `http.server.request.duration` and `http.client.request.duration`
+//! histograms carrying `meshlens.source.*` / `meshlens.destination.*`, and the retry and timeout sums.
+//!
+//! Each request is counted once although both agents of a hop report it: the callee's
+//! (server-side) report is the count, status and latency; the caller's report adds only requests
+//! that the callee never saw — connect failures, and anything at all when the callee has no agent —
+//! and always adds client latency to the `/metrics` client histogram. Within one export the server
+//! points are applied first.
+//!
+//! Cumulative series become deltas against the last point seen for the same series (a counter that
+//! goes down, or a new start time, is a reset: the new value is the delta). The first point of a
+//! cumulative series counts from zero only if the series started after this collector did;
+//! otherwise it is only remembered, so a restarted collector does not count history twice.
+//! Explicit-bucket histograms put each bucket's count at the bucket's midpoint (the open-ended last
+//! bucket at the point's `max`, or its lower bound), clamped to the point's `min`/`max`.
+
+use hashbrown::HashMap;
+use meshlens_model::names::{
+    CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, DESTINATION_PREFIX, ERROR_TYPE, HTTP_STATUS, MTLS,
+    SERVER_DURATION, SOURCE_PREFIX,
+};
+use meshlens_model::stats::CodeClass;
+use meshlens_model::{Peer, Workload};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, HistogramDataPoint, NumberDataPoint, metric::Data, number_data_point,
+};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use crate::attrs::{get_bool, get_int, get_str, prefixed_workload, resource_workload};
+use crate::engine::{Engine, LimitHit, Protocol};
+use crate::window::Obs;
+
+/// The last cumulative point of each series.
+#[derive(Default)]
+pub struct SeriesStore {
+    last: HashMap<u64, Prev>,
+}
+
+struct Prev {
+    start: u64,
+    count: u64,
+    buckets: Vec<u64>,
+}
+
+impl SeriesStore {
+    /// Series remembered.
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    /// True when none are.
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+}
+
+fn series_key(metric: &str, reporter: &Workload, attrs: &[KeyValue]) -> u64 {
+    let mut h = DefaultHasher::new();
+    metric.hash(&mut h);
+    reporter.hash(&mut h);
+    let mut kv: Vec<(&str, String)> = attrs.iter().map(|kv| (kv.key.as_str(), format!("{:?}", kv.value))).collect();
+    kv.sort_unstable();
+    kv.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// Classifies a point: status class, failure, and whether the callee can have seen it.
+fn classify(attrs: &[KeyValue]) -> (CodeClass, bool, bool) {
+    match get_int(attrs, HTTP_STATUS) {
+        Some(code) => {
+            let class = CodeClass::from_http(code);
+            (class, class == CodeClass::ServerError, true)
+        }
+        None => {
+            let error = get_str(attrs, ERROR_TYPE).unwrap_or("");
+            if error.is_empty() {
+                (CodeClass::Ok, false, true)
+            } else {
+                let never_reached = matches!(
+                    error,
+                    "connect_failure"
+                        | "connect-failure"
+                        | "connection_refused"
+                        | "no_endpoint"
+                        | "no_healthy_upstream"
+                );
+                (CodeClass::NoResponse, true, !never_reached)
+            }
+        }
+    }
+}
+
+/// Latency value (µs) standing for bucket `i` of an explicit-bucket histogram in seconds.
+fn bucket_value_us(p: &HistogramDataPoint, i: usize, scale: f64) -> u64 {
+    let bounds = &p.explicit_bounds;
+    let lower = if i == 0 { p.min.unwrap_or(0.0).min(bounds.first().copied().unwrap_or(0.0)) } else { bounds[i - 1] };
+    let v = if i < bounds.len() { (lower.max(0.0) + bounds[i]) / 2.0 } else { p.max.unwrap_or(lower) };
+    let v = match (p.min, p.max) {
+        (Some(lo), Some(hi)) if lo <= hi => v.clamp(lo, hi),
+        _ => v,
+    };
+    (v.max(0.0) * scale * 1e6) as u64
+}
+
+impl Engine {
+    /// Merges an export of agent metrics at time `now` (Unix seconds).
+    pub fn ingest_metrics(&mut self, req: &ExportMetricsServiceRequest, now: f64) {
+        for pass in [Side::Server, Side::Client] {
+            for rm in &req.resource_metrics {
+                let Some(reporter) = resource_workload(rm.resource.as_ref()) else { continue };
+                for metric in rm.scope_metrics.iter().flat_map(|s| &s.metrics) {
+                    let scale = match metric.unit.as_str() {
+                        "ms" => 1e-3,
+                        "us" | "µs" => 1e-6,
+                        _ => 1.0,
+                    };
+                    match (metric.name.as_str(), &metric.data, pass) {
+                        (SERVER_DURATION, Some(Data::Histogram(h)), Side::Server)
+                        | (CLIENT_DURATION, Some(Data::Histogram(h)), Side::Client) => {
+                            let cumulative = h.aggregation_temporality == AggregationTemporality::Cumulative as i32;
+                            for p in &h.data_points {
+                                if self
+                                    .histogram_point(&metric.name, &reporter, p, cumulative, pass, scale, now)
+                                    .is_err()
+                                {
+                                    self.counters.points_dropped_cardinality.add(1);
+                                }
+                            }
+                        }
+                        (CLIENT_RETRIES | CLIENT_TIMEOUTS, Some(Data::Sum(s)), Side::Client) => {
+                            let cumulative = s.aggregation_temporality == AggregationTemporality::Cumulative as i32;
+                            let retries = metric.name == CLIENT_RETRIES;
+                            for p in &s.data_points {
+                                if self.sum_point(&metric.name, &reporter, p, cumulative, retries, now).is_err() {
+                                    self.counters.points_dropped_cardinality.add(1);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.counters.series.set(self.series.len() as u64);
+    }
+
+    fn ends(&mut self, reporter: &Workload, attrs: &[KeyValue], side: Side) -> Result<(u32, u32), LimitHit> {
+        let src = prefixed_workload(attrs, SOURCE_PREFIX);
+        let dst = prefixed_workload(attrs, DESTINATION_PREFIX);
+        let (source, target) = match side {
+            Side::Server => {
+                (src.map(Peer::Workload).unwrap_or(Peer::User), Peer::Workload(dst.unwrap_or_else(|| reporter.clone())))
+            }
+            Side::Client => (
+                Peer::Workload(src.unwrap_or_else(|| reporter.clone())),
+                dst.map(Peer::Workload).unwrap_or(Peer::Unknown),
+            ),
+        };
+        Ok((self.peer(&source)?, self.peer(&target)?))
+    }
+
+    /// The delta of a cumulative series, or `None` when this point only sets the baseline.
+    fn delta(&mut self, key: u64, start: u64, count: u64, buckets: &[u64]) -> Result<Option<Vec<u64>>, LimitHit> {
+        let started_after_us = start >= self.started_unix_nanos;
+        match self.series.last.get_mut(&key) {
+            Some(prev) => {
+                let reset = prev.start != start
+                    || count < prev.count
+                    || prev.buckets.len() != buckets.len()
+                    || buckets.iter().zip(&prev.buckets).any(|(c, p)| c < p);
+                let delta = if reset {
+                    self.counters.counter_resets.add(1);
+                    buckets.to_vec()
+                } else {
+                    buckets.iter().zip(&prev.buckets).map(|(c, p)| c - p).collect()
+                };
+                prev.start = start;
+                prev.count = count;
+                prev.buckets.clear();
+                prev.buckets.extend_from_slice(buckets);
+                Ok(Some(delta))
+            }
+            None => {
+                if self.series.last.len() >= self.config.max_series {
+                    return Err(LimitHit::Edges);
+                }
+                self.series.last.insert(key, Prev { start, count, buckets: buckets.to_vec() });
+                Ok(started_after_us.then(|| buckets.to_vec()))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn histogram_point(
+        &mut self,
+        name: &str,
+        reporter: &Workload,
+        p: &HistogramDataPoint,
+        cumulative: bool,
+        side: Side,
+        scale: f64,
+        now: f64,
+    ) -> Result<(), LimitHit> {
+        let counts = if cumulative {
+            let key = series_key(name, reporter, &p.attributes);
+            match self.delta(key, p.start_time_unix_nano, p.count, &p.bucket_counts)? {
+                Some(d) => d,
+                None => return Ok(()),
+            }
+        } else {
+            p.bucket_counts.clone()
+        };
+        if counts.iter().all(|&c| c == 0) {
+            return Ok(());
+        }
+        let (source, target) = self.ends(reporter, &p.attributes, side)?;
+        let (class, failed, callee_saw_it) = classify(&p.attributes);
+        let mtls = get_bool(&p.attributes, MTLS).unwrap_or(false);
+        let sec = now as u64;
+        let edge = self.edge_mut(source, target, Protocol::Http)?;
+        edge.metrics_seen = true;
+        let counts_requests = match side {
+            Side::Server => {
+                edge.server_metrics_seen = true;
+                true
+            }
+            Side::Client => !edge.server_metrics_seen || !callee_saw_it,
+        };
+        for (i, &c) in counts.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            let latency_us = bucket_value_us(p, i, scale);
+            let n = u32::try_from(c).unwrap_or(u32::MAX);
+            match side {
+                Side::Server => edge.record_server_latency(latency_us, c),
+                Side::Client => edge.record_client_latency(latency_us, c),
+            }
+            if counts_requests {
+                edge.record(sec, &Obs { class, failed, latency_us: Some(latency_us), count: n, mtls });
+            }
+        }
+        Ok(())
+    }
+
+    fn sum_point(
+        &mut self,
+        name: &str,
+        reporter: &Workload,
+        p: &NumberDataPoint,
+        cumulative: bool,
+        retries: bool,
+        now: f64,
+    ) -> Result<(), LimitHit> {
+        let value = match p.value {
+            Some(number_data_point::Value::AsInt(i)) => u64::try_from(i).unwrap_or(0),
+            Some(number_data_point::Value::AsDouble(d)) if d >= 0.0 => d as u64,
+            _ => 0,
+        };
+        let n = if cumulative {
+            let key = series_key(name, reporter, &p.attributes);
+            match self.delta(key, p.start_time_unix_nano, value, &[value])? {
+                Some(d) => d[0],
+                None => return Ok(()),
+            }
+        } else {
+            value
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let (source, target) = self.ends(reporter, &p.attributes, Side::Client)?;
+        let edge = self.edge_mut(source, target, Protocol::Http)?;
+        edge.metrics_seen = true;
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if retries {
+            edge.record_retries(now as u64, n, 0);
+        } else {
+            edge.record_retries(now as u64, 0, n);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "metrics_tests.rs"]
+mod tests;

@@ -1,0 +1,172 @@
+//! OTLP/HTTP receiver (axum): `POST /v1/traces` and `POST /v1/metrics`, protobuf or JSON (hex ids,
+//! integer enums), optionally gzip-compressed, as the OTLP specification says: the answer comes in
+//! the request's encoding, 400 for an undecodable body, 413 over the size cap (checked again after
+//! decompression), 415 for another content type, 429 with `Retry-After` when the queue is full.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Ingest, RETRY_AFTER};
+
+/// `google.rpc.Status`, the body of an OTLP/HTTP error.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct RpcStatus {
+    /// gRPC code.
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    /// What went wrong.
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+fn reply<M: Message + Serialize>(status: StatusCode, enc: Encoding, msg: &M) -> Response {
+    let (ctype, body) = match enc {
+        Encoding::Protobuf => ("application/x-protobuf", msg.encode_to_vec()),
+        Encoding::Json => ("application/json", serde_json::to_vec(msg).unwrap_or_default()),
+    };
+    (status, [(header::CONTENT_TYPE, ctype)], body).into_response()
+}
+
+fn error(status: StatusCode, enc: Encoding, grpc_code: i32, message: String) -> Response {
+    reply(status, enc, &RpcStatus { code: grpc_code, message })
+}
+
+struct Decoded<T> {
+    msg: T,
+    bytes: usize,
+    enc: Encoding,
+}
+
+async fn decode<T: Message + Default + DeserializeOwned>(
+    ingest: &Ingest,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Decoded<T>, Response> {
+    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let enc = match mime.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
+        "application/json" => Encoding::Json,
+        _ => {
+            ingest.counters.requests_malformed.add(1);
+            let msg = format!("unsupported content-type {ctype:?}: send application/x-protobuf or application/json");
+            return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, Encoding::Json, 3, msg));
+        }
+    };
+    let cap = ingest.max_request_bytes;
+    let too_large = |ingest: &Ingest| {
+        ingest.counters.requests_too_large.add(1);
+        error(StatusCode::PAYLOAD_TOO_LARGE, enc, 8, format!("request body is larger than the {cap}-byte cap"))
+    };
+    let raw: Bytes = match axum::body::to_bytes(body, cap).await {
+        Ok(b) => b,
+        Err(_) => return Err(too_large(ingest)),
+    };
+    let gzip =
+        headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_ascii_lowercase());
+    let data: Bytes = match gzip.as_deref() {
+        None | Some("identity") | Some("") => raw,
+        Some("gzip") => {
+            let mut out = Vec::new();
+            let mut dec = flate2::read::GzDecoder::new(&raw[..]).take(cap as u64 + 1);
+            if let Err(e) = dec.read_to_end(&mut out) {
+                ingest.counters.requests_malformed.add(1);
+                return Err(error(StatusCode::BAD_REQUEST, enc, 3, format!("gzip body is truncated or corrupt: {e}")));
+            }
+            if out.len() > cap {
+                return Err(too_large(ingest));
+            }
+            Bytes::from(out)
+        }
+        Some(other) => {
+            ingest.counters.requests_malformed.add(1);
+            return Err(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                enc,
+                3,
+                format!("unsupported content-encoding {other:?}: send gzip or none"),
+            ));
+        }
+    };
+    let bytes = data.len();
+    let msg = match enc {
+        Encoding::Protobuf => T::decode(data).map_err(|e| format!("body is not a valid OTLP protobuf message: {e}")),
+        Encoding::Json => {
+            serde_json::from_slice::<T>(&data).map_err(|e| format!("body is not a valid OTLP JSON message: {e}"))
+        }
+    };
+    match msg {
+        Ok(msg) => Ok(Decoded { msg, bytes, enc }),
+        Err(m) => {
+            ingest.counters.requests_malformed.add(1);
+            Err(error(StatusCode::BAD_REQUEST, enc, 3, m))
+        }
+    }
+}
+
+fn queue_full(enc: Encoding) -> Response {
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, enc, 14, "ingest queue is full; retry later".to_owned());
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+    r
+}
+
+async fn traces(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
+    let d = match decode::<ExportTraceServiceRequest>(&ingest, &headers, body).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match ingest.accept_traces(d.msg, d.bytes) {
+        Ok((rejected, message)) => {
+            let partial_success = (rejected > 0)
+                .then_some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message });
+            reply(StatusCode::OK, d.enc, &ExportTraceServiceResponse { partial_success })
+        }
+        Err(_) => queue_full(d.enc),
+    }
+}
+
+async fn metrics(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
+    let d = match decode::<ExportMetricsServiceRequest>(&ingest, &headers, body).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match ingest.accept_metrics(d.msg, d.bytes) {
+        Ok((rejected, message)) => {
+            let partial_success = (rejected > 0)
+                .then_some(ExportMetricsPartialSuccess { rejected_data_points: rejected, error_message: message });
+            reply(StatusCode::OK, d.enc, &ExportMetricsServiceResponse { partial_success })
+        }
+        Err(_) => queue_full(d.enc),
+    }
+}
+
+/// The OTLP/HTTP router.
+pub fn router(ingest: Arc<Ingest>) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        .route("/v1/metrics", post(metrics))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(ingest)
+}

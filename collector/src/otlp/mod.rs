@@ -1,0 +1,179 @@
+//! OTLP receivers and the bounded ingest queue between them and the pipeline.
+//!
+//! Receivers decode, reject what cannot be identified (a resource without `service.name`: an OTLP
+//! partial success), and hand the rest to the queue. The queue is bounded in encoded bytes; when it is
+//! full, an export is refused as retryable (HTTP 429 with `Retry-After`, gRPC `UNAVAILABLE` with
+//! `RetryInfo`) and counted, so memory stays bounded and nothing acknowledged is dropped.
+
+pub mod grpc;
+pub mod http;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use tokio::sync::mpsc;
+
+use crate::attrs::resource_workload;
+use crate::counters::Counters;
+
+/// How long a refused exporter is told to wait.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// One accepted export, waiting for the pipeline.
+pub enum Batch {
+    /// Spans.
+    Traces(ExportTraceServiceRequest),
+    /// Metrics.
+    Metrics(ExportMetricsServiceRequest),
+}
+
+/// A queued batch and the bytes it counts against the queue limit.
+pub struct Job {
+    /// The batch.
+    pub batch: Batch,
+    /// Encoded size.
+    pub bytes: usize,
+}
+
+/// The queue is full: retry later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+/// The sending side of the ingest queue, shared by all receivers.
+pub struct Ingest {
+    tx: mpsc::UnboundedSender<Job>,
+    queued: AtomicUsize,
+    max_bytes: usize,
+    /// Size cap of one export after decompression.
+    pub max_request_bytes: usize,
+    /// Shared counters.
+    pub counters: Arc<Counters>,
+}
+
+impl Ingest {
+    /// A queue holding at most `max_bytes` of encoded exports.
+    pub fn new(
+        max_bytes: usize,
+        max_request_bytes: usize,
+        counters: Arc<Counters>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Job>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Arc::new(Self { tx, queued: AtomicUsize::new(0), max_bytes, max_request_bytes, counters }), rx)
+    }
+
+    /// Queues a batch, or refuses it when the byte budget is spent.
+    pub fn submit(&self, batch: Batch, bytes: usize) -> Result<(), QueueFull> {
+        let bytes = bytes.max(1);
+        let prev = self.queued.fetch_add(bytes, Ordering::AcqRel);
+        if prev + bytes > self.max_bytes && prev > 0 {
+            self.queued.fetch_sub(bytes, Ordering::AcqRel);
+            self.counters.requests_refused_queue_full.add(1);
+            return Err(QueueFull);
+        }
+        self.counters.queue_bytes.set((prev + bytes) as u64);
+        self.counters.queue_batches.add(1);
+        self.tx.send(Job { batch, bytes }).map_err(|_| {
+            self.queued.fetch_sub(bytes, Ordering::AcqRel);
+            QueueFull
+        })
+    }
+
+    /// Called by the pipeline when a job is done.
+    pub fn done(&self, bytes: usize) {
+        let now = self.queued.fetch_sub(bytes.max(1), Ordering::AcqRel) - bytes.max(1);
+        self.counters.queue_bytes.set(now as u64);
+        let b = self.counters.queue_batches.get();
+        self.counters.queue_batches.set(b.saturating_sub(1));
+    }
+
+    /// Validates, queues and answers a trace export: `(rejected spans, message)` for the partial
+    /// success, or [`QueueFull`].
+    pub fn accept_traces(&self, mut req: ExportTraceServiceRequest, bytes: usize) -> Result<(i64, String), QueueFull> {
+        let (rejected, message) = reject_unidentified_traces(&mut req);
+        self.counters.spans_rejected.add(rejected as u64);
+        let spans: usize = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        if spans > 0 {
+            self.submit(Batch::Traces(req), bytes)?;
+            self.counters.spans_received.add(spans as u64);
+        }
+        Ok((rejected, message))
+    }
+
+    /// Validates, queues and answers a metrics export.
+    pub fn accept_metrics(
+        &self,
+        mut req: ExportMetricsServiceRequest,
+        bytes: usize,
+    ) -> Result<(i64, String), QueueFull> {
+        let (rejected, message) = reject_unidentified_metrics(&mut req);
+        self.counters.points_rejected.add(rejected as u64);
+        let points: usize =
+            req.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics).map(point_count).sum();
+        if points > 0 {
+            self.submit(Batch::Metrics(req), bytes)?;
+            self.counters.points_received.add(points as u64);
+        }
+        Ok((rejected, message))
+    }
+}
+
+fn point_count(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> usize {
+    match &m.data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    }
+}
+
+fn describe(rejected: i64, what: &str, indexes: &[usize]) -> String {
+    if rejected == 0 {
+        return String::new();
+    }
+    let shown: Vec<String> = indexes.iter().take(5).map(|i| i.to_string()).collect();
+    format!(
+        "{rejected} {what} rejected: resource without service.name (resource index {}{})",
+        shown.join(", "),
+        if indexes.len() > 5 { ", ..." } else { "" }
+    )
+}
+
+/// Removes resources without `service.name`; returns the spans rejected and the message.
+pub fn reject_unidentified_traces(req: &mut ExportTraceServiceRequest) -> (i64, String) {
+    let mut rejected = 0i64;
+    let mut indexes = Vec::new();
+    let mut i = 0usize;
+    req.resource_spans.retain(|rs| {
+        let keep = resource_workload(rs.resource.as_ref()).is_some();
+        if !keep {
+            rejected += rs.scope_spans.iter().map(|s| s.spans.len() as i64).sum::<i64>();
+            indexes.push(i);
+        }
+        i += 1;
+        keep
+    });
+    (rejected, describe(rejected, "spans", &indexes))
+}
+
+/// Removes resources without `service.name`; returns the data points rejected and the message.
+pub fn reject_unidentified_metrics(req: &mut ExportMetricsServiceRequest) -> (i64, String) {
+    let mut rejected = 0i64;
+    let mut indexes = Vec::new();
+    let mut i = 0usize;
+    req.resource_metrics.retain(|rm| {
+        let keep = resource_workload(rm.resource.as_ref()).is_some();
+        if !keep {
+            rejected += rm.scope_metrics.iter().flat_map(|s| &s.metrics).map(point_count).sum::<usize>() as i64;
+            indexes.push(i);
+        }
+        i += 1;
+        keep
+    });
+    (rejected, describe(rejected, "data points", &indexes))
+}

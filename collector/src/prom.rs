@@ -1,0 +1,165 @@
+//! `/metrics`: the graph as the servicegraph connector's `traces_service_graph_*` series (so Grafana's
+//! service graph and existing dashboards work), and the collector's own `meshlens_collector_*` health.
+
+use std::fmt::Write;
+
+use meshlens_model::Peer;
+
+use crate::engine::{Engine, PROM_BUCKETS, PromHist};
+use crate::hub::Hub;
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn peer_labels(peer: &Peer) -> (String, String, String) {
+    match peer {
+        Peer::Workload(w) => (w.app.clone(), w.version.clone().unwrap_or_default(), w.namespace.clone()),
+        other => (other.display_name(), String::new(), String::new()),
+    }
+}
+
+fn hist(out: &mut String, name: &str, labels: &str, h: &PromHist) {
+    let mut cum = 0u64;
+    for (i, le) in PROM_BUCKETS.iter().enumerate() {
+        cum += h.buckets.get(i).copied().unwrap_or(0);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cum}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+}
+
+/// Renders the exposition text.
+pub fn render(engine: &Engine, hub: &Hub) -> String {
+    let mut out = String::with_capacity(4096 + engine.edges().len() * 2048);
+    out.push_str("# HELP traces_service_graph_request_total Requests between two nodes.\n# TYPE traces_service_graph_request_total counter\n");
+    let labels: Vec<String> = engine
+        .edges()
+        .iter()
+        .map(|e| {
+            let (c, cv, cn) = peer_labels(engine.peer_at(e.source));
+            let (s, sv, sn) = peer_labels(engine.peer_at(e.target));
+            format!(
+                "client=\"{}\",server=\"{}\",connection_type=\"{}\",client_service_version=\"{}\",server_service_version=\"{}\",client_service_namespace=\"{}\",server_service_namespace=\"{}\"",
+                escape(&c), escape(&s), e.protocol.connection_type(), escape(&cv), escape(&sv), escape(&cn), escape(&sn)
+            )
+        })
+        .collect();
+    for (e, l) in engine.edges().iter().zip(&labels) {
+        let _ = writeln!(out, "traces_service_graph_request_total{{{l}}} {}", e.totals.requests);
+    }
+    out.push_str("# HELP traces_service_graph_request_failed_total Failed requests between two nodes.\n# TYPE traces_service_graph_request_failed_total counter\n");
+    for (e, l) in engine.edges().iter().zip(&labels) {
+        let _ = writeln!(out, "traces_service_graph_request_failed_total{{{l}}} {}", e.totals.failed);
+    }
+    out.push_str("# HELP traces_service_graph_request_server_seconds Time the server took, seconds.\n# TYPE traces_service_graph_request_server_seconds histogram\n");
+    for (e, l) in engine.edges().iter().zip(&labels) {
+        if e.totals.server.count > 0 {
+            hist(&mut out, "traces_service_graph_request_server_seconds", l, &e.totals.server);
+        }
+    }
+    out.push_str("# HELP traces_service_graph_request_client_seconds Time the client saw, seconds.\n# TYPE traces_service_graph_request_client_seconds histogram\n");
+    for (e, l) in engine.edges().iter().zip(&labels) {
+        if e.totals.client.count > 0 {
+            hist(&mut out, "traces_service_graph_request_client_seconds", l, &e.totals.client);
+        }
+    }
+    let c = &hub.counters;
+    let mut metric = |name: &str, kind: &str, help: &str, series: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP meshlens_collector_{name} {help}\n# TYPE meshlens_collector_{name} {kind}");
+        for (labels, v) in series {
+            if labels.is_empty() {
+                let _ = writeln!(out, "meshlens_collector_{name} {v}");
+            } else {
+                let _ = writeln!(out, "meshlens_collector_{name}{{{labels}}} {v}");
+            }
+        }
+    };
+    metric(
+        "received_total",
+        "counter",
+        "Items accepted into the ingest queue.",
+        &[("signal=\"spans\"", c.spans_received.get()), ("signal=\"data_points\"", c.points_received.get())],
+    );
+    metric(
+        "rejected_total",
+        "counter",
+        "Items rejected at the door (partial success): resource without service.name.",
+        &[("signal=\"spans\"", c.spans_rejected.get()), ("signal=\"data_points\"", c.points_rejected.get())],
+    );
+    metric(
+        "refused_requests_total",
+        "counter",
+        "Export requests refused.",
+        &[
+            ("reason=\"queue_full\"", c.requests_refused_queue_full.get()),
+            ("reason=\"malformed\"", c.requests_malformed.get()),
+            ("reason=\"too_large\"", c.requests_too_large.get()),
+        ],
+    );
+    metric(
+        "dropped_total",
+        "counter",
+        "Items dropped after acceptance because a limit was reached.",
+        &[
+            ("signal=\"spans\",reason=\"cardinality\"", c.spans_dropped_cardinality.get()),
+            ("signal=\"spans\",reason=\"store_full\"", c.spans_dropped_store_full.get()),
+            ("signal=\"data_points\",reason=\"cardinality\"", c.points_dropped_cardinality.get()),
+        ],
+    );
+    metric("spans_paired_total", "counter", "Span halves paired into an edge.", &[("", c.spans_paired.get())]);
+    metric(
+        "spans_expired_total",
+        "counter",
+        "Span halves whose other half never came (not an edge).",
+        &[("kind=\"server\"", c.expired_server.get()), ("kind=\"consumer\"", c.expired_consumer.get())],
+    );
+    metric(
+        "spans_unpaired_total",
+        "counter",
+        "Span halves with no other half, drawn as an edge to a virtual node.",
+        &[("kind=\"client\"", c.unpaired_client.get()), ("kind=\"producer\"", c.unpaired_producer.get())],
+    );
+    metric(
+        "spans_single_total",
+        "counter",
+        "Spans that make an edge on their own.",
+        &[("kind=\"root_server\"", c.root_server.get()), ("kind=\"database_client\"", c.database_client.get())],
+    );
+    metric(
+        "spans_ignored_total",
+        "counter",
+        "Spans that make no edge.",
+        &[
+            ("reason=\"kind\"", c.spans_ignored_kind.get()),
+            ("reason=\"covered_by_metrics\"", c.spans_covered_by_metrics.get()),
+        ],
+    );
+    metric(
+        "counter_resets_total",
+        "counter",
+        "Cumulative series that went backwards.",
+        &[("", c.counter_resets.get())],
+    );
+    metric("queue_bytes", "gauge", "Encoded bytes waiting in the ingest queue.", &[("", c.queue_bytes.get())]);
+    metric("queue_depth", "gauge", "Export batches waiting in the ingest queue.", &[("", c.queue_batches.get())]);
+    metric("store_size", "gauge", "Span halves waiting to be paired.", &[("", c.store_size.get())]);
+    metric("nodes", "gauge", "Nodes tracked.", &[("", c.nodes.get())]);
+    metric("edges", "gauge", "Edges tracked.", &[("", c.edges.get())]);
+    metric("series", "gauge", "Cumulative metric series tracked.", &[("", c.series.get())]);
+    metric(
+        "revisions_published_total",
+        "counter",
+        "Revisions published by this process.",
+        &[("", c.revisions_published.get())],
+    );
+    metric("store_errors_total", "counter", "Store writes that failed.", &[("", c.store_errors.get())]);
+    metric(
+        "latest_revision",
+        "gauge",
+        "Newest revision number.",
+        &[("", hub.latest().map(|r| r.revision).unwrap_or(0))],
+    );
+    out
+}

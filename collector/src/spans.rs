@@ -1,0 +1,386 @@
+//! Spans to edges, as the OpenTelemetry Collector's servicegraph connector and Tempo pair them.
+//!
+//! - A CLIENT or PRODUCER span waits under `(trace id, its own span id)`; a SERVER or CONSUMER span
+//!   under `(trace id, its parent span id)`. When both halves are there, the pair is one request on the
+//!   edge from the client's workload to the server's.
+//! - A CLIENT span with `db.system` (or `db.system.name`) is a one-span edge to a database node named by
+//!   `peer.service`, `server.address`, `db.namespace`/`db.name`, `db.system`, in that order.
+//! - A root SERVER span (no parent) is called by `user`, or by its `peer.service` when it has one.
+//! - A CLIENT span whose SERVER never came, once its time to live has passed, is an edge to a virtual
+//!   node named by `peer.service`, `server.address`, `net.peer.name` (or `unknown`).
+//! - A SERVER span whose CLIENT never came is counted as expired, not as an edge.
+//!
+//! Requests are placed in time when they arrive, not by span timestamps. The store is bounded in size
+//! and time; whatever does not fit is counted.
+
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
+use meshlens_model::Peer;
+use meshlens_model::names::{GRPC_STATUS, HTTP_STATUS, HTTP_STATUS_OLD, MTLS};
+use meshlens_model::stats::CodeClass;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+
+use crate::attrs::{get_bool, get_int, get_str, resource_workload};
+use crate::engine::{Engine, LimitHit, Protocol};
+use crate::window::Obs;
+
+/// The key both halves of a pair share: trace id and the client span's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PairKey {
+    trace: [u8; 16],
+    span: [u8; 8],
+}
+
+impl PairKey {
+    fn new(trace: &[u8], span: &[u8]) -> Option<Self> {
+        Some(Self { trace: trace.try_into().ok()?, span: span.try_into().ok()? })
+    }
+}
+
+const SIDE_CLIENT: u8 = 1;
+const SIDE_MESSAGING: u8 = 2;
+const SIDE_GRPC: u8 = 4;
+const SIDE_FAILED: u8 = 8;
+const SIDE_MTLS: u8 = 16;
+
+/// One span half waiting for the other: 24 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Half {
+    node: u32,
+    /// For a client: the virtual peer to use if no server comes.
+    peer: u32,
+    latency_us: u32,
+    /// Arrival, milliseconds since the store's epoch.
+    arrived_ms: u32,
+    class: u8,
+    flags: u8,
+}
+
+impl Half {
+    fn is_client(&self) -> bool {
+        self.flags & SIDE_CLIENT != 0
+    }
+}
+
+/// Span halves waiting for their other half: a hash map plus a FIFO of arrival times for expiry.
+pub struct SpanStore {
+    map: HashMap<PairKey, Half>,
+    fifo: VecDeque<(PairKey, u32)>,
+    capacity: usize,
+    ttl_ms: u32,
+    epoch: f64,
+}
+
+impl SpanStore {
+    /// A store holding at most `capacity` halves for `ttl_secs` each.
+    pub fn new(capacity: usize, ttl_secs: f64) -> Self {
+        Self {
+            map: HashMap::new(),
+            fifo: VecDeque::new(),
+            capacity,
+            ttl_ms: (ttl_secs * 1000.0) as u32,
+            epoch: f64::NAN,
+        }
+    }
+
+    fn ms(&mut self, now: f64) -> u32 {
+        if self.epoch.is_nan() {
+            self.epoch = now;
+        }
+        ((now - self.epoch).max(0.0) * 1000.0) as u32
+    }
+
+    /// Halves waiting.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Heap bytes held by the map and the FIFO (for the memory benchmark).
+    pub fn heap_bytes(&self) -> usize {
+        self.map.allocation_size() + self.fifo.capacity() * std::mem::size_of::<(PairKey, u32)>()
+    }
+}
+
+/// What a span says, read once.
+struct SpanFacts {
+    class: CodeClass,
+    failed: bool,
+    latency_us: u64,
+    grpc: bool,
+    mtls: bool,
+}
+
+fn facts(span: &Span, server_side: bool) -> SpanFacts {
+    let a = &span.attributes;
+    let status = get_int(a, HTTP_STATUS).or_else(|| get_int(a, HTTP_STATUS_OLD));
+    let grpc_status = get_int(a, GRPC_STATUS);
+    let error = span.status.as_ref().is_some_and(|s| s.code == StatusCode::Error as i32);
+    let class = match status {
+        Some(code) => CodeClass::from_http(code),
+        // A failure with no HTTP status: the server side answered with an error; the client side
+        // may have had no answer at all.
+        None if error && server_side => CodeClass::ServerError,
+        None if error => CodeClass::NoResponse,
+        None => CodeClass::Ok,
+    };
+    let failed = error || class == CodeClass::ServerError;
+    let latency_us = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) / 1000;
+    SpanFacts {
+        class,
+        failed,
+        latency_us,
+        grpc: grpc_status.is_some() || get_str(a, "rpc.system") == Some("grpc"),
+        mtls: get_bool(a, MTLS).unwrap_or(false),
+    }
+}
+
+fn first_str<'a>(a: &'a [KeyValue], keys: &[&str]) -> Option<&'a str> {
+    keys.iter().find_map(|k| get_str(a, k)).filter(|s| !s.is_empty())
+}
+
+fn db_peer(a: &[KeyValue]) -> Option<Peer> {
+    let system = first_str(a, &["db.system", "db.system.name"])?;
+    let name = first_str(a, &["peer.service", "server.address", "db.namespace", "db.name"]).unwrap_or(system);
+    Some(Peer::Database { name: name.to_owned() })
+}
+
+fn virtual_peer(a: &[KeyValue]) -> Peer {
+    match first_str(a, &["peer.service", "server.address", "net.peer.name"]) {
+        Some(name) => Peer::External { name: name.to_owned() },
+        None => Peer::Unknown,
+    }
+}
+
+impl Engine {
+    /// Turns an export of spans into edge observations at time `now` (Unix seconds).
+    pub fn ingest_traces(&mut self, req: &ExportTraceServiceRequest, now: f64) {
+        let sec = now as u64;
+        for rs in &req.resource_spans {
+            let span_count: usize = rs.scope_spans.iter().map(|s| s.spans.len()).sum();
+            let Some(workload) = resource_workload(rs.resource.as_ref()) else {
+                // Rejected at the door already; a request built in-process may still carry one.
+                self.counters.spans_rejected.add(span_count as u64);
+                continue;
+            };
+            let node = match self.peer(&Peer::Workload(workload)) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.counters.spans_dropped_cardinality.add(span_count as u64);
+                    continue;
+                }
+            };
+            for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+                if self.ingest_span(node, span, now, sec).is_err() {
+                    self.counters.spans_dropped_cardinality.add(1);
+                }
+            }
+        }
+        self.counters.store_size.set(self.pairing.len() as u64);
+    }
+
+    fn ingest_span(&mut self, node: u32, span: &Span, now: f64, sec: u64) -> Result<(), LimitHit> {
+        let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
+        let (client_side, messaging) = match kind {
+            SpanKind::Client => (true, false),
+            SpanKind::Producer => (true, true),
+            SpanKind::Server => (false, false),
+            SpanKind::Consumer => (false, true),
+            SpanKind::Internal | SpanKind::Unspecified => {
+                self.counters.spans_ignored_kind.add(1);
+                return Ok(());
+            }
+        };
+        let f = facts(span, !client_side);
+        let a = &span.attributes;
+        if client_side
+            && !messaging
+            && let Some(db) = db_peer(a)
+        {
+            {
+                let target = self.peer(&db)?;
+                self.counters.database_client.add(1);
+                let obs =
+                    Obs { class: f.class, failed: f.failed, latency_us: Some(f.latency_us), count: 1, mtls: f.mtls };
+                return self.span_edge(node, target, Protocol::Database, sec, &obs, None, Some(f.latency_us));
+            }
+        }
+        if !client_side && span.parent_span_id.is_empty() {
+            let source = match get_str(a, "peer.service").filter(|s| !s.is_empty()) {
+                Some(name) => self.peer(&Peer::External { name: name.to_owned() })?,
+                None => self.peer(&Peer::User)?,
+            };
+            self.counters.root_server.add(1);
+            let obs = Obs { class: f.class, failed: f.failed, latency_us: Some(f.latency_us), count: 1, mtls: f.mtls };
+            let proto = protocol(messaging, f.grpc);
+            return self.span_edge(source, node, proto, sec, &obs, Some(f.latency_us), None);
+        }
+        let key_span = if client_side { &span.span_id } else { &span.parent_span_id };
+        let Some(key) = PairKey::new(&span.trace_id, key_span) else {
+            self.counters.spans_ignored_kind.add(1);
+            return Ok(());
+        };
+        let peer = if client_side { self.peer(&virtual_peer(a))? } else { 0 };
+        let mut flags = 0;
+        for (on, bit) in [
+            (client_side, SIDE_CLIENT),
+            (messaging, SIDE_MESSAGING),
+            (f.grpc, SIDE_GRPC),
+            (f.failed, SIDE_FAILED),
+            (f.mtls, SIDE_MTLS),
+        ] {
+            if on {
+                flags |= bit;
+            }
+        }
+        let arrived_ms = self.pairing.ms(now);
+        let half = Half {
+            node,
+            peer,
+            latency_us: u32::try_from(f.latency_us).unwrap_or(u32::MAX),
+            arrived_ms,
+            class: f.class as u8,
+            flags,
+        };
+        match self.pairing.map.get(&key) {
+            Some(other) if other.is_client() != client_side => {
+                let other = *other;
+                self.pairing.map.remove(&key);
+                let (client, server) = if client_side { (half, other) } else { (other, half) };
+                self.counters.spans_paired.add(2);
+                self.complete_pair(&client, &server, sec)
+            }
+            _ => {
+                if self.pairing.map.len() >= self.pairing.capacity && !self.pairing.map.contains_key(&key) {
+                    self.counters.spans_dropped_store_full.add(1);
+                    return Ok(());
+                }
+                self.pairing.map.insert(key, half);
+                self.pairing.fifo.push_back((key, arrived_ms));
+                Ok(())
+            }
+        }
+    }
+
+    fn complete_pair(&mut self, client: &Half, server: &Half, sec: u64) -> Result<(), LimitHit> {
+        let failed = (client.flags | server.flags) & SIDE_FAILED != 0;
+        let mut class = CodeClass::from_index(usize::from(server.class));
+        if failed && class == CodeClass::Ok {
+            class = CodeClass::from_index(usize::from(client.class));
+        }
+        let obs = Obs {
+            class,
+            failed,
+            latency_us: Some(u64::from(server.latency_us)),
+            count: 1,
+            mtls: (client.flags & server.flags) & SIDE_MTLS != 0,
+        };
+        let proto = protocol(server.flags & SIDE_MESSAGING != 0, (client.flags | server.flags) & SIDE_GRPC != 0);
+        self.span_edge(
+            client.node,
+            server.node,
+            proto,
+            sec,
+            &obs,
+            Some(u64::from(server.latency_us)),
+            Some(u64::from(client.latency_us)),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn span_edge(
+        &mut self,
+        source: u32,
+        target: u32,
+        proto: Protocol,
+        sec: u64,
+        obs: &Obs,
+        server_us: Option<u64>,
+        client_us: Option<u64>,
+    ) -> Result<(), LimitHit> {
+        let counters = self.counters.clone();
+        let edge = self.edge_mut(source, target, proto)?;
+        if edge.metrics_seen {
+            counters.spans_covered_by_metrics.add(1);
+            return Ok(());
+        }
+        edge.record(sec, obs);
+        if let Some(us) = server_us {
+            edge.record_server_latency(us, 1);
+        }
+        if let Some(us) = client_us {
+            edge.record_client_latency(us, 1);
+        }
+        Ok(())
+    }
+}
+
+fn protocol(messaging: bool, grpc: bool) -> Protocol {
+    if messaging {
+        Protocol::Messaging
+    } else if grpc {
+        Protocol::Grpc
+    } else {
+        Protocol::Http
+    }
+}
+
+/// Expires halves older than the store's time to live: a lone client becomes an edge to its virtual
+/// peer, a lone server is counted as expired.
+pub fn expire(engine: &mut Engine, now: f64) {
+    let now_ms = engine.pairing.ms(now);
+    let sec = now as u64;
+    while let Some(&(key, arrived)) = engine.pairing.fifo.front() {
+        if now_ms.saturating_sub(arrived) < engine.pairing.ttl_ms {
+            break;
+        }
+        engine.pairing.fifo.pop_front();
+        let Some(half) = engine.pairing.map.get(&key).copied() else { continue };
+        if half.arrived_ms != arrived {
+            continue;
+        }
+        engine.pairing.map.remove(&key);
+        let messaging = half.flags & SIDE_MESSAGING != 0;
+        if half.is_client() {
+            if messaging {
+                engine.counters.unpaired_producer.add(1);
+            } else {
+                engine.counters.unpaired_client.add(1);
+            }
+            let failed = half.flags & SIDE_FAILED != 0;
+            let obs = Obs {
+                class: CodeClass::from_index(usize::from(half.class)),
+                failed,
+                latency_us: Some(u64::from(half.latency_us)),
+                count: 1,
+                mtls: half.flags & SIDE_MTLS != 0,
+            };
+            let proto = protocol(messaging, half.flags & SIDE_GRPC != 0);
+            if engine.span_edge(half.node, half.peer, proto, sec, &obs, None, Some(u64::from(half.latency_us))).is_err()
+            {
+                engine.counters.spans_dropped_cardinality.add(1);
+            }
+        } else if messaging {
+            engine.counters.expired_consumer.add(1);
+        } else {
+            engine.counters.expired_server.add(1);
+        }
+    }
+    if engine.pairing.map.is_empty() {
+        engine.pairing.fifo.clear();
+    }
+    engine.counters.store_size.set(engine.pairing.len() as u64);
+}
+
+#[cfg(test)]
+#[path = "spans_tests.rs"]
+mod tests;

@@ -1,0 +1,344 @@
+//! The embedded store (redb) under `--data-dir`: published revisions, and each edge's identity,
+//! totals and window slices, so a restart after `kill -9` brings back the graph, the revisions and
+//! the window stats, and revision numbers continue. `--in-memory` uses redb's in-memory backend, so
+//! both modes run the same code.
+//!
+//! Each tick writes one transaction: the new revision (if any) and, per edge touched since the last
+//! tick, its metadata and the slices that changed. What arrived after the last committed tick (at
+//! most one tick, 1 s by default) is lost on `kill -9`; see docs/ARCHITECTURE.md.
+
+use std::path::{Path, PathBuf};
+
+use meshlens_model::Peer;
+use meshlens_model::graph::{GraphSnapshot, RevisionSummary, TopologyChanges};
+use meshlens_model::hist::SparseHist;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Protocol, Totals};
+use crate::window::{COARSE_SLOTS, COARSE_WIDTH, FINE_SLOTS, FINE_WIDTH, Slice};
+
+const REVISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revisions");
+const EDGES: TableDefinition<u32, &[u8]> = TableDefinition::new("edges");
+const SLOTS: TableDefinition<(u32, u8, u64), &[u8]> = TableDefinition::new("slots");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// A store failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The database could not be opened.
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: Box<redb::DatabaseError>,
+    },
+    /// A read or write failed.
+    #[error("store {action}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The cause.
+        source: Box<redb::Error>,
+    },
+    /// A stored record did not decode.
+    #[error("store holds a corrupt {what} record: {detail}")]
+    Corrupt {
+        /// Which table.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
+}
+
+fn io<E: Into<redb::Error>>(action: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Io { action, source: Box::new(e.into()) }
+}
+
+/// A published revision as stored: all four views.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredRevision {
+    /// The revision number.
+    pub revision: u64,
+    /// When it was published, Unix ms.
+    pub generated_at_ms: i64,
+    /// The window its stats cover.
+    pub window_seconds: u64,
+    /// Topology changes from the revision before.
+    pub changes: TopologyChanges,
+    /// Snapshots in `View::ALL` order.
+    pub views: Vec<GraphSnapshot>,
+}
+
+/// An edge's identity and totals.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EdgeMeta {
+    /// Caller.
+    pub source: Peer,
+    /// Callee.
+    pub target: Peer,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Totals for `/metrics`.
+    pub totals: Totals,
+    /// Agent metrics cover it.
+    pub metrics_seen: bool,
+    /// The callee's agent reports it.
+    pub server_metrics_seen: bool,
+    /// Last second with data.
+    pub last_sec: u64,
+}
+
+/// One edge's changes in a tick.
+pub struct EdgeRecord {
+    /// Engine edge index.
+    pub index: u32,
+    /// Identity and totals.
+    pub meta: EdgeMeta,
+    /// Changed slices: ring (0 fine, 1 coarse) and slice.
+    pub slices: Vec<(u8, Slice)>,
+}
+
+/// An edge read back: index, identity and totals, slices by ring.
+pub type StoredEdge = (u32, EdgeMeta, Vec<(u8, Slice)>);
+
+/// What a start reads back.
+pub struct Loaded {
+    /// The newest revision.
+    pub latest: Option<StoredRevision>,
+    /// `(revision, generated_at_ms)` of every stored revision.
+    pub index: Vec<(u64, i64)>,
+    /// Edges with their slices, in index order.
+    pub edges: Vec<StoredEdge>,
+    /// When the data began (Unix seconds).
+    pub data_since: Option<u64>,
+}
+
+fn encode_slice(s: &Slice) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64 + s.hist.buckets.len() * 6);
+    b.extend_from_slice(&s.epoch.to_le_bytes());
+    for v in [
+        s.requests, s.errors, s.codes[0], s.codes[1], s.codes[2], s.codes[3], s.codes[4], s.mtls, s.retries, s.timeouts,
+    ] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&s.hist.max_us.to_le_bytes());
+    b.extend_from_slice(&(s.hist.buckets.len() as u32).to_le_bytes());
+    for &(i, c) in &s.hist.buckets {
+        b.extend_from_slice(&i.to_le_bytes());
+        b.extend_from_slice(&c.to_le_bytes());
+    }
+    b
+}
+
+fn decode_slice(b: &[u8]) -> Option<Slice> {
+    let mut pos = 0usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = b.get(pos..pos + n)?;
+        pos += n;
+        Some(s)
+    };
+    let u64_ = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or([0; 8]));
+    let u32_ = |s: &[u8]| u32::from_le_bytes(s.try_into().unwrap_or([0; 4]));
+    let epoch = u64_(take(8)?);
+    let mut v = [0u32; 10];
+    for x in &mut v {
+        *x = u32_(take(4)?);
+    }
+    let max_us = u64_(take(8)?);
+    let n = u32_(take(4)?) as usize;
+    let mut buckets = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        let i = u16::from_le_bytes(take(2)?.try_into().ok()?);
+        let c = u32_(take(4)?);
+        buckets.push((i, c));
+    }
+    Some(Slice {
+        epoch,
+        requests: v[0],
+        errors: v[1],
+        codes: [v[2], v[3], v[4], v[5], v[6]],
+        mtls: v[7],
+        retries: v[8],
+        timeouts: v[9],
+        hist: SparseHist { buckets, max_us },
+    })
+}
+
+/// The store.
+pub struct Store {
+    db: Database,
+    retain_revisions: u64,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, retain_revisions: u64) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: dir.to_owned(), source })?;
+        let path = dir.join("meshlens.redb");
+        let db = Database::create(&path).map_err(|e| StoreError::Open { path: path.clone(), source: Box::new(e) })?;
+        Self::init(db, retain_revisions)
+    }
+
+    /// A store that keeps nothing once the process ends.
+    pub fn in_memory(retain_revisions: u64) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StoreError::Open { path: PathBuf::from(":memory:"), source: Box::new(e) })?;
+        Self::init(db, retain_revisions)
+    }
+
+    fn init(db: Database, retain_revisions: u64) -> Result<Self, StoreError> {
+        let tx = db.begin_write().map_err(io("begin"))?;
+        tx.open_table(REVISIONS).map_err(io("create tables"))?;
+        tx.open_table(EDGES).map_err(io("create tables"))?;
+        tx.open_table(SLOTS).map_err(io("create tables"))?;
+        tx.open_table(META).map_err(io("create tables"))?;
+        tx.commit().map_err(io("commit"))?;
+        Ok(Self { db, retain_revisions: retain_revisions.max(1) })
+    }
+
+    /// Reads back everything a start needs.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        let tx = self.db.begin_read().map_err(io("begin read"))?;
+        let revs = tx.open_table(REVISIONS).map_err(io("open revisions"))?;
+        let mut index = Vec::new();
+        let mut latest = None;
+        for item in revs.iter().map_err(io("read revisions"))? {
+            let (k, v) = item.map_err(io("read revisions"))?;
+            let rec = parse_revision(v.value())?;
+            index.push((k.value(), rec.generated_at_ms));
+            latest = Some(rec);
+        }
+        let edges_t = tx.open_table(EDGES).map_err(io("open edges"))?;
+        let slots_t = tx.open_table(SLOTS).map_err(io("open slots"))?;
+        let mut edges = Vec::new();
+        for item in edges_t.iter().map_err(io("read edges"))? {
+            let (k, v) = item.map_err(io("read edges"))?;
+            let idx = k.value();
+            let meta: EdgeMeta = serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::Corrupt { what: "edge", detail: e.to_string() })?;
+            let mut slices = Vec::new();
+            for s in slots_t.range((idx, 0u8, 0u64)..=(idx, 1u8, u64::MAX)).map_err(io("read slots"))? {
+                let (k, v) = s.map_err(io("read slots"))?;
+                let slice = decode_slice(v.value())
+                    .ok_or(StoreError::Corrupt { what: "slot", detail: format!("edge {idx}") })?;
+                slices.push((k.value().1, slice));
+            }
+            edges.push((idx, meta, slices));
+        }
+        let meta = tx.open_table(META).map_err(io("open meta"))?;
+        let data_since = meta.get("data_since").map_err(io("read meta"))?.map(|v| v.value());
+        Ok(Loaded { latest, index, edges, data_since })
+    }
+
+    /// Writes one tick: an optional new revision and the edges that changed.
+    pub fn write_tick(
+        &self,
+        revision: Option<&StoredRevision>,
+        edges: &[EdgeRecord],
+        now_sec: u64,
+        data_since: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(io("begin write"))?;
+        {
+            let mut meta = tx.open_table(META).map_err(io("open meta"))?;
+            if meta.get("data_since").map_err(io("read meta"))?.is_none() {
+                meta.insert("data_since", data_since).map_err(io("write meta"))?;
+            }
+            if let Some(rev) = revision {
+                let mut t = tx.open_table(REVISIONS).map_err(io("open revisions"))?;
+                let bytes = serde_json::to_vec(rev)
+                    .map_err(|e| StoreError::Corrupt { what: "revision", detail: e.to_string() })?;
+                t.insert(rev.revision, bytes.as_slice()).map_err(io("write revision"))?;
+                let keep_from = rev.revision.saturating_sub(self.retain_revisions - 1);
+                if keep_from > 0 {
+                    t.retain_in(..keep_from, |_, _| false).map_err(io("prune revisions"))?;
+                }
+            }
+            let mut et = tx.open_table(EDGES).map_err(io("open edges"))?;
+            let mut st = tx.open_table(SLOTS).map_err(io("open slots"))?;
+            let fine_cut = (now_sec / FINE_WIDTH).saturating_sub(FINE_SLOTS as u64);
+            let coarse_cut = (now_sec / COARSE_WIDTH).saturating_sub(COARSE_SLOTS as u64);
+            for e in edges {
+                let bytes = serde_json::to_vec(&e.meta)
+                    .map_err(|err| StoreError::Corrupt { what: "edge", detail: err.to_string() })?;
+                et.insert(e.index, bytes.as_slice()).map_err(io("write edge"))?;
+                for (ring, slice) in &e.slices {
+                    st.insert((e.index, *ring, slice.epoch), encode_slice(slice).as_slice())
+                        .map_err(io("write slot"))?;
+                }
+                st.retain_in((e.index, 0u8, 0u64)..(e.index, 0u8, fine_cut), |_, _| false)
+                    .map_err(io("prune slots"))?;
+                st.retain_in((e.index, 1u8, 0u64)..(e.index, 1u8, coarse_cut), |_, _| false)
+                    .map_err(io("prune slots"))?;
+            }
+        }
+        tx.commit().map_err(io("commit"))?;
+        Ok(())
+    }
+
+    /// One revision.
+    pub fn revision(&self, n: u64) -> Result<Option<StoredRevision>, StoreError> {
+        let tx = self.db.begin_read().map_err(io("begin read"))?;
+        let t = tx.open_table(REVISIONS).map_err(io("open revisions"))?;
+        match t.get(n).map_err(io("read revision"))? {
+            Some(v) => Ok(Some(parse_revision(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Summaries of the revisions after `since`, oldest first, at most `limit`.
+    pub fn revisions_after(&self, since: u64, limit: usize) -> Result<Vec<RevisionSummary>, StoreError> {
+        let tx = self.db.begin_read().map_err(io("begin read"))?;
+        let t = tx.open_table(REVISIONS).map_err(io("open revisions"))?;
+        let mut out = Vec::new();
+        for item in t.range(since.saturating_add(1)..).map_err(io("read revisions"))?.take(limit) {
+            let (_, v) = item.map_err(io("read revisions"))?;
+            let r = parse_revision(v.value())?;
+            out.push(RevisionSummary {
+                revision: r.revision,
+                generated_at: meshlens_model::time::format_rfc3339_ms(r.generated_at_ms),
+                changes: r.changes,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn parse_revision(b: &[u8]) -> Result<StoredRevision, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt { what: "revision", detail: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_round_trip() {
+        let mut s = Slice {
+            epoch: 42,
+            requests: 3,
+            errors: 1,
+            codes: [2, 0, 0, 1, 0],
+            mtls: 3,
+            retries: 4,
+            timeouts: 5,
+            ..Slice::default()
+        };
+        s.hist.record(1500);
+        s.hist.record(90_000);
+        assert_eq!(decode_slice(&encode_slice(&s)), Some(s.clone()));
+        let bytes = encode_slice(&s);
+        assert_eq!(decode_slice(&bytes[..bytes.len() - 1]), None);
+    }
+}

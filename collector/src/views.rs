@@ -1,0 +1,226 @@
+//! Graph views built from the edge state: `versioned`, `app`, `workload`, `service`.
+//!
+//! Raw edges connect peers as reported (workloads with their versions). A view maps each peer to a
+//! view node (dropping versions for `app` and `service`), builds a petgraph of view nodes whose edges
+//! hold the raw edges they merge, and aggregates slices and histograms per view edge and per node
+//! side, so a merged node's percentiles are exact.
+
+use hashbrown::HashMap;
+use meshlens_model::api::{AppDetail, PeerStats, RatePoint, VersionDetail};
+use meshlens_model::graph::{Edge, GraphSnapshot, Node, NodeKind, View};
+use meshlens_model::hist::Merger;
+use meshlens_model::stats::{HealthThresholds, Stats};
+use meshlens_model::time::format_rfc3339_ms;
+use meshlens_model::{Peer, Workload};
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+
+use crate::engine::{EdgeState, Engine};
+use crate::window::{Aggregate, WindowSpec};
+
+fn view_peer(peer: &Peer, view: View) -> Peer {
+    match view {
+        View::Versioned | View::Workload => peer.clone(),
+        View::App | View::Service => peer.without_version(),
+    }
+}
+
+fn node_kind(peer: &Peer, view: View) -> NodeKind {
+    match peer {
+        Peer::Workload(_) => match view {
+            View::Versioned | View::Workload => NodeKind::Workload,
+            View::App => NodeKind::App,
+            View::Service => NodeKind::Service,
+        },
+        Peer::User => NodeKind::User,
+        Peer::External { .. } => NodeKind::External,
+        Peer::Database { .. } => NodeKind::Database,
+        Peer::Unknown => NodeKind::Unknown,
+    }
+}
+
+fn active(edge: &EdgeState, spec: &WindowSpec) -> bool {
+    edge.last_sec / spec.width >= spec.first
+}
+
+fn aggregate(engine: &Engine, spec: WindowSpec, members: &[u32], merger: &mut Merger) -> Stats {
+    let mut agg = Aggregate::new(spec, merger);
+    for &i in members {
+        let e = &engine.edges()[i as usize];
+        agg.add(&e.rings, e.metrics_seen);
+    }
+    agg.stats()
+}
+
+/// A view's graph: view nodes, and per view edge the raw edges it merges.
+struct ViewGraph {
+    graph: DiGraph<Peer, Vec<u32>>,
+}
+
+fn build(engine: &Engine, view: View, spec: &WindowSpec) -> ViewGraph {
+    let mut graph: DiGraph<Peer, Vec<u32>> = DiGraph::new();
+    let mut index: HashMap<Peer, NodeIndex> = HashMap::new();
+    let mut node =
+        |graph: &mut DiGraph<Peer, Vec<u32>>, p: Peer| *index.entry(p.clone()).or_insert_with(|| graph.add_node(p));
+    for (i, e) in engine.edges().iter().enumerate() {
+        if !active(e, spec) {
+            continue;
+        }
+        let s = node(&mut graph, view_peer(engine.peer_at(e.source), view));
+        let t = node(&mut graph, view_peer(engine.peer_at(e.target), view));
+        match graph.find_edge(s, t) {
+            Some(ei) => graph[ei].push(i as u32),
+            None => {
+                graph.add_edge(s, t, vec![i as u32]);
+            }
+        }
+    }
+    ViewGraph { graph }
+}
+
+fn side_members(g: &DiGraph<Peer, Vec<u32>>, n: NodeIndex, dir: Direction) -> Vec<u32> {
+    g.edges_directed(n, dir).flat_map(|e| e.weight().iter().copied()).collect()
+}
+
+/// Computes a snapshot of `view` over a `window_secs` window ending at `now`.
+pub fn snapshot(engine: &Engine, view: View, window_secs: u64, now: f64, merger: &mut Merger) -> GraphSnapshot {
+    let spec = WindowSpec::new(now, window_secs, engine.data_since);
+    let health = engine.config.health;
+    let vg = build(engine, view, &spec);
+    let g = &vg.graph;
+    let mut edges = Vec::with_capacity(g.edge_count());
+    for e in g.edge_references() {
+        let stats = aggregate(engine, spec, e.weight(), merger);
+        if stats.requests == 0 && stats.retries.unwrap_or(0) == 0 && stats.timeouts.unwrap_or(0) == 0 {
+            continue;
+        }
+        let (s, t) = (g[e.source()].id(), g[e.target()].id());
+        let protocol = engine.edges()[e.weight()[0] as usize].protocol.as_str().to_owned();
+        edges.push(Edge {
+            id: format!("{s}->{t}"),
+            source: s,
+            target: t,
+            protocol,
+            health: stats.health(&health),
+            stats,
+        });
+    }
+    edges.sort_by(|a, b| a.id.cmp(&b.id));
+    let live: hashbrown::HashSet<String> = edges.iter().flat_map(|e| [e.source.clone(), e.target.clone()]).collect();
+    let mut nodes = Vec::with_capacity(g.node_count());
+    for n in g.node_indices() {
+        let peer = &g[n];
+        let id = peer.id();
+        if !live.contains(&id) {
+            continue;
+        }
+        let inbound = aggregate(engine, spec, &side_members(g, n, Direction::Incoming), merger);
+        let outbound = aggregate(engine, spec, &side_members(g, n, Direction::Outgoing), merger);
+        nodes.push(make_node(peer, id, view, inbound, outbound, &health));
+    }
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    GraphSnapshot {
+        revision: 0,
+        generated_at: format_rfc3339_ms((now * 1000.0) as i64),
+        window_seconds: window_secs,
+        view,
+        nodes,
+        edges,
+    }
+}
+
+fn make_node(peer: &Peer, id: String, view: View, inbound: Stats, outbound: Stats, t: &HealthThresholds) -> Node {
+    let (namespace, app, version) = match peer {
+        Peer::Workload(w) => (w.namespace.clone(), w.app.clone(), w.version.clone()),
+        other => (String::new(), other.display_name(), None),
+    };
+    let group = match (view, peer) {
+        (View::Versioned, Peer::Workload(w)) if w.version.is_some() => Some(w.app_id()),
+        _ => None,
+    };
+    let health = inbound.health(t).max(outbound.health(t));
+    Node { id, namespace, app, version, kind: node_kind(peer, view), group, health, inbound, outbound }
+}
+
+/// One app's versions with their inbound and outbound tables and rate series; `None` when the app
+/// has no traffic in the window.
+pub fn app_detail(
+    engine: &Engine,
+    namespace: &str,
+    app: &str,
+    window_secs: u64,
+    now: f64,
+    merger: &mut Merger,
+) -> Option<AppDetail> {
+    let spec = WindowSpec::new(now, window_secs, engine.data_since);
+    let health = engine.config.health;
+    let is_app = |p: &Peer| matches!(p, Peer::Workload(w) if w.namespace == namespace && w.app == app);
+    let mut versions: std::collections::BTreeMap<Option<String>, (Vec<u32>, Vec<u32>)> = Default::default();
+    for (i, e) in engine.edges().iter().enumerate() {
+        if !active(e, &spec) {
+            continue;
+        }
+        for (peer, inbound) in [(engine.peer_at(e.target), true), (engine.peer_at(e.source), false)] {
+            if let Peer::Workload(w) = peer
+                && is_app(peer)
+            {
+                let entry = versions.entry(w.version.clone()).or_default();
+                if inbound { entry.0.push(i as u32) } else { entry.1.push(i as u32) }
+            }
+        }
+    }
+    if versions.is_empty() {
+        return None;
+    }
+    let peer_table = |members: &[u32], inbound: bool, merger: &mut Merger| -> Vec<PeerStats> {
+        let mut by_peer: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+        for &i in members {
+            let e = &engine.edges()[i as usize];
+            let other = if inbound { e.source } else { e.target };
+            by_peer.entry(engine.peer_at(other).id()).or_default().push(i);
+        }
+        by_peer
+            .into_iter()
+            .map(|(peer, m)| PeerStats { peer, stats: aggregate(engine, spec, &m, merger) })
+            .filter(|p| p.stats.requests > 0)
+            .collect()
+    };
+    let (mut all_in, mut all_out) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
+    for (version, (inb, outb)) in &versions {
+        let mut agg = Aggregate::new(spec, merger);
+        for &i in inb {
+            let e = &engine.edges()[i as usize];
+            agg.add(&e.rings, e.metrics_seen);
+        }
+        let rate_series = agg
+            .series()
+            .map(|(t, rps, err)| RatePoint { time: format_rfc3339_ms(t as i64 * 1000), rps, error_rps: err })
+            .collect();
+        let inbound = agg.stats();
+        let outbound = aggregate(engine, spec, outb, merger);
+        let w = Workload { namespace: namespace.to_owned(), app: app.to_owned(), version: version.clone() };
+        out.push(VersionDetail {
+            version: version.clone(),
+            id: w.id(),
+            health: inbound.health(&health).max(outbound.health(&health)),
+            inbound_edges: peer_table(inb, true, merger),
+            outbound_edges: peer_table(outb, false, merger),
+            inbound,
+            outbound,
+            rate_series,
+        });
+        all_in.extend_from_slice(inb);
+        all_out.extend_from_slice(outb);
+    }
+    Some(AppDetail {
+        namespace: namespace.to_owned(),
+        app: app.to_owned(),
+        window_seconds: window_secs,
+        step_seconds: spec.width,
+        inbound: aggregate(engine, spec, &all_in, merger),
+        outbound: aggregate(engine, spec, &all_out, merger),
+        versions: out,
+    })
+}

@@ -1,0 +1,115 @@
+//! A small client for the collector's JSON API.
+
+use meshlens_model::api::{ErrorBody, WorkloadsBody};
+use meshlens_model::graph::{GraphSnapshot, View};
+use serde::de::DeserializeOwned;
+
+/// Why an API call failed, with the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection.
+    #[error("cannot reach the collector at {url}: {reason}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The cause, flattened.
+        reason: String,
+    },
+    /// The collector answered with an error.
+    #[error("{url}: {status}: {message}")]
+    Api {
+        /// The URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The API's message.
+        message: String,
+    },
+    /// The answer did not decode.
+    #[error("{url}: unexpected answer: {reason}")]
+    Decode {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// The API client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the collector at `base` (such as `http://127.0.0.1:7420`).
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| ClientError::Unreachable { url: base.to_owned(), reason: chain(&e) })?;
+        Ok(Self { base: base.trim_end_matches('/').to_owned(), http })
+    }
+
+    /// GETs `path` (with its query) and decodes the JSON answer.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), reason: chain(&e) })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| ClientError::Unreachable { url: url.clone(), reason: chain(&e) })?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|b| b.error.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
+            return Err(ClientError::Api { url, status: status.as_u16(), message });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode { url, reason: e.to_string() })
+    }
+
+    /// `/api/v1/graph`.
+    pub async fn graph(&self, view: View, window: &str, namespaces: &[String]) -> Result<GraphSnapshot, ClientError> {
+        let mut q = format!("/api/v1/graph?view={view}&window={}", enc(window));
+        for ns in namespaces {
+            q.push_str(&format!("&namespace={}", enc(ns)));
+        }
+        self.get(&q).await
+    }
+
+    /// `/api/v1/workloads`.
+    pub async fn workloads(&self, window: &str, namespaces: &[String]) -> Result<WorkloadsBody, ClientError> {
+        let mut q = format!("/api/v1/workloads?window={}", enc(window));
+        for ns in namespaces {
+            q.push_str(&format!("&namespace={}", enc(ns)));
+        }
+        self.get(&q).await
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,111 @@
+//! Bodies of the HTTP API that are not graphs: workloads, errors, the rate series.
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{Health, Stats};
+
+/// `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Machine-readable code: `bad_parameter`, `not_found`, `not_ready`, `internal`.
+    pub code: String,
+    /// What is wrong, naming the parameter.
+    pub message: String,
+}
+
+/// One row of `/api/v1/workloads` and `meshlens stat`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadRow {
+    /// Namespace.
+    pub namespace: String,
+    /// App.
+    pub app: String,
+    /// Version, when the workload has one.
+    pub version: Option<String>,
+    /// Node id.
+    pub id: String,
+    /// Health.
+    pub health: Health,
+    /// Requests the workload received.
+    pub inbound: Stats,
+    /// Requests the workload sent.
+    pub outbound: Stats,
+}
+
+/// The body of `/api/v1/workloads`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadsBody {
+    /// Revision the rows come from (0 when computed live before the first revision).
+    pub revision: u64,
+    /// The stats window.
+    pub window_seconds: u64,
+    /// One row per workload, sorted by namespace, app, version.
+    pub workloads: Vec<WorkloadRow>,
+}
+
+/// Requests between a workload and one peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerStats {
+    /// The peer's node id.
+    pub peer: String,
+    /// Stats of the edge.
+    pub stats: Stats,
+}
+
+/// One point of a rate series.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RatePoint {
+    /// Start of the step (RFC 3339).
+    pub time: String,
+    /// Requests per second in the step.
+    pub rps: f64,
+    /// Failed requests per second in the step.
+    pub error_rps: f64,
+}
+
+/// One version of an app in `/api/v1/workloads/{namespace}/{app}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionDetail {
+    /// Version (absent for an unversioned workload).
+    pub version: Option<String>,
+    /// Node id.
+    pub id: String,
+    /// Health.
+    pub health: Health,
+    /// Totals in.
+    pub inbound: Stats,
+    /// Totals out.
+    pub outbound: Stats,
+    /// Per caller.
+    pub inbound_edges: Vec<PeerStats>,
+    /// Per callee.
+    pub outbound_edges: Vec<PeerStats>,
+    /// Inbound rate per step over the window.
+    pub rate_series: Vec<RatePoint>,
+}
+
+/// The body of `/api/v1/workloads/{namespace}/{app}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppDetail {
+    /// Namespace.
+    pub namespace: String,
+    /// App.
+    pub app: String,
+    /// The stats window.
+    pub window_seconds: u64,
+    /// The step of the rate series.
+    pub step_seconds: u64,
+    /// All versions merged (inbound).
+    pub inbound: Stats,
+    /// All versions merged (outbound).
+    pub outbound: Stats,
+    /// Each version.
+    pub versions: Vec<VersionDetail>,
+}

@@ -1,0 +1,19 @@
+//! Shared meshlens types.
+//!
+//! This crate owns the shapes that several parts of meshlens agree on: workload identity and node ids
+//! ([`identity`]), the stats of a node or an edge ([`stats`]), graph snapshots, revisions and diffs
+//! ([`graph`]), the bodies of the HTTP API ([`api`]), the mergeable latency histogram ([`hist`]), and
+//! small parsers for durations and RFC 3339 times ([`time`]). It does no IO and has no async runtime, so
+//! the console and the web app (wasm32) can use it without pulling in the collector.
+
+pub mod api;
+pub mod graph;
+pub mod hist;
+pub mod identity;
+pub mod names;
+pub mod stats;
+pub mod time;
+
+pub use graph::{Edge, GraphSnapshot, Node, NodeKind, View};
+pub use identity::{Peer, Workload};
+pub use stats::{Codes, Health, HealthThresholds, LatencyMs, Stats};

@@ -1,0 +1,25 @@
+//! Metric and attribute names that the agent exports and the collector reads (DESIGN.md "Metric names").
+
+/// Inbound-side request duration histogram (seconds), recorded by the callee's agent.
+pub const SERVER_DURATION: &str = "http.server.request.duration";
+/// Outbound-side request duration histogram (seconds), recorded by the caller's agent.
+pub const CLIENT_DURATION: &str = "http.client.request.duration";
+/// Monotonic sum: retries the caller's agent made on an edge.
+pub const CLIENT_RETRIES: &str = "meshlens.client.retries";
+/// Monotonic sum: attempts or requests that timed out at the caller's agent.
+pub const CLIENT_TIMEOUTS: &str = "meshlens.client.timeouts";
+
+/// Prefix of the source workload attributes (`.namespace`, `.app`, `.version`).
+pub const SOURCE_PREFIX: &str = "meshlens.source.";
+/// Prefix of the destination workload attributes (`.namespace`, `.app`, `.version`).
+pub const DESTINATION_PREFIX: &str = "meshlens.destination.";
+/// Boolean attribute: the hop was mutually authenticated TLS.
+pub const MTLS: &str = "meshlens.mtls";
+/// HTTP status code attribute (semantic conventions).
+pub const HTTP_STATUS: &str = "http.response.status_code";
+/// Older HTTP status code attribute, still sent by many SDKs.
+pub const HTTP_STATUS_OLD: &str = "http.status_code";
+/// Error type attribute (semantic conventions); set without a status code when there was no response.
+pub const ERROR_TYPE: &str = "error.type";
+/// gRPC status code attribute.
+pub const GRPC_STATUS: &str = "rpc.grpc.status_code";

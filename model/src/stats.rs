@@ -1,0 +1,199 @@
+//! Request stats of a node side or an edge, and health (DESIGN.md "HTTP API").
+
+use serde::{Deserialize, Serialize};
+
+/// Requests by status class. `none` counts requests that got no response (timeout, reset, refused).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Codes {
+    /// 1xx and 2xx responses (and successful non-HTTP calls).
+    #[serde(rename = "2xx")]
+    pub c2xx: u64,
+    /// 3xx responses.
+    #[serde(rename = "3xx")]
+    pub c3xx: u64,
+    /// 4xx responses (counted, not failures).
+    #[serde(rename = "4xx")]
+    pub c4xx: u64,
+    /// 5xx responses.
+    #[serde(rename = "5xx")]
+    pub c5xx: u64,
+    /// No response at all.
+    pub none: u64,
+}
+
+/// A status class, the index into [`Codes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CodeClass {
+    /// 1xx/2xx.
+    Ok = 0,
+    /// 3xx.
+    Redirect = 1,
+    /// 4xx.
+    ClientError = 2,
+    /// 5xx.
+    ServerError = 3,
+    /// No response.
+    NoResponse = 4,
+}
+
+impl CodeClass {
+    /// The class of an HTTP status code.
+    pub fn from_http(status: i64) -> Self {
+        match status {
+            300..=399 => Self::Redirect,
+            400..=499 => Self::ClientError,
+            500..=599 => Self::ServerError,
+            _ => Self::Ok,
+        }
+    }
+
+    /// From the index stored in compact slices.
+    pub fn from_index(i: usize) -> Self {
+        match i {
+            1 => Self::Redirect,
+            2 => Self::ClientError,
+            3 => Self::ServerError,
+            4 => Self::NoResponse,
+            _ => Self::Ok,
+        }
+    }
+}
+
+impl Codes {
+    /// Builds codes from a per-class array indexed by [`CodeClass`].
+    pub fn from_array(a: [u64; 5]) -> Self {
+        Self { c2xx: a[0], c3xx: a[1], c4xx: a[2], c5xx: a[3], none: a[4] }
+    }
+
+    /// Sum over all classes.
+    pub fn total(&self) -> u64 {
+        self.c2xx + self.c3xx + self.c4xx + self.c5xx + self.none
+    }
+}
+
+/// Latency percentiles in milliseconds, from merged histograms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyMs {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest value seen, exact.
+    pub max: f64,
+}
+
+/// The stats of a node side (inbound or outbound) or an edge, over a window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Requests in the window.
+    pub requests: u64,
+    /// Failed requests: 5xx, no response, or span status ERROR.
+    pub errors: u64,
+    /// Requests per second over the window.
+    pub rps: f64,
+    /// Lowest per-step rate in the window.
+    pub rps_min: f64,
+    /// Highest per-step rate in the window.
+    pub rps_max: f64,
+    /// Percent of requests that did not fail; absent when there was no traffic.
+    pub success_pct: Option<f64>,
+    /// Percent of requests that failed; `success_pct + error_pct = 100`.
+    pub error_pct: Option<f64>,
+    /// Requests per status class.
+    pub codes: Codes,
+    /// Latency percentiles; absent when no latency was recorded.
+    pub latency_ms: Option<LatencyMs>,
+    /// Percent of requests carried over mutual TLS; absent when there was no traffic.
+    pub mtls_pct: Option<f64>,
+    /// Retries an agent made (edges an agent reported only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub retries: Option<u64>,
+    /// Timeouts an agent saw (edges an agent reported only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub timeouts: Option<u64>,
+}
+
+/// Rounds to two decimals, so JSON stays readable and comparisons stable.
+pub fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+impl Stats {
+    /// Fills `success_pct`, `error_pct` and `mtls_pct` from counts.
+    pub fn set_percentages(&mut self, mtls_requests: u64) {
+        if self.requests > 0 {
+            let err = self.errors as f64 * 100.0 / self.requests as f64;
+            self.error_pct = Some(round2(err));
+            self.success_pct = Some(round2(100.0 - err));
+            self.mtls_pct = Some(round2(mtls_requests as f64 * 100.0 / self.requests as f64));
+        } else {
+            self.error_pct = None;
+            self.success_pct = None;
+            self.mtls_pct = None;
+        }
+    }
+
+    /// Health of these stats under the thresholds.
+    pub fn health(&self, t: &HealthThresholds) -> Health {
+        match self.error_pct {
+            None => Health::Idle,
+            Some(e) if e >= t.failing_pct => Health::Failing,
+            Some(e) if e > t.degraded_pct => Health::Degraded,
+            Some(_) => Health::Healthy,
+        }
+    }
+}
+
+/// Health of a node or an edge (Kiali's colours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// No traffic in the window.
+    Idle,
+    /// Error rate at or below the degraded threshold.
+    Healthy,
+    /// Error rate above the degraded threshold.
+    Degraded,
+    /// Error rate at or above the failing threshold.
+    Failing,
+}
+
+/// Error-rate thresholds, in percent. Kiali's defaults: above 0% degraded, at or above 10% failing.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthThresholds {
+    /// Above this error percent an item is degraded.
+    pub degraded_pct: f64,
+    /// At or above this error percent an item is failing.
+    pub failing_pct: f64,
+}
+
+impl Default for HealthThresholds {
+    fn default() -> Self {
+        Self { degraded_pct: 0.0, failing_pct: 10.0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentages_add_to_100_and_health_follows_kiali() {
+        let mut s = Stats { requests: 3, errors: 1, ..Stats::default() };
+        s.set_percentages(3);
+        assert_eq!(s.success_pct.unwrap() + s.error_pct.unwrap(), 100.0);
+        assert_eq!(s.mtls_pct, Some(100.0));
+        let t = HealthThresholds::default();
+        assert_eq!(s.health(&t), Health::Failing);
+        let mut s = Stats { requests: 1000, errors: 1, ..Stats::default() };
+        s.set_percentages(0);
+        assert_eq!(s.health(&t), Health::Degraded);
+        let mut s = Stats { requests: 1000, ..Stats::default() };
+        s.set_percentages(0);
+        assert_eq!(s.health(&t), Health::Healthy);
+        assert_eq!(Stats::default().health(&t), Health::Idle);
+    }
+}

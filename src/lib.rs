@@ -1,0 +1,232 @@
+//! The `meshlens` command line: one binary whose subcommands each parse their arguments and call
+//! into their crate. `main.rs` only sets up logging and maps errors to exit codes; tests call
+//! [`run`] directly.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use meshlens_collector::CollectorConfig;
+use meshlens_console::Client;
+use meshlens_model::graph::View;
+
+/// meshlens: see and rehearse the traffic of a service mesh.
+#[derive(Debug, Parser)]
+#[command(name = "meshlens", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Receive OTLP traces and metrics, build the versioned service graph, serve the API.
+    ///
+    /// Listens for OTLP/gRPC and OTLP/HTTP from agents and any OpenTelemetry SDK, and serves the JSON
+    /// API, the SSE stream and Prometheus /metrics. State is kept under --data-dir so a restart keeps
+    /// the graph and its revisions.
+    Collector(CollectorArgs),
+    /// Print per-workload traffic stats (success rate, RPS, latency percentiles).
+    Stat(StatArgs),
+    /// Print the service graph as a table, JSON, Graphviz dot or Mermaid.
+    Graph(GraphArgs),
+}
+
+/// `meshlens collector`.
+#[derive(Debug, Args)]
+pub struct CollectorArgs {
+    /// OTLP/gRPC listen address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4317")]
+    pub otlp_grpc: SocketAddr,
+    /// OTLP/HTTP listen address (/v1/traces, /v1/metrics).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4318")]
+    pub otlp_http: SocketAddr,
+    /// API, /metrics and web UI listen address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7420")]
+    pub http: SocketAddr,
+    /// Directory of the embedded store (revisions, window stats).
+    #[arg(long, value_name = "DIR", default_value = "meshlens-data", conflicts_with = "in_memory")]
+    pub data_dir: PathBuf,
+    /// Keep nothing on disk.
+    #[arg(long)]
+    pub in_memory: bool,
+    /// How often a new revision may be published.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub tick: std::time::Duration,
+    /// The stats window of published revisions (10s..1h).
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+    pub window: std::time::Duration,
+    /// How many revisions the store keeps.
+    #[arg(long, value_name = "N", default_value_t = 3600)]
+    pub retain_revisions: u64,
+    /// Most nodes tracked; data about further nodes is dropped and counted.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_nodes: usize,
+    /// Most edges tracked.
+    #[arg(long, value_name = "N", default_value_t = 50_000)]
+    pub max_edges: usize,
+    /// Size cap of one OTLP export after decompression, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub max_request_mib: usize,
+}
+
+/// Output formats of `stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatOutput {
+    /// Aligned columns.
+    Table,
+    /// Columns plus inbound/outbound rates and 4xx/5xx.
+    Wide,
+    /// The API's JSON.
+    Json,
+}
+
+/// `meshlens stat`.
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    /// Collector API URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7420", env = "MESHLENS_COLLECTOR")]
+    pub collector: String,
+    /// Stats window (10s..1h).
+    #[arg(long, short, value_name = "DURATION", default_value = "1m")]
+    pub window: String,
+    /// Only these namespaces (repeatable).
+    #[arg(long, short)]
+    pub namespace: Vec<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = StatOutput::Table)]
+    pub output: StatOutput,
+}
+
+/// Output formats of `graph`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphOutput {
+    /// One row per edge.
+    Table,
+    /// The API's JSON snapshot.
+    Json,
+    /// Graphviz dot.
+    Dot,
+    /// Mermaid flowchart.
+    Mermaid,
+}
+
+/// `meshlens graph`.
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// Collector API URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7420", env = "MESHLENS_COLLECTOR")]
+    pub collector: String,
+    /// Stats window (10s..1h).
+    #[arg(long, short, value_name = "DURATION", default_value = "1m")]
+    pub window: String,
+    /// Grouping of nodes.
+    #[arg(long, value_parser = parse_view, default_value = "versioned")]
+    pub view: View,
+    /// Only these namespaces (repeatable).
+    #[arg(long, short)]
+    pub namespace: Vec<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = GraphOutput::Table)]
+    pub output: GraphOutput,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    meshlens_model::time::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_view(s: &str) -> Result<View, String> {
+    s.parse()
+}
+
+/// A failure, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A bad setting or file: exit code 2.
+    #[error("{0:#}")]
+    Config(anyhow::Error),
+    /// Anything at run time: exit code 1.
+    #[error("{0:#}")]
+    Runtime(anyhow::Error),
+}
+
+impl CliError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Config(_) => 2,
+            CliError::Runtime(_) => 1,
+        }
+    }
+}
+
+fn runtime(e: impl Into<anyhow::Error>) -> CliError {
+    CliError::Runtime(e.into())
+}
+
+/// Runs a parsed command line, writing normal output to `out`.
+pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
+    match cli.command {
+        Command::Collector(a) => collector(a).await,
+        Command::Stat(a) => {
+            let client = Client::new(&a.collector).map_err(runtime)?;
+            let body = client.workloads(&a.window, &a.namespace).await.map_err(runtime)?;
+            match a.output {
+                StatOutput::Json => serde_json::to_writer_pretty(&mut *out, &body).map_err(runtime)?,
+                StatOutput::Table | StatOutput::Wide => {
+                    meshlens_console::text::write_stat(out, &body.workloads, a.output == StatOutput::Wide)
+                        .map_err(runtime)?
+                }
+            }
+            if a.output == StatOutput::Json {
+                writeln!(out).map_err(runtime)?;
+            }
+            Ok(())
+        }
+        Command::Graph(a) => {
+            let client = Client::new(&a.collector).map_err(runtime)?;
+            let g = client.graph(a.view, &a.window, &a.namespace).await.map_err(runtime)?;
+            match a.output {
+                GraphOutput::Json => {
+                    serde_json::to_writer_pretty(&mut *out, &g).map_err(runtime)?;
+                    writeln!(out).map_err(runtime)
+                }
+                GraphOutput::Table => meshlens_console::text::write_graph_table(out, &g).map_err(runtime),
+                GraphOutput::Dot => meshlens_console::text::write_dot(out, &g).map_err(runtime),
+                GraphOutput::Mermaid => meshlens_console::text::write_mermaid(out, &g).map_err(runtime),
+            }
+        }
+    }
+}
+
+async fn collector(a: CollectorArgs) -> Result<(), CliError> {
+    let mut config = CollectorConfig {
+        otlp_grpc: a.otlp_grpc,
+        otlp_http: a.otlp_http,
+        http: a.http,
+        data_dir: (!a.in_memory).then_some(a.data_dir),
+        tick: a.tick,
+        window: a.window,
+        retain_revisions: a.retain_revisions,
+        max_request_bytes: a.max_request_mib << 20,
+        ..CollectorConfig::default()
+    };
+    config.engine.max_nodes = a.max_nodes;
+    config.engine.max_edges = a.max_edges;
+    let mut running = meshlens_collector::start(config).await.map_err(|e| match e {
+        meshlens_collector::CollectorError::NotLoopback { .. } | meshlens_collector::CollectorError::Config { .. } => {
+            CliError::Config(e.into())
+        }
+        other => CliError::Runtime(other.into()),
+    })?;
+    tracing::info!(api = %running.api_url(), "meshlens collector running; Ctrl-C stops it");
+    let outcome = tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map_err(runtime),
+        r = running.wait_any() => r.map_err(|e| runtime(anyhow::anyhow!(e))),
+    };
+    running.shutdown().await.map_err(|e| runtime(anyhow::anyhow!(e)))?;
+    outcome
+}
