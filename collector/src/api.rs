@@ -134,6 +134,7 @@ type ApiState = State<Arc<Api>>;
 /// The API's state: the hub and a cache of serialized latest snapshots.
 pub struct Api {
     hub: Arc<Hub>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     cache: Mutex<Option<(u64, View, Bytes)>>,
 }
 
@@ -324,7 +325,13 @@ async fn stream(
         // A slow subscriber that lagged gets the next revision; the graph is a full snapshot.
         _ => None,
     });
-    Ok(Sse::new(initial.chain(updates)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    // Streams end when the collector shuts down, so open consoles do not hold it up.
+    let mut shutdown = api.shutdown.clone();
+    let stop = async move {
+        let _ = shutdown.wait_for(|&s| s).await;
+    };
+    let events = futures_util::StreamExt::take_until(initial.chain(updates), Box::pin(stop));
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 async fn metrics(State(api): ApiState) -> Response {
@@ -357,8 +364,8 @@ async fn not_found() -> ApiError {
 }
 
 /// The API router.
-pub fn router(hub: Arc<Hub>) -> Router {
-    let api = Arc::new(Api { hub, cache: Mutex::new(None) });
+pub fn router(hub: Arc<Hub>, shutdown: tokio::sync::watch::Receiver<bool>) -> Router {
+    let api = Arc::new(Api { hub, shutdown, cache: Mutex::new(None) });
     Router::new()
         .route("/api/v1/graph", get(graph))
         .route("/api/v1/revisions", get(revisions))

@@ -193,9 +193,8 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
         addr(&api_l, "API", config.http)?,
     );
 
-    let (ingest, mut rx) = Ingest::new(config.max_queue_bytes, config.max_request_bytes, counters.clone());
+    let (ingest, mut rx, queue) = Ingest::new(config.max_queue_bytes, config.max_request_bytes, counters.clone());
     let pipeline_hub = hub.clone();
-    let pipeline_ingest = ingest.clone();
     let pipeline = std::thread::Builder::new()
         .name("meshlens-pipeline".into())
         .spawn(move || {
@@ -208,7 +207,7 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
                         Batch::Metrics(m) => engine.ingest_metrics(m, now),
                     }
                 }
-                pipeline_ingest.done(job.bytes);
+                queue.done(job.bytes);
             }
         })
         .map_err(|e| CollectorError::Config { name: "threads", message: e.to_string() })?;
@@ -244,7 +243,7 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     tasks.push(tokio::spawn(async move {
         axum::serve(http_l, otlp_router).with_graceful_shutdown(sig).await.map_err(|e| format!("OTLP/HTTP server: {e}"))
     }));
-    let api_router = api::router(hub.clone());
+    let api_router = api::router(hub.clone(), shutdown.subscribe());
     let sig = signal();
     tasks.push(tokio::spawn(async move {
         axum::serve(api_l, api_router).with_graceful_shutdown(sig).await.map_err(|e| format!("API server: {e}"))

@@ -1,1 +1,11 @@
-fn main() {}
+//! Integration tests of meshlens against real servers on loopback: an in-process collector on
+//! `127.0.0.1:0`, the real binary for restarts and the CLI, the OpenTelemetry Python SDK and a real
+//! Prometheus (both installed by `.ci/test`).
+
+mod api;
+mod cli;
+mod otlp;
+mod prometheus;
+mod python_sdk;
+mod restart;
+mod support;

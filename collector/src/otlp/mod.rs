@@ -43,10 +43,27 @@ pub struct Job {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
 
+/// The byte accounting of the queue, shared by the receivers and the pipeline (which must not hold
+/// a sender, or the queue would never close).
+pub struct QueueState {
+    queued: AtomicUsize,
+    counters: Arc<Counters>,
+}
+
+impl QueueState {
+    /// Called by the pipeline when a job is done.
+    pub fn done(&self, bytes: usize) {
+        let now = self.queued.fetch_sub(bytes.max(1), Ordering::AcqRel) - bytes.max(1);
+        self.counters.queue_bytes.set(now as u64);
+        let b = self.counters.queue_batches.get();
+        self.counters.queue_batches.set(b.saturating_sub(1));
+    }
+}
+
 /// The sending side of the ingest queue, shared by all receivers.
 pub struct Ingest {
     tx: mpsc::UnboundedSender<Job>,
-    queued: AtomicUsize,
+    state: Arc<QueueState>,
     max_bytes: usize,
     /// Size cap of one export after decompression.
     pub max_request_bytes: usize,
@@ -60,34 +77,27 @@ impl Ingest {
         max_bytes: usize,
         max_request_bytes: usize,
         counters: Arc<Counters>,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Job>) {
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Job>, Arc<QueueState>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Arc::new(Self { tx, queued: AtomicUsize::new(0), max_bytes, max_request_bytes, counters }), rx)
+        let state = Arc::new(QueueState { queued: AtomicUsize::new(0), counters: counters.clone() });
+        (Arc::new(Self { tx, state: state.clone(), max_bytes, max_request_bytes, counters }), rx, state)
     }
 
     /// Queues a batch, or refuses it when the byte budget is spent.
     pub fn submit(&self, batch: Batch, bytes: usize) -> Result<(), QueueFull> {
         let bytes = bytes.max(1);
-        let prev = self.queued.fetch_add(bytes, Ordering::AcqRel);
+        let prev = self.state.queued.fetch_add(bytes, Ordering::AcqRel);
         if prev + bytes > self.max_bytes && prev > 0 {
-            self.queued.fetch_sub(bytes, Ordering::AcqRel);
+            self.state.queued.fetch_sub(bytes, Ordering::AcqRel);
             self.counters.requests_refused_queue_full.add(1);
             return Err(QueueFull);
         }
         self.counters.queue_bytes.set((prev + bytes) as u64);
         self.counters.queue_batches.add(1);
         self.tx.send(Job { batch, bytes }).map_err(|_| {
-            self.queued.fetch_sub(bytes, Ordering::AcqRel);
+            self.state.queued.fetch_sub(bytes, Ordering::AcqRel);
             QueueFull
         })
-    }
-
-    /// Called by the pipeline when a job is done.
-    pub fn done(&self, bytes: usize) {
-        let now = self.queued.fetch_sub(bytes.max(1), Ordering::AcqRel) - bytes.max(1);
-        self.counters.queue_bytes.set(now as u64);
-        let b = self.counters.queue_batches.get();
-        self.counters.queue_batches.set(b.saturating_sub(1));
     }
 
     /// Validates, queues and answers a trace export: `(rejected spans, message)` for the partial

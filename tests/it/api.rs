@@ -1,0 +1,234 @@
+//! The HTTP API: views, workloads, revisions, diff, `at=`, SSE, /metrics, OpenAPI, and errors.
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::support::*;
+
+async fn latest_revision(c: &meshlens_collector::Running) -> u64 {
+    get_json(&format!("{}/api/v1/revisions", c.api_url())).await.1["latest"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_merge_versions_with_exact_percentiles() {
+    let c = collector().await;
+    // reviews v1 answers in 10 ms, v2 in 100 ms; 50 requests each, 5 of v2's fail.
+    grpc_traces(&c, pairs(1, ("productpage", "v1"), ("reviews", "v1"), 50, 200, 10)).await.unwrap();
+    grpc_traces(&c, pairs(2, ("productpage", "v1"), ("reviews", "v2"), 45, 200, 100)).await.unwrap();
+    grpc_traces(&c, pairs(3, ("productpage", "v1"), ("reviews", "v2"), 5, 503, 100)).await.unwrap();
+    let g = wait_edge(&c, "", "default/productpage/v1", "default/reviews/v2", 50).await;
+    assert_eq!(edge(&g, "default/productpage/v1", "default/reviews/v1").unwrap()["stats"]["requests"], 50);
+    let v2 = node(&g, "default/reviews/v2").unwrap();
+    assert_eq!(v2["group"], "default/reviews");
+    assert_eq!(v2["health"], "failing");
+    assert_eq!(v2["inbound"]["error_pct"], 10.0);
+    assert_eq!(v2["inbound"]["success_pct"], 90.0);
+    assert_eq!(v2["inbound"]["codes"]["5xx"], 5);
+
+    let app = wait_edge(&c, "?view=app", "default/productpage", "default/reviews", 100).await;
+    assert_eq!(app["view"], "app");
+    let reviews = node(&app, "default/reviews").unwrap();
+    assert_eq!(reviews["kind"], "app");
+    assert_eq!(reviews["inbound"]["requests"], 100);
+    assert_eq!(reviews["inbound"]["errors"], 5);
+    assert_eq!(reviews["health"], "degraded");
+    let lat = &reviews["inbound"]["latency_ms"];
+    // Half the requests took 10 ms and half 100 ms: p50 is 10 ms, p95 100 ms (within a bucket).
+    assert!((lat["p50"].as_f64().unwrap() - 10.0).abs() < 0.2, "{lat}");
+    assert!((lat["p95"].as_f64().unwrap() - 100.0).abs() < 1.0, "{lat}");
+    assert_eq!(node(&app, "default/productpage").unwrap()["outbound"]["requests"], 100);
+
+    let svc = wait_edge(&c, "?view=service", "default/productpage", "default/reviews", 100).await;
+    assert_eq!(node(&svc, "default/reviews").unwrap()["kind"], "service");
+    let wl = wait_edge(&c, "?view=workload", "default/productpage/v1", "default/reviews/v1", 50).await;
+    assert!(node(&wl, "default/reviews/v1").unwrap().get("group").is_none());
+
+    // Another window is computed live.
+    let (status, g10) = get_json(&format!("{}/api/v1/graph?window=10s", c.api_url())).await;
+    assert_eq!(status, 200);
+    assert_eq!(g10["window_seconds"], 10);
+    assert_eq!(edge(&g10, "default/productpage/v1", "default/reviews/v1").unwrap()["stats"]["requests"], 50);
+
+    // Namespace filter.
+    let (_, none) = get_json(&format!("{}/api/v1/graph?namespace=elsewhere", c.api_url())).await;
+    assert_eq!(none["edges"].as_array().unwrap().len(), 0);
+
+    // Workloads: the rows of `meshlens stat`, and one app's detail.
+    let (_, w) = get_json(&format!("{}/api/v1/workloads", c.api_url())).await;
+    let rows = w["workloads"].as_array().unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r["id"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["default/productpage/v1", "default/reviews/v1", "default/reviews/v2"]
+    );
+    let (status, d) = get_json(&format!("{}/api/v1/workloads/default/reviews", c.api_url())).await;
+    assert_eq!(status, 200);
+    assert_eq!(d["inbound"]["requests"], 100);
+    let versions = d["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[1]["inbound_edges"][0]["peer"], "default/productpage/v1");
+    assert_eq!(versions[1]["inbound_edges"][0]["stats"]["requests"], 50);
+    let series: f64 = versions[1]["rate_series"].as_array().unwrap().iter().map(|p| p["rps"].as_f64().unwrap()).sum();
+    assert_eq!(series, 50.0, "1 s steps add up to the requests");
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_diffs_and_reading_the_past() {
+    let c = collector().await;
+    grpc_traces(&c, pairs(1, ("a", ""), ("b", ""), 3, 200, 1)).await.unwrap();
+    wait_edge(&c, "", "default/a", "default/b", 3).await;
+    let r1 = latest_revision(&c).await;
+    assert!(r1 >= 1);
+    grpc_traces(&c, pairs(2, ("b", ""), ("c", ""), 2, 200, 1)).await.unwrap();
+    wait_edge(&c, "", "default/b", "default/c", 2).await;
+    let r2 = latest_revision(&c).await;
+    assert!(r2 > r1);
+
+    let (_, revs) = get_json(&format!("{}/api/v1/revisions?since=0", c.api_url())).await;
+    let list = revs["revisions"].as_array().unwrap();
+    assert_eq!(list[0]["revision"], 1);
+    assert_eq!(list[0]["changes"]["edges_added"][0], "default/a->default/b");
+    let added_c: Vec<&Value> = list
+        .iter()
+        .filter(|r| r["changes"]["nodes_added"].as_array().unwrap().iter().any(|n| n == "default/c"))
+        .collect();
+    assert_eq!(added_c.len(), 1, "{revs}");
+    let (_, since) = get_json(&format!("{}/api/v1/revisions?since={r1}", c.api_url())).await;
+    assert!(since["revisions"].as_array().unwrap().iter().all(|r| r["revision"].as_u64().unwrap() > r1));
+
+    let (status, diff) = get_json(&format!("{}/api/v1/diff?from={r1}&to={r2}", c.api_url())).await;
+    assert_eq!(status, 200, "{diff}");
+    assert_eq!(diff["topology"]["edges_added"][0], "default/b->default/c");
+    assert_eq!(diff["topology"]["nodes_added"][0], "default/c");
+
+    let (status, old) = get_json(&format!("{}/api/v1/graph?at={r1}", c.api_url())).await;
+    assert_eq!(status, 200);
+    assert_eq!(old["revision"], r1);
+    assert!(edge(&old, "default/b", "default/c").is_none());
+    assert!(edge(&old, "default/a", "default/b").is_some());
+    let at_time = old["generated_at"].as_str().unwrap();
+    let (status, by_time) = get_json(&format!("{}/api/v1/graph?at={at_time}&view=app", c.api_url())).await;
+    assert_eq!(status, 200);
+    assert!(by_time["revision"].as_u64().unwrap() >= r1);
+    assert_eq!(by_time["view"], "app");
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parameters_are_named_and_unknowns_are_404() {
+    let c = collector().await;
+    grpc_traces(&c, pairs(1, ("a", ""), ("b", ""), 1, 200, 1)).await.unwrap();
+    wait_edge(&c, "", "default/a", "default/b", 1).await;
+    let base = c.api_url();
+    for (path, status, needle) in [
+        ("/api/v1/graph?window=abc", 400, "parameter window"),
+        ("/api/v1/graph?window=5s", 400, "outside 10s..1h"),
+        ("/api/v1/graph?window=2h", 400, "parameter window"),
+        ("/api/v1/graph?view=galaxy", 400, "parameter view"),
+        ("/api/v1/graph?widnow=1m", 400, "parameter widnow: unknown parameter"),
+        ("/api/v1/graph?at=yesterday", 400, "parameter at"),
+        ("/api/v1/graph?at=1&window=30s", 400, "parameter window"),
+        ("/api/v1/graph?at=999999", 404, "revision 999999"),
+        ("/api/v1/graph?at=1970-01-01T00:00:00Z", 404, "no revision at or before"),
+        ("/api/v1/revisions?since=-1", 400, "parameter since"),
+        ("/api/v1/revisions?limit=0", 400, "parameter limit"),
+        ("/api/v1/diff", 400, "parameter from"),
+        ("/api/v1/diff?from=999999&to=1", 404, "revision 999999"),
+        ("/api/v1/workloads/default/nope", 404, "default/nope"),
+        ("/api/v1/nothing", 404, "no such endpoint"),
+    ] {
+        let (s, body) = get_json(&format!("{base}{path}")).await;
+        assert_eq!(s, status, "{path}: {body}");
+        let msg = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{path}: {msg}");
+        assert!(!body["error"]["code"].as_str().unwrap_or_default().is_empty());
+    }
+    assert_eq!(get_json(&format!("{base}/healthz")).await.0, 200);
+    assert_eq!(get_json(&format!("{base}/readyz")).await.0, 200);
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_sends_a_graph_event_per_revision() {
+    let c = collector().await;
+    grpc_traces(&c, pairs(1, ("a", ""), ("b", ""), 1, 200, 1)).await.unwrap();
+    wait_edge(&c, "", "default/a", "default/b", 1).await;
+    let resp = http().get(format!("{}/api/v1/stream?view=app", c.api_url())).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut next_event = async || -> Value {
+        loop {
+            if let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    assert!(event.contains("event: graph"), "{event}");
+                    return serde_json::from_str(data).unwrap();
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), body.next())
+                .await
+                .expect("an event in time")
+                .unwrap()
+                .unwrap();
+            buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    };
+    let first = next_event().await;
+    assert_eq!(first["view"], "app");
+    assert!(edge(&first, "default/a", "default/b").is_some());
+    grpc_traces(&c, pairs(2, ("b", ""), ("new", ""), 1, 200, 1)).await.unwrap();
+    let later = loop {
+        let e = next_event().await;
+        if edge(&e, "default/b", "default/new").is_some() {
+            break e;
+        }
+    };
+    assert!(later["revision"].as_u64().unwrap() > first["revision"].as_u64().unwrap());
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_openapi() {
+    let c = collector().await;
+    grpc_traces(&c, pairs(1, ("a", "v1"), ("b", "v2"), 4, 500, 3)).await.unwrap();
+    wait_edge(&c, "", "default/a/v1", "default/b/v2", 4).await;
+    let text = http().get(format!("{}/metrics", c.api_url())).send().await.unwrap().text().await.unwrap();
+    let labels = "client=\"a\",server=\"b\",connection_type=\"\",client_service_version=\"v1\",server_service_version=\"v2\",client_service_namespace=\"default\",server_service_namespace=\"default\"";
+    assert_eq!(prom_value(&text, &format!("traces_service_graph_request_total{{{labels}}}")), Some(4.0), "{text}");
+    assert_eq!(prom_value(&text, &format!("traces_service_graph_request_failed_total{{{labels}}}")), Some(4.0));
+    assert_eq!(
+        prom_value(&text, &format!("traces_service_graph_request_server_seconds_bucket{{{labels},le=\"0.004\"}}")),
+        Some(4.0)
+    );
+    assert_eq!(prom_value(&text, &format!("traces_service_graph_request_client_seconds_count{{{labels}}}")), Some(4.0));
+    for name in [
+        "received_total",
+        "rejected_total",
+        "dropped_total",
+        "spans_expired_total",
+        "spans_unpaired_total",
+        "queue_depth",
+        "store_size",
+    ] {
+        assert!(text.contains(&format!("# TYPE meshlens_collector_{name} ")), "{name}");
+    }
+    let (status, doc) = get_json(&format!("{}/api/v1/openapi.json", c.api_url())).await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/graph",
+        "/api/v1/revisions",
+        "/api/v1/diff",
+        "/api/v1/workloads",
+        "/api/v1/workloads/{namespace}/{app}",
+        "/api/v1/stream",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "OpenAPI documents {path}");
+    }
+    c.shutdown().await.unwrap();
+}

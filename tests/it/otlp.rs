@@ -1,0 +1,208 @@
+//! OTLP in: gRPC and HTTP (protobuf, JSON, gzip), partial success, and bad input of every kind.
+
+use prost::Message;
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transport_and_encoding_builds_the_graph() {
+    let c = collector().await;
+    // gRPC
+    let resp = grpc_traces(&c, pairs(1, ("a", "v1"), ("b", "v1"), 5, 200, 10)).await.unwrap();
+    assert!(resp.partial_success.is_none());
+    // HTTP protobuf
+    let r = http_traces(&c, &pairs(2, ("a", "v1"), ("c", "v1"), 4, 200, 10)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-protobuf");
+    // HTTP protobuf, gzip
+    let r = post(
+        &c,
+        "/v1/traces",
+        "application/x-protobuf",
+        true,
+        gzip(&pairs(3, ("a", "v1"), ("d", "v1"), 3, 500, 10).encode_to_vec()),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // HTTP JSON: hex ids, integer enums, int64 as strings, as the OTLP spec writes them.
+    let body = json!({"resourceSpans": [
+        {"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "a"}}, {"key": "service.version", "value": {"stringValue": "v1"}}]},
+         "scopeSpans": [{"spans": [{"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "parentSpanId": "eee19b7ec3c1b173",
+            "name": "GET /e", "kind": 3, "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712661000000000"}]}]},
+        {"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "e"}}, {"key": "service.version", "value": {"stringValue": "v1"}}]},
+         "scopeSpans": [{"spans": [{"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b175", "parentSpanId": "eee19b7ec3c1b174",
+            "name": "GET /e", "kind": 2, "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712660500000000",
+            "attributes": [{"key": "http.response.status_code", "value": {"intValue": "200"}}]}]}]}
+    ]});
+    let r = post(&c, "/v1/traces", "application/json", false, serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+
+    for (target, n) in [("default/b/v1", 5), ("default/c/v1", 4), ("default/d/v1", 3), ("default/e/v1", 1)] {
+        let g = wait_edge(&c, "", "default/a/v1", target, n).await;
+        let stats = &edge(&g, "default/a/v1", target).unwrap()["stats"];
+        assert_eq!(stats["requests"], n, "{target}");
+        match target {
+            "default/d/v1" => assert_eq!(stats["error_pct"], 100.0),
+            "default/e/v1" => assert_eq!(stats["latency_ms"]["p50"].as_f64().unwrap().round(), 500.0),
+            _ => assert_eq!(stats["error_pct"], 0.0),
+        }
+    }
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_without_service_name_is_a_partial_success() {
+    let c = collector().await;
+    let mut req = pairs(1, ("a", ""), ("b", ""), 2, 200, 1);
+    req.resource_spans[1].resource.as_mut().unwrap().attributes.clear();
+    let resp = grpc_traces(&c, req.clone()).await.unwrap();
+    let ps = resp.partial_success.expect("partial success");
+    assert_eq!(ps.rejected_spans, 2);
+    assert!(ps.error_message.contains("service.name"), "{}", ps.error_message);
+    assert!(ps.error_message.contains("resource index 1"), "{}", ps.error_message);
+
+    let r = http_traces(&c, &req).await;
+    assert_eq!(r.status(), 200);
+    let body =
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse::decode(r.bytes().await.unwrap())
+            .unwrap();
+    assert_eq!(body.partial_success.unwrap().rejected_spans, 2);
+
+    let mut m = metrics(vec![(
+        resource("", "", ""),
+        vec![hist_metric("http.server.request.duration", false, vec![hist_point(vec![], 0, 1, &[1])])],
+    )]);
+    m.resource_metrics[0].resource.as_mut().unwrap().attributes.clear();
+    let resp = grpc_metrics(&c, m).await.unwrap();
+    assert_eq!(resp.partial_success.unwrap().rejected_data_points, 1);
+    let text = http().get(format!("{}/metrics", c.api_url())).send().await.unwrap().text().await.unwrap();
+    assert_eq!(prom_value(&text, "meshlens_collector_rejected_total{signal=\"spans\"}"), Some(4.0));
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_the_collector_keeps_serving() {
+    let c = collector_with(|cfg| cfg.max_request_bytes = 1 << 20).await;
+    let cases: Vec<(&str, &str, bool, Vec<u8>, u16, &str)> = vec![
+        (
+            "garbage protobuf",
+            "application/x-protobuf",
+            false,
+            b"\xff\xff\xff\xff garbage".to_vec(),
+            400,
+            "not a valid OTLP protobuf",
+        ),
+        (
+            "absurd length prefix",
+            "application/x-protobuf",
+            false,
+            vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01],
+            400,
+            "not a valid OTLP protobuf",
+        ),
+        ("garbage JSON", "application/json", false, b"{\"resourceSpans\": [".to_vec(), 400, "not a valid OTLP JSON"),
+        (
+            "bad hex id",
+            "application/json",
+            false,
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"01"}]}]}]}"#.to_vec(),
+            400,
+            "not a valid OTLP JSON",
+        ),
+        ("wrong content type", "text/plain", false, b"hello".to_vec(), 415, "unsupported content-type"),
+        (
+            "truncated gzip",
+            "application/x-protobuf",
+            true,
+            gzip(&pairs(1, ("a", ""), ("b", ""), 50, 200, 1).encode_to_vec())[..40].to_vec(),
+            400,
+            "gzip",
+        ),
+        ("over the cap", "application/x-protobuf", false, vec![0u8; (1 << 20) + 1], 413, "cap"),
+        ("over the cap once decompressed", "application/x-protobuf", true, gzip(&vec![0u8; 4 << 20]), 413, "cap"),
+    ];
+    for (what, ctype, gz, body, status, needle) in cases {
+        let r = post(&c, "/v1/traces", ctype, gz, body).await;
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(needle), "{what}: {text}");
+    }
+    // gRPC: a frame announcing 2 GiB is refused without reading it.
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    frame.extend_from_slice(b"short");
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let r = h2
+        .post(format!("http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export", c.otlp_grpc_addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(frame)
+        .send()
+        .await
+        .unwrap();
+    let grpc_status = r.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+    assert!(matches!(grpc_status.as_deref(), Some(s) if s != "0"), "gRPC refuses the frame: {:?}", r.headers());
+
+    // Still serving: a good export lands.
+    let r = http_traces(&c, &pairs(9, ("ok", ""), ("fine", ""), 2, 200, 1)).await;
+    assert_eq!(r.status(), 200);
+    wait_edge(&c, "", "default/ok", "default/fine", 2).await;
+    let text = http().get(format!("{}/metrics", c.api_url())).send().await.unwrap().text().await.unwrap();
+    assert_eq!(prom_value(&text, "meshlens_collector_refused_requests_total{reason=\"too_large\"}"), Some(2.0));
+    assert_eq!(prom_value(&text, "meshlens_collector_refused_requests_total{reason=\"malformed\"}"), Some(6.0));
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_service_names_hit_a_counted_limit() {
+    let c = collector_with(|cfg| cfg.engine.max_nodes = 1000).await;
+    for batch in 0..20u64 {
+        let resources = (0..5000u64)
+            .map(|i| {
+                let name = format!("svc-{}", batch * 5000 + i);
+                (resource("", &name, ""), vec![span(SpanKind::Server, batch, i + 1, None, 1, 1, vec![], false)])
+            })
+            .collect();
+        let r = http_traces(&c, &traces(resources)).await;
+        assert_eq!(r.status(), 200);
+    }
+    let url = format!("{}/metrics", c.api_url());
+    let dropped = eventually("all spans processed", 30, || async {
+        let text = http().get(&url).send().await.unwrap().text().await.unwrap();
+        let dropped = prom_value(&text, "meshlens_collector_dropped_total{signal=\"spans\",reason=\"cardinality\"}")?;
+        let root = prom_value(&text, "meshlens_collector_spans_single_total{kind=\"root_server\"}")?;
+        (dropped + root == 100_000.0).then_some(dropped)
+    })
+    .await;
+    assert_eq!(dropped, 100_000.0 - 999.0, "`user` takes one node of the 1000");
+    let (status, g) = get_json(&format!("{}/api/v1/graph?window=10s", c.api_url())).await;
+    assert_eq!(status, 200);
+    assert_eq!(g["nodes"].as_array().unwrap().len(), 1000);
+    assert_eq!(get_json(&format!("{}/readyz", c.api_url())).await.0, 200);
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_with_retry_after() {
+    let c = collector_with(|cfg| cfg.max_queue_bytes = 1).await;
+    // Hold the graph lock so the pipeline cannot finish the first batch.
+    let guard = c.hub.engine.lock();
+    let first = http_traces(&c, &pairs(1, ("a", ""), ("b", ""), 1, 200, 1)).await;
+    assert_eq!(first.status(), 200, "an empty queue takes one batch");
+    let second = http_traces(&c, &pairs(2, ("a", ""), ("b", ""), 1, 200, 1)).await;
+    assert_eq!(second.status(), 429);
+    assert_eq!(second.headers()["retry-after"], "1");
+    let status = grpc_traces(&c, pairs(3, ("a", ""), ("b", ""), 1, 200, 1)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    use tonic_types::StatusExt;
+    let retry = status.get_details_retry_info().expect("RetryInfo");
+    assert_eq!(retry.retry_delay, Some(std::time::Duration::from_secs(1)));
+    drop(guard);
+    // The accepted batch is not lost.
+    wait_edge(&c, "?window=10s", "default/a", "default/b", 1).await;
+    let text = http().get(format!("{}/metrics", c.api_url())).send().await.unwrap().text().await.unwrap();
+    assert_eq!(prom_value(&text, "meshlens_collector_refused_requests_total{reason=\"queue_full\"}"), Some(2.0));
+    c.shutdown().await.unwrap();
+}

@@ -1,0 +1,159 @@
+//! Shared helpers: an in-process collector on `127.0.0.1:0`, an HTTP client, and polling the API
+//! until the pipeline has caught up (bounded in time).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use meshlens_collector::{CollectorConfig, Running};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use prost::Message;
+use serde_json::Value;
+
+pub use meshlens_collector::testkit::*;
+pub use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+
+/// A collector with test settings.
+pub async fn collector() -> Running {
+    collector_with(|_| {}).await
+}
+
+/// A collector with test settings, adjusted.
+pub async fn collector_with(adjust: impl FnOnce(&mut CollectorConfig)) -> Running {
+    let mut config = CollectorConfig::ephemeral();
+    adjust(&mut config);
+    meshlens_collector::start(config).await.expect("collector starts")
+}
+
+/// An HTTP client.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
+}
+
+/// GET a URL: status and JSON body (`Value::Null` if not JSON).
+pub async fn get_json(url: &str) -> (u16, Value) {
+    let r = http().get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, failing after `secs` seconds with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the latest graph has an edge `source -> target` with at least `requests` requests,
+/// and returns the graph.
+pub async fn wait_edge(c: &Running, query: &str, source: &str, target: &str, requests: u64) -> Value {
+    let url = format!("{}/api/v1/graph{query}", c.api_url());
+    eventually(&format!("edge {source}->{target} with {requests} requests"), 20, || async {
+        let (status, g) = get_json(&url).await;
+        let n = edge(&g, source, target).map(|e| e["stats"]["requests"].as_u64().unwrap_or(0)).unwrap_or(0);
+        (status == 200 && n >= requests && g["revision"].as_u64().unwrap_or(0) >= 1).then_some(g)
+    })
+    .await
+}
+
+/// The edge `source -> target` of a graph body.
+pub fn edge<'a>(g: &'a Value, source: &str, target: &str) -> Option<&'a Value> {
+    g["edges"].as_array()?.iter().find(|e| e["source"] == source && e["target"] == target)
+}
+
+/// The node `id` of a graph body.
+pub fn node<'a>(g: &'a Value, id: &str) -> Option<&'a Value> {
+    g["nodes"].as_array()?.iter().find(|n| n["id"] == id)
+}
+
+/// `n` client/server span pairs from `a` to `b` (apps in namespace `default`, versions given), the
+/// server answering `status`, lasting `server_ms`.
+pub fn pairs(
+    trace: u64,
+    a: (&str, &str),
+    b: (&str, &str),
+    n: u64,
+    status: i64,
+    server_ms: u64,
+) -> ExportTraceServiceRequest {
+    let mut clients = Vec::new();
+    let mut servers = Vec::new();
+    for i in 0..n {
+        let id = trace * 1_000_000 + i * 2 + 1;
+        clients.push(span(SpanKind::Client, trace, id, Some(7), 1, server_ms * 1000 + 500, vec![], false));
+        servers.push(span(
+            SpanKind::Server,
+            trace,
+            id + 1,
+            Some(id),
+            1,
+            server_ms * 1000,
+            vec![kv_int("http.response.status_code", status)],
+            false,
+        ));
+    }
+    traces(vec![(resource("", a.0, a.1), clients), (resource("", b.0, b.1), servers)])
+}
+
+/// Exports spans over OTLP/gRPC.
+pub async fn grpc_traces(
+    c: &Running,
+    req: ExportTraceServiceRequest,
+) -> Result<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse, tonic::Status> {
+    let mut client = TraceServiceClient::connect(format!("http://{}", c.otlp_grpc_addr)).await.unwrap();
+    client.export(req).await.map(|r| r.into_inner())
+}
+
+/// Exports metrics over OTLP/gRPC.
+pub async fn grpc_metrics(
+    c: &Running,
+    req: ExportMetricsServiceRequest,
+) -> Result<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse, tonic::Status> {
+    let mut client = MetricsServiceClient::connect(format!("http://{}", c.otlp_grpc_addr)).await.unwrap();
+    client.export(req).await.map(|r| r.into_inner())
+}
+
+/// POSTs a body to an OTLP/HTTP path.
+pub async fn post(c: &Running, path: &str, content_type: &str, gzip: bool, body: Vec<u8>) -> reqwest::Response {
+    let mut rb = http().post(format!("http://{}{path}", c.otlp_http_addr)).header("content-type", content_type);
+    if gzip {
+        rb = rb.header("content-encoding", "gzip");
+    }
+    rb.body(body).send().await.unwrap()
+}
+
+/// POSTs spans as protobuf over OTLP/HTTP.
+pub async fn http_traces(c: &Running, req: &ExportTraceServiceRequest) -> reqwest::Response {
+    post(c, "/v1/traces", "application/x-protobuf", false, req.encode_to_vec()).await
+}
+
+/// Gzip-compresses bytes.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// The value of a Prometheus sample line starting with `prefix`.
+pub fn prom_value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+/// A free loopback port for a server that must be told its port (Prometheus): bind `:0`, read it,
+/// release it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
