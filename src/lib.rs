@@ -170,7 +170,7 @@ fn runtime(e: impl Into<anyhow::Error>) -> CliError {
 /// Runs a parsed command line, writing normal output to `out`.
 pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
     match cli.command {
-        Command::Collector(a) => collector(a).await,
+        Command::Collector(a) => collector(a, out).await,
         Command::Stat(a) => {
             let client = Client::new(&a.collector).map_err(runtime)?;
             let body = client.workloads(&a.window, &a.namespace).await.map_err(runtime)?;
@@ -202,12 +202,12 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
     }
 }
 
-async fn collector(a: CollectorArgs) -> Result<(), CliError> {
+async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliError> {
     let mut config = CollectorConfig {
         otlp_grpc: a.otlp_grpc,
         otlp_http: a.otlp_http,
         http: a.http,
-        data_dir: (!a.in_memory).then_some(a.data_dir),
+        data_dir: (!a.in_memory).then_some(a.data_dir.clone()),
         tick: a.tick,
         window: a.window,
         retain_revisions: a.retain_revisions,
@@ -222,7 +222,16 @@ async fn collector(a: CollectorArgs) -> Result<(), CliError> {
         }
         other => CliError::Runtime(other.into()),
     })?;
-    tracing::info!(api = %running.api_url(), "meshlens collector running; Ctrl-C stops it");
+    let data = if a.in_memory { "in memory (--in-memory)".to_owned() } else { a.data_dir.display().to_string() };
+    writeln!(
+        out,
+        "meshlens collector\n  OTLP/gRPC   {}\n  OTLP/HTTP   http://{}\n  API and UI  {}\n  data        {data}\nCtrl-C stops it.",
+        running.otlp_grpc_addr,
+        running.otlp_http_addr,
+        running.api_url()
+    )
+    .and_then(|()| out.flush())
+    .map_err(runtime)?;
     let outcome = tokio::select! {
         r = tokio::signal::ctrl_c() => r.map_err(runtime),
         r = running.wait_any() => r.map_err(|e| runtime(anyhow::anyhow!(e))),

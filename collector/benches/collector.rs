@@ -1,1 +1,241 @@
-fn main() {}
+//! Collector benchmarks (criterion; `cargo bench -p meshlens-collector`). Figures and method are in
+//! docs/PERFORMANCE.md.
+//!
+//! - `ingest/grpc_512`: spans per second over OTLP/gRPC on loopback in 512-span batches, all the way
+//!   into the graph (the clock stops when the pipeline has paired every span).
+//! - `ingest/decode_512` and `ingest/engine_512`: the two halves of that path on their own — protobuf
+//!   decoding, and pairing plus recording into windowed stats — to show what limits it.
+//! - `api/graph_1000x5000`: `GET /api/v1/graph` over loopback for 1,000 nodes and 5,000 edges, and the
+//!   same graph computed live for another window.
+//! - `memory`: bytes per in-flight span half in the pairing store, and for 1,000 busy edges with a 1 h
+//!   window; printed, not timed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use meshlens_collector::counters::Counters;
+use meshlens_collector::engine::{Engine, EngineConfig};
+use meshlens_collector::testkit::{kv_int, resource, span, traces};
+use meshlens_collector::{CollectorConfig, start};
+use meshlens_model::graph::View;
+use meshlens_model::hist::Merger;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message;
+
+const BATCH: u64 = 512;
+
+/// A 512-span batch: 256 client/server pairs between 16 workloads, unique ids per `seq`.
+fn batch(seq: u64) -> ExportTraceServiceRequest {
+    let mut per_resource: Vec<(String, Vec<_>)> = (0..16).map(|i| (format!("svc{i}"), Vec::new())).collect();
+    for p in 0..BATCH / 2 {
+        let id = seq * BATCH + p * 2 + 1;
+        let (a, b) = ((p % 16) as usize, ((p * 7 + 3) % 16) as usize);
+        let dur = 1_000 + (p * 37) % 50_000;
+        per_resource[a].1.push(span(SpanKind::Client, seq, id, Some(1), 1, dur + 300, vec![], false));
+        let status = if p % 50 == 0 { 503 } else { 200 };
+        per_resource[b].1.push(span(
+            SpanKind::Server,
+            seq,
+            id + 1,
+            Some(id),
+            1,
+            dur,
+            vec![kv_int("http.response.status_code", status)],
+            false,
+        ));
+    }
+    traces(per_resource.into_iter().map(|(n, s)| (resource("bench", &n, "v1"), s)).collect())
+}
+
+fn ingest(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut g = c.benchmark_group("ingest");
+    g.throughput(Throughput::Elements(BATCH));
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(10));
+
+    let encoded: Vec<Vec<u8>> = (0..64).map(|i| batch(i).encode_to_vec()).collect();
+    g.bench_function("decode_512", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % encoded.len();
+            ExportTraceServiceRequest::decode(&encoded[i][..]).unwrap()
+        })
+    });
+
+    g.bench_function("engine_512", |b| {
+        let mut engine = Engine::new(EngineConfig::default(), Arc::new(Counters::default()), 1.8e9);
+        let reqs: Vec<_> = (0..1024).map(batch).collect();
+        let mut i = 0usize;
+        b.iter(|| {
+            engine.ingest_traces(&reqs[i % reqs.len()], 1.8e9 + (i / 1024) as f64);
+            i += 1;
+        })
+    });
+
+    let collector = rt.block_on(start(CollectorConfig::ephemeral())).unwrap();
+    let url = format!("http://{}", collector.otlp_grpc_addr);
+    let clients: Vec<_> = rt.block_on(async {
+        futures_util::future::join_all((0..4).map(|_| TraceServiceClient::connect(url.clone()))).await
+    });
+    let clients: Vec<_> = clients.into_iter().map(Result::unwrap).collect();
+    let counters = collector.hub.counters.clone();
+    let mut seq = 1_000_000u64;
+    g.bench_function("grpc_512", |b| {
+        b.iter_custom(|iters| {
+            let reqs: Vec<_> = (0..iters).map(|i| batch(seq + i)).collect();
+            seq += iters;
+            let target = counters.spans_paired.get() + iters * BATCH;
+            let start = Instant::now();
+            rt.block_on(async {
+                let mut lanes: Vec<Vec<ExportTraceServiceRequest>> = vec![Vec::new(); clients.len()];
+                for (i, r) in reqs.into_iter().enumerate() {
+                    lanes[i % clients.len()].push(r);
+                }
+                let sends = lanes.into_iter().zip(clients.iter().cloned()).map(|(lane, mut client)| async move {
+                    for r in lane {
+                        client.export(r).await.unwrap();
+                    }
+                });
+                futures_util::future::join_all(sends).await;
+                while counters.spans_paired.get() < target {
+                    tokio::task::yield_now().await;
+                }
+            });
+            start.elapsed()
+        })
+    });
+    g.finish();
+    rt.block_on(collector.shutdown()).unwrap();
+}
+
+/// An engine holding `nodes` workloads and `edges` busy edges, with traffic in the last `secs`.
+fn big_engine(nodes: u64, edges: u64, secs: u64, now: f64) -> Engine {
+    let config = EngineConfig { max_nodes: 100_000, max_edges: 100_000, ..EngineConfig::default() };
+    let mut engine = Engine::new(config, Arc::new(Counters::default()), now - secs as f64);
+    let mut seq = 0u64;
+    for s in (0..secs).rev() {
+        let t = now - s as f64;
+        let mut batches = Vec::new();
+        for e in 0..edges {
+            let (a, b) = (e % nodes, (e * 7919 + 1) % nodes);
+            seq += 1;
+            let dur = 500 + (seq * 7919) % 200_000;
+            batches.push((
+                resource("bench", &format!("svc{a}"), "v1"),
+                vec![span(SpanKind::Client, seq, 1, Some(9), 1, dur, vec![], false)],
+            ));
+            batches.push((
+                resource("bench", &format!("svc{b}"), "v2"),
+                vec![span(SpanKind::Server, seq, 2, Some(1), 1, dur, vec![], false)],
+            ));
+        }
+        engine.ingest_traces(&traces(batches), t);
+    }
+    engine
+}
+
+fn api(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let collector = rt
+        .block_on(start(CollectorConfig { tick: Duration::from_secs(3600), ..CollectorConfig::ephemeral() }))
+        .unwrap();
+    let now = meshlens_collector::engine::unix_now();
+    {
+        let mut engine = collector.hub.engine.lock();
+        *engine = big_engine(1000, 5000, 20, now);
+    }
+    collector.hub.tick(now, &mut Merger::default()).unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v1/graph", collector.api_url());
+    let body = rt.block_on(async { client.get(&url).send().await.unwrap().bytes().await.unwrap() });
+    let g: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((g["nodes"].as_array().unwrap().len(), g["edges"].as_array().unwrap().len()), (2000, 5000));
+    println!("graph body: {} bytes, 2000 nodes (1000 apps x 2 versions), 5000 edges", body.len());
+
+    let mut g = c.benchmark_group("api");
+    g.sample_size(30);
+    g.bench_function("graph_1000x5000", |b| {
+        b.iter(|| rt.block_on(async { client.get(&url).send().await.unwrap().bytes().await.unwrap() }))
+    });
+    let live = format!("{url}?window=30s");
+    g.bench_function("graph_1000x5000_live_window", |b| {
+        b.iter(|| rt.block_on(async { client.get(&live).send().await.unwrap().bytes().await.unwrap() }))
+    });
+    g.bench_function("snapshot_1000x5000_compute", |b| {
+        let engine = collector.hub.engine.lock();
+        let mut merger = Merger::default();
+        b.iter(|| meshlens_collector::views::snapshot(&engine, View::Versioned, 60, now, &mut merger))
+    });
+    g.finish();
+    rt.block_on(collector.shutdown()).unwrap();
+}
+
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<usize>().ok()))
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+fn memory(c: &mut Criterion) {
+    // In-flight span halves: 1,000,000 CLIENT spans waiting for their SERVER.
+    let n = 1_000_000u64;
+    let mut engine = Engine::new(EngineConfig::default(), Arc::new(Counters::default()), 1.8e9);
+    let rss0 = rss_bytes();
+    for chunk in 0..(n / 10_000) {
+        let spans =
+            (0..10_000).map(|i| span(SpanKind::Client, chunk, i + 1, Some(9), 1, 1000, vec![], false)).collect();
+        engine.ingest_traces(&traces(vec![(resource("bench", "a", "v1"), spans)]), 1.8e9);
+    }
+    let rss1 = rss_bytes();
+    let store = engine.pairing.heap_bytes();
+    println!(
+        "memory/pairing: {} halves in flight: {:.1} bytes each by structure size ({} bytes), {:.1} bytes each by RSS growth",
+        engine.pairing.len(),
+        store as f64 / engine.pairing.len() as f64,
+        store,
+        (rss1.saturating_sub(rss0)) as f64 / engine.pairing.len() as f64
+    );
+    drop(engine);
+
+    // 1,000 edges with traffic every second for an hour, 40 distinct latencies per second per edge.
+    let now = 1.8e9;
+    let mut engine = Engine::new(EngineConfig::default(), Arc::new(Counters::default()), now - 3600.0);
+    let rss0 = rss_bytes();
+    let mut seq = 0u64;
+    for s in (0..3600u64).rev() {
+        let mut batches = Vec::with_capacity(1000);
+        for e in 0..1000u64 {
+            let spans = (0..40u64)
+                .map(|k| {
+                    seq += 1;
+                    span(SpanKind::Server, seq, 1, None, 1, 1000 + k * 997 + e, vec![], false)
+                })
+                .collect();
+            batches.push((resource("bench", &format!("svc{e}"), "v1"), spans));
+        }
+        engine.ingest_traces(&traces(batches), now - s as f64);
+    }
+    let rss1 = rss_bytes();
+    println!(
+        "memory/window: 1000 edges x 1h: {:.1} MiB of slices and histograms by structure size, {:.1} MiB by RSS growth, {:.1} KiB per edge",
+        engine.window_heap_bytes() as f64 / (1 << 20) as f64,
+        rss1.saturating_sub(rss0) as f64 / (1 << 20) as f64,
+        engine.window_heap_bytes() as f64 / 1000.0 / 1024.0
+    );
+    // Keep criterion happy with one cheap timed function over the same state.
+    c.bench_function("memory/snapshot_1000_edges_1h_window", |b| {
+        let mut merger = Merger::default();
+        b.iter(|| meshlens_collector::views::snapshot(&engine, View::Versioned, 3600, now, &mut merger))
+    });
+}
+
+criterion_group!(benches, ingest, api, memory);
+criterion_main!(benches);

@@ -1,1 +1,74 @@
+//! The `meshlens` binary's text outputs against a live collector, and its errors.
 
+use std::process::Output;
+
+use crate::support::*;
+
+async fn meshlens(args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlens")).args(args).output().await.unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_and_graph_print_what_the_api_holds() {
+    let c = collector().await;
+    grpc_traces(&c, pairs(1, ("productpage", "v1"), ("reviews", "v2"), 20, 200, 25)).await.unwrap();
+    wait_edge(&c, "", "default/productpage/v1", "default/reviews/v2", 20).await;
+    let url = c.api_url();
+
+    let o = meshlens(&["stat", "--collector", &url]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = stdout(&o);
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("NAMESPACE   APP           VERSION   SUCCESS"), "{text}");
+    let reviews = text.lines().find(|l| l.contains("reviews")).unwrap();
+    assert!(reviews.contains("100.00%") && reviews.contains("25ms"), "{reviews}");
+
+    let o = meshlens(&["stat", "--collector", &url, "-o", "wide"]).await;
+    assert!(stdout(&o).lines().next().unwrap().contains("5XX"));
+    let o = meshlens(&["stat", "--collector", &url, "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["workloads"].as_array().unwrap().len(), 2);
+
+    let o = meshlens(&["graph", "--collector", &url, "-o", "dot"]).await;
+    assert!(stdout(&o).contains("\"default/productpage/v1\" -> \"default/reviews/v2\""), "{}", stdout(&o));
+    let o = meshlens(&["graph", "--collector", &url, "-o", "mermaid", "--view", "app"]).await;
+    assert!(stdout(&o).starts_with("flowchart LR"));
+    assert!(stdout(&o).contains("default/reviews"));
+    let o = meshlens(&["graph", "--collector", &url, "-o", "json"]).await;
+    let g: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(edge(&g, "default/productpage/v1", "default/reviews/v2").unwrap()["stats"]["requests"], 20);
+    let o = meshlens(&["graph", "--collector", &url]).await;
+    assert!(stdout(&o).starts_with("SOURCE"));
+
+    // A bad window is the API's 400, reported on one line with exit code 1.
+    let o = meshlens(&["stat", "--collector", &url, "--window", "5s"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("parameter window") && err.trim().lines().count() == 1, "{err}");
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_one_line_with_the_right_exit_code() {
+    // Nothing listens on a port we just released.
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let o = meshlens(&["stat", "--collector", &url]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot reach the collector") && err.contains(&url), "{err}");
+
+    let o = meshlens(&["graph", "-o", "pdf"]).await;
+    assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
+    let o = meshlens(&["collector", "--in-memory", "--http", "0.0.0.0:0"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("only loopback addresses"));
+    let o = meshlens(&["collector", "--in-memory", "--window", "soon"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    let o = meshlens(&["--help"]).await;
+    assert!(stdout(&o).contains("collector") && stdout(&o).contains("stat"));
+}

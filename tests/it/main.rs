@@ -2,6 +2,9 @@
 //! `127.0.0.1:0`, the real binary for restarts and the CLI, the OpenTelemetry Python SDK and a real
 //! Prometheus (both installed by `.ci/test`).
 
+// The whole crate is test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod api;
 mod cli;
 mod otlp;

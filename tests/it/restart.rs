@@ -1,1 +1,121 @@
+//! Persistence: the real binary is killed with SIGKILL and restarted on the same data directory; the
+//! graph, its window stats and the revisions are back, and revision numbers continue.
 
+use std::process::Stdio;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::*;
+
+struct Proc {
+    child: Child,
+    grpc: String,
+    api: String,
+}
+
+async fn spawn(data_dir: &std::path::Path) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshlens"))
+        .args([
+            "collector",
+            "--otlp-grpc",
+            "127.0.0.1:0",
+            "--otlp-http",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--tick",
+            "100ms",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut grpc, mut api) = (String::new(), String::new());
+    while let Some(line) =
+        tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap()
+    {
+        let last = line.split_whitespace().last().unwrap_or_default().to_owned();
+        if line.starts_with("  OTLP/gRPC") {
+            grpc = format!("http://{last}");
+        } else if line.starts_with("  API and UI") {
+            api = last;
+        } else if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    assert!(!grpc.is_empty() && !api.is_empty(), "the collector printed its addresses");
+    Proc { child, grpc, api }
+}
+
+async fn export(p: &Proc, req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest) {
+    let mut client =
+        opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::connect(
+            p.grpc.clone(),
+        )
+        .await
+        .unwrap();
+    client.export(req).await.unwrap();
+}
+
+async fn graph_with(api: &str, source: &str, target: &str, n: u64) -> Value {
+    let url = format!("{api}/api/v1/graph");
+    eventually("the edge in a published revision", 20, || async {
+        let (status, g) = get_json(&url).await;
+        let got = edge(&g, source, target).map(|e| e["stats"]["requests"].as_u64().unwrap_or(0)).unwrap_or(0);
+        (status == 200 && got >= n && g["revision"].as_u64().unwrap_or(0) > 0).then_some(g)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_keeps_graph_stats_and_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = spawn(dir.path()).await;
+    export(&first, pairs(1, ("a", "v1"), ("b", "v1"), 7, 503, 12)).await;
+    let before = graph_with(&first.api, "default/a/v1", "default/b/v1", 7).await;
+    let rev = before["revision"].as_u64().unwrap();
+    let (_, revs_before) = get_json(&format!("{}/api/v1/revisions", first.api)).await;
+    first.child.kill().await.unwrap(); // SIGKILL: no shutdown path runs
+
+    let second = spawn(dir.path()).await;
+    let (status, old) = get_json(&format!("{}/api/v1/graph?at={rev}", second.api)).await;
+    assert_eq!(status, 200, "revision {rev} is back: {old}");
+    assert_eq!(old["edges"], before["edges"]);
+    let (_, revs_after) = get_json(&format!("{}/api/v1/revisions", second.api)).await;
+    let n = revs_before["revisions"].as_array().unwrap().len();
+    assert_eq!(
+        revs_after["revisions"].as_array().unwrap()[..n],
+        revs_before["revisions"].as_array().unwrap()[..],
+        "the revision log is back"
+    );
+
+    // The window stats are back too: the live graph still counts the 7 requests.
+    let live = graph_with(&second.api, "default/a/v1", "default/b/v1", 7).await;
+    let e = &edge(&live, "default/a/v1", "default/b/v1").unwrap()["stats"];
+    assert_eq!((e["requests"].as_u64(), e["errors"].as_u64()), (Some(7), Some(7)));
+    assert!((e["latency_ms"]["p50"].as_f64().unwrap() - 12.0).abs() < 0.2);
+
+    // New traffic makes new revisions, numbered after the old ones.
+    export(&second, pairs(2, ("b", "v1"), ("c", "v1"), 1, 200, 1)).await;
+    let after = graph_with(&second.api, "default/b/v1", "default/c/v1", 1).await;
+    assert!(after["revision"].as_u64().unwrap() > rev);
+    assert_eq!(edge(&after, "default/a/v1", "default/b/v1").unwrap()["stats"]["requests"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_keeps_nothing() {
+    let c = collector().await;
+    grpc_traces(&c, pairs(1, ("a", ""), ("b", ""), 1, 200, 1)).await.unwrap();
+    wait_edge(&c, "", "default/a", "default/b", 1).await;
+    c.shutdown().await.unwrap();
+    let c = collector().await;
+    let (_, revs) = get_json(&format!("{}/api/v1/revisions", c.api_url())).await;
+    assert_eq!(revs["latest"], 0);
+    c.shutdown().await.unwrap();
+}
