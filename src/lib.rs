@@ -71,6 +71,12 @@ pub struct CollectorArgs {
     /// Size cap of one OTLP export after decompression, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub max_request_mib: usize,
+    /// A node or edge whose error rate is above this percent is degraded (Kiali's default: any error).
+    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
+    pub degraded_error_pct: f64,
+    /// A node or edge whose error rate is at or above this percent is failing.
+    #[arg(long, value_name = "PCT", default_value_t = 10.0)]
+    pub failing_error_pct: f64,
 }
 
 /// Output formats of `stat`.
@@ -214,6 +220,18 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
         max_request_bytes: a.max_request_mib << 20,
         ..CollectorConfig::default()
     };
+    if !(0.0..=100.0).contains(&a.degraded_error_pct)
+        || !(0.0..=100.0).contains(&a.failing_error_pct)
+        || a.degraded_error_pct > a.failing_error_pct
+    {
+        return Err(CliError::Config(anyhow::anyhow!(
+            "--degraded-error-pct ({}) and --failing-error-pct ({}) must be percents with degraded <= failing",
+            a.degraded_error_pct,
+            a.failing_error_pct
+        )));
+    }
+    config.engine.health =
+        meshlens_model::HealthThresholds { degraded_pct: a.degraded_error_pct, failing_pct: a.failing_error_pct };
     config.engine.max_nodes = a.max_nodes;
     config.engine.max_edges = a.max_edges;
     let mut running = meshlens_collector::start(config).await.map_err(|e| match e {

@@ -31,25 +31,57 @@ const BATCH: u64 = 512;
 
 /// A 512-span batch: 256 client/server pairs between 16 workloads, unique ids per `seq`.
 fn batch(seq: u64) -> ExportTraceServiceRequest {
+    batch_with(seq, false)
+}
+
+/// Attributes an HTTP server span from an SDK's instrumentation typically carries.
+fn http_attrs(status: i64) -> Vec<opentelemetry_proto::tonic::common::v1::KeyValue> {
+    use meshlens_collector::testkit::kv;
+    vec![
+        kv("http.request.method", "GET"),
+        kv("url.scheme", "http"),
+        kv("url.path", "/api/v1/products/12345/reviews"),
+        kv("http.route", "/api/v1/products/{id}/reviews"),
+        kv("server.address", "reviews.default.svc.cluster.local"),
+        kv_int("server.port", 9080),
+        kv("network.protocol.version", "1.1"),
+        kv("client.address", "10.244.1.17"),
+        kv("user_agent.original", "python-requests/2.32.3"),
+        kv_int("http.response.status_code", status),
+    ]
+}
+
+/// Like [`batch`]; with `realistic`, every span carries ten HTTP attributes and every resource eight.
+fn batch_with(seq: u64, realistic: bool) -> ExportTraceServiceRequest {
     let mut per_resource: Vec<(String, Vec<_>)> = (0..16).map(|i| (format!("svc{i}"), Vec::new())).collect();
     for p in 0..BATCH / 2 {
         let id = seq * BATCH + p * 2 + 1;
         let (a, b) = ((p % 16) as usize, ((p * 7 + 3) % 16) as usize);
         let dur = 1_000 + (p * 37) % 50_000;
-        per_resource[a].1.push(span(SpanKind::Client, seq, id, Some(1), 1, dur + 300, vec![], false));
         let status = if p % 50 == 0 { 503 } else { 200 };
-        per_resource[b].1.push(span(
-            SpanKind::Server,
-            seq,
-            id + 1,
-            Some(id),
-            1,
-            dur,
-            vec![kv_int("http.response.status_code", status)],
-            false,
-        ));
+        let (client_attrs, server_attrs) = if realistic {
+            (http_attrs(status), http_attrs(status))
+        } else {
+            (vec![], vec![kv_int("http.response.status_code", status)])
+        };
+        per_resource[a].1.push(span(SpanKind::Client, seq, id, Some(1), 1, dur + 300, client_attrs, false));
+        per_resource[b].1.push(span(SpanKind::Server, seq, id + 1, Some(id), 1, dur, server_attrs, false));
     }
-    traces(per_resource.into_iter().map(|(n, s)| (resource("bench", &n, "v1"), s)).collect())
+    let res = |n: &str| {
+        use meshlens_collector::testkit::kv;
+        let mut r = resource("bench", n, "v1");
+        if realistic {
+            r.attributes.extend([
+                kv("telemetry.sdk.name", "opentelemetry"),
+                kv("telemetry.sdk.language", "python"),
+                kv("telemetry.sdk.version", "1.45.2"),
+                kv("host.name", "node-7.cluster.local"),
+                kv_int("process.pid", 4242),
+            ]);
+        }
+        r
+    };
+    traces(per_resource.into_iter().map(|(n, s)| (res(&n), s)).collect())
 }
 
 fn ingest(c: &mut Criterion) {
@@ -78,6 +110,16 @@ fn ingest(c: &mut Criterion) {
         })
     });
 
+    let realistic: Vec<Vec<u8>> = (0..64).map(|i| batch_with(i, true).encode_to_vec()).collect();
+    println!("batch sizes: minimal {} bytes, realistic {} bytes (protobuf)", encoded[0].len(), realistic[0].len());
+    g.bench_function("decode_512_realistic", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % realistic.len();
+            ExportTraceServiceRequest::decode(&realistic[i][..]).unwrap()
+        })
+    });
+
     let collector = rt.block_on(start(CollectorConfig::ephemeral())).unwrap();
     let url = format!("http://{}", collector.otlp_grpc_addr);
     let clients: Vec<_> = rt.block_on(async {
@@ -86,30 +128,32 @@ fn ingest(c: &mut Criterion) {
     let clients: Vec<_> = clients.into_iter().map(Result::unwrap).collect();
     let counters = collector.hub.counters.clone();
     let mut seq = 1_000_000u64;
-    g.bench_function("grpc_512", |b| {
-        b.iter_custom(|iters| {
-            let reqs: Vec<_> = (0..iters).map(|i| batch(seq + i)).collect();
-            seq += iters;
-            let target = counters.spans_paired.get() + iters * BATCH;
-            let start = Instant::now();
-            rt.block_on(async {
-                let mut lanes: Vec<Vec<ExportTraceServiceRequest>> = vec![Vec::new(); clients.len()];
-                for (i, r) in reqs.into_iter().enumerate() {
-                    lanes[i % clients.len()].push(r);
-                }
-                let sends = lanes.into_iter().zip(clients.iter().cloned()).map(|(lane, mut client)| async move {
-                    for r in lane {
-                        client.export(r).await.unwrap();
+    for (name, real) in [("grpc_512", false), ("grpc_512_realistic", true)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let reqs: Vec<_> = (0..iters).map(|i| batch_with(seq + i, real)).collect();
+                seq += iters;
+                let target = counters.spans_paired.get() + iters * BATCH;
+                let start = Instant::now();
+                rt.block_on(async {
+                    let mut lanes: Vec<Vec<ExportTraceServiceRequest>> = vec![Vec::new(); clients.len()];
+                    for (i, r) in reqs.into_iter().enumerate() {
+                        lanes[i % clients.len()].push(r);
+                    }
+                    let sends = lanes.into_iter().zip(clients.iter().cloned()).map(|(lane, mut client)| async move {
+                        for r in lane {
+                            client.export(r).await.unwrap();
+                        }
+                    });
+                    futures_util::future::join_all(sends).await;
+                    while counters.spans_paired.get() < target {
+                        tokio::task::yield_now().await;
                     }
                 });
-                futures_util::future::join_all(sends).await;
-                while counters.spans_paired.get() < target {
-                    tokio::task::yield_now().await;
-                }
-            });
-            start.elapsed()
-        })
-    });
+                start.elapsed()
+            })
+        });
+    }
     g.finish();
     rt.block_on(collector.shutdown()).unwrap();
 }
@@ -123,7 +167,7 @@ fn big_engine(nodes: u64, edges: u64, secs: u64, now: f64) -> Engine {
         let t = now - s as f64;
         let mut batches = Vec::new();
         for e in 0..edges {
-            let (a, b) = (e % nodes, (e * 7919 + 1) % nodes);
+            let (a, b) = (e % nodes, (e % nodes + 1 + e / nodes) % nodes);
             seq += 1;
             let dur = 500 + (seq * 7919) % 200_000;
             batches.push((
@@ -237,5 +281,5 @@ fn memory(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, ingest, api, memory);
+criterion_group!(benches, memory, ingest, api);
 criterion_main!(benches);

@@ -126,7 +126,7 @@ impl Hub {
         let key = graph_key(&views[0]);
         let mut published = None;
         {
-            let mut last_key = self.last_key.lock();
+            let last_key = self.last_key.lock();
             if *last_key != key {
                 let prev = self.latest();
                 let revision = prev.as_ref().map(|r| r.revision).unwrap_or(0) + 1;
@@ -145,15 +145,19 @@ impl Hub {
                     changes,
                     views,
                 };
-                *last_key = key;
                 published = Some(Arc::new(rec));
             }
         }
-        if let Err(e) = self.store.write_tick(published.as_deref(), &records, now as u64, data_since as u64) {
+        // An idle tick writes nothing (no transaction, no fsync).
+        if (published.is_some() || !records.is_empty())
+            && let Err(e) = self.store.write_tick(published.as_deref(), &records, now as u64, data_since as u64)
+        {
             self.counters.store_errors.add(1);
             return Err(e);
         }
         if let Some(rec) = &published {
+            // Only a stored revision counts as published: after a failed write the next tick tries again.
+            *self.last_key.lock() = key;
             *self.latest.write() = Some(rec.clone());
             let mut idx = self.index.write();
             idx.push((rec.revision, rec.generated_at_ms));
