@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use meshlens_collector::counters::Counters;
 use meshlens_collector::engine::{Engine, EngineConfig};
+use meshlens_collector::otlp::lite;
 use meshlens_collector::testkit::{kv_int, resource, span, traces};
 use meshlens_collector::{CollectorConfig, start};
 use meshlens_model::graph::View;
@@ -102,10 +103,10 @@ fn ingest(c: &mut Criterion) {
 
     g.bench_function("engine_512", |b| {
         let mut engine = Engine::new(EngineConfig::default(), Arc::new(Counters::default()), 1.8e9);
-        let reqs: Vec<_> = (0..1024).map(batch).collect();
+        let reqs: Vec<_> = (0..1024).map(|i| lite::TraceRequest::from_full(&batch(i))).collect();
         let mut i = 0usize;
         b.iter(|| {
-            engine.ingest_traces(&reqs[i % reqs.len()], 1.8e9 + (i / 1024) as f64);
+            engine.ingest_lean_traces(&reqs[i % reqs.len()], 1.8e9 + (i / 1024) as f64);
             i += 1;
         })
     });
@@ -119,6 +120,17 @@ fn ingest(c: &mut Criterion) {
             ExportTraceServiceRequest::decode(&realistic[i][..]).unwrap()
         })
     });
+    // The collector's own decoding: lean types, zero-copy from the request buffer.
+    for (name, set) in [("decode_512_lean", &encoded), ("decode_512_realistic_lean", &realistic)] {
+        let buffers: Vec<bytes::Bytes> = set.iter().map(|v| bytes::Bytes::from(v.clone())).collect();
+        g.bench_function(name, |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % buffers.len();
+                lite::TraceRequest::decode(buffers[i].clone()).unwrap()
+            })
+        });
+    }
 
     let collector = rt.block_on(start(CollectorConfig::ephemeral())).unwrap();
     let url = format!("http://{}", collector.otlp_grpc_addr);

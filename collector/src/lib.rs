@@ -203,7 +203,7 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
                 {
                     let mut engine = pipeline_hub.engine.lock();
                     match &job.batch {
-                        Batch::Traces(t) => engine.ingest_traces(t, now),
+                        Batch::Traces(t) => engine.ingest_lean_traces(t, now),
                         Batch::Metrics(m) => engine.ingest_metrics(m, now),
                     }
                 }

@@ -15,16 +15,14 @@
 
 use hashbrown::HashMap;
 use meshlens_model::Peer;
-use meshlens_model::names::{GRPC_STATUS, HTTP_STATUS, HTTP_STATUS_OLD, MTLS};
 use meshlens_model::stats::CodeClass;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
-use crate::attrs::{get_bool, get_int, get_str, resource_workload};
+use crate::attrs::resource_workload;
 use crate::engine::{Engine, LimitHit, Protocol};
+use crate::otlp::lite::{Span, SpanAttrs, TraceRequest};
 use crate::window::Obs;
 
 /// The key both halves of a pair share: trace id and the client span's id.
@@ -105,20 +103,17 @@ impl SpanStore {
 }
 
 /// What a span says, read once.
-struct SpanFacts {
+struct SpanFacts<'a> {
     class: CodeClass,
     failed: bool,
     latency_us: u64,
-    grpc: bool,
-    mtls: bool,
+    attrs: SpanAttrs<'a>,
 }
 
-fn facts(span: &Span, server_side: bool) -> SpanFacts {
-    let a = &span.attributes;
-    let status = get_int(a, HTTP_STATUS).or_else(|| get_int(a, HTTP_STATUS_OLD));
-    let grpc_status = get_int(a, GRPC_STATUS);
-    let error = span.status.as_ref().is_some_and(|s| s.code == StatusCode::Error as i32);
-    let class = match status {
+fn facts(span: &Span, server_side: bool) -> SpanFacts<'_> {
+    let attrs = SpanAttrs::scan(&span.attributes);
+    let error = span.status.is_some_and(|s| s.code == StatusCode::Error as i32);
+    let class = match attrs.http_status {
         Some(code) => CodeClass::from_http(code),
         // A failure with no HTTP status: the server side answered with an error; the client side
         // may have had no answer at all.
@@ -128,35 +123,30 @@ fn facts(span: &Span, server_side: bool) -> SpanFacts {
     };
     let failed = error || class == CodeClass::ServerError;
     let latency_us = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) / 1000;
-    SpanFacts {
-        class,
-        failed,
-        latency_us,
-        grpc: grpc_status.is_some() || get_str(a, "rpc.system") == Some("grpc"),
-        mtls: get_bool(a, MTLS).unwrap_or(false),
-    }
+    SpanFacts { class, failed, latency_us, attrs }
 }
 
-fn first_str<'a>(a: &'a [KeyValue], keys: &[&str]) -> Option<&'a str> {
-    keys.iter().find_map(|k| get_str(a, k)).filter(|s| !s.is_empty())
-}
-
-fn db_peer(a: &[KeyValue]) -> Option<Peer> {
-    let system = first_str(a, &["db.system", "db.system.name"])?;
-    let name = first_str(a, &["peer.service", "server.address", "db.namespace", "db.name"]).unwrap_or(system);
+fn db_peer(a: &SpanAttrs<'_>) -> Option<Peer> {
+    let system = a.db_system?;
+    let name = a.peer_service.or(a.server_address).or(a.db_namespace).or(a.db_name).unwrap_or(system);
     Some(Peer::Database { name: name.to_owned() })
 }
 
-fn virtual_peer(a: &[KeyValue]) -> Peer {
-    match first_str(a, &["peer.service", "server.address", "net.peer.name"]) {
+fn virtual_peer(a: &SpanAttrs<'_>) -> Peer {
+    match a.peer_service.or(a.server_address).or(a.net_peer_name) {
         Some(name) => Peer::External { name: name.to_owned() },
         None => Peer::Unknown,
     }
 }
 
 impl Engine {
-    /// Turns an export of spans into edge observations at time `now` (Unix seconds).
+    /// Turns an export decoded into the full OTLP types (OTLP/JSON, tests) into edge observations.
     pub fn ingest_traces(&mut self, req: &ExportTraceServiceRequest, now: f64) {
+        self.ingest_lean_traces(&TraceRequest::from_full(req), now);
+    }
+
+    /// Turns an export of spans into edge observations at time `now` (Unix seconds).
+    pub fn ingest_lean_traces(&mut self, req: &TraceRequest, now: f64) {
         let sec = now as u64;
         for rs in &req.resource_spans {
             let span_count: usize = rs.scope_spans.iter().map(|s| s.spans.len()).sum();
@@ -194,7 +184,7 @@ impl Engine {
             }
         };
         let f = facts(span, !client_side);
-        let a = &span.attributes;
+        let a = &f.attrs;
         if client_side
             && !messaging
             && let Some(db) = db_peer(a)
@@ -203,18 +193,18 @@ impl Engine {
                 let target = self.peer(&db)?;
                 self.counters.database_client.add(1);
                 let obs =
-                    Obs { class: f.class, failed: f.failed, latency_us: Some(f.latency_us), count: 1, mtls: f.mtls };
+                    Obs { class: f.class, failed: f.failed, latency_us: Some(f.latency_us), count: 1, mtls: a.mtls };
                 return self.span_edge(node, target, Protocol::Database, sec, &obs, None, Some(f.latency_us));
             }
         }
         if !client_side && span.parent_span_id.is_empty() {
-            let source = match get_str(a, "peer.service").filter(|s| !s.is_empty()) {
+            let source = match a.peer_service {
                 Some(name) => self.peer(&Peer::External { name: name.to_owned() })?,
                 None => self.peer(&Peer::User)?,
             };
             self.counters.root_server.add(1);
-            let obs = Obs { class: f.class, failed: f.failed, latency_us: Some(f.latency_us), count: 1, mtls: f.mtls };
-            let proto = protocol(messaging, f.grpc);
+            let obs = Obs { class: f.class, failed: f.failed, latency_us: Some(f.latency_us), count: 1, mtls: a.mtls };
+            let proto = protocol(messaging, a.grpc);
             return self.span_edge(source, node, proto, sec, &obs, Some(f.latency_us), None);
         }
         let key_span = if client_side { &span.span_id } else { &span.parent_span_id };
@@ -227,9 +217,9 @@ impl Engine {
         for (on, bit) in [
             (client_side, SIDE_CLIENT),
             (messaging, SIDE_MESSAGING),
-            (f.grpc, SIDE_GRPC),
+            (a.grpc, SIDE_GRPC),
             (f.failed, SIDE_FAILED),
-            (f.mtls, SIDE_MTLS),
+            (a.mtls, SIDE_MTLS),
         ] {
             if on {
                 flags |= bit;

@@ -1,7 +1,13 @@
 //! OTLP/gRPC receiver (tonic): the trace and metrics services, gzip accepted, a decoding cap, and
 //! `UNAVAILABLE` with `RetryInfo` when the ingest queue is full.
+//!
+//! The metrics service is `opentelemetry-proto`'s generated server. The trace service is written out
+//! here because it decodes requests into the lean types of [`super::lite`] rather than the full
+//! ones (the hot path of ingest); it speaks the same `TraceService/Export` method on the wire.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -9,16 +15,15 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
+use tonic::codegen::{BoxFuture, http};
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{Ingest, QueueFull, RETRY_AFTER};
+use super::{Ingest, QueueFull, RETRY_AFTER, lite};
 
 fn unavailable(_: QueueFull) -> Status {
     Status::with_error_details(
@@ -28,25 +33,66 @@ fn unavailable(_: QueueFull) -> Status {
     )
 }
 
-/// The trace service.
-pub struct Traces(pub Arc<Ingest>);
-/// The metrics service.
-pub struct Metrics(pub Arc<Ingest>);
+const EXPORT_TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-#[tonic::async_trait]
-impl TraceService for Traces {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let req = request.into_inner();
-        let bytes = req.encoded_len();
-        let (rejected, message) = self.0.accept_traces(req, bytes).map_err(unavailable)?;
-        let partial_success =
-            (rejected > 0).then_some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message });
-        Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+/// The trace service, decoding into lean requests.
+#[derive(Clone)]
+pub struct Traces {
+    ingest: Arc<Ingest>,
+}
+
+impl NamedService for Traces {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+struct ExportTraces(Arc<Ingest>);
+
+impl tonic::server::UnaryService<lite::TraceRequest> for ExportTraces {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<Response<ExportTraceServiceResponse>, Status>;
+
+    fn call(&mut self, request: Request<lite::TraceRequest>) -> Self::Future {
+        let ingest = self.0.clone();
+        Box::pin(async move {
+            let req = request.into_inner();
+            let bytes = req.encoded_len();
+            let (rejected, message) = ingest.accept_traces(req, bytes).map_err(unavailable)?;
+            let partial_success = (rejected > 0)
+                .then_some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message });
+            Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+        })
     }
 }
+
+impl tower::Service<http::Request<tonic::body::Body>> for Traces {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let ingest = self.ingest.clone();
+        Box::pin(async move {
+            if req.uri().path() != EXPORT_TRACES {
+                return Ok(Status::unimplemented(format!("no method {}", req.uri().path())).into_http());
+            }
+            let mut accept = EnabledCompressionEncodings::default();
+            accept.enable(CompressionEncoding::Gzip);
+            let cap = ingest.max_request_bytes;
+            let codec = tonic_prost::ProstCodec::<ExportTraceServiceResponse, lite::TraceRequest>::default();
+            let mut grpc = tonic::server::Grpc::new(codec)
+                .apply_compression_config(accept, EnabledCompressionEncodings::default())
+                .apply_max_message_size_config(Some(cap), None);
+            Ok(grpc.unary(ExportTraces(ingest), req).await)
+        })
+    }
+}
+
+/// The metrics service.
+pub struct Metrics(pub Arc<Ingest>);
 
 #[tonic::async_trait]
 impl MetricsService for Metrics {
@@ -66,11 +112,8 @@ impl MetricsService for Metrics {
 /// The tonic router serving both services.
 pub fn router(ingest: Arc<Ingest>) -> tonic::service::Routes {
     let cap = ingest.max_request_bytes;
-    let traces = TraceServiceServer::new(Traces(ingest.clone()))
+    let metrics = MetricsServiceServer::new(Metrics(ingest.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(cap);
-    let metrics = MetricsServiceServer::new(Metrics(ingest))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(cap);
-    tonic::service::Routes::new(traces).add_service(metrics)
+    tonic::service::Routes::new(Traces { ingest }).add_service(metrics)
 }

@@ -22,7 +22,7 @@ use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Ingest, RETRY_AFTER};
+use super::{Ingest, RETRY_AFTER, lite};
 
 /// `google.rpc.Status`, the body of an OTLP/HTTP error.
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -59,11 +59,45 @@ struct Decoded<T> {
     enc: Encoding,
 }
 
+/// A body read, size-checked and decompressed, not yet parsed.
+struct Raw {
+    data: Bytes,
+    enc: Encoding,
+}
+
 async fn decode<T: Message + Default + DeserializeOwned>(
     ingest: &Ingest,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Decoded<T>, Response> {
+    let raw = read(ingest, headers, body).await?;
+    parse(ingest, raw, |data| T::decode(data), |data| serde_json::from_slice::<T>(data))
+}
+
+/// Parses a body with the decoder of its encoding; a failure is a 400 naming the encoding.
+// The error is the finished HTTP answer, built once per failed request: its size does not matter.
+#[allow(clippy::result_large_err)]
+fn parse<T>(
+    ingest: &Ingest,
+    raw: Raw,
+    protobuf: impl FnOnce(Bytes) -> Result<T, prost::DecodeError>,
+    json: impl FnOnce(&[u8]) -> Result<T, serde_json::Error>,
+) -> Result<Decoded<T>, Response> {
+    let bytes = raw.data.len();
+    let msg = match raw.enc {
+        Encoding::Protobuf => protobuf(raw.data).map_err(|e| format!("body is not a valid OTLP protobuf message: {e}")),
+        Encoding::Json => json(&raw.data).map_err(|e| format!("body is not a valid OTLP JSON message: {e}")),
+    };
+    match msg {
+        Ok(msg) => Ok(Decoded { msg, bytes, enc: raw.enc }),
+        Err(m) => {
+            ingest.counters.requests_malformed.add(1);
+            Err(error(StatusCode::BAD_REQUEST, raw.enc, 3, m))
+        }
+    }
+}
+
+async fn read(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Raw, Response> {
     let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let enc = match mime.as_str() {
@@ -110,20 +144,7 @@ async fn decode<T: Message + Default + DeserializeOwned>(
             ));
         }
     };
-    let bytes = data.len();
-    let msg = match enc {
-        Encoding::Protobuf => T::decode(data).map_err(|e| format!("body is not a valid OTLP protobuf message: {e}")),
-        Encoding::Json => {
-            serde_json::from_slice::<T>(&data).map_err(|e| format!("body is not a valid OTLP JSON message: {e}"))
-        }
-    };
-    match msg {
-        Ok(msg) => Ok(Decoded { msg, bytes, enc }),
-        Err(m) => {
-            ingest.counters.requests_malformed.add(1);
-            Err(error(StatusCode::BAD_REQUEST, enc, 3, m))
-        }
-    }
+    Ok(Raw { data, enc })
 }
 
 fn queue_full(enc: Encoding) -> Response {
@@ -133,7 +154,14 @@ fn queue_full(enc: Encoding) -> Response {
 }
 
 async fn traces(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
-    let d = match decode::<ExportTraceServiceRequest>(&ingest, &headers, body).await {
+    // Protobuf is decoded lean, straight from the body; JSON through the full types.
+    let parsed = match read(&ingest, &headers, body).await {
+        Ok(raw) => parse(&ingest, raw, lite::TraceRequest::decode, |data| {
+            serde_json::from_slice::<ExportTraceServiceRequest>(data).map(|full| lite::TraceRequest::from_full(&full))
+        }),
+        Err(r) => return r,
+    };
+    let d = match parsed {
         Ok(d) => d,
         Err(r) => return r,
     };

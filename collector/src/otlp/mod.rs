@@ -7,13 +7,13 @@
 
 pub mod grpc;
 pub mod http;
+pub mod lite;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use tokio::sync::mpsc;
 
@@ -25,8 +25,8 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// One accepted export, waiting for the pipeline.
 pub enum Batch {
-    /// Spans.
-    Traces(ExportTraceServiceRequest),
+    /// Spans (lean: see [`lite`]).
+    Traces(lite::TraceRequest),
     /// Metrics.
     Metrics(ExportMetricsServiceRequest),
 }
@@ -102,7 +102,7 @@ impl Ingest {
 
     /// Validates, queues and answers a trace export: `(rejected spans, message)` for the partial
     /// success, or [`QueueFull`].
-    pub fn accept_traces(&self, mut req: ExportTraceServiceRequest, bytes: usize) -> Result<(i64, String), QueueFull> {
+    pub fn accept_traces(&self, mut req: lite::TraceRequest, bytes: usize) -> Result<(i64, String), QueueFull> {
         let (rejected, message) = reject_unidentified_traces(&mut req);
         self.counters.spans_rejected.add(rejected as u64);
         let spans: usize = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
@@ -155,7 +155,7 @@ fn describe(rejected: i64, what: &str, indexes: &[usize]) -> String {
 }
 
 /// Removes resources without `service.name`; returns the spans rejected and the message.
-pub fn reject_unidentified_traces(req: &mut ExportTraceServiceRequest) -> (i64, String) {
+pub fn reject_unidentified_traces(req: &mut lite::TraceRequest) -> (i64, String) {
     let mut rejected = 0i64;
     let mut indexes = Vec::new();
     let mut i = 0usize;

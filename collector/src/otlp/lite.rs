@@ -1,0 +1,302 @@
+//! A lean decoding of OTLP trace exports: only the span fields the collector reads, with ids and
+//! attributes kept as zero-copy slices of the request buffer.
+//!
+//! Decoding into `opentelemetry-proto`'s types allocates a `String` for every attribute key and value
+//! (and for names, events and links the collector never reads); at ten attributes a span that was
+//! most of the ingest cost. Here prost skips the fields this module does not declare, `bytes` fields
+//! share the request's buffer, and each attribute stays an undecoded `KeyValue` until
+//! [`SpanAttrs::scan`] reads the few keys the collector uses. The wire format is the same, so the
+//! full types and these decode the same bytes (tests check both ways).
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+
+/// `ExportTraceServiceRequest`, lean.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TraceRequest {
+    /// Spans by resource.
+    #[prost(message, repeated, tag = "1")]
+    pub resource_spans: Vec<ResourceSpans>,
+}
+
+/// `ResourceSpans`, lean: the resource in full (it is small and names the workload).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ResourceSpans {
+    /// The resource.
+    #[prost(message, optional, tag = "1")]
+    pub resource: Option<Resource>,
+    /// Spans by scope.
+    #[prost(message, repeated, tag = "2")]
+    pub scope_spans: Vec<ScopeSpans>,
+}
+
+/// `ScopeSpans`, lean: the scope itself is skipped.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ScopeSpans {
+    /// The spans.
+    #[prost(message, repeated, tag = "2")]
+    pub spans: Vec<Span>,
+}
+
+/// `Span`, lean.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Span {
+    /// 16 bytes.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub trace_id: Bytes,
+    /// 8 bytes.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub span_id: Bytes,
+    /// 8 bytes, or empty for a root span.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub parent_span_id: Bytes,
+    /// `SpanKind`.
+    #[prost(int32, tag = "6")]
+    pub kind: i32,
+    /// Start, Unix ns.
+    #[prost(fixed64, tag = "7")]
+    pub start_time_unix_nano: u64,
+    /// End, Unix ns.
+    #[prost(fixed64, tag = "8")]
+    pub end_time_unix_nano: u64,
+    /// Each attribute as its undecoded `KeyValue` message.
+    #[prost(bytes = "bytes", repeated, tag = "9")]
+    pub attributes: Vec<Bytes>,
+    /// The status.
+    #[prost(message, optional, tag = "15")]
+    pub status: Option<Status>,
+}
+
+/// `Status`, lean: the code only.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct Status {
+    /// `StatusCode`.
+    #[prost(int32, tag = "3")]
+    pub code: i32,
+}
+
+impl TraceRequest {
+    /// Re-reads a request decoded into the full types (OTLP/JSON, tests) as a lean one.
+    pub fn from_full(req: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest) -> Self {
+        // Both describe the same wire format, so this cannot fail on bytes prost itself wrote.
+        Self::decode(Bytes::from(req.encode_to_vec())).unwrap_or_default()
+    }
+}
+
+/// An attribute value as the collector reads it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Raw<'a> {
+    /// `string_value`.
+    Str(&'a str),
+    /// `int_value`.
+    Int(i64),
+    /// `bool_value`.
+    Bool(bool),
+    /// `double_value`.
+    Double(f64),
+    /// Arrays, maps, bytes, or nothing.
+    Other,
+}
+
+impl Raw<'_> {
+    /// As an integer; numeric strings and doubles count (SDKs differ).
+    pub fn as_int(self) -> Option<i64> {
+        match self {
+            Raw::Int(i) => Some(i),
+            Raw::Double(d) => Some(d as i64),
+            Raw::Str(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Walks the fields of a message: `(field number, wire type, payload)`; the payload of a
+/// length-delimited field is its bytes, of a varint its value in the first 8 bytes of `u64`.
+fn fields(b: &[u8]) -> impl Iterator<Item = (u64, Field<'_>)> {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        if pos >= b.len() {
+            return None;
+        }
+        let tag = varint(b, &mut pos)?;
+        let field = match tag & 7 {
+            0 => Field::Varint(varint(b, &mut pos)?),
+            1 => {
+                let s = b.get(pos..pos + 8)?;
+                pos += 8;
+                Field::Fixed64(u64::from_le_bytes(s.try_into().ok()?))
+            }
+            2 => {
+                let len = usize::try_from(varint(b, &mut pos)?).ok()?;
+                let s = b.get(pos..pos.checked_add(len)?)?;
+                pos += len;
+                Field::Bytes(s)
+            }
+            5 => {
+                pos += 4;
+                b.get(pos - 4..pos)?;
+                Field::Fixed32
+            }
+            _ => return None,
+        };
+        Some((tag >> 3, field))
+    })
+}
+
+enum Field<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Bytes(&'a [u8]),
+    Fixed32,
+}
+
+fn any_value(b: &[u8]) -> Raw<'_> {
+    let mut out = Raw::Other;
+    for (n, f) in fields(b) {
+        out = match (n, f) {
+            (1, Field::Bytes(s)) => std::str::from_utf8(s).map(Raw::Str).unwrap_or(Raw::Other),
+            (2, Field::Varint(v)) => Raw::Bool(v != 0),
+            (3, Field::Varint(v)) => Raw::Int(v as i64),
+            (4, Field::Fixed64(v)) => Raw::Double(f64::from_bits(v)),
+            _ => Raw::Other,
+        };
+    }
+    out
+}
+
+/// Splits an encoded `KeyValue` into its key and value.
+pub fn key_value(b: &[u8]) -> Option<(&str, Raw<'_>)> {
+    let mut key = None;
+    let mut value = Raw::Other;
+    for (n, f) in fields(b) {
+        match (n, f) {
+            (1, Field::Bytes(s)) => key = std::str::from_utf8(s).ok(),
+            (2, Field::Bytes(s)) => value = any_value(s),
+            _ => {}
+        }
+    }
+    Some((key?, value))
+}
+
+/// The attributes of a span the collector reads, found in one pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SpanAttrs<'a> {
+    /// `http.response.status_code`, or the older `http.status_code`.
+    pub http_status: Option<i64>,
+    /// `rpc.grpc.status_code` present, or `rpc.system = grpc`.
+    pub grpc: bool,
+    /// `meshlens.mtls`.
+    pub mtls: bool,
+    /// `db.system` or `db.system.name`.
+    pub db_system: Option<&'a str>,
+    /// `peer.service`.
+    pub peer_service: Option<&'a str>,
+    /// `server.address`.
+    pub server_address: Option<&'a str>,
+    /// `net.peer.name`.
+    pub net_peer_name: Option<&'a str>,
+    /// `db.namespace`.
+    pub db_namespace: Option<&'a str>,
+    /// `db.name`.
+    pub db_name: Option<&'a str>,
+}
+
+impl<'a> SpanAttrs<'a> {
+    /// Reads the attributes the collector uses; others are skipped without decoding their values.
+    pub fn scan(attrs: &'a [Bytes]) -> Self {
+        let mut s = SpanAttrs::default();
+        for kv in attrs {
+            let Some((key, value)) = key_value(kv) else { continue };
+            let text = match value {
+                Raw::Str(t) if !t.is_empty() => Some(t),
+                _ => None,
+            };
+            match key {
+                "http.response.status_code" => s.http_status = value.as_int().or(s.http_status),
+                "http.status_code" => s.http_status = s.http_status.or(value.as_int()),
+                "rpc.grpc.status_code" => s.grpc = true,
+                "rpc.system" => s.grpc |= text == Some("grpc"),
+                "meshlens.mtls" => {
+                    s.mtls = matches!(value, Raw::Bool(true)) || text.is_some_and(|t| t.eq_ignore_ascii_case("true"))
+                }
+                "db.system" | "db.system.name" => s.db_system = text.or(s.db_system),
+                "peer.service" => s.peer_service = text,
+                "server.address" => s.server_address = text,
+                "net.peer.name" => s.net_peer_name = text,
+                "db.namespace" => s.db_namespace = text,
+                "db.name" => s.db_name = text,
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{kv, kv_bool, kv_int, resource, span, traces};
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+
+    #[test]
+    fn lean_and_full_decode_the_same_spans() {
+        let attrs = vec![
+            kv("http.request.method", "GET"),
+            kv_int("http.response.status_code", 503),
+            kv("peer.service", "payments"),
+            kv_bool("meshlens.mtls", true),
+            KeyValue {
+                key: "ratio".into(),
+                value: Some(AnyValue { value: Some(Value::DoubleValue(0.5)) }),
+                ..KeyValue::default()
+            },
+            kv("db.system", "postgresql"),
+        ];
+        let full = traces(vec![(
+            resource("shop", "cart", "v2"),
+            vec![span(SpanKind::Client, 7, 42, Some(41), 1000, 1500, attrs, true)],
+        )]);
+        let lean = TraceRequest::from_full(&full);
+        let s = &lean.resource_spans[0].scope_spans[0].spans[0];
+        let f = &full.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(
+            (&s.trace_id[..], &s.span_id[..], &s.parent_span_id[..]),
+            (&f.trace_id[..], &f.span_id[..], &f.parent_span_id[..])
+        );
+        assert_eq!(
+            (s.kind, s.start_time_unix_nano, s.end_time_unix_nano),
+            (f.kind, f.start_time_unix_nano, f.end_time_unix_nano)
+        );
+        assert_eq!(s.status.map(|st| st.code), Some(2));
+        assert_eq!(lean.resource_spans[0].resource, full.resource_spans[0].resource);
+        let a = SpanAttrs::scan(&s.attributes);
+        assert_eq!(a.http_status, Some(503));
+        assert_eq!(a.peer_service, Some("payments"));
+        assert_eq!(a.db_system, Some("postgresql"));
+        assert!(a.mtls);
+        assert_eq!(key_value(&s.attributes[4]), Some(("ratio", Raw::Double(0.5))));
+    }
+
+    #[test]
+    fn broken_attributes_are_skipped_not_trusted() {
+        assert_eq!(key_value(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]), None);
+        assert_eq!(key_value(&[]), None);
+        let junk = [Bytes::from_static(&[0x0a, 0x05, b'a']), Bytes::from_static(&[0xff; 12])];
+        assert_eq!(SpanAttrs::scan(&junk), SpanAttrs::default());
+    }
+}
