@@ -24,11 +24,50 @@ use meshlens_collector::{CollectorConfig, start};
 use meshlens_model::graph::View;
 use meshlens_model::hist::Merger;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 
 const BATCH: u64 = 512;
+
+/// A message that encodes as the bytes it holds: the load generator sends pre-encoded exports, so the
+/// figures are the collector's cost, not the cost of encoding them in the same process.
+#[derive(Clone, Debug, Default)]
+struct Raw(bytes::Bytes);
+
+impl Message for Raw {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+    fn merge_field(
+        &mut self,
+        _tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, _tag, buf, ctx)
+    }
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Exports one pre-encoded trace request over a channel.
+async fn export_raw(channel: tonic::transport::Channel, body: bytes::Bytes) {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    let codec = tonic_prost::ProstCodec::<
+        Raw,
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+    >::default();
+    grpc.unary(tonic::Request::new(Raw(body)), path, codec).await.unwrap();
+}
 
 /// A 512-span batch: 256 client/server pairs between 16 workloads, unique ids per `seq`.
 fn batch(seq: u64) -> ExportTraceServiceRequest {
@@ -132,29 +171,47 @@ fn ingest(c: &mut Criterion) {
         });
     }
 
+    g.bench_function("engine_512_realistic", |b| {
+        let mut engine = Engine::new(EngineConfig::default(), Arc::new(Counters::default()), 1.8e9);
+        let reqs: Vec<_> = (0..1024).map(|i| lite::TraceRequest::from_full(&batch_with(i, true))).collect();
+        let mut i = 0usize;
+        b.iter(|| {
+            engine.ingest_lean_traces(&reqs[i % reqs.len()], 1.8e9 + (i / 1024) as f64);
+            i += 1;
+        })
+    });
+
     let collector = rt.block_on(start(CollectorConfig::ephemeral())).unwrap();
     let url = format!("http://{}", collector.otlp_grpc_addr);
-    let clients: Vec<_> = rt.block_on(async {
-        futures_util::future::join_all((0..4).map(|_| TraceServiceClient::connect(url.clone()))).await
+    let channels: Vec<tonic::transport::Channel> = rt.block_on(async {
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            let ep = tonic::transport::Endpoint::from_shared(url.clone())
+                .unwrap()
+                .initial_stream_window_size(meshlens_collector::GRPC_STREAM_WINDOW)
+                .initial_connection_window_size(meshlens_collector::GRPC_CONNECTION_WINDOW);
+            out.push(ep.connect().await.unwrap());
+        }
+        out
     });
-    let clients: Vec<_> = clients.into_iter().map(Result::unwrap).collect();
     let counters = collector.hub.counters.clone();
     let mut seq = 1_000_000u64;
     for (name, real) in [("grpc_512", false), ("grpc_512_realistic", true)] {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let reqs: Vec<_> = (0..iters).map(|i| batch_with(seq + i, real)).collect();
+                let reqs: Vec<bytes::Bytes> =
+                    (0..iters).map(|i| bytes::Bytes::from(batch_with(seq + i, real).encode_to_vec())).collect();
                 seq += iters;
                 let target = counters.spans_paired.get() + iters * BATCH;
                 let start = Instant::now();
                 rt.block_on(async {
-                    let mut lanes: Vec<Vec<ExportTraceServiceRequest>> = vec![Vec::new(); clients.len()];
+                    let mut lanes: Vec<Vec<bytes::Bytes>> = vec![Vec::new(); channels.len()];
                     for (i, r) in reqs.into_iter().enumerate() {
-                        lanes[i % clients.len()].push(r);
+                        lanes[i % channels.len()].push(r);
                     }
-                    let sends = lanes.into_iter().zip(clients.iter().cloned()).map(|(lane, mut client)| async move {
+                    let sends = lanes.into_iter().zip(channels.iter().cloned()).map(|(lane, ch)| async move {
                         for r in lane {
-                            client.export(r).await.unwrap();
+                            export_raw(ch.clone(), r).await;
                         }
                     });
                     futures_util::future::join_all(sends).await;

@@ -41,6 +41,11 @@ use crate::hub::Hub;
 use crate::otlp::{Batch, Ingest};
 use crate::store::{Store, StoreError};
 
+/// HTTP/2 flow-control window per OTLP/gRPC stream.
+pub const GRPC_STREAM_WINDOW: u32 = 2 << 20;
+/// HTTP/2 flow-control window per OTLP/gRPC connection.
+pub const GRPC_CONNECTION_WINDOW: u32 = 8 << 20;
+
 /// How a collector runs.
 #[derive(Clone, Debug)]
 pub struct CollectorConfig {
@@ -232,7 +237,11 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     let grpc_routes = otlp::grpc::router(ingest.clone());
     let sig = signal();
     tasks.push(tokio::spawn(async move {
+        // Exports are large (a 512-span batch is 50-250 KB); HTTP/2's default 64 KiB windows would cost
+        // several round trips per export.
         tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
+            .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
             .add_routes(grpc_routes)
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_l), sig)
             .await

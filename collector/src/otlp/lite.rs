@@ -215,31 +215,79 @@ pub struct SpanAttrs<'a> {
     pub db_name: Option<&'a str>,
 }
 
+/// Which attribute a key names, matched on raw bytes before anything is decoded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    HttpStatus,
+    HttpStatusOld,
+    GrpcStatus,
+    RpcSystem,
+    Mtls,
+    DbSystem,
+    PeerService,
+    ServerAddress,
+    NetPeerName,
+    DbNamespace,
+    DbName,
+}
+
+fn wanted(key: &[u8]) -> Option<Wanted> {
+    Some(match key {
+        b"http.response.status_code" => Wanted::HttpStatus,
+        b"http.status_code" => Wanted::HttpStatusOld,
+        b"rpc.grpc.status_code" => Wanted::GrpcStatus,
+        b"rpc.system" => Wanted::RpcSystem,
+        b"meshlens.mtls" => Wanted::Mtls,
+        b"db.system" | b"db.system.name" => Wanted::DbSystem,
+        b"peer.service" => Wanted::PeerService,
+        b"server.address" => Wanted::ServerAddress,
+        b"net.peer.name" => Wanted::NetPeerName,
+        b"db.namespace" => Wanted::DbNamespace,
+        b"db.name" => Wanted::DbName,
+        _ => return None,
+    })
+}
+
 impl<'a> SpanAttrs<'a> {
-    /// Reads the attributes the collector uses; others are skipped without decoding their values.
+    /// Reads the attributes the collector uses. A key is compared as raw bytes; the value of an
+    /// attribute the collector does not use is never decoded.
     pub fn scan(attrs: &'a [Bytes]) -> Self {
         let mut s = SpanAttrs::default();
         for kv in attrs {
-            let Some((key, value)) = key_value(kv) else { continue };
+            let mut which = None;
+            let mut value: &[u8] = &[];
+            for (n, f) in fields(kv) {
+                match (n, f) {
+                    (1, Field::Bytes(k)) => {
+                        which = wanted(k);
+                        if which.is_none() {
+                            break;
+                        }
+                    }
+                    (2, Field::Bytes(v)) => value = v,
+                    _ => {}
+                }
+            }
+            let Some(which) = which else { continue };
+            let value = any_value(value);
             let text = match value {
                 Raw::Str(t) if !t.is_empty() => Some(t),
                 _ => None,
             };
-            match key {
-                "http.response.status_code" => s.http_status = value.as_int().or(s.http_status),
-                "http.status_code" => s.http_status = s.http_status.or(value.as_int()),
-                "rpc.grpc.status_code" => s.grpc = true,
-                "rpc.system" => s.grpc |= text == Some("grpc"),
-                "meshlens.mtls" => {
+            match which {
+                Wanted::HttpStatus => s.http_status = value.as_int().or(s.http_status),
+                Wanted::HttpStatusOld => s.http_status = s.http_status.or(value.as_int()),
+                Wanted::GrpcStatus => s.grpc = true,
+                Wanted::RpcSystem => s.grpc |= text == Some("grpc"),
+                Wanted::Mtls => {
                     s.mtls = matches!(value, Raw::Bool(true)) || text.is_some_and(|t| t.eq_ignore_ascii_case("true"))
                 }
-                "db.system" | "db.system.name" => s.db_system = text.or(s.db_system),
-                "peer.service" => s.peer_service = text,
-                "server.address" => s.server_address = text,
-                "net.peer.name" => s.net_peer_name = text,
-                "db.namespace" => s.db_namespace = text,
-                "db.name" => s.db_name = text,
-                _ => {}
+                Wanted::DbSystem => s.db_system = text.or(s.db_system),
+                Wanted::PeerService => s.peer_service = text,
+                Wanted::ServerAddress => s.server_address = text,
+                Wanted::NetPeerName => s.net_peer_name = text,
+                Wanted::DbNamespace => s.db_namespace = text,
+                Wanted::DbName => s.db_name = text,
             }
         }
         s
