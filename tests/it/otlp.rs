@@ -210,3 +210,67 @@ async fn a_full_queue_refuses_with_retry_after() {
     assert_eq!(prom_value(&text, "meshlens_collector_refused_requests_total{reason=\"queue_full\"}"), Some(2.0));
     c.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_accepts_gzip() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let c = collector().await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", c.otlp_grpc_addr))
+        .await
+        .unwrap()
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    client.export(pairs(1, ("a", ""), ("b", ""), 6, 200, 2)).await.unwrap();
+    wait_edge(&c, "", "default/a", "default/b", 6).await;
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_metrics_count_each_request_once_over_grpc_and_http() {
+    use meshlens_model::names::{CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, SERVER_DURATION};
+    let c = collector().await;
+    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let a = ("productpage", "v1");
+    let b = ("reviews", "v3");
+    // Both agents of the hop report the same 20 requests (4 of them 503), cumulatively, twice:
+    // the second export adds 10 more. The caller also saw 2 connect failures and made 3 retries.
+    for (round, ok, failed) in [(1u64, 16u64, 4u64), (2, 26, 4)] {
+        let server = hist_metric(
+            SERVER_DURATION,
+            true,
+            vec![hist_point(edge_attrs(a, b, Some(200)), start, round, &[0, ok]), hist_point(edge_attrs(a, b, Some(503)), start, round, &[0, failed])],
+        );
+        let mut refused = edge_attrs(a, b, None);
+        refused.push(kv("error.type", "connect_failure"));
+        let client = hist_metric(
+            CLIENT_DURATION,
+            true,
+            vec![
+                hist_point(edge_attrs(a, b, Some(200)), start, round, &[0, 0, ok]),
+                hist_point(edge_attrs(a, b, Some(503)), start, round, &[0, 0, failed]),
+                hist_point(refused, start, round, &[2]),
+            ],
+        );
+        let retries = sum_metric(CLIENT_RETRIES, true, edge_attrs(a, b, None), start, 3);
+        let timeouts = sum_metric(CLIENT_TIMEOUTS, true, edge_attrs(a, b, None), start, 0);
+        let req = metrics(vec![(resource("", "reviews", "v3"), vec![server]), (resource("", "productpage", "v1"), vec![client, retries, timeouts])]);
+        if round == 1 {
+            let resp = grpc_metrics(&c, req).await.unwrap();
+            assert!(resp.partial_success.is_none());
+        } else {
+            let r = post(&c, "/v1/metrics", "application/x-protobuf", false, req.encode_to_vec()).await;
+            assert_eq!(r.status(), 200);
+        }
+    }
+    let g = wait_edge(&c, "", "default/productpage/v1", "default/reviews/v3", 32).await;
+    let s = &edge(&g, "default/productpage/v1", "default/reviews/v3").unwrap()["stats"];
+    // 30 served (26 ok + 4 failed) + 2 refused before reaching the callee.
+    assert_eq!(s["requests"], 32, "{s}");
+    assert_eq!(s["errors"], 6);
+    assert_eq!(s["codes"]["5xx"], 4);
+    assert_eq!(s["codes"]["none"], 2);
+    assert_eq!(s["retries"], 3);
+    assert_eq!(s["timeouts"], 0);
+    let p50 = s["latency_ms"]["p50"].as_f64().unwrap();
+    assert!((5.0..=10.0).contains(&p50), "the callee's 5-10 ms bucket: {p50}");
+    c.shutdown().await.unwrap();
+}
