@@ -285,6 +285,12 @@ fn api(c: &mut Criterion) {
         let mut merger = Merger::default();
         b.iter(|| meshlens_collector::views::snapshot(&engine, View::Versioned, 60, now, &mut merger))
     });
+    // What the publisher does every tick: all four views.
+    g.bench_function("tick_views_1000x5000", |b| {
+        let engine = collector.hub.engine.lock();
+        let mut merger = Merger::default();
+        b.iter(|| meshlens_collector::views::snapshots(&engine, &View::ALL, 60, now, &mut merger))
+    });
     g.finish();
     rt.block_on(collector.shutdown()).unwrap();
 }

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use crate::counters::Counters;
 use crate::engine::{EdgeState, Engine, unix_now};
 use crate::store::{EdgeMeta, EdgeRecord, Store, StoreError, StoredRevision};
-use crate::views::snapshot;
+use crate::views::snapshots;
 use crate::window::{COARSE_WIDTH, FINE_SLOTS, FINE_WIDTH, Slice};
 
 /// Everything the API and the publisher share.
@@ -118,8 +118,7 @@ impl Hub {
         let (views, records, data_since) = {
             let mut engine = self.engine.lock();
             engine.expire(now);
-            let views: Vec<GraphSnapshot> =
-                View::ALL.iter().map(|&v| snapshot(&engine, v, self.window_secs, now, merger)).collect();
+            let views = snapshots(&engine, &View::ALL, self.window_secs, now, merger);
             let records = dirty_records(&mut engine, now as u64);
             (views, records, engine.data_since)
         };

@@ -17,7 +17,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 
 use crate::engine::{EdgeState, Engine};
-use crate::window::{Aggregate, WindowSpec};
+use crate::window::{Aggregate, EdgeWindow, WindowSpec};
 
 fn view_peer(peer: &Peer, view: View) -> Peer {
     match view {
@@ -49,6 +49,31 @@ fn aggregate(engine: &Engine, spec: WindowSpec, members: &[u32], merger: &mut Me
     for &i in members {
         let e = &engine.edges()[i as usize];
         agg.add(&e.rings, e.metrics_seen);
+    }
+    agg.stats()
+}
+
+/// Every active edge's window, summed once (inactive edges: `None`).
+fn edge_windows(engine: &Engine, spec: WindowSpec, merger: &mut Merger) -> Vec<Option<EdgeWindow>> {
+    engine
+        .edges()
+        .iter()
+        .map(|e| {
+            active(e, &spec).then(|| {
+                let mut agg = Aggregate::new(spec, merger);
+                agg.add(&e.rings, e.metrics_seen);
+                agg.to_window()
+            })
+        })
+        .collect()
+}
+
+fn merge(windows: &[Option<EdgeWindow>], spec: WindowSpec, members: &[u32], merger: &mut Merger) -> Stats {
+    let mut agg = Aggregate::new(spec, merger);
+    for &i in members {
+        if let Some(w) = &windows[i as usize] {
+            agg.add_window(w);
+        }
     }
     agg.stats()
 }
@@ -85,13 +110,38 @@ fn side_members(g: &DiGraph<Peer, Vec<u32>>, n: NodeIndex, dir: Direction) -> Ve
 
 /// Computes a snapshot of `view` over a `window_secs` window ending at `now`.
 pub fn snapshot(engine: &Engine, view: View, window_secs: u64, now: f64, merger: &mut Merger) -> GraphSnapshot {
+    snapshots(engine, &[view], window_secs, now, merger).pop().unwrap_or_default()
+}
+
+/// Computes snapshots of several views over one window: each edge's slices are summed once and the
+/// views merge those sums.
+pub fn snapshots(
+    engine: &Engine,
+    views: &[View],
+    window_secs: u64,
+    now: f64,
+    merger: &mut Merger,
+) -> Vec<GraphSnapshot> {
     let spec = WindowSpec::new(now, window_secs, engine.data_since);
+    let windows = edge_windows(engine, spec, merger);
+    views.iter().map(|&view| view_snapshot(engine, &windows, view, spec, window_secs, now, merger)).collect()
+}
+
+fn view_snapshot(
+    engine: &Engine,
+    windows: &[Option<EdgeWindow>],
+    view: View,
+    spec: WindowSpec,
+    window_secs: u64,
+    now: f64,
+    merger: &mut Merger,
+) -> GraphSnapshot {
     let health = engine.config.health;
     let vg = build(engine, view, &spec);
     let g = &vg.graph;
     let mut edges = Vec::with_capacity(g.edge_count());
     for e in g.edge_references() {
-        let stats = aggregate(engine, spec, e.weight(), merger);
+        let stats = merge(windows, spec, e.weight(), merger);
         if stats.requests == 0 && stats.retries.unwrap_or(0) == 0 && stats.timeouts.unwrap_or(0) == 0 {
             continue;
         }
@@ -115,8 +165,8 @@ pub fn snapshot(engine: &Engine, view: View, window_secs: u64, now: f64, merger:
         if !live.contains(&id) {
             continue;
         }
-        let inbound = aggregate(engine, spec, &side_members(g, n, Direction::Incoming), merger);
-        let outbound = aggregate(engine, spec, &side_members(g, n, Direction::Outgoing), merger);
+        let inbound = merge(windows, spec, &side_members(g, n, Direction::Incoming), merger);
+        let outbound = merge(windows, spec, &side_members(g, n, Direction::Outgoing), merger);
         nodes.push(make_node(peer, id, view, inbound, outbound, &health));
     }
     nodes.sort_by(|a, b| a.id.cmp(&b.id));

@@ -216,6 +216,28 @@ impl WindowSpec {
     }
 }
 
+/// One edge's window summed once, so the four views of a tick can merge edges without walking
+/// their slices again.
+#[derive(Clone, Debug, Default)]
+pub struct EdgeWindow {
+    requests: u64,
+    errors: u64,
+    codes: [u64; 5],
+    mtls: u64,
+    retries: u64,
+    timeouts: u64,
+    agent_reported: bool,
+    per_step: Vec<(u64, u64)>,
+    hist: SparseHist,
+}
+
+impl EdgeWindow {
+    /// Requests in the window.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+}
+
 /// Sums slices of many edges and turns them into [`Stats`].
 pub struct Aggregate<'m> {
     spec: WindowSpec,
@@ -266,6 +288,39 @@ impl<'m> Aggregate<'m> {
             step.0 += u64::from(s.requests);
             step.1 += u64::from(s.errors);
             self.merger.add(&s.hist);
+        }
+    }
+
+    /// Adds an edge's window summed earlier over the same [`WindowSpec`].
+    pub fn add_window(&mut self, w: &EdgeWindow) {
+        self.agent_reported |= w.agent_reported;
+        self.requests += w.requests;
+        self.errors += w.errors;
+        for (a, b) in self.codes.iter_mut().zip(w.codes) {
+            *a += b;
+        }
+        self.mtls += w.mtls;
+        self.retries += w.retries;
+        self.timeouts += w.timeouts;
+        for (a, b) in self.per_step.iter_mut().zip(&w.per_step) {
+            a.0 += b.0;
+            a.1 += b.1;
+        }
+        self.merger.add(&w.hist);
+    }
+
+    /// This aggregate as an [`EdgeWindow`] for later merging.
+    pub fn to_window(&self) -> EdgeWindow {
+        EdgeWindow {
+            requests: self.requests,
+            errors: self.errors,
+            codes: self.codes,
+            mtls: self.mtls,
+            retries: self.retries,
+            timeouts: self.timeouts,
+            agent_reported: self.agent_reported,
+            per_step: self.per_step.clone(),
+            hist: self.merger.to_sparse(),
         }
     }
 

@@ -151,15 +151,28 @@ impl Merger {
         Some(self.max_us)
     }
 
-    /// p50, p95, p99 and max in milliseconds; `None` when empty.
+    /// p50, p95, p99 and max in milliseconds; `None` when empty. One pass over the occupied range.
     pub fn latency_ms(&self) -> Option<LatencyMs> {
-        let ms = |us: u64| (us as f64 / 1000.0 * 1000.0).round() / 1000.0;
-        Some(LatencyMs {
-            p50: ms(self.quantile_us(0.50)?),
-            p95: ms(self.quantile_us(0.95)?),
-            p99: ms(self.quantile_us(0.99)?),
-            max: ms(self.max_us),
-        })
+        if self.total == 0 {
+            return None;
+        }
+        let rank = |q: f64| ((q * self.total as f64).ceil() as u64).max(1);
+        let ranks = [rank(0.50), rank(0.95), rank(0.99)];
+        let mut found = [self.max_us; 3];
+        let mut next = 0usize;
+        let mut seen = 0u64;
+        for i in self.lo..=self.hi {
+            seen += self.counts[i];
+            while next < 3 && seen >= ranks[next] {
+                found[next] = value_of(i as u16).min(self.max_us);
+                next += 1;
+            }
+            if next == 3 {
+                break;
+            }
+        }
+        let ms = |us: u64| (us as f64).round() / 1000.0;
+        Some(LatencyMs { p50: ms(found[0]), p95: ms(found[1]), p99: ms(found[2]), max: ms(self.max_us) })
     }
 
     /// The merged histogram as a sparse one.
@@ -234,7 +247,11 @@ mod tests {
         assert!((p50 - 50_000.0).abs() / 50_000.0 < 0.01, "{p50}");
         let p99 = m.quantile_us(0.99).unwrap() as f64;
         assert!((p99 - 99_000.0).abs() / 99_000.0 < 0.01, "{p99}");
-        assert_eq!(m.latency_ms().unwrap().max, 100.0);
+        let l = m.latency_ms().unwrap();
+        assert_eq!(l.max, 100.0);
+        assert_eq!(l.p50, m.quantile_us(0.5).unwrap() as f64 / 1000.0);
+        assert_eq!(l.p95, m.quantile_us(0.95).unwrap() as f64 / 1000.0);
+        assert_eq!(l.p99, m.quantile_us(0.99).unwrap() as f64 / 1000.0);
         let sparse = m.to_sparse();
         assert_eq!(sparse.count(), 1000);
         m.reset();

@@ -237,7 +237,10 @@ async fn agent_metrics_count_each_request_once_over_grpc_and_http() {
         let server = hist_metric(
             SERVER_DURATION,
             true,
-            vec![hist_point(edge_attrs(a, b, Some(200)), start, round, &[0, ok]), hist_point(edge_attrs(a, b, Some(503)), start, round, &[0, failed])],
+            vec![
+                hist_point(edge_attrs(a, b, Some(200)), start, round, &[0, ok]),
+                hist_point(edge_attrs(a, b, Some(503)), start, round, &[0, failed]),
+            ],
         );
         let mut refused = edge_attrs(a, b, None);
         refused.push(kv("error.type", "connect_failure"));
@@ -252,7 +255,10 @@ async fn agent_metrics_count_each_request_once_over_grpc_and_http() {
         );
         let retries = sum_metric(CLIENT_RETRIES, true, edge_attrs(a, b, None), start, 3);
         let timeouts = sum_metric(CLIENT_TIMEOUTS, true, edge_attrs(a, b, None), start, 0);
-        let req = metrics(vec![(resource("", "reviews", "v3"), vec![server]), (resource("", "productpage", "v1"), vec![client, retries, timeouts])]);
+        let req = metrics(vec![
+            (resource("", "reviews", "v3"), vec![server]),
+            (resource("", "productpage", "v1"), vec![client, retries, timeouts]),
+        ]);
         if round == 1 {
             let resp = grpc_metrics(&c, req).await.unwrap();
             assert!(resp.partial_success.is_none());
