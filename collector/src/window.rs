@@ -96,12 +96,18 @@ impl Ring {
     /// The slice that holds second `sec`, reset if it held an older epoch.
     pub fn slot_mut(&mut self, sec: u64) -> &mut Slice {
         let epoch = sec / self.width;
-        let i = (epoch % self.slots.len() as u64) as usize;
-        let slot = &mut self.slots[i];
-        if slot.epoch != epoch {
-            slot.reset(epoch);
+        let len = self.slots.len() as u64;
+        let i = (epoch % len) as usize;
+        if self.slots[i].epoch != epoch {
+            // A new epoch begins: the one before it is complete, so its latency buckets will not
+            // grow again and their spare capacity (up to half, from doubling) can go.
+            let prev = ((epoch + len - 1) % len) as usize;
+            if self.slots[prev].epoch + 1 == epoch {
+                self.slots[prev].hist.buckets.shrink_to_fit();
+            }
+            self.slots[i].reset(epoch);
         }
-        slot
+        &mut self.slots[i]
     }
 
     /// The slice with exactly this epoch, if held.
