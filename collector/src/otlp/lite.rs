@@ -348,3 +348,73 @@ mod tests {
         assert_eq!(SpanAttrs::scan(&junk), SpanAttrs::default());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Random and mutated inputs: the lean decoder and the attribute scan must never panic, and on
+    //! any input prost accepts they must agree with the full types.
+    use super::*;
+    use crate::testkit::{kv, kv_int, resource, span, traces};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn mutated_exports_never_panic_and_agree_with_the_full_decoder() {
+        let valid = traces(vec![(
+            resource("ns", "app", "v1"),
+            (0..8)
+                .map(|i| {
+                    let attrs = vec![kv("peer.service", "x"), kv_int("http.response.status_code", 200 + i), kv("db.system", "pg")];
+                    span(SpanKind::Client, 1, i as u64 + 1, Some(9), 5, 7, attrs, i % 2 == 0)
+                })
+                .collect(),
+        )])
+        .encode_to_vec();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut agreed = 0;
+        for round in 0..20_000 {
+            let mut input = if round % 4 == 0 {
+                (0..(rng.next() % 200)).map(|_| rng.next() as u8).collect::<Vec<u8>>()
+            } else {
+                let mut v = valid.clone();
+                for _ in 0..(1 + rng.next() % 4) {
+                    let at = (rng.next() as usize) % v.len();
+                    v[at] = rng.next() as u8;
+                }
+                v
+            };
+            if round % 7 == 0 {
+                let cut = (rng.next() as usize) % (input.len() + 1);
+                input.truncate(cut);
+            }
+            let lean = TraceRequest::decode(Bytes::from(input.clone()));
+            let full = ExportTraceServiceRequest::decode(&input[..]);
+            if let Ok(lean) = &lean {
+                for s in lean.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {
+                    let _ = SpanAttrs::scan(&s.attributes);
+                }
+            }
+            if let (Ok(lean), Ok(full)) = (&lean, &full) {
+                let lean_spans: Vec<_> = lean.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).collect();
+                let full_spans: Vec<_> = full.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).collect();
+                assert_eq!(lean_spans.len(), full_spans.len());
+                for (l, f) in lean_spans.iter().zip(&full_spans) {
+                    assert_eq!((&l.trace_id[..], &l.span_id[..], l.kind), (&f.trace_id[..], &f.span_id[..], f.kind));
+                    assert_eq!(l.attributes.len(), f.attributes.len());
+                }
+                agreed += 1;
+            }
+        }
+        assert!(agreed > 1000, "enough inputs decoded to compare: {agreed}");
+    }
+}
