@@ -374,7 +374,11 @@ mod fuzz {
             resource("ns", "app", "v1"),
             (0..8)
                 .map(|i| {
-                    let attrs = vec![kv("peer.service", "x"), kv_int("http.response.status_code", 200 + i), kv("db.system", "pg")];
+                    let attrs = vec![
+                        kv("peer.service", "x"),
+                        kv_int("http.response.status_code", 200 + i),
+                        kv("db.system", "pg"),
+                    ];
                     span(SpanKind::Client, 1, i as u64 + 1, Some(9), 5, 7, attrs, i % 2 == 0)
                 })
                 .collect(),
@@ -405,8 +409,10 @@ mod fuzz {
                 }
             }
             if let (Ok(lean), Ok(full)) = (&lean, &full) {
-                let lean_spans: Vec<_> = lean.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).collect();
-                let full_spans: Vec<_> = full.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).collect();
+                let lean_spans: Vec<_> =
+                    lean.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).collect();
+                let full_spans: Vec<_> =
+                    full.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).collect();
                 assert_eq!(lean_spans.len(), full_spans.len());
                 for (l, f) in lean_spans.iter().zip(&full_spans) {
                     assert_eq!((&l.trace_id[..], &l.span_id[..], l.kind), (&f.trace_id[..], &f.span_id[..], f.kind));
