@@ -1,0 +1,436 @@
+//! The traffic policy schema shared by the agent and the simulator (DESIGN.md "Policy schema"), so
+//! what is simulated is what is deployed.
+//!
+//! Two layers, as config should be: [`PolicyFile`] is plain serde (unknown fields refused, durations
+//! as text such as `500ms`), and [`PolicyFile::resolve`] checks every value and returns
+//! [`Policies`] with durations, normalised split weights and defaults filled in, or a
+//! [`PolicyError`] that names the field by its path (`services.reviews.retries.per_try_timeout`).
+//! Parsing a file format (YAML) is the caller's business, so this crate stays free of IO.
+//!
+//! Field names and defaults follow Istio where the concept is Istio's. Where meshlens differs: a
+//! service without a `retries` block makes no retries (Istio retries twice by default), because a
+//! policy should say everything it does.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::parse_duration;
+
+/// A policy file as written.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Policies by service (app) name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+/// One service's policy as written.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Weights per version; normalised.
+    #[serde(default)]
+    pub split: BTreeMap<String, f64>,
+    /// Whole-request timeout, all attempts included; off when absent.
+    pub timeout: Option<String>,
+    /// Retries; none when absent.
+    pub retries: Option<RetriesSpec>,
+    /// Ejecting endpoints that keep failing.
+    pub outlier_detection: Option<OutlierSpec>,
+    /// `round_robin` or `p2c`.
+    pub load_balancer: Option<String>,
+    /// Injected delays and aborts.
+    pub fault: Option<FaultSpec>,
+}
+
+/// Retries as written.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesSpec {
+    /// Retries after the first try; 0 is off.
+    pub attempts: u32,
+    /// Timeout of each try.
+    pub per_try_timeout: Option<String>,
+    /// Which outcomes are retried.
+    pub retry_on: Option<Vec<String>>,
+    /// Exponential backoff with full jitter.
+    pub backoff: Option<BackoffSpec>,
+    /// How much load retries may add.
+    pub budget: Option<BudgetSpec>,
+}
+
+/// Backoff as written.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffSpec {
+    /// First interval.
+    pub base: String,
+    /// Largest interval.
+    pub max: String,
+}
+
+/// Retry budget as written.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSpec {
+    /// Retries may add at most this fraction of the requests.
+    pub ratio: f64,
+    /// Plus this many retries a second.
+    pub min_per_second: f64,
+}
+
+/// Outlier detection as written (Istio's names).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSpec {
+    /// Consecutive 5xx that eject an endpoint.
+    pub consecutive_5xx: Option<u32>,
+    /// How often ejections are reconsidered.
+    pub interval: Option<String>,
+    /// First ejection time; it grows with each ejection.
+    pub base_ejection_time: Option<String>,
+    /// Most endpoints ejected at once, percent.
+    pub max_ejection_percent: Option<f64>,
+}
+
+/// Faults as written.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// Delay some requests.
+    pub delay: Option<DelaySpec>,
+    /// Answer some requests with an error.
+    pub abort: Option<AbortSpec>,
+}
+
+/// A delay fault as written.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelaySpec {
+    /// How long.
+    pub fixed: String,
+    /// Of which requests, percent.
+    pub percent: f64,
+}
+
+/// An abort fault as written.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbortSpec {
+    /// HTTP status to answer.
+    pub status: u16,
+    /// Of which requests, percent.
+    pub percent: f64,
+}
+
+/// A value in a policy that cannot be used, with the path of its field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct PolicyError {
+    /// Dotted path: `services.reviews.retries.per_try_timeout`.
+    pub path: String,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+/// Outcomes a retry policy can name (Envoy's and Istio's `retry_on` vocabulary).
+pub const RETRY_ON: [&str; 7] =
+    ["5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream", "unavailable"];
+
+/// What a retry reacts to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// Any 5xx, and no response at all.
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// 502, 503, 504.
+    GatewayError,
+    /// The connection was reset or the request timed out.
+    Reset,
+    /// The connection could not be made.
+    ConnectFailure,
+    /// 409.
+    Retriable4xx,
+    /// HTTP/2 REFUSED_STREAM.
+    RefusedStream,
+    /// gRPC UNAVAILABLE.
+    Unavailable,
+}
+
+/// Load balancing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancer {
+    /// In turn.
+    RoundRobin,
+    /// Least request of two random choices (Envoy's and Linkerd's default).
+    #[default]
+    P2c,
+}
+
+/// Resolved retries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Retries {
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// Timeout of each try.
+    pub per_try_timeout: Option<Duration>,
+    /// What is retried.
+    pub retry_on: Vec<RetryOn>,
+    /// Backoff base.
+    pub backoff_base: Duration,
+    /// Backoff cap.
+    pub backoff_max: Duration,
+    /// Budget ratio.
+    pub budget_ratio: f64,
+    /// Budget floor, retries a second.
+    pub budget_min_per_second: f64,
+}
+
+/// Resolved outlier detection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx that eject.
+    pub consecutive_5xx: u32,
+    /// Sweep interval.
+    pub interval: Duration,
+    /// First ejection time.
+    pub base_ejection_time: Duration,
+    /// Most ejected at once, percent.
+    pub max_ejection_percent: f64,
+}
+
+/// Resolved faults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Faults {
+    /// `(delay, fraction of requests)`.
+    pub delay: Option<(Duration, f64)>,
+    /// `(status, fraction of requests)`.
+    pub abort: Option<(u16, f64)>,
+}
+
+/// One service's resolved policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServicePolicy {
+    /// Versions and their shares, summing to 1; empty means "every version alike".
+    pub split: Vec<(String, f64)>,
+    /// Whole-request timeout.
+    pub timeout: Option<Duration>,
+    /// Retries, if any.
+    pub retries: Option<Retries>,
+    /// Outlier detection, if any.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Load balancing.
+    pub load_balancer: LoadBalancer,
+    /// Faults.
+    pub faults: Faults,
+}
+
+/// All services' resolved policies.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Policies {
+    /// By service name.
+    pub services: BTreeMap<String, ServicePolicy>,
+}
+
+fn err(path: &str, message: impl Into<String>) -> PolicyError {
+    PolicyError { path: path.to_owned(), message: message.into() }
+}
+
+fn duration(path: &str, text: &str) -> Result<Duration, PolicyError> {
+    let d = parse_duration(text).map_err(|e| err(path, e.to_string()))?;
+    if d.is_zero() {
+        return Err(err(path, "must be longer than zero"));
+    }
+    Ok(d)
+}
+
+fn percent(path: &str, v: f64) -> Result<f64, PolicyError> {
+    if !(0.0..=100.0).contains(&v) || v.is_nan() {
+        return Err(err(path, format!("{v} is not a percent between 0 and 100")));
+    }
+    Ok(v)
+}
+
+impl PolicyFile {
+    /// Checks every value and fills in defaults.
+    pub fn resolve(&self) -> Result<Policies, PolicyError> {
+        let mut services = BTreeMap::new();
+        for (name, spec) in &self.services {
+            services.insert(name.clone(), spec.resolve(&format!("services.{name}"))?);
+        }
+        Ok(Policies { services })
+    }
+}
+
+impl ServiceSpec {
+    fn resolve(&self, at: &str) -> Result<ServicePolicy, PolicyError> {
+        let mut split = Vec::new();
+        let mut total = 0.0;
+        for (version, &w) in &self.split {
+            if !(w >= 0.0 && w.is_finite()) {
+                return Err(err(&format!("{at}.split.{version}"), format!("weight {w} must be zero or more")));
+            }
+            total += w;
+        }
+        if !self.split.is_empty() && total <= 0.0 {
+            return Err(err(&format!("{at}.split"), "weights sum to 0: at least one version needs a positive weight"));
+        }
+        for (version, &w) in &self.split {
+            split.push((version.clone(), w / total));
+        }
+        let timeout = self.timeout.as_deref().map(|t| duration(&format!("{at}.timeout"), t)).transpose()?;
+        let retries =
+            self.retries.as_ref().map(|r| r.resolve(&format!("{at}.retries"), timeout)).transpose()?.flatten();
+        let outlier_detection =
+            self.outlier_detection.as_ref().map(|o| o.resolve(&format!("{at}.outlier_detection"))).transpose()?;
+        let load_balancer = match self.load_balancer.as_deref() {
+            None | Some("p2c") | Some("least_request") => LoadBalancer::P2c,
+            Some("round_robin") => LoadBalancer::RoundRobin,
+            Some(other) => {
+                return Err(err(
+                    &format!("{at}.load_balancer"),
+                    format!("unknown {other:?}: expected round_robin or p2c"),
+                ));
+            }
+        };
+        let mut faults = Faults::default();
+        if let Some(f) = &self.fault {
+            if let Some(d) = &f.delay {
+                let p = format!("{at}.fault.delay");
+                faults.delay = Some((
+                    duration(&format!("{p}.fixed"), &d.fixed)?,
+                    percent(&format!("{p}.percent"), d.percent)? / 100.0,
+                ));
+            }
+            if let Some(a) = &f.abort {
+                let p = format!("{at}.fault.abort");
+                if !(200..=599).contains(&a.status) {
+                    return Err(err(
+                        &format!("{p}.status"),
+                        format!("{} is not an HTTP status between 200 and 599", a.status),
+                    ));
+                }
+                faults.abort = Some((a.status, percent(&format!("{p}.percent"), a.percent)? / 100.0));
+            }
+        }
+        Ok(ServicePolicy { split, timeout, retries, outlier_detection, load_balancer, faults })
+    }
+}
+
+impl RetriesSpec {
+    fn resolve(&self, at: &str, timeout: Option<Duration>) -> Result<Option<Retries>, PolicyError> {
+        if self.attempts > 10 {
+            return Err(err(
+                &format!("{at}.attempts"),
+                format!("{} retries is more than 10; a retry storm is not a policy", self.attempts),
+            ));
+        }
+        let per_try_timeout =
+            self.per_try_timeout.as_deref().map(|t| duration(&format!("{at}.per_try_timeout"), t)).transpose()?;
+        if let (Some(per_try), Some(whole)) = (per_try_timeout, timeout)
+            && per_try > whole
+        {
+            return Err(err(
+                &format!("{at}.per_try_timeout"),
+                format!(
+                    "{per_try:?} is longer than the whole-request timeout {whole:?}, which covers all attempts; no try could use it"
+                ),
+            ));
+        }
+        let mut retry_on = Vec::new();
+        for (i, name) in self
+            .retry_on
+            .clone()
+            .unwrap_or_else(|| vec!["5xx".into(), "connect-failure".into(), "reset".into()])
+            .iter()
+            .enumerate()
+        {
+            let v: RetryOn = serde_json::from_value(serde_json::Value::String(name.clone())).map_err(|_| {
+                err(
+                    &format!("{at}.retry_on[{i}]"),
+                    format!("unknown {name:?}: expected one of {}", RETRY_ON.join(", ")),
+                )
+            })?;
+            retry_on.push(v);
+        }
+        let (backoff_base, backoff_max) = match &self.backoff {
+            Some(b) => {
+                (duration(&format!("{at}.backoff.base"), &b.base)?, duration(&format!("{at}.backoff.max"), &b.max)?)
+            }
+            None => (Duration::from_millis(25), Duration::from_millis(250)),
+        };
+        if backoff_base > backoff_max {
+            return Err(err(
+                &format!("{at}.backoff"),
+                format!("base {backoff_base:?} is longer than max {backoff_max:?}"),
+            ));
+        }
+        let (budget_ratio, budget_min_per_second) = match &self.budget {
+            Some(b) => {
+                if !(b.ratio >= 0.0 && b.ratio.is_finite()) {
+                    return Err(err(
+                        &format!("{at}.budget.ratio"),
+                        format!("{} must be zero or more (0.2 lets retries add 20%)", b.ratio),
+                    ));
+                }
+                if !(b.min_per_second >= 0.0 && b.min_per_second.is_finite()) {
+                    return Err(err(
+                        &format!("{at}.budget.min_per_second"),
+                        format!("{} must be zero or more", b.min_per_second),
+                    ));
+                }
+                (b.ratio, b.min_per_second)
+            }
+            None => (0.2, 10.0),
+        };
+        if self.attempts == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Retries {
+            attempts: self.attempts,
+            per_try_timeout,
+            retry_on,
+            backoff_base,
+            backoff_max,
+            budget_ratio,
+            budget_min_per_second,
+        }))
+    }
+}
+
+impl OutlierSpec {
+    fn resolve(&self, at: &str) -> Result<OutlierDetection, PolicyError> {
+        let consecutive_5xx = self.consecutive_5xx.unwrap_or(5);
+        if consecutive_5xx == 0 {
+            return Err(err(&format!("{at}.consecutive_5xx"), "must be 1 or more"));
+        }
+        Ok(OutlierDetection {
+            consecutive_5xx,
+            interval: self
+                .interval
+                .as_deref()
+                .map(|t| duration(&format!("{at}.interval"), t))
+                .transpose()?
+                .unwrap_or(Duration::from_secs(10)),
+            base_ejection_time: self
+                .base_ejection_time
+                .as_deref()
+                .map(|t| duration(&format!("{at}.base_ejection_time"), t))
+                .transpose()?
+                .unwrap_or(Duration::from_secs(30)),
+            max_ejection_percent: percent(
+                &format!("{at}.max_ejection_percent"),
+                self.max_ejection_percent.unwrap_or(10.0),
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;
