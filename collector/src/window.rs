@@ -222,10 +222,9 @@ impl WindowSpec {
     }
 }
 
-/// One edge's window summed once, so the four views of a tick can merge edges without walking
-/// their slices again.
+/// Counters summed over a window, per step too.
 #[derive(Clone, Debug, Default)]
-pub struct EdgeWindow {
+struct Counts {
     requests: u64,
     errors: u64,
     codes: [u64; 5],
@@ -234,27 +233,45 @@ pub struct EdgeWindow {
     timeouts: u64,
     agent_reported: bool,
     per_step: Vec<(u64, u64)>,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.agent_reported |= o.agent_reported;
+        self.requests += o.requests;
+        self.errors += o.errors;
+        for (a, b) in self.codes.iter_mut().zip(o.codes) {
+            *a += b;
+        }
+        self.mtls += o.mtls;
+        self.retries += o.retries;
+        self.timeouts += o.timeouts;
+        for (a, b) in self.per_step.iter_mut().zip(&o.per_step) {
+            a.0 += b.0;
+            a.1 += b.1;
+        }
+    }
+}
+
+/// One edge's window summed once, so the four views of a tick can merge edges without walking
+/// their slices again.
+#[derive(Clone, Debug, Default)]
+pub struct EdgeWindow {
+    counts: Counts,
     hist: SparseHist,
 }
 
 impl EdgeWindow {
     /// Requests in the window.
     pub fn requests(&self) -> u64 {
-        self.requests
+        self.counts.requests
     }
 }
 
 /// Sums slices of many edges and turns them into [`Stats`].
 pub struct Aggregate<'m> {
     spec: WindowSpec,
-    requests: u64,
-    errors: u64,
-    codes: [u64; 5],
-    mtls: u64,
-    retries: u64,
-    timeouts: u64,
-    agent_reported: bool,
-    per_step: Vec<(u64, u64)>,
+    counts: Counts,
     merger: &'m mut Merger,
 }
 
@@ -262,35 +279,25 @@ impl<'m> Aggregate<'m> {
     /// An empty aggregate over `spec`, merging latency into `merger` (which is reset first).
     pub fn new(spec: WindowSpec, merger: &'m mut Merger) -> Self {
         merger.reset();
-        Self {
-            spec,
-            requests: 0,
-            errors: 0,
-            codes: [0; 5],
-            mtls: 0,
-            retries: 0,
-            timeouts: 0,
-            agent_reported: false,
-            per_step: vec![(0, 0); spec.steps()],
-            merger,
-        }
+        Self { spec, counts: Counts { per_step: vec![(0, 0); spec.steps()], ..Counts::default() }, merger }
     }
 
     /// Adds one edge's rings.
     pub fn add(&mut self, rings: &Rings, agent_reported: bool) {
-        self.agent_reported |= agent_reported;
+        let c = &mut self.counts;
+        c.agent_reported |= agent_reported;
         let ring = if self.spec.width == FINE_WIDTH { &rings.fine } else { &rings.coarse };
         for epoch in self.spec.first..=self.spec.last {
             let Some(s) = ring.get(epoch) else { continue };
-            self.requests += u64::from(s.requests);
-            self.errors += u64::from(s.errors);
-            for (a, b) in self.codes.iter_mut().zip(s.codes) {
+            c.requests += u64::from(s.requests);
+            c.errors += u64::from(s.errors);
+            for (a, b) in c.codes.iter_mut().zip(s.codes) {
                 *a += u64::from(b);
             }
-            self.mtls += u64::from(s.mtls);
-            self.retries += u64::from(s.retries);
-            self.timeouts += u64::from(s.timeouts);
-            let step = &mut self.per_step[(epoch - self.spec.first) as usize];
+            c.mtls += u64::from(s.mtls);
+            c.retries += u64::from(s.retries);
+            c.timeouts += u64::from(s.timeouts);
+            let step = &mut c.per_step[(epoch - self.spec.first) as usize];
             step.0 += u64::from(s.requests);
             step.1 += u64::from(s.errors);
             self.merger.add(&s.hist);
@@ -299,41 +306,20 @@ impl<'m> Aggregate<'m> {
 
     /// Adds an edge's window summed earlier over the same [`WindowSpec`].
     pub fn add_window(&mut self, w: &EdgeWindow) {
-        self.agent_reported |= w.agent_reported;
-        self.requests += w.requests;
-        self.errors += w.errors;
-        for (a, b) in self.codes.iter_mut().zip(w.codes) {
-            *a += b;
-        }
-        self.mtls += w.mtls;
-        self.retries += w.retries;
-        self.timeouts += w.timeouts;
-        for (a, b) in self.per_step.iter_mut().zip(&w.per_step) {
-            a.0 += b.0;
-            a.1 += b.1;
-        }
+        self.counts.add(&w.counts);
         self.merger.add(&w.hist);
     }
 
     /// This aggregate as an [`EdgeWindow`] for later merging.
     pub fn to_window(&self) -> EdgeWindow {
-        EdgeWindow {
-            requests: self.requests,
-            errors: self.errors,
-            codes: self.codes,
-            mtls: self.mtls,
-            retries: self.retries,
-            timeouts: self.timeouts,
-            agent_reported: self.agent_reported,
-            per_step: self.per_step.clone(),
-            hist: self.merger.to_sparse(),
-        }
+        EdgeWindow { counts: self.counts.clone(), hist: self.merger.to_sparse() }
     }
 
     /// Requests and errors per step, oldest first, with each step's start (Unix seconds).
     pub fn series(&self) -> impl Iterator<Item = (u64, f64, f64)> + '_ {
         let w = self.spec.width;
-        self.per_step
+        self.counts
+            .per_step
             .iter()
             .enumerate()
             .map(move |(i, &(r, e))| ((self.spec.first + i as u64) * w, r as f64 / w as f64, e as f64 / w as f64))
@@ -341,9 +327,10 @@ impl<'m> Aggregate<'m> {
 
     /// The stats.
     pub fn stats(&self) -> Stats {
-        let rps = self.requests as f64 / self.spec.covered_secs;
+        let c = &self.counts;
+        let rps = c.requests as f64 / self.spec.covered_secs;
         let w = self.spec.width as f64;
-        let full: Vec<f64> = self
+        let full: Vec<f64> = c
             .per_step
             .iter()
             .enumerate()
@@ -359,18 +346,18 @@ impl<'m> Aggregate<'m> {
             (full.iter().copied().fold(f64::INFINITY, f64::min), full.iter().copied().fold(0.0, f64::max))
         };
         let mut stats = Stats {
-            requests: self.requests,
-            errors: self.errors,
+            requests: c.requests,
+            errors: c.errors,
             rps: round2(rps),
             rps_min: round2(rps_min),
             rps_max: round2(rps_max),
-            codes: Codes::from_array(self.codes),
+            codes: Codes::from_array(c.codes),
             latency_ms: self.merger.latency_ms(),
-            retries: self.agent_reported.then_some(self.retries),
-            timeouts: self.agent_reported.then_some(self.timeouts),
+            retries: c.agent_reported.then_some(c.retries),
+            timeouts: c.agent_reported.then_some(c.timeouts),
             ..Stats::default()
         };
-        stats.set_percentages(self.mtls);
+        stats.set_percentages(c.mtls);
         stats
     }
 }

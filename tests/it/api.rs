@@ -233,16 +233,6 @@ async fn metrics_and_openapi() {
     c.shutdown().await.unwrap();
 }
 
-/// The venv's schemathesis (installed by `.ci/setup` from tests/python/requirements.txt).
-fn schemathesis() -> std::path::PathBuf {
-    let venv = std::env::var_os("MESHLENS_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/var/tmp/meshlens-venv".into());
-    let p = venv.join("bin/schemathesis");
-    assert!(p.exists(), "{} is missing: run .ci/setup (or .ci/test)", p.display());
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_keeps_to_its_openapi_document() {
     let c = collector().await;
@@ -254,21 +244,25 @@ async fn the_api_keeps_to_its_openapi_document() {
     // failure reproduces). Not checked: that every schema-valid request is accepted, because a
     // window's range (10s..1h) cannot be written in JSON Schema, and the SSE stream, which never
     // ends (the_stream_sends_a_graph_event_per_revision covers it).
-    let out = tokio::process::Command::new(schemathesis())
-        .args(["run", &format!("{}/api/v1/openapi.json", c.api_url()), "--url", &c.api_url()])
-        .args(["--max-examples", "25", "--seed", "7420", "--phases", "examples,coverage,fuzzing"])
-        .args([
-            "--exclude-path",
-            "/api/v1/stream",
-            "--exclude-checks",
-            "positive_data_acceptance",
-            "--request-timeout",
-            "10",
-        ])
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .unwrap();
+    let out = tokio::process::Command::new(tool(
+        "MESHLENS_SCHEMATHESIS",
+        "/var/tmp/meshlens-venv/bin/schemathesis",
+        "schemathesis in the Python venv",
+    ))
+    .args(["run", &format!("{}/api/v1/openapi.json", c.api_url()), "--url", &c.api_url()])
+    .args(["--max-examples", "25", "--seed", "7420", "--phases", "examples,coverage,fuzzing"])
+    .args([
+        "--exclude-path",
+        "/api/v1/stream",
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--request-timeout",
+        "10",
+    ])
+    .env("NO_COLOR", "1")
+    .output()
+    .await
+    .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "schemathesis found problems:\n{report}\n{}", String::from_utf8_lossy(&out.stderr));
     c.shutdown().await.unwrap();

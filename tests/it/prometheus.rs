@@ -1,18 +1,9 @@
 //! A real Prometheus server (Debian's package, installed by `.ci/setup`) scrapes the collector's
 //! `/metrics`, and a PromQL query returns the servicegraph series of a known edge.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 
 use crate::support::*;
-
-fn prometheus() -> PathBuf {
-    let p = std::env::var_os("MESHLENS_PROMETHEUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"));
-    assert!(p.exists(), "{} is missing: run .ci/setup (or .ci/test), which installs Debian's prometheus", p.display());
-    p
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_service_graph() {
@@ -29,7 +20,7 @@ async fn prometheus_scrapes_the_service_graph() {
     )
     .unwrap();
     let port = free_port();
-    let _prom = tokio::process::Command::new(prometheus())
+    let _prom = tokio::process::Command::new(tool("MESHLENS_PROMETHEUS", "/usr/bin/prometheus", "Debian's prometheus"))
         .arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))

@@ -2,40 +2,29 @@
 //! traces over OTLP/gRPC and OTLP/HTTP; the graph read back through the API has the right edges,
 //! exact request counts, error rates and latencies.
 
-use std::path::PathBuf;
-
 use crate::support::*;
-
-/// The venv's python: `MESHLENS_PYTHON`, or where `.ci/setup` puts it.
-fn python() -> PathBuf {
-    let p = std::env::var_os("MESHLENS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/meshlens-venv/bin/python"));
-    assert!(
-        p.exists(),
-        "{} is missing: run .ci/setup (or .ci/test) to create the Python venv with the OpenTelemetry SDK",
-        p.display()
-    );
-    p
-}
 
 async fn run_shop(protocol: &str, endpoint: &str, namespace: &str, requests: u32) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/shop.py");
-    let out = tokio::process::Command::new(python())
-        .args([
-            script,
-            "--protocol",
-            protocol,
-            "--endpoint",
-            endpoint,
-            "--namespace",
-            namespace,
-            "--requests",
-            &requests.to_string(),
-        ])
-        .output()
-        .await
-        .unwrap();
+    let out = tokio::process::Command::new(tool(
+        "MESHLENS_PYTHON",
+        "/var/tmp/meshlens-venv/bin/python",
+        "the Python venv with the OpenTelemetry SDK",
+    ))
+    .args([
+        script,
+        "--protocol",
+        protocol,
+        "--endpoint",
+        endpoint,
+        "--namespace",
+        namespace,
+        "--requests",
+        &requests.to_string(),
+    ])
+    .output()
+    .await
+    .unwrap();
     assert!(out.status.success(), "shop.py failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 

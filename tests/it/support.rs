@@ -157,3 +157,10 @@ pub fn prom_value(text: &str, prefix: &str) -> Option<f64> {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// An external program a test needs: `$env` if set, else `default`; fails with how to install it.
+pub fn tool(env: &str, default: &str, what: &str) -> std::path::PathBuf {
+    let p = std::env::var_os(env).map(std::path::PathBuf::from).unwrap_or_else(|| default.into());
+    assert!(p.exists(), "{} is missing: run .ci/setup (or .ci/test), which installs {what}", p.display());
+    p
+}
