@@ -86,8 +86,23 @@ impl tower::Service<http::Request<tonic::body::Body>> for Traces {
             let mut grpc = tonic::server::Grpc::new(codec)
                 .apply_compression_config(accept, EnabledCompressionEncodings::default())
                 .apply_max_message_size_config(Some(cap), None);
-            Ok(grpc.unary(ExportTraces(ingest), req).await)
+            let resp = grpc.unary(ExportTraces(ingest.clone()), req).await;
+            count_refusal(&ingest, &resp);
+            Ok(resp)
         })
+    }
+}
+
+/// Counts exports tonic refused before they reached the handler: over the size cap, or not
+/// decodable. (A full queue is refused, and counted, by the handler itself.)
+fn count_refusal(ingest: &Ingest, resp: &http::Response<tonic::body::Body>) {
+    let code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok());
+    match code.map(tonic::Code::from_i32) {
+        Some(tonic::Code::ResourceExhausted | tonic::Code::OutOfRange) => ingest.counters.requests_too_large.add(1),
+        Some(tonic::Code::Internal | tonic::Code::InvalidArgument | tonic::Code::Unimplemented) => {
+            ingest.counters.requests_malformed.add(1)
+        }
+        _ => {}
     }
 }
 
