@@ -264,6 +264,15 @@ fn api(c: &mut Criterion) {
         *engine = big_engine(1000, 5000, 20, now);
     }
     collector.hub.tick(now, &mut Merger::default()).unwrap();
+    {
+        use std::io::Write;
+        let rev = collector.hub.latest().unwrap();
+        let json = serde_json::to_vec(&*rev).unwrap();
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&json).unwrap();
+        let stored = enc.finish().unwrap();
+        println!("stored revision (4 views): {} bytes of JSON, {} bytes deflated", json.len(), stored.len());
+    }
     let client = reqwest::Client::new();
     let url = format!("{}/api/v1/graph", collector.api_url());
     let body = rt.block_on(async { client.get(&url).send().await.unwrap().bytes().await.unwrap() });
