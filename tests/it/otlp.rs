@@ -146,30 +146,36 @@ async fn bad_input_gets_a_clear_error_and_the_collector_keeps_serving() {
         .unwrap();
     let grpc_status = r.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
     assert!(matches!(grpc_status.as_deref(), Some(s) if s != "0"), "gRPC refuses the frame: {:?}", r.headers());
-    // gRPC: a well-framed message that is not protobuf.
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&5u32.to_be_bytes());
-    frame.extend_from_slice(&[0xff; 5]);
-    let r = h2
-        .post(format!("http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export", c.otlp_grpc_addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(frame)
-        .send()
-        .await
-        .unwrap();
-    let grpc_status = r.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
-    assert!(matches!(grpc_status.as_deref(), Some(s) if s != "0"), "gRPC refuses the message: {:?}", r.headers());
+    // gRPC: a well-framed message that is not protobuf, to either service.
+    for service in ["trace.v1.TraceService", "metrics.v1.MetricsService"] {
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&5u32.to_be_bytes());
+        frame.extend_from_slice(&[0xff; 5]);
+        let r = h2
+            .post(format!("http://{}/opentelemetry.proto.collector.{service}/Export", c.otlp_grpc_addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(frame)
+            .send()
+            .await
+            .unwrap();
+        let grpc_status = r.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+        assert!(
+            matches!(grpc_status.as_deref(), Some(s) if s != "0"),
+            "{service} refuses the message: {:?}",
+            r.headers()
+        );
+    }
 
     // Still serving: a good export lands.
     let r = http_traces(&c, &pairs(9, ("ok", ""), ("fine", ""), 2, 200, 1)).await;
     assert_eq!(r.status(), 200);
     wait_edge(&c, "", "default/ok", "default/fine", 2).await;
     let text = http().get(format!("{}/metrics", c.api_url())).send().await.unwrap().text().await.unwrap();
-    // Two HTTP bodies and a gRPC frame were too large; six HTTP bodies and a gRPC message could not
-    // be decoded.
+    // Two HTTP bodies and a gRPC frame were too large; six HTTP bodies and two gRPC messages could
+    // not be decoded.
     assert_eq!(prom_value(&text, "meshlens_collector_refused_requests_total{reason=\"too_large\"}"), Some(3.0));
-    assert_eq!(prom_value(&text, "meshlens_collector_refused_requests_total{reason=\"malformed\"}"), Some(7.0));
+    assert_eq!(prom_value(&text, "meshlens_collector_refused_requests_total{reason=\"malformed\"}"), Some(8.0));
     c.shutdown().await.unwrap();
 }
 

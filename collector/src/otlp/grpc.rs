@@ -93,8 +93,8 @@ impl tower::Service<http::Request<tonic::body::Body>> for Traces {
     }
 }
 
-/// Counts exports tonic refused before they reached the handler: over the size cap, or not
-/// decodable. (A full queue is refused, and counted, by the handler itself.)
+/// Counts exports tonic refused before they reached a handler: over the size cap, or not
+/// decodable. (A full queue is refused, and counted, by the handlers themselves.)
 fn count_refusal(ingest: &Ingest, resp: &http::Response<tonic::body::Body>) {
     let code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok());
     match code.map(tonic::Code::from_i32) {
@@ -124,11 +124,43 @@ impl MetricsService for Metrics {
     }
 }
 
+/// The generated metrics server, with the exports tonic refuses counted like the trace service's.
+#[derive(Clone)]
+pub struct CountedMetrics {
+    inner: MetricsServiceServer<Metrics>,
+    ingest: Arc<Ingest>,
+}
+
+impl NamedService for CountedMetrics {
+    const NAME: &'static str = <MetricsServiceServer<Metrics> as NamedService>::NAME;
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for CountedMetrics {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        tower::Service::<http::Request<tonic::body::Body>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let fut = self.inner.call(req);
+        let ingest = self.ingest.clone();
+        Box::pin(async move {
+            let resp = fut.await?;
+            count_refusal(&ingest, &resp);
+            Ok(resp)
+        })
+    }
+}
+
 /// The tonic router serving both services.
 pub fn router(ingest: Arc<Ingest>) -> tonic::service::Routes {
     let cap = ingest.max_request_bytes;
     let metrics = MetricsServiceServer::new(Metrics(ingest.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(cap);
-    tonic::service::Routes::new(Traces { ingest }).add_service(metrics)
+    tonic::service::Routes::new(Traces { ingest: ingest.clone() })
+        .add_service(CountedMetrics { inner: metrics, ingest })
 }
