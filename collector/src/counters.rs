@@ -42,6 +42,8 @@ pub struct Counters {
     pub requests_too_large: Counter,
     /// Spans dropped because a node or edge limit was reached.
     pub spans_dropped_cardinality: Counter,
+    /// Data points of a metric meshlens reads, sent as a type it does not read.
+    pub points_unsupported: Counter,
     /// Data points dropped because a node, edge or series limit was reached.
     pub points_dropped_cardinality: Counter,
     /// Spans dropped because the pairing store was full.

@@ -98,11 +98,33 @@ fn classify(attrs: &[KeyValue]) -> (CodeClass, bool, bool) {
     }
 }
 
-/// Latency value (µs) standing for bucket `i` of an explicit-bucket histogram in seconds.
+/// Why an explicit-bucket histogram point cannot be read, if it cannot: OTLP wants one more bucket
+/// count than bounds (or neither), and bounds strictly increasing.
+pub fn histogram_shape_error(p: &HistogramDataPoint) -> Option<String> {
+    let (counts, bounds) = (p.bucket_counts.len(), p.explicit_bounds.len());
+    if counts != 0 && counts != bounds + 1 {
+        return Some(format!(
+            "{counts} bucket_counts for {bounds} explicit_bounds; there must be one more count than bounds"
+        ));
+    }
+    if !p.explicit_bounds.windows(2).all(|w| w[0] < w[1]) || p.explicit_bounds.iter().any(|b| !b.is_finite()) {
+        return Some("explicit_bounds must be finite and strictly increasing".to_owned());
+    }
+    None
+}
+
+/// Latency value (µs) standing for bucket `i` of an explicit-bucket histogram in seconds; the point's
+/// shape has been checked by [`histogram_shape_error`].
 fn bucket_value_us(p: &HistogramDataPoint, i: usize, scale: f64) -> u64 {
     let bounds = &p.explicit_bounds;
-    let lower = if i == 0 { p.min.unwrap_or(0.0).min(bounds.first().copied().unwrap_or(0.0)) } else { bounds[i - 1] };
-    let v = if i < bounds.len() { (lower.max(0.0) + bounds[i]) / 2.0 } else { p.max.unwrap_or(lower) };
+    let lower = match i.checked_sub(1) {
+        None => p.min.unwrap_or(0.0).min(bounds.first().copied().unwrap_or(0.0)),
+        Some(below) => bounds.get(below).copied().unwrap_or(0.0),
+    };
+    let v = match bounds.get(i) {
+        Some(upper) => (lower.max(0.0) + upper) / 2.0,
+        None => p.max.unwrap_or(lower),
+    };
     let v = match (p.min, p.max) {
         (Some(lo), Some(hi)) if lo <= hi => v.clamp(lo, hi),
         _ => v,
@@ -142,6 +164,22 @@ impl Engine {
                                 if self.sum_point(&metric.name, &reporter, p, cumulative, retries, now).is_err() {
                                     self.counters.points_dropped_cardinality.add(1);
                                 }
+                            }
+                        }
+                        // A metric meshlens reads, in a shape it does not (an exponential histogram, a
+                        // gauge): counted, so the gap shows, once (in the server pass).
+                        (
+                            SERVER_DURATION | CLIENT_DURATION | CLIENT_RETRIES | CLIENT_TIMEOUTS,
+                            Some(data),
+                            Side::Server,
+                        ) => {
+                            let readable = match data {
+                                Data::Histogram(_) => matches!(metric.name.as_str(), SERVER_DURATION | CLIENT_DURATION),
+                                Data::Sum(_) => matches!(metric.name.as_str(), CLIENT_RETRIES | CLIENT_TIMEOUTS),
+                                _ => false,
+                            };
+                            if !readable {
+                                self.counters.points_unsupported.add(crate::otlp::point_count(metric) as u64);
                             }
                         }
                         _ => {}
@@ -209,6 +247,10 @@ impl Engine {
         scale: f64,
         now: f64,
     ) -> Result<(), LimitHit> {
+        if histogram_shape_error(p).is_some() {
+            self.counters.points_rejected.add(1);
+            return Ok(());
+        }
         let counts = if cumulative {
             let key = series_key(name, reporter, &p.attributes);
             match self.delta(key, p.start_time_unix_nano, p.count, &p.bucket_counts)? {

@@ -169,3 +169,24 @@ fn spans_are_not_added_where_metrics_cover_the_edge() {
     assert_eq!(graph(&e).edges[0].stats.requests, 5);
     assert_eq!(e.counters.spans_covered_by_metrics.get(), 1);
 }
+
+#[test]
+fn misshapen_or_unreadable_points_are_counted_not_fatal() {
+    use opentelemetry_proto::tonic::metrics::v1::{ExponentialHistogram, Metric, metric::Data};
+    let mut e = engine();
+    let mut bad = hist_point(edge_attrs(A, B, Some(200)), 0, 1, &[1]);
+    bad.bucket_counts = vec![1; 40];
+    let exp = Metric {
+        name: SERVER_DURATION.into(),
+        data: Some(Data::ExponentialHistogram(ExponentialHistogram {
+            data_points: vec![Default::default(); 2],
+            aggregation_temporality: 1,
+        })),
+        ..Metric::default()
+    };
+    let m = hist_metric(SERVER_DURATION, false, vec![bad]);
+    e.ingest_metrics(&metrics(vec![(resource("", "reviews", "v2"), vec![m, exp])]), NOW);
+    assert!(graph(&e).edges.is_empty());
+    assert_eq!(e.counters.points_rejected.get(), 1);
+    assert_eq!(e.counters.points_unsupported.get(), 2);
+}

@@ -106,6 +106,7 @@ pub fn render(engine: &Engine, hub: &Hub) -> String {
             ("signal=\"spans\",reason=\"cardinality\"", c.spans_dropped_cardinality.get()),
             ("signal=\"spans\",reason=\"store_full\"", c.spans_dropped_store_full.get()),
             ("signal=\"data_points\",reason=\"cardinality\"", c.points_dropped_cardinality.get()),
+            ("signal=\"data_points\",reason=\"unsupported_type\"", c.points_unsupported.get()),
         ],
     );
     metric("spans_paired_total", "counter", "Span halves paired into an edge.", &[("", c.spans_paired.get())]);

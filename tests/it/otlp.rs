@@ -302,3 +302,28 @@ async fn agent_metrics_count_each_request_once_over_grpc_and_http() {
     assert!((5.0..=10.0).contains(&p50), "the callee's 5-10 ms bucket: {p50}");
     c.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_histogram_point_of_the_wrong_shape_is_rejected_and_the_rest_lands() {
+    use meshlens_model::names::SERVER_DURATION;
+    let c = collector().await;
+    let good = hist_point(edge_attrs(("a", "v1"), ("b", "v1"), Some(200)), 0, 1, &[3]);
+    let mut too_many_buckets = hist_point(edge_attrs(("a", "v1"), ("c", "v1"), Some(200)), 0, 1, &[1]);
+    too_many_buckets.bucket_counts = vec![1; 40];
+    let mut unordered_bounds = hist_point(edge_attrs(("a", "v1"), ("d", "v1"), Some(200)), 0, 1, &[1]);
+    unordered_bounds.explicit_bounds.swap(0, 5);
+    let m = hist_metric(SERVER_DURATION, false, vec![good, too_many_buckets, unordered_bounds]);
+    let req = metrics(vec![(resource("", "b", "v1"), vec![m])]);
+    let r = post(&c, "/v1/metrics", "application/json", false, serde_json::to_vec(&req).unwrap()).await;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["partialSuccess"]["rejectedDataPoints"], 2, "{body}");
+    let msg = body["partialSuccess"]["errorMessage"].as_str().unwrap();
+    assert!(msg.contains(SERVER_DURATION) && msg.contains("bucket_counts") && msg.contains("explicit_bounds"), "{msg}");
+    // The good point lands, and the collector keeps working after the bad ones.
+    wait_edge(&c, "", "default/a/v1", "default/b/v1", 3).await;
+    grpc_traces(&c, pairs(1, ("x", ""), ("y", ""), 1, 200, 1)).await.unwrap();
+    let g = wait_edge(&c, "", "default/x", "default/y", 1).await;
+    assert!(edge(&g, "default/a/v1", "default/c/v1").is_none() && edge(&g, "default/a/v1", "default/d/v1").is_none());
+    c.shutdown().await.unwrap();
+}

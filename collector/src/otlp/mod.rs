@@ -119,7 +119,7 @@ impl Ingest {
         mut req: ExportMetricsServiceRequest,
         bytes: usize,
     ) -> Result<(i64, String), QueueFull> {
-        let (rejected, message) = reject_unidentified_metrics(&mut req);
+        let (rejected, message) = reject_unusable_metrics(&mut req);
         self.counters.points_rejected.add(rejected as u64);
         let points: usize =
             req.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics).map(point_count).sum();
@@ -131,7 +131,8 @@ impl Ingest {
     }
 }
 
-fn point_count(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> usize {
+/// Data points in a metric, whatever its type.
+pub fn point_count(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> usize {
     match &m.data {
         Some(Data::Gauge(g)) => g.data_points.len(),
         Some(Data::Sum(s)) => s.data_points.len(),
@@ -171,8 +172,9 @@ pub fn reject_unidentified_traces(req: &mut lite::TraceRequest) -> (i64, String)
     (rejected, describe(rejected, "spans", &indexes))
 }
 
-/// Removes resources without `service.name`; returns the data points rejected and the message.
-pub fn reject_unidentified_metrics(req: &mut ExportMetricsServiceRequest) -> (i64, String) {
+/// Removes resources without `service.name`, and histogram points whose buckets do not match their
+/// bounds; returns the data points rejected and a message naming each reason.
+pub fn reject_unusable_metrics(req: &mut ExportMetricsServiceRequest) -> (i64, String) {
     let mut rejected = 0i64;
     let mut indexes = Vec::new();
     let mut i = 0usize;
@@ -185,5 +187,24 @@ pub fn reject_unidentified_metrics(req: &mut ExportMetricsServiceRequest) -> (i6
         i += 1;
         keep
     });
-    (rejected, describe(rejected, "data points", &indexes))
+    let mut messages = vec![describe(rejected, "data points", &indexes)];
+    let mut misshapen = 0i64;
+    for metric in req.resource_metrics.iter_mut().flat_map(|r| &mut r.scope_metrics).flat_map(|s| &mut s.metrics) {
+        let Some(Data::Histogram(h)) = &mut metric.data else { continue };
+        h.data_points.retain(|p| match crate::metrics::histogram_shape_error(p) {
+            None => true,
+            Some(why) => {
+                if misshapen < 3 {
+                    messages.push(format!("metric {}: {why}", metric.name));
+                }
+                misshapen += 1;
+                false
+            }
+        });
+    }
+    if misshapen > 0 {
+        messages.push(format!("{misshapen} histogram data points rejected"));
+    }
+    messages.retain(|m| !m.is_empty());
+    (rejected + misshapen, messages.join("; "))
 }
