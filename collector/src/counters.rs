@@ -13,6 +13,16 @@ impl Counter {
     pub fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
+    /// Adds `n` and returns the value before.
+    #[inline]
+    pub fn fetch_add(&self, n: u64) -> u64 {
+        self.0.fetch_add(n, Ordering::AcqRel)
+    }
+    /// Subtracts `n` (gauges).
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.fetch_sub(n, Ordering::AcqRel);
+    }
     /// Reads the value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -68,7 +78,7 @@ pub struct Counters {
     pub spans_covered_by_metrics: Counter,
     /// Cumulative series that went backwards (counter resets).
     pub counter_resets: Counter,
-    /// Gauge: bytes waiting in the ingest queue.
+    /// Gauge: bytes waiting in the ingest queue; also what the queue's byte limit is checked against.
     pub queue_bytes: Counter,
     /// Gauge: batches waiting in the ingest queue.
     pub queue_batches: Counter,

@@ -202,6 +202,8 @@ pub enum LimitHit {
     Nodes,
     /// `max_edges` reached.
     Edges,
+    /// `max_series` reached.
+    Series,
 }
 
 /// The graph state.

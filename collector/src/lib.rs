@@ -198,7 +198,7 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
         addr(&api_l, "API", config.http)?,
     );
 
-    let (ingest, mut rx, queue) = Ingest::new(config.max_queue_bytes, config.max_request_bytes, counters.clone());
+    let (ingest, mut rx) = Ingest::new(config.max_queue_bytes, config.max_request_bytes, counters.clone());
     let pipeline_hub = hub.clone();
     let pipeline = std::thread::Builder::new()
         .name("meshlens-pipeline".into())
@@ -212,7 +212,7 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
                         Batch::Metrics(m) => engine.ingest_metrics(m, now),
                     }
                 }
-                queue.done(job.bytes);
+                otlp::done(&pipeline_hub.counters, job.bytes);
             }
         })
         .map_err(|e| CollectorError::Config { name: "threads", message: e.to_string() })?;

@@ -228,7 +228,7 @@ impl Engine {
             }
             None => {
                 if self.series.last.len() >= self.config.max_series {
-                    return Err(LimitHit::Edges);
+                    return Err(LimitHit::Series);
                 }
                 self.series.last.insert(key, Prev { start, count, buckets: buckets.to_vec() });
                 Ok(started_after_us.then(|| buckets.to_vec()))

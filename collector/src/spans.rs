@@ -44,7 +44,7 @@ const SIDE_GRPC: u8 = 4;
 const SIDE_FAILED: u8 = 8;
 const SIDE_MTLS: u8 = 16;
 
-/// One span half waiting for the other: 24 bytes.
+/// One span half waiting for the other: 20 bytes (its key is 24 more).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Half {
     node: u32,

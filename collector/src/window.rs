@@ -53,11 +53,6 @@ impl Slice {
         *self = Slice { epoch, hist, ..Slice::default() };
         self.hist.clear();
     }
-
-    /// True when the slice holds data.
-    pub fn is_used(&self) -> bool {
-        self.epoch != 0
-    }
 }
 
 /// What one observation adds to an edge.
@@ -122,11 +117,6 @@ impl Ring {
         if self.slots[i].epoch <= slice.epoch {
             self.slots[i] = slice;
         }
-    }
-
-    /// All used slices.
-    pub fn used(&self) -> impl Iterator<Item = &Slice> {
-        self.slots.iter().filter(|s| s.is_used())
     }
 
     /// Heap bytes held.
@@ -259,13 +249,6 @@ impl Counts {
 pub struct EdgeWindow {
     counts: Counts,
     hist: SparseHist,
-}
-
-impl EdgeWindow {
-    /// Requests in the window.
-    pub fn requests(&self) -> u64 {
-        self.counts.requests
-    }
 }
 
 /// Sums slices of many edges and turns them into [`Stats`].

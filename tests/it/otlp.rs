@@ -131,26 +131,18 @@ async fn bad_input_gets_a_clear_error_and_the_collector_keeps_serving() {
         let text = r.text().await.unwrap();
         assert!(text.contains(needle), "{what}: {text}");
     }
-    // gRPC: a frame announcing 2 GiB is refused without reading it.
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
-    frame.extend_from_slice(b"short");
+    // gRPC, framed by hand: a frame announcing 2 GiB is refused without reading it, and a
+    // well-framed message that is not protobuf is refused by either service.
+    let cases: [(&str, u32, &[u8]); 3] = [
+        ("trace.v1.TraceService", 0x7fff_ffff, b"short"),
+        ("trace.v1.TraceService", 5, &[0xff; 5]),
+        ("metrics.v1.MetricsService", 5, &[0xff; 5]),
+    ];
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let r = h2
-        .post(format!("http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export", c.otlp_grpc_addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(frame)
-        .send()
-        .await
-        .unwrap();
-    let grpc_status = r.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
-    assert!(matches!(grpc_status.as_deref(), Some(s) if s != "0"), "gRPC refuses the frame: {:?}", r.headers());
-    // gRPC: a well-framed message that is not protobuf, to either service.
-    for service in ["trace.v1.TraceService", "metrics.v1.MetricsService"] {
+    for (service, announced, payload) in cases {
         let mut frame = vec![0u8];
-        frame.extend_from_slice(&5u32.to_be_bytes());
-        frame.extend_from_slice(&[0xff; 5]);
+        frame.extend_from_slice(&announced.to_be_bytes());
+        frame.extend_from_slice(payload);
         let r = h2
             .post(format!("http://{}/opentelemetry.proto.collector.{service}/Export", c.otlp_grpc_addr))
             .header("content-type", "application/grpc")
@@ -162,7 +154,7 @@ async fn bad_input_gets_a_clear_error_and_the_collector_keeps_serving() {
         let grpc_status = r.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
         assert!(
             matches!(grpc_status.as_deref(), Some(s) if s != "0"),
-            "{service} refuses the message: {:?}",
+            "{service} refuses a {announced}-byte frame: {:?}",
             r.headers()
         );
     }

@@ -9,6 +9,7 @@
 //! full types and these decode the same bytes (tests check both ways).
 
 use bytes::Bytes;
+use meshlens_model::names;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
@@ -231,13 +232,18 @@ enum Wanted {
     DbName,
 }
 
+const HTTP_STATUS: &[u8] = names::HTTP_STATUS.as_bytes();
+const HTTP_STATUS_OLD: &[u8] = names::HTTP_STATUS_OLD.as_bytes();
+const GRPC_STATUS: &[u8] = names::GRPC_STATUS.as_bytes();
+const MTLS: &[u8] = names::MTLS.as_bytes();
+
 fn wanted(key: &[u8]) -> Option<Wanted> {
     Some(match key {
-        b"http.response.status_code" => Wanted::HttpStatus,
-        b"http.status_code" => Wanted::HttpStatusOld,
-        b"rpc.grpc.status_code" => Wanted::GrpcStatus,
+        HTTP_STATUS => Wanted::HttpStatus,
+        HTTP_STATUS_OLD => Wanted::HttpStatusOld,
+        GRPC_STATUS => Wanted::GrpcStatus,
         b"rpc.system" => Wanted::RpcSystem,
-        b"meshlens.mtls" => Wanted::Mtls,
+        MTLS => Wanted::Mtls,
         b"db.system" | b"db.system.name" => Wanted::DbSystem,
         b"peer.service" => Wanted::PeerService,
         b"server.address" => Wanted::ServerAddress,

@@ -10,7 +10,6 @@ pub mod http;
 pub mod lite;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -43,27 +42,17 @@ pub struct Job {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
 
-/// The byte accounting of the queue, shared by the receivers and the pipeline (which must not hold
-/// a sender, or the queue would never close).
-pub struct QueueState {
-    queued: AtomicUsize,
-    counters: Arc<Counters>,
-}
-
-impl QueueState {
-    /// Called by the pipeline when a job is done.
-    pub fn done(&self, bytes: usize) {
-        let now = self.queued.fetch_sub(bytes.max(1), Ordering::AcqRel) - bytes.max(1);
-        self.counters.queue_bytes.set(now as u64);
-        let b = self.counters.queue_batches.get();
-        self.counters.queue_batches.set(b.saturating_sub(1));
-    }
+/// Called by the pipeline when a job is done. The queue's accounting is the `queue_bytes` and
+/// `queue_batches` gauges themselves, so the pipeline needs only the counters, not a sender (which
+/// would keep the queue from ever closing).
+pub fn done(counters: &Counters, bytes: usize) {
+    counters.queue_bytes.sub(bytes.max(1) as u64);
+    counters.queue_batches.sub(1);
 }
 
 /// The sending side of the ingest queue, shared by all receivers.
 pub struct Ingest {
     tx: mpsc::UnboundedSender<Job>,
-    state: Arc<QueueState>,
     max_bytes: usize,
     /// Size cap of one export after decompression.
     pub max_request_bytes: usize,
@@ -77,25 +66,23 @@ impl Ingest {
         max_bytes: usize,
         max_request_bytes: usize,
         counters: Arc<Counters>,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Job>, Arc<QueueState>) {
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Job>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let state = Arc::new(QueueState { queued: AtomicUsize::new(0), counters: counters.clone() });
-        (Arc::new(Self { tx, state: state.clone(), max_bytes, max_request_bytes, counters }), rx, state)
+        (Arc::new(Self { tx, max_bytes, max_request_bytes, counters }), rx)
     }
 
     /// Queues a batch, or refuses it when the byte budget is spent.
     pub fn submit(&self, batch: Batch, bytes: usize) -> Result<(), QueueFull> {
         let bytes = bytes.max(1);
-        let prev = self.state.queued.fetch_add(bytes, Ordering::AcqRel);
-        if prev + bytes > self.max_bytes && prev > 0 {
-            self.state.queued.fetch_sub(bytes, Ordering::AcqRel);
+        let prev = self.counters.queue_bytes.fetch_add(bytes as u64);
+        if prev + bytes as u64 > self.max_bytes as u64 && prev > 0 {
+            self.counters.queue_bytes.sub(bytes as u64);
             self.counters.requests_refused_queue_full.add(1);
             return Err(QueueFull);
         }
-        self.counters.queue_bytes.set((prev + bytes) as u64);
         self.counters.queue_batches.add(1);
         self.tx.send(Job { batch, bytes }).map_err(|_| {
-            self.state.queued.fetch_sub(bytes, Ordering::AcqRel);
+            done(&self.counters, bytes);
             QueueFull
         })
     }
