@@ -214,6 +214,9 @@ pub struct Engine {
     pub counters: Arc<Counters>,
     peers: Vec<Peer>,
     peer_index: HashMap<Peer, u32>,
+    /// External and database peers by name, looked up with a borrowed `&str` so the span hot path
+    /// does not build a `Peer` (a `String`) to find one it already knows.
+    named: [HashMap<Box<str>, u32>; 2],
     edges: Vec<EdgeState>,
     edge_index: HashMap<(u32, u32), u32>,
     /// Span halves waiting for their other half.
@@ -236,6 +239,7 @@ impl Engine {
             counters,
             peers: Vec::new(),
             peer_index: HashMap::new(),
+            named: [HashMap::new(), HashMap::new()],
             edges: Vec::new(),
             edge_index: HashMap::new(),
             pairing,
@@ -254,9 +258,21 @@ impl Engine {
             return Err(LimitHit::Nodes);
         }
         let i = self.peers.len() as u32;
-        self.peers.push(peer.clone());
         self.peer_index.insert(peer.clone(), i);
+        self.peers.push(peer.clone());
         self.counters.nodes.set(self.peers.len() as u64);
+        Ok(i)
+    }
+
+    /// Interns an external (`database: false`) or database peer by name.
+    pub fn named_peer(&mut self, name: &str, database: bool) -> Result<u32, LimitHit> {
+        if let Some(&i) = self.named[usize::from(database)].get(name) {
+            return Ok(i);
+        }
+        let peer =
+            if database { Peer::Database { name: name.to_owned() } } else { Peer::External { name: name.to_owned() } };
+        let i = self.peer(&peer)?;
+        self.named[usize::from(database)].insert(name.into(), i);
         Ok(i)
     }
 

@@ -126,17 +126,15 @@ fn facts(span: &Span, server_side: bool) -> SpanFacts<'_> {
     SpanFacts { class, failed, latency_us, attrs }
 }
 
-fn db_peer(a: &SpanAttrs<'_>) -> Option<Peer> {
+/// The database a client span calls, named by preference.
+fn db_name<'a>(a: &SpanAttrs<'a>) -> Option<&'a str> {
     let system = a.db_system?;
-    let name = a.peer_service.or(a.server_address).or(a.db_namespace).or(a.db_name).unwrap_or(system);
-    Some(Peer::Database { name: name.to_owned() })
+    Some(a.peer_service.or(a.server_address).or(a.db_namespace).or(a.db_name).unwrap_or(system))
 }
 
-fn virtual_peer(a: &SpanAttrs<'_>) -> Peer {
-    match a.peer_service.or(a.server_address).or(a.net_peer_name) {
-        Some(name) => Peer::External { name: name.to_owned() },
-        None => Peer::Unknown,
-    }
+/// The virtual peer a lone client span calls: its peer attributes, or `unknown`.
+fn virtual_name<'a>(a: &SpanAttrs<'a>) -> Option<&'a str> {
+    a.peer_service.or(a.server_address).or(a.net_peer_name)
 }
 
 impl Engine {
@@ -187,10 +185,10 @@ impl Engine {
         let a = &f.attrs;
         if client_side
             && !messaging
-            && let Some(db) = db_peer(a)
+            && let Some(db) = db_name(a)
         {
             {
-                let target = self.peer(&db)?;
+                let target = self.named_peer(db, true)?;
                 self.counters.database_client.add(1);
                 let obs =
                     Obs { class: f.class, failed: f.failed, latency_us: Some(f.latency_us), count: 1, mtls: a.mtls };
@@ -199,7 +197,7 @@ impl Engine {
         }
         if !client_side && span.parent_span_id.is_empty() {
             let source = match a.peer_service {
-                Some(name) => self.peer(&Peer::External { name: name.to_owned() })?,
+                Some(name) => self.named_peer(name, false)?,
                 None => self.peer(&Peer::User)?,
             };
             self.counters.root_server.add(1);
@@ -212,7 +210,11 @@ impl Engine {
             self.counters.spans_ignored_kind.add(1);
             return Ok(());
         };
-        let peer = if client_side { self.peer(&virtual_peer(a))? } else { 0 };
+        let peer = match (client_side, virtual_name(a)) {
+            (false, _) => 0,
+            (true, Some(name)) => self.named_peer(name, false)?,
+            (true, None) => self.peer(&Peer::Unknown)?,
+        };
         let mut flags = 0;
         for (on, bit) in [
             (client_side, SIDE_CLIENT),
