@@ -16,7 +16,7 @@
 
 use hashbrown::HashMap;
 use meshlens_model::names::{
-    CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, DESTINATION_PREFIX, ERROR_TYPE, HTTP_STATUS, MTLS,
+    CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, DESTINATION_PREFIX, ERROR_TYPE, HTTP_STATUS, MTLS, REACHED,
     SERVER_DURATION, SOURCE_PREFIX,
 };
 use meshlens_model::stats::CodeClass;
@@ -72,8 +72,14 @@ enum Side {
     Client,
 }
 
-/// Classifies a point: status class, failure, and whether the callee can have seen it.
+/// Classifies a point: status class, failure, and whether the callee can have seen it (said by
+/// `meshlens.reached` when the reporter knows; guessed from `error.type` otherwise).
 fn classify(attrs: &[KeyValue]) -> (CodeClass, bool, bool) {
+    let (class, failed, reached) = classify_status(attrs);
+    (class, failed, get_bool(attrs, REACHED).unwrap_or(reached))
+}
+
+fn classify_status(attrs: &[KeyValue]) -> (CodeClass, bool, bool) {
     match get_int(attrs, HTTP_STATUS) {
         Some(code) => {
             let class = CodeClass::from_http(code);

@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use meshlens_model::graph::{GraphSnapshot, View};
 use meshlens_model::hist::Merger;
-use meshlens_model::names::{CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, SERVER_DURATION};
+use meshlens_model::names::{CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, REACHED, SERVER_DURATION};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
 use crate::counters::Counters;
 use crate::engine::{Engine, EngineConfig};
-use crate::testkit::{edge_attrs, hist_metric, hist_point, kv, metrics, resource, span, sum_metric, traces};
+use crate::testkit::{edge_attrs, hist_metric, hist_point, kv, kv_bool, metrics, resource, span, sum_metric, traces};
 use crate::views::snapshot;
 
 const NOW: f64 = 1_800_000_000.5;
@@ -140,6 +140,25 @@ fn the_caller_adds_what_the_callee_never_saw() {
     // 4 served + 3 refused; the timed-out request reached the callee, which reported it.
     assert_eq!((s.requests, s.errors, s.codes.none), (7, 3, 3));
     assert_eq!((s.retries, s.timeouts), (Some(2), Some(1)));
+}
+
+#[test]
+fn an_abort_the_caller_answered_itself_is_counted_from_the_caller() {
+    let mut e = engine();
+    let server = hist_metric(SERVER_DURATION, false, vec![hist_point(edge_attrs(A, B, Some(200)), 0, 1, &[5])]);
+    let mut aborted = edge_attrs(A, B, Some(503));
+    aborted.push(kv_bool(REACHED, false));
+    let client = hist_metric(
+        CLIENT_DURATION,
+        false,
+        vec![hist_point(edge_attrs(A, B, Some(200)), 0, 1, &[5]), hist_point(aborted, 0, 1, &[2])],
+    );
+    e.ingest_metrics(
+        &metrics(vec![(resource("", "reviews", "v2"), vec![server]), (resource("", "productpage", "v1"), vec![client])]),
+        NOW,
+    );
+    let s = graph(&e).edges[0].stats.clone();
+    assert_eq!((s.requests, s.errors, s.codes.c5xx), (7, 2, 2));
 }
 
 #[test]

@@ -15,6 +15,10 @@ pub const SOURCE_PREFIX: &str = "meshlens.source.";
 pub const DESTINATION_PREFIX: &str = "meshlens.destination.";
 /// Boolean attribute: the hop was mutually authenticated TLS.
 pub const MTLS: &str = "meshlens.mtls";
+/// Boolean attribute on client-side points: whether the request reached the callee at all. `false`
+/// for connect failures, requests the caller's agent could not route, and injected aborts, which the
+/// callee's agent never counts; the collector then counts the caller's report.
+pub const REACHED: &str = "meshlens.reached";
 /// HTTP status code attribute (semantic conventions).
 pub const HTTP_STATUS: &str = "http.response.status_code";
 /// Older HTTP status code attribute, still sent by many SDKs.
