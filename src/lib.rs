@@ -29,6 +29,15 @@ pub enum Command {
     /// API, the SSE stream and Prometheus /metrics. State is kept under --data-dir so a restart keeps
     /// the graph and its revisions.
     Collector(CollectorArgs),
+    /// Run the sidecar proxy beside one workload.
+    ///
+    /// Carries the workload's inbound traffic to the local app and its outbound traffic to the
+    /// services named in each request's host, applying the policy in the config file (split,
+    /// timeouts, retries with a budget, outlier detection, load balancing, faults). Reports every
+    /// hop to the collector as OTLP metrics and sampled traces. The file is reloaded when it
+    /// changes; a bad version is refused and the old config keeps serving. See
+    /// examples/agent/agent.yaml for every field.
+    Agent(AgentArgs),
     /// Print per-workload traffic stats (success rate, RPS, latency percentiles).
     Stat(StatArgs),
     /// Print the service graph as a table, JSON, Graphviz dot or Mermaid.
@@ -77,6 +86,17 @@ pub struct CollectorArgs {
     /// A node or edge whose error rate is at or above this percent is failing.
     #[arg(long, value_name = "PCT", default_value_t = 10.0)]
     pub failing_error_pct: f64,
+}
+
+/// `meshlens agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The agent's config file (YAML).
+    #[arg(long, short, value_name = "FILE")]
+    pub config: PathBuf,
+    /// How often the config file is checked for changes.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub reload_every: std::time::Duration,
 }
 
 /// Output formats of `stat`.
@@ -177,6 +197,7 @@ fn runtime(e: impl Into<anyhow::Error>) -> CliError {
 pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
     match cli.command {
         Command::Collector(a) => collector(a, out).await,
+        Command::Agent(a) => agent(a, out).await,
         Command::Stat(a) => {
             let client = Client::new(&a.collector).map_err(runtime)?;
             let body = client.workloads(&a.window, &a.namespace).await.map_err(runtime)?;
@@ -255,5 +276,31 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
         r = running.wait_any() => r.map_err(|e| runtime(anyhow::anyhow!(e))),
     };
     running.shutdown().await.map_err(|e| runtime(anyhow::anyhow!(e)))?;
+    outcome
+}
+
+async fn agent<W: Write>(a: AgentArgs, out: &mut W) -> Result<(), CliError> {
+    let config = meshlens_agent::load(&a.config).map_err(|e| CliError::Config(e.into()))?;
+    let workload = config.workload.id();
+    let export = config.telemetry.as_ref().map_or("off".to_owned(), |t| {
+        format!("{} every {:?}, {}% of new traces sampled", t.collector, t.interval, t.sampling * 100.0)
+    });
+    let options = meshlens_agent::Options { watch: Some(a.config.clone()), reload_every: a.reload_every };
+    let running = meshlens_agent::start(config, options).await.map_err(|e| match e {
+        meshlens_agent::AgentError::Config(_) | meshlens_agent::AgentError::Collector(_) => CliError::Config(e.into()),
+        other => CliError::Runtime(other.into()),
+    })?;
+    let outbound = running.outbound.map_or("off".to_owned(), |a| format!("http://{a}"));
+    writeln!(
+        out,
+        "meshlens agent for {workload}\n  inbound     http://{}\n  outbound    {outbound}\n  admin       http://{}/metrics\n  telemetry   {export}\n  config      {} (reloaded on change)\nCtrl-C stops it.",
+        running.inbound,
+        running.admin,
+        a.config.display()
+    )
+    .and_then(|()| out.flush())
+    .map_err(runtime)?;
+    let outcome = tokio::signal::ctrl_c().await.map_err(runtime);
+    running.shutdown().await;
     outcome
 }

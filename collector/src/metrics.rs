@@ -4,8 +4,10 @@
 //! Each request is counted once although both agents of a hop report it: the callee's
 //! (server-side) report is the count, status and latency; the caller's report adds only requests
 //! that the callee never saw — connect failures, and anything at all when the callee has no agent —
-//! and always adds client latency to the `/metrics` client histogram. Within one export the server
-//! points are applied first.
+//! and always adds client latency to the `/metrics` client histogram. A meshlens agent says which
+//! requests reached the callee (`meshlens.reached`), so the order in which the two agents' exports
+//! arrive does not matter; for other senders the callee is taken to have no agent until its first
+//! server-side point arrives, and within one export the server points are applied first.
 //!
 //! Cumulative series become deltas against the last point seen for the same series (a counter that
 //! goes down, or a new start time, is a reset: the new value is the delta). The first point of a
@@ -72,11 +74,26 @@ enum Side {
     Client,
 }
 
-/// Classifies a point: status class, failure, and whether the callee can have seen it (said by
-/// `meshlens.reached` when the reporter knows; guessed from `error.type` otherwise).
-fn classify(attrs: &[KeyValue]) -> (CodeClass, bool, bool) {
+/// Whether the callee's own report counts a client-side point's requests. A meshlens agent says so
+/// with `meshlens.reached` (it sends only to agents, which count what reaches them). Other senders
+/// leave it out: then the callee counts it if it has reported this edge at all and `error.type` does
+/// not say the request never got there.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum CalleeCounts {
+    /// Said by the reporter.
+    Said(bool),
+    /// Guessed from `error.type`.
+    Guessed(bool),
+}
+
+/// Classifies a point: status class, failure, and whether the callee counts it.
+fn classify(attrs: &[KeyValue]) -> (CodeClass, bool, CalleeCounts) {
     let (class, failed, reached) = classify_status(attrs);
-    (class, failed, get_bool(attrs, REACHED).unwrap_or(reached))
+    let counts = match get_bool(attrs, REACHED) {
+        Some(r) => CalleeCounts::Said(r),
+        None => CalleeCounts::Guessed(reached),
+    };
+    (class, failed, counts)
 }
 
 fn classify_status(attrs: &[KeyValue]) -> (CodeClass, bool, bool) {
@@ -280,7 +297,10 @@ impl Engine {
                 edge.server_metrics_seen = true;
                 true
             }
-            Side::Client => !edge.server_metrics_seen || !callee_saw_it,
+            Side::Client => match callee_saw_it {
+                CalleeCounts::Said(reached) => !reached,
+                CalleeCounts::Guessed(reached) => !edge.server_metrics_seen || !reached,
+            },
         };
         for (i, &c) in counts.iter().enumerate() {
             if c == 0 {

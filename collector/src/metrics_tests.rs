@@ -154,11 +154,26 @@ fn an_abort_the_caller_answered_itself_is_counted_from_the_caller() {
         vec![hist_point(edge_attrs(A, B, Some(200)), 0, 1, &[5]), hist_point(aborted, 0, 1, &[2])],
     );
     e.ingest_metrics(
-        &metrics(vec![(resource("", "reviews", "v2"), vec![server]), (resource("", "productpage", "v1"), vec![client])]),
+        &metrics(vec![
+            (resource("", "reviews", "v2"), vec![server]),
+            (resource("", "productpage", "v1"), vec![client]),
+        ]),
         NOW,
     );
     let s = graph(&e).edges[0].stats.clone();
     assert_eq!((s.requests, s.errors, s.codes.c5xx), (7, 2, 2));
+}
+
+#[test]
+fn an_agent_saying_reached_is_counted_once_whichever_export_comes_first() {
+    let mut e = engine();
+    let mut reached = edge_attrs(A, B, Some(200));
+    reached.push(kv_bool(REACHED, true));
+    let client = hist_metric(CLIENT_DURATION, false, vec![hist_point(reached, 0, 1, &[6])]);
+    e.ingest_metrics(&metrics(vec![(resource("", "productpage", "v1"), vec![client])]), NOW);
+    let server = hist_metric(SERVER_DURATION, false, vec![hist_point(edge_attrs(A, B, Some(200)), 0, 1, &[6])]);
+    e.ingest_metrics(&metrics(vec![(resource("", "reviews", "v2"), vec![server])]), NOW);
+    assert_eq!(graph(&e).edges[0].stats.requests, 6);
 }
 
 #[test]

@@ -4,11 +4,12 @@
 //! ([`identity`]), the stats of a node or an edge ([`stats`]), graph snapshots, revisions and diffs
 //! ([`graph`]), the bodies of the HTTP API ([`api`]), the mergeable latency histogram ([`hist`]), the
 //! traffic policy schema the agent and the simulator share ([`policy`]), metric and attribute names
-//! ([`names`]), and small parsers for durations and RFC 3339 times ([`time`]). It does no IO and has
+//! ([`names`]), a lock-free [`counter`], and small parsers for durations and RFC 3339 times ([`time`]). It does no IO and has
 //! no async runtime, so the console and the web app (wasm32) can use it without pulling in the
 //! collector.
 
 pub mod api;
+pub mod counter;
 pub mod graph;
 pub mod hist;
 pub mod identity;

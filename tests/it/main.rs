@@ -5,7 +5,9 @@
 // The whole crate is test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agent;
 mod api;
+mod backend;
 mod cli;
 mod otlp;
 mod prometheus;

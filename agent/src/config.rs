@@ -1,0 +1,441 @@
+//! The agent's config file: plain serde structs as written ([`AgentFile`]), then a checked,
+//! resolved [`AgentConfig`]. Parsing takes a `&str`, so tests never touch the file system.
+//!
+//! Every error names the field by its path (`policy.services.reviews.split.v9`) and, for YAML
+//! syntax and unknown fields, the line and column.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meshlens_model::Workload;
+use meshlens_model::policy::{PolicyError, PolicyFile, ServicePolicy};
+use meshlens_model::time::parse_duration;
+use serde::{Deserialize, Serialize};
+
+/// The file as written.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    /// The workload this agent stands beside.
+    pub workload: WorkloadSpec,
+    /// Traffic into the workload.
+    pub inbound: InboundSpec,
+    /// Traffic out of the workload; off when absent.
+    pub outbound: Option<ListenSpec>,
+    /// The admin listener (`/ready`, `/metrics`, `/config`).
+    pub admin: Option<ListenSpec>,
+    /// Export to a collector; off when absent.
+    pub telemetry: Option<TelemetrySpec>,
+    /// Limits on what clients may send.
+    pub limits: Option<LimitsSpec>,
+    /// Services the workload calls, with their endpoints per version.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSpec>,
+    /// The traffic policy (DESIGN.md's schema).
+    pub policy: Option<PolicyFile>,
+}
+
+/// `workload:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// Namespace; `default` when absent.
+    pub namespace: Option<String>,
+    /// App name.
+    pub app: String,
+    /// Version.
+    pub version: Option<String>,
+}
+
+/// `inbound:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundSpec {
+    /// Where the agent listens for the workload's callers.
+    pub listen: String,
+    /// The local app, `host:port`.
+    pub app: String,
+}
+
+/// A listener.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSpec {
+    /// `ip:port`; port 0 picks a free port.
+    pub listen: String,
+}
+
+/// `telemetry:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySpec {
+    /// OTLP/gRPC endpoint of the collector, `http://host:4317`.
+    pub collector: String,
+    /// Metrics export interval; 5s when absent.
+    pub interval: Option<String>,
+    /// Fraction of new traces sampled, 0..=1; 0.01 when absent.
+    pub sampling: Option<f64>,
+    /// Finished spans waiting for export; more are dropped and counted. 2048 when absent.
+    pub span_queue: Option<usize>,
+}
+
+/// `limits:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Most bytes of request headers; 64 KiB when absent.
+    pub max_header_bytes: Option<usize>,
+    /// A client must finish sending its headers within this; 10s when absent.
+    pub header_read_timeout: Option<String>,
+    /// Connecting to an endpoint gives up after this; 1s when absent.
+    pub connect_timeout: Option<String>,
+}
+
+/// One called service as written.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Its namespace; the agent's own when absent.
+    pub namespace: Option<String>,
+    /// Endpoints (`ip:port` or `dns-name:port` of each instance's agent) per version.
+    pub versions: BTreeMap<String, Vec<String>>,
+}
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not YAML, or a field of the wrong type or name.
+    #[error("{origin}: {message}")]
+    Syntax {
+        /// The file.
+        origin: String,
+        /// What serde said, with the field path, line and column.
+        message: String,
+    },
+    /// A value that cannot be used.
+    #[error("{origin}: {path}: {message}")]
+    Invalid {
+        /// The file.
+        origin: String,
+        /// The field.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Export settings.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Telemetry {
+    /// OTLP/gRPC endpoint.
+    pub collector: String,
+    /// Metrics export interval.
+    pub interval: Duration,
+    /// Fraction of new traces sampled.
+    pub sampling: f64,
+    /// Span queue bound.
+    pub span_queue: usize,
+}
+
+/// Client limits.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Limits {
+    /// Most bytes of request headers.
+    pub max_header_bytes: usize,
+    /// Headers must arrive within this.
+    pub header_read_timeout: Duration,
+    /// Connect timeout to endpoints.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One called service, resolved.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Service {
+    /// Its namespace.
+    pub namespace: String,
+    /// Endpoints per version, versions in name order.
+    pub versions: Vec<(String, Vec<String>)>,
+    /// Its policy (defaults when the policy names it not).
+    pub policy: ServicePolicy,
+}
+
+/// The resolved config.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentConfig {
+    /// This agent's workload.
+    pub workload: Workload,
+    /// Inbound listener.
+    pub inbound_listen: SocketAddr,
+    /// The local app, `host:port`.
+    pub app: String,
+    /// Outbound listener.
+    pub outbound_listen: Option<SocketAddr>,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Export; none when off.
+    pub telemetry: Option<Telemetry>,
+    /// Limits.
+    pub limits: Limits,
+    /// Called services by name.
+    pub services: BTreeMap<String, Service>,
+}
+
+/// The admin listener's default address.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
+
+impl AgentConfig {
+    /// Parses and checks a config; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let file: AgentFile = serde_yaml_ng::from_str(text)
+            .map_err(|e| ConfigError::Syntax { origin: origin.to_owned(), message: e.to_string() })?;
+        file.resolve().map_err(|e| ConfigError::Invalid { origin: origin.to_owned(), path: e.path, message: e.message })
+    }
+
+    /// The parts a reload may change differ from `other` only there; listeners and the workload
+    /// need a restart. Returns the first part that needs one.
+    pub fn restart_needed(&self, other: &Self) -> Option<&'static str> {
+        if self.workload != other.workload {
+            Some("workload")
+        } else if self.inbound_listen != other.inbound_listen {
+            Some("inbound.listen")
+        } else if self.outbound_listen != other.outbound_listen {
+            Some("outbound.listen")
+        } else if self.admin_listen != other.admin_listen {
+            Some("admin.listen")
+        } else if self.limits != other.limits {
+            Some("limits")
+        } else if self.telemetry.as_ref().map(|t| (&t.collector, t.span_queue))
+            != other.telemetry.as_ref().map(|t| (&t.collector, t.span_queue))
+        {
+            Some("telemetry.collector")
+        } else {
+            None
+        }
+    }
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> PolicyError {
+    PolicyError { path: path.into(), message: message.into() }
+}
+
+fn addr(path: &str, text: &str) -> Result<SocketAddr, PolicyError> {
+    text.parse().map_err(|_| invalid(path, format!("{text:?} is not an address such as 127.0.0.1:15001")))
+}
+
+fn authority(path: &str, text: &str) -> Result<String, PolicyError> {
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            text.parse::<http::uri::Authority>().map_err(|_| invalid(path, format!("{text:?} is not a host:port")))?;
+            Ok(text.to_owned())
+        }
+        _ => Err(invalid(path, format!("{text:?} is not a host:port such as 127.0.0.1:9080 or reviews-v1:9080"))),
+    }
+}
+
+fn dur(path: &str, text: Option<&str>, default: Duration) -> Result<Duration, PolicyError> {
+    match text {
+        None => Ok(default),
+        Some(t) => {
+            let d = parse_duration(t).map_err(|e| invalid(path, e.to_string()))?;
+            if d.is_zero() {
+                return Err(invalid(path, "must be longer than zero"));
+            }
+            Ok(d)
+        }
+    }
+}
+
+impl AgentFile {
+    fn resolve(&self) -> Result<AgentConfig, PolicyError> {
+        let w = &self.workload;
+        let workload = Workload::from_resource(w.namespace.as_deref(), Some(&w.app), w.version.as_deref())
+            .ok_or_else(|| invalid("workload.app", "must not be empty"))?;
+        let inbound_listen = addr("inbound.listen", &self.inbound.listen)?;
+        let app = authority("inbound.app", &self.inbound.app)?;
+        let outbound_listen = self.outbound.as_ref().map(|o| addr("outbound.listen", &o.listen)).transpose()?;
+        let admin_listen = addr("admin.listen", self.admin.as_ref().map_or(DEFAULT_ADMIN, |a| a.listen.as_str()))?;
+        let telemetry = match &self.telemetry {
+            None => None,
+            Some(t) => {
+                let uri: http::Uri = t.collector.parse().map_err(|_| invalid("telemetry.collector", "not a URL"))?;
+                if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                    return Err(invalid(
+                        "telemetry.collector",
+                        format!("{:?} must be an http:// URL of the collector's OTLP/gRPC port", t.collector),
+                    ));
+                }
+                let sampling = t.sampling.unwrap_or(0.01);
+                if !(0.0..=1.0).contains(&sampling) {
+                    return Err(invalid("telemetry.sampling", format!("{sampling} is not a fraction between 0 and 1")));
+                }
+                let span_queue = t.span_queue.unwrap_or(2048);
+                if span_queue == 0 {
+                    return Err(invalid("telemetry.span_queue", "must be 1 or more"));
+                }
+                Some(Telemetry {
+                    collector: t.collector.clone(),
+                    interval: dur("telemetry.interval", t.interval.as_deref(), Duration::from_secs(5))?,
+                    sampling,
+                    span_queue,
+                })
+            }
+        };
+        let limits = match &self.limits {
+            None => Limits::default(),
+            Some(l) => {
+                let d = Limits::default();
+                let max_header_bytes = l.max_header_bytes.unwrap_or(d.max_header_bytes);
+                if !(8192..=1 << 20).contains(&max_header_bytes) {
+                    return Err(invalid(
+                        "limits.max_header_bytes",
+                        format!("{max_header_bytes} is outside 8192..=1048576 (hyper's smallest buffer is 8 KiB)"),
+                    ));
+                }
+                Limits {
+                    max_header_bytes,
+                    header_read_timeout: dur(
+                        "limits.header_read_timeout",
+                        l.header_read_timeout.as_deref(),
+                        d.header_read_timeout,
+                    )?,
+                    connect_timeout: dur("limits.connect_timeout", l.connect_timeout.as_deref(), d.connect_timeout)?,
+                }
+            }
+        };
+        let policies = self
+            .policy
+            .clone()
+            .unwrap_or_default()
+            .resolve()
+            .map_err(|e| PolicyError { path: format!("policy.{}", e.path), message: e.message })?;
+        for name in policies.services.keys() {
+            if !self.services.contains_key(name) {
+                return Err(invalid(
+                    format!("policy.services.{name}"),
+                    format!("no service {name:?} under services; a policy needs the service's endpoints"),
+                ));
+            }
+        }
+        let mut services = BTreeMap::new();
+        for (name, spec) in &self.services {
+            let at = format!("services.{name}");
+            if name.is_empty() || name.contains(['/', ':', ' ']) {
+                return Err(invalid(&at, "a service name is a host name such as reviews"));
+            }
+            if spec.versions.is_empty() {
+                return Err(invalid(format!("{at}.versions"), "needs at least one version with endpoints"));
+            }
+            let mut versions = Vec::new();
+            for (version, endpoints) in &spec.versions {
+                let mut resolved = Vec::new();
+                for (i, e) in endpoints.iter().enumerate() {
+                    resolved.push(authority(&format!("{at}.versions.{version}[{i}]"), e)?);
+                }
+                versions.push((version.clone(), resolved));
+            }
+            let policy = policies.services.get(name).cloned().unwrap_or_default();
+            for (version, _) in &policy.split {
+                if !spec.versions.contains_key(version) {
+                    return Err(invalid(
+                        format!("policy.services.{name}.split.{version}"),
+                        format!(
+                            "{name} has no version {version:?}; its versions are {}",
+                            spec.versions.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+            let namespace = spec.namespace.clone().unwrap_or_else(|| workload.namespace.clone());
+            services.insert(name.clone(), Service { namespace, versions, policy });
+        }
+        Ok(AgentConfig { workload, inbound_listen, app, outbound_listen, admin_listen, telemetry, limits, services })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+workload: {namespace: shop, app: productpage, version: v1}
+inbound: {listen: "127.0.0.1:0", app: "127.0.0.1:9080"}
+outbound: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+telemetry: {collector: "http://127.0.0.1:4317", interval: 2s, sampling: 0.5}
+services:
+  reviews:
+    versions:
+      v1: ["127.0.0.1:9001"]
+      v3: ["reviews-v3.local:9001", "127.0.0.1:9002"]
+policy:
+  services:
+    reviews:
+      split: {v1: 90, v3: 10}
+      timeout: 2s
+      retries: {attempts: 2, per_try_timeout: 500ms}
+"#;
+
+    #[test]
+    fn a_good_file_resolves() {
+        let c = AgentConfig::parse(GOOD, "agent.yaml").unwrap();
+        assert_eq!(c.workload.id(), "shop/productpage/v1");
+        let r = &c.services["reviews"];
+        assert_eq!(r.namespace, "shop");
+        assert_eq!(r.versions[1].1.len(), 2);
+        assert_eq!(r.policy.split, vec![("v1".into(), 0.9), ("v3".into(), 0.1)]);
+        assert_eq!(c.telemetry.unwrap().interval, Duration::from_secs(2));
+        assert_eq!(c.admin_listen.port(), 0);
+    }
+
+    fn error(text: &str) -> String {
+        AgentConfig::parse(text, "agent.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_field() {
+        let cases = [
+            (GOOD.replace("split: {v1: 90, v3: 10}", "split: {v1: 90, v9: 10}"), "policy.services.reviews.split.v9"),
+            (GOOD.replace("timeout: 2s", "timeout: 2 parsecs"), "policy.services.reviews.timeout"),
+            (GOOD.replace("\"127.0.0.1:9002\"", "\"127.0.0.1\""), "services.reviews.versions.v3[1]"),
+            (GOOD.replace("sampling: 0.5", "sampling: 5"), "telemetry.sampling"),
+            (GOOD.replace("listen: \"127.0.0.1:0\"}\nadmin", "listen: \"localhost\"}\nadmin"), "outbound.listen"),
+            (GOOD.replace("http://127.0.0.1:4317", "127.0.0.1:4317"), "telemetry.collector"),
+            (GOOD.replace("    reviews:\n      split", "    ratings:\n      split"), "policy.services.ratings"),
+            (GOOD.replace("per_try_timeout: 500ms", "per_try_timout: 500ms"), "unknown field `per_try_timout`"),
+            (GOOD.replace("app: productpage,", "app: '',"), "workload.app"),
+            ("workload: [".to_owned(), "agent.yaml"),
+        ];
+        for (text, needle) in cases {
+            let e = error(&text);
+            assert!(e.starts_with("agent.yaml: "), "{e}");
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+        }
+        assert!(error(&GOOD.replace("per_try_timeout: 500ms", "per_try_timout: 500ms")).contains("line"));
+    }
+
+    #[test]
+    fn restart_is_needed_for_listeners_not_for_policy() {
+        let a = AgentConfig::parse(GOOD, "a").unwrap();
+        let b = AgentConfig::parse(&GOOD.replace("v1: 90", "v1: 50"), "a").unwrap();
+        assert_eq!(a.restart_needed(&b), None);
+        let c = AgentConfig::parse(&GOOD.replace("9080", "9081"), "a").unwrap();
+        assert_eq!(a.restart_needed(&c), None, "the app address reloads");
+        let d = AgentConfig::parse(
+            &GOOD.replace("admin: {listen: \"127.0.0.1:0\"}", "admin: {listen: \"127.0.0.1:1\"}"),
+            "a",
+        )
+        .unwrap();
+        assert_eq!(a.restart_needed(&d), Some("admin.listen"));
+    }
+}

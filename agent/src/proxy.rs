@@ -1,0 +1,576 @@
+//! The two proxies: inbound (callers → the local app) and outbound (the app → the service named in
+//! its request's host, by policy). Both speak HTTP/1.1 and HTTP/2 (h2c, so gRPC) on one port, stream
+//! bodies both ways, strip hop-by-hop headers, pool upstream connections and continue the W3C trace
+//! context.
+//!
+//! The outbound side applies the policy of [`crate::route`]: faults first, then for each attempt a
+//! version by the split and an endpoint by the load balancer; the attempt's outcome feeds outlier
+//! detection; a retriable outcome is retried after a full-jitter backoff while attempts, the retry
+//! budget and the whole-request timeout allow. Bodies over [`MAX_REPLAY`] stream once and are not
+//! retried. Each attempt is recorded once on the outbound side, each request once on the inbound side.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use meshlens_model::policy::{Retries, RetryOn};
+
+use crate::config::AgentConfig;
+use crate::counters::Counters;
+use crate::route::{NoEndpoint, Route, Routes, VersionRoute, now_ms};
+use crate::telemetry::{Direction, ErrorKind, Outcome, PeerMetrics, Registry};
+use crate::trace::{SpanKind, SpanRecord, SpanSink, TraceContext};
+
+/// A boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type both proxies forward.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Request bodies up to this size are kept so that the request can be retried.
+pub const MAX_REPLAY: u64 = 64 * 1024;
+/// The header that carries the caller's workload id from the outbound agent to the inbound one.
+pub const SOURCE_HEADER: &str = "x-meshlens-source";
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static SOURCE: HeaderName = HeaderName::from_static(SOURCE_HEADER);
+
+/// The active config and what is built from it; swapped whole on reload.
+pub struct Runtime {
+    /// The config.
+    pub config: AgentConfig,
+    /// The outbound routing table.
+    pub routes: Routes,
+    /// This workload's id as a header value.
+    pub source: HeaderValue,
+    /// Fraction of new traces sampled.
+    pub sampling: f64,
+}
+
+impl Runtime {
+    /// Builds the runtime for `config`, keeping endpoint state from `old`.
+    pub fn new(config: AgentConfig, registry: &Registry, old: Option<&Runtime>) -> Self {
+        let routes = Routes::build(&config, registry, old.map(|o| &o.routes));
+        let source = HeaderValue::from_str(&config.workload.id()).unwrap_or(HeaderValue::from_static(""));
+        let sampling = config.telemetry.as_ref().map_or(0.0, |t| t.sampling);
+        Self { config, routes, source, sampling }
+    }
+}
+
+/// What both proxies share.
+pub struct Shared {
+    /// The active runtime.
+    pub runtime: ArcSwap<Runtime>,
+    /// Request telemetry.
+    pub registry: Registry,
+    /// The agent's own counters.
+    pub counters: Arc<Counters>,
+    /// Finished spans go here.
+    pub spans: SpanSink,
+    /// Inbound requests from callers without an agent.
+    unknown_caller: Arc<PeerMetrics>,
+    /// Outbound requests for services not in the config.
+    unknown_service: Arc<PeerMetrics>,
+    h1: Client<HttpConnector, Body>,
+    h2: Client<HttpConnector, Body>,
+    origin: Instant,
+}
+
+impl Shared {
+    /// Everything the proxies need, for `config`.
+    pub fn new(config: AgentConfig, counters: Arc<Counters>, spans: SpanSink) -> Self {
+        let registry = Registry::default();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.limits.connect_timeout));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(256);
+        let h1 = builder.build(connector.clone());
+        let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
+        let runtime = Runtime::new(config, &registry, None);
+        Self {
+            unknown_caller: registry.peer(Direction::Inbound, ""),
+            unknown_service: registry.peer(Direction::Outbound, ""),
+            runtime: ArcSwap::from_pointee(runtime),
+            registry,
+            counters,
+            spans,
+            h1,
+            h2,
+            origin: Instant::now(),
+        }
+    }
+
+    fn client(&self, version: Version) -> (&Client<HttpConnector, Body>, Version) {
+        if version == Version::HTTP_2 { (&self.h2, Version::HTTP_2) } else { (&self.h1, Version::HTTP_11) }
+    }
+}
+
+/// Records one request or attempt when dropped: its outcome if one was set, else "cancelled" (the
+/// caller went away first), so a request is counted whatever ends it.
+struct Recorder<'a> {
+    metrics: &'a PeerMetrics,
+    start: Instant,
+    outcome: Option<Outcome>,
+}
+
+impl Drop for Recorder<'_> {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or(Outcome::failed(ErrorKind::Cancelled, true));
+        self.metrics.record(outcome, self.start.elapsed());
+    }
+}
+
+fn text_response(status: StatusCode, text: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert("x-meshlens-agent", HeaderValue::from_static("1"));
+    r
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header names.
+/// `TE: trailers` stays, since gRPC needs it end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn upstream_uri(authority: &str, uri: &Uri) -> Result<Uri, http::Error> {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    Uri::builder().scheme("http").authority(authority).path_and_query(pq).build()
+}
+
+fn incoming(body: Incoming) -> Body {
+    body.map_err(|e| Box::new(e) as BoxError).boxed()
+}
+
+fn span_for(ctx: &TraceContext) -> Option<(TraceContext, SystemTime)> {
+    ctx.sampled.then(|| (*ctx, SystemTime::now()))
+}
+
+/// Serves one inbound request: forwards it to the local app.
+pub async fn inbound(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let rt = shared.runtime.load();
+    let metrics = match req.headers_mut().remove(&SOURCE) {
+        Some(v) => shared.registry.peer(Direction::Inbound, v.to_str().unwrap_or("")),
+        None => shared.unknown_caller.clone(),
+    };
+    let mut rec = Recorder { metrics: &metrics, start, outcome: None };
+    let parent = req.headers().get(&TRACEPARENT).and_then(|v| TraceContext::parse(v.as_bytes()));
+    let ctx = parent.unwrap_or_else(|| TraceContext::root(rt.sampling)).child();
+    let span = span_for(&ctx);
+    let method = req.method().clone();
+    let path = span.is_some().then(|| req.uri().path().to_owned());
+
+    strip_hop_by_hop(req.headers_mut());
+    req.headers_mut().insert(&TRACEPARENT, ctx.header());
+    let (client, version) = shared.client(req.version());
+    *req.version_mut() = version;
+    let response = match upstream_uri(&rt.config.app, req.uri()) {
+        Ok(uri) => {
+            *req.uri_mut() = uri;
+            client.request(req.map(incoming)).await.map_err(|e| {
+                if e.is_connect() {
+                    (ErrorKind::ConnectFailure, format!("cannot connect to the app at {}: {e:#}", rt.config.app))
+                } else {
+                    (ErrorKind::Reset, format!("the app at {} broke the connection: {e:#}", rt.config.app))
+                }
+            })
+        }
+        Err(e) => Err((ErrorKind::NoEndpoint, format!("bad request target: {e}"))),
+    };
+    let (resp, outcome, error) = match response {
+        Ok(mut resp) => {
+            strip_hop_by_hop(resp.headers_mut());
+            let status = resp.status().as_u16();
+            (resp.map(incoming), Outcome::status(status), "")
+        }
+        Err((kind, message)) => {
+            let outcome = Outcome { status: 502, error: kind, reached: true };
+            (text_response(StatusCode::BAD_GATEWAY, format!("meshlens agent: {message}\n")), outcome, kind.as_str())
+        }
+    };
+    rec.outcome = Some(outcome);
+    if let Some((ctx, wall)) = span {
+        shared.spans.send(SpanRecord {
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            parent_span_id: parent.map_or([0; 8], |p| p.span_id),
+            kind: SpanKind::Server,
+            method,
+            path,
+            peer_service: None,
+            server_address: None,
+            start: wall,
+            end: SystemTime::now(),
+            status: outcome.status,
+            error,
+        });
+    }
+    Ok(resp)
+}
+
+/// The service a request names: its URI authority (absolute form) or its Host header, without port.
+fn target_host(req: &Request<Incoming>) -> Option<&str> {
+    let authority = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    Some(host.trim_end_matches('.'))
+}
+
+/// What an attempt came to.
+enum Attempt {
+    Response(Response<Incoming>),
+    Failed(ErrorKind, String),
+}
+
+fn retriable(retries: &Retries, attempt: &Attempt) -> bool {
+    retries.retry_on.iter().any(|on| match (on, attempt) {
+        (RetryOn::ServerError, Attempt::Response(r)) => r.status().is_server_error(),
+        (RetryOn::GatewayError, Attempt::Response(r)) => matches!(r.status().as_u16(), 502..=504),
+        (RetryOn::Retriable4xx, Attempt::Response(r)) => r.status() == StatusCode::CONFLICT,
+        (RetryOn::Unavailable, Attempt::Response(r)) => {
+            r.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"14")
+        }
+        (RetryOn::ServerError | RetryOn::GatewayError, Attempt::Failed(..)) => true,
+        (RetryOn::Reset | RetryOn::RefusedStream, Attempt::Failed(k, _)) => {
+            matches!(k, ErrorKind::Reset | ErrorKind::Timeout)
+        }
+        (RetryOn::ConnectFailure, Attempt::Failed(k, _)) => *k == ErrorKind::ConnectFailure,
+        _ => false,
+    })
+}
+
+/// Full jitter (AWS's "exponential backoff and jitter"): uniform in `[0, min(max, base·2^n)]`.
+fn backoff(retries: &Retries, retry: u32) -> Duration {
+    let cap = retries.backoff_base.saturating_mul(1u32 << retry.min(20)).min(retries.backoff_max);
+    cap.mul_f64(fastrand::f64())
+}
+
+/// Serves one outbound request: routes it to a version and endpoint of the service it names.
+pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let rt = shared.runtime.load_full();
+    let who = rt.config.workload.id();
+    let Some(host) = target_host(&req) else {
+        let mut rec = Recorder { metrics: &shared.unknown_service, start, outcome: None };
+        rec.outcome = Some(Outcome { status: 400, error: ErrorKind::NoEndpoint, reached: false });
+        return Ok(text_response(
+            StatusCode::BAD_REQUEST,
+            format!("meshlens agent ({who}): the request names no service: send it to http://SERVICE/...\n"),
+        ));
+    };
+    let Some(route) = rt.routes.lookup(host).cloned() else {
+        shared.counters.unroutable_unknown_service.add(1);
+        let mut rec = Recorder { metrics: &shared.unknown_service, start, outcome: None };
+        rec.outcome = Some(Outcome { status: 502, error: ErrorKind::NoEndpoint, reached: false });
+        return Ok(text_response(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "meshlens agent ({who}): no service {host:?} in this agent's config; known services: {}\n",
+                if rt.routes.names.is_empty() { "none" } else { &rt.routes.names }
+            ),
+        ));
+    };
+    Ok(route_request(&shared, &rt, &route, req, start).await)
+}
+
+async fn route_request(
+    shared: &Shared,
+    rt: &Runtime,
+    route: &Route,
+    req: Request<Incoming>,
+    start: Instant,
+) -> Response<Body> {
+    let policy = &route.policy;
+    let counters = &shared.counters;
+    let sec = shared.origin.elapsed().as_secs();
+    if policy.retries.is_some() {
+        route.budget.deposit(sec);
+    }
+    if let Some((delay, p)) = policy.faults.delay
+        && fastrand::f64() < p
+    {
+        counters.faults_delayed.add(1);
+        tokio::time::sleep(delay).await;
+    }
+    if let Some((status, p)) = policy.faults.abort
+        && fastrand::f64() < p
+    {
+        counters.faults_aborted.add(1);
+        let version = route.pick_version();
+        let _rec = Recorder {
+            metrics: &version.metrics,
+            start,
+            outcome: Some(Outcome { status, error: ErrorKind::None, reached: false }),
+        };
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return text_response(status, format!("meshlens agent: fault injected for {}\n", route.name));
+    }
+
+    let parent = req.headers().get(&TRACEPARENT).and_then(|v| TraceContext::parse(v.as_bytes()));
+    let trace = parent.unwrap_or_else(|| TraceContext::root(rt.sampling));
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(&SOURCE, rt.source.clone());
+    let (client, http_version) = shared.client(parts.version);
+
+    // A small body is kept so the request can be replayed; a large one streams once.
+    let small = body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= MAX_REPLAY);
+    let (replay, mut once) = if policy.retries.is_some() && small {
+        match Limited::new(body, MAX_REPLAY as usize).collect().await {
+            Ok(collected) => (Some(collected.to_bytes()), None),
+            Err(e) => {
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    format!("meshlens agent: reading the request body: {e}\n"),
+                );
+            }
+        }
+    } else {
+        (None, Some(body))
+    };
+
+    let deadline = policy.timeout.map(|t| start + t);
+    let max_retries = policy.retries.as_ref().map_or(0, |r| r.attempts);
+    let mut retry = 0u32;
+    loop {
+        let version: &VersionRoute = route.pick_version();
+        let endpoint = match route.pick_endpoint(version, now_ms(shared.origin)) {
+            Ok(e) => e,
+            Err(why) => {
+                counters.unroutable_no_endpoint.add(1);
+                let _rec = Recorder {
+                    metrics: &version.metrics,
+                    start: Instant::now(),
+                    outcome: Some(Outcome { status: 503, error: ErrorKind::NoEndpoint, reached: false }),
+                };
+                let message = match why {
+                    NoEndpoint::NoneConfigured(v) => format!("{} {v} has no endpoints in the config", route.name),
+                    NoEndpoint::AllEjected(v) => {
+                        format!("every endpoint of {} {v} is ejected by outlier detection", route.name)
+                    }
+                };
+                return text_response(StatusCode::SERVICE_UNAVAILABLE, format!("meshlens agent: {message}\n"));
+            }
+        };
+        if retry > 0 {
+            version.metrics.add_retries(1);
+        }
+        let attempt_ctx = trace.child();
+        let mut headers = parts.headers.clone();
+        headers.insert(&TRACEPARENT, attempt_ctx.header());
+        let body = match (&replay, once.take()) {
+            (Some(bytes), _) => Full::new(bytes.clone()).map_err(|e| match e {}).boxed(),
+            (None, Some(b)) => incoming(b),
+            (None, None) => Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
+        };
+        let uri = match upstream_uri(&endpoint.endpoint().authority, &parts.uri) {
+            Ok(u) => u,
+            Err(e) => {
+                return text_response(StatusCode::BAD_REQUEST, format!("meshlens agent: bad request target: {e}\n"));
+            }
+        };
+        let mut upstream = Request::new(body);
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = uri;
+        *upstream.version_mut() = http_version;
+        *upstream.headers_mut() = headers;
+
+        let per_try = policy.retries.as_ref().and_then(|r| r.per_try_timeout);
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let limit = match (per_try, remaining) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let attempt_start = Instant::now();
+        let wall = SystemTime::now();
+        let mut rec = Recorder { metrics: &version.metrics, start: attempt_start, outcome: None };
+        let send = client.request(upstream);
+        let result = match limit {
+            Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+            None => Some(send.await),
+        };
+        let whole_timed_out = result.is_none() && deadline.is_some_and(|d| Instant::now() >= d);
+        let attempt = match result {
+            None => {
+                version.metrics.add_timeouts(1);
+                if whole_timed_out {
+                    counters.request_timeouts.add(1);
+                } else {
+                    counters.per_try_timeouts.add(1);
+                }
+                Attempt::Failed(ErrorKind::Timeout, format!("no response within {:?}", limit.unwrap_or_default()))
+            }
+            Some(Ok(resp)) => Attempt::Response(resp),
+            Some(Err(e)) if e.is_connect() => Attempt::Failed(ErrorKind::ConnectFailure, format!("{e:#}")),
+            Some(Err(e)) => Attempt::Failed(ErrorKind::Reset, format!("{e:#}")),
+        };
+        let outcome = match &attempt {
+            Attempt::Response(r) => Outcome::status(r.status().as_u16()),
+            Attempt::Failed(kind, _) => Outcome::failed(*kind, *kind != ErrorKind::ConnectFailure),
+        };
+        rec.outcome = Some(outcome);
+        drop(rec);
+        let server_error = outcome.status == 0 || outcome.status >= 500;
+        route.report(endpoint.endpoint(), server_error, now_ms(shared.origin), counters);
+        if attempt_ctx.sampled {
+            shared.spans.send(SpanRecord {
+                trace_id: attempt_ctx.trace_id,
+                span_id: attempt_ctx.span_id,
+                parent_span_id: parent.map_or([0; 8], |p| p.span_id),
+                kind: SpanKind::Client,
+                method: parts.method.clone(),
+                path: None,
+                peer_service: Some(route.name.clone()),
+                server_address: Some(endpoint.endpoint().authority.clone()),
+                start: wall,
+                end: SystemTime::now(),
+                status: outcome.status,
+                error: outcome.error.as_str(),
+            });
+        }
+        drop(endpoint);
+
+        if let Some(retries) = &policy.retries
+            && retry < max_retries
+            && !whole_timed_out
+            && retriable(retries, &attempt)
+        {
+            if replay.is_none() {
+                counters.retries_body_too_large.add(1);
+            } else if !route.budget.withdraw(shared.origin.elapsed().as_secs(), retries) {
+                counters.retries_budget_denied.add(1);
+            } else {
+                retry += 1;
+                counters.retries.add(1);
+                let pause = backoff(retries, retry - 1);
+                let pause = match deadline {
+                    Some(d) => pause.min(d.saturating_duration_since(Instant::now())),
+                    None => pause,
+                };
+                tokio::time::sleep(pause).await;
+                if deadline.is_none_or(|d| Instant::now() < d) {
+                    continue;
+                }
+                counters.request_timeouts.add(1);
+                version.metrics.add_timeouts(1);
+                return upstream_failed(route, version, ErrorKind::Timeout, "the whole-request timeout passed", retry);
+            }
+        }
+        return match attempt {
+            Attempt::Response(mut resp) => {
+                strip_hop_by_hop(resp.headers_mut());
+                resp.map(incoming)
+            }
+            Attempt::Failed(kind, message) => upstream_failed(route, version, kind, &message, retry),
+        };
+    }
+}
+
+fn upstream_failed(
+    route: &Route,
+    version: &VersionRoute,
+    kind: ErrorKind,
+    message: &str,
+    retries: u32,
+) -> Response<Body> {
+    let status = if kind == ErrorKind::Timeout { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::SERVICE_UNAVAILABLE };
+    let after = if retries > 0 { format!(" after {retries} retries") } else { String::new() };
+    text_response(
+        status,
+        format!(
+            "meshlens agent: upstream {} {} failed{after}: {}: {message}\n",
+            route.name,
+            version.name,
+            kind.as_str()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_te_trailers_stays() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "secret"),
+            ("te", "trailers"),
+            ("x-kept", "yes"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["te", "x-kept"]);
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_under_the_cap() {
+        let r = Retries {
+            attempts: 5,
+            per_try_timeout: None,
+            retry_on: vec![],
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            budget_ratio: 0.2,
+            budget_min_per_second: 10.0,
+        };
+        for n in 0..6 {
+            let cap = Duration::from_millis((10u64 << n).min(50));
+            for _ in 0..50 {
+                assert!(backoff(&r, n) <= cap);
+            }
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The agent against real backends, agents and a real collector on loopback: one test per
+//! behaviour of the proxy, its policy, its telemetry and its handling of bad input.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::backend::*;
+use crate::support::{edge, eventually, get_json, prom_value};
+
+fn metric(text: &str, name: &str) -> f64 {
+    prom_value(text, &format!("meshlens_agent_{name} ")).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+async fn admin(agent: &meshlens_agent::Running) -> String {
+    reqwest::get(format!("http://{}/metrics", agent.admin)).await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_per_try_timeouts_are_counted_exactly() {
+    let backend = Backend::start().await;
+    let b = callee("v1", &backend, None).await;
+    let a = caller(
+        &[("v1", vec![b.inbound])],
+        "{retries: {attempts: 3, per_try_timeout: 100ms, backoff: {base: 1ms, max: 5ms}}}",
+        None,
+    )
+    .await;
+    let app = App::via(&a);
+
+    // Two 503s, then success on the third try.
+    let (status, body) = app.get("b", "/flaky/2").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert_eq!(backend.hits(), 3);
+    assert_eq!(a.counters.retries.get(), 2);
+
+    // Every try times out: the first try and 3 retries, then 504.
+    let started = Instant::now();
+    let (status, body) = app.get("b", "/sleep/400").await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("timeout") && body.contains("after 3 retries"), "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(400), "four tries of 100 ms");
+    assert_eq!(backend.hits(), 3 + 4);
+    assert_eq!((a.counters.retries.get(), a.counters.per_try_timeouts.get()), (5, 4));
+
+    // Nothing retriable: one try.
+    let (status, _) = app.get("b", "/status/404").await;
+    assert_eq!(status, 404);
+    assert_eq!(backend.hits(), 8);
+    let text = admin(&a).await;
+    assert_eq!(metric(&text, "retries_total"), 5.0);
+    assert!(text.contains("meshlens_agent_peer_timeouts_total{peer=\"shop/b/v1\"} 4"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_request_timeout_bounds_every_attempt_and_backoff() {
+    let backend = Backend::start().await;
+    let b = callee("v1", &backend, None).await;
+    let a = caller(
+        &[("v1", vec![b.inbound])],
+        "{timeout: 250ms, retries: {attempts: 5, per_try_timeout: 100ms, backoff: {base: 1ms, max: 2ms}}}",
+        None,
+    )
+    .await;
+    let started = Instant::now();
+    let (status, body) = App::via(&a).get("b", "/sleep/2000").await;
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1500), "{took:?}");
+    assert_eq!(a.counters.request_timeouts.get(), 1);
+    assert_eq!(backend.hits(), a.counters.retries.get() + 1);
+    assert!(backend.hits() <= 3, "at most three tries fit in 250 ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_caps_retries() {
+    let backend = Backend::start().await;
+    let b = callee("v1", &backend, None).await;
+    let a = caller(
+        &[("v1", vec![b.inbound])],
+        "{retries: {attempts: 3, backoff: {base: 1ms, max: 1ms}, budget: {ratio: 0.2, min_per_second: 0}}}",
+        None,
+    )
+    .await;
+    let app = App::via(&a);
+    for _ in 0..50 {
+        assert_eq!(app.get("b", "/status/500").await.0, 500);
+    }
+    // Without a budget: 150 retries. With 20% of 50 requests: 10.
+    assert_eq!(a.counters.retries.get(), 10);
+    assert_eq!(backend.hits(), 60);
+    assert!(a.counters.retries_budget_denied.get() >= 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_split_sends_each_version_its_share() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let (v1, v2) = (callee("v1", &b1, None).await, callee("v2", &b2, None).await);
+    let a = caller(&[("v1", vec![v1.inbound]), ("v2", vec![v2.inbound])], "{split: {v1: 80, v2: 20}}", None).await;
+    let app = App::via(&a);
+    let n = 1000;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let app = App::via(&a);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n / 4 {
+                assert_eq!(app.get("b", "/ok").await.0, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    drop(app);
+    assert_eq!(b1.hits() + b2.hits(), n);
+    // Binomial(1000, 0.2): sd 12.6; four sd either side.
+    let share = b2.hits() as i64;
+    assert!((share - 200).abs() <= 51, "v2 got {share} of {n}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_ejected_and_comes_back() {
+    let (good, bad) = (Backend::start().await, Backend::start().await);
+    let (g, x) = (callee("v1", &good, None).await, callee("v1", &bad, None).await);
+    bad.fail.store(true, Ordering::SeqCst);
+    let a = caller(
+        &[("v1", vec![g.inbound, x.inbound])],
+        "{load_balancer: round_robin, outlier_detection: {consecutive_5xx: 3, base_ejection_time: 600ms, max_ejection_percent: 50}}",
+        None,
+    )
+    .await;
+    let app = App::via(&a);
+    let mut failures = 0;
+    for _ in 0..20 {
+        if app.get("b", "/ok").await.0 == 500 {
+            failures += 1;
+        }
+    }
+    assert_eq!((failures, bad.hits()), (3, 3), "three failures eject it");
+    assert_eq!(a.counters.ejections.get(), 1);
+    assert_eq!(good.hits(), 17);
+
+    // Healed and back after the ejection time.
+    bad.fail.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for _ in 0..10 {
+        assert_eq!(app.get("b", "/ok").await.0, 200);
+    }
+    assert_eq!(bad.hits(), 3 + 5, "round robin gives it half again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_abort_and_delay_at_their_rates() {
+    let backend = Backend::start().await;
+    let b = callee("v1", &backend, None).await;
+    let a = caller(&[("v1", vec![b.inbound])], "{fault: {abort: {status: 503, percent: 30}}}", None).await;
+    let app = App::via(&a);
+    let n = 600;
+    let mut aborted = 0;
+    for _ in 0..n {
+        let (status, body) = app.get("b", "/ok").await;
+        if status == 503 {
+            assert!(body.contains("fault injected"), "{body}");
+            aborted += 1;
+        }
+    }
+    // Binomial(600, 0.3): sd 11.2; four sd.
+    assert!((aborted as i64 - 180).abs() <= 45, "{aborted} aborted");
+    assert_eq!(backend.hits(), n - aborted);
+    assert_eq!(a.counters.faults_aborted.get(), aborted);
+
+    let d = caller(&[("v1", vec![b.inbound])], "{fault: {delay: {fixed: 120ms, percent: 100}}}", None).await;
+    let started = Instant::now();
+    assert_eq!(App::via(&d).get("b", "/ok").await.0, 200);
+    assert!(started.elapsed() >= Duration::from_millis(120));
+    assert_eq!(d.counters.faults_delayed.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_and_grpc_pass_through_two_agents() {
+    // HTTP/2 (prior knowledge) end to end.
+    let backend = Backend::start().await;
+    let b = callee("v1", &backend, None).await;
+    let a = caller(&[("v1", vec![b.inbound])], "", None).await;
+    // The app resolves the service name to its agent's outbound listener, as a sidecar's DNS would.
+    let out = a.outbound.unwrap();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().resolve("b", out).build().unwrap();
+    let r = h2.get(format!("http://b:{}/headers", out.port())).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.headers()["x-version"], "HTTP/2.0", "the backend was reached over h2 too");
+
+    // gRPC: a tonic client through both agents to the collector's tonic OTLP server as the app.
+    let c = crate::support::collector().await;
+    let g = agent(&agent_yaml("shop/otlp/v1", c.otlp_grpc_addr, "", "", None)).await;
+    let caller = agent(&agent_yaml(
+        "shop/a/v1",
+        "127.0.0.1:9".parse().unwrap(),
+        &format!("otlp:\n  versions:\n    v1: ['{}']", g.inbound),
+        "",
+        None,
+    ))
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", caller.outbound.unwrap()))
+        .unwrap()
+        .origin("http://otlp".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut client =
+        opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::new(channel);
+    let spans = crate::support::pairs(1, ("productpage", "v1"), ("reviews", "v2"), 10, 200, 5);
+    // tonic fails a call whose grpc-status trailer went missing: this one passed both agents whole.
+    client.export(spans).await.expect("gRPC through two agents");
+    crate::support::wait_edge(&c, "", "default/productpage/v1", "default/reviews/v2", 10).await;
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_with_bounded_memory() {
+    let backend = Backend::start().await;
+    let b = callee("v1", &backend, None).await;
+    // A retry policy too: a large body must not be buffered for replay.
+    let a = caller(&[("v1", vec![b.inbound])], "{retries: {attempts: 2}}", None).await;
+    let app = App::via(&a);
+    let size: u64 = 256 << 20;
+    let before = rss_kib();
+
+    let chunk = bytes::Bytes::from(vec![b'y'; 256 * 1024]);
+    let stream =
+        futures_util::stream::iter((0..size / chunk.len() as u64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let r = app
+        .request(reqwest::Method::POST, "b", "/upload")
+        .header("content-length", size)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), size.to_string());
+
+    let mut r = app.request(reqwest::Method::GET, "b", &format!("/bytes/{size}")).send().await.unwrap();
+    let mut got = 0u64;
+    while let Some(c) = r.chunk().await.unwrap() {
+        got += c.len() as u64;
+    }
+    assert_eq!(got, size);
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    assert!(grown_mib < 64, "memory grew by {grown_mib} MiB for 2 x 256 MiB through two agents");
+    assert_eq!(backend.uploaded.load(Ordering::SeqCst), size);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_stripped_and_traceparent_continued() {
+    let backend = Backend::start().await;
+    let b = callee("v1", &backend, None).await;
+    let a = caller(&[("v1", vec![b.inbound])], "", None).await;
+    let app = App::via(&a);
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = app
+        .request(reqwest::Method::GET, "b", "/headers")
+        .header("connection", "x-private")
+        .header("x-private", "secret")
+        .header("proxy-authorization", "Basic Zm9v")
+        .header("keep-alive", "timeout=5")
+        .header("x-kept", "yes")
+        .header("traceparent", tp)
+        .header("tracestate", "vendor=1")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("x-backend-private").is_none(), "response hop-by-hop headers go too");
+    let seen: serde_json::Value = r.json().await.unwrap();
+    for gone in ["x-private", "proxy-authorization", "keep-alive", "x-meshlens-source"] {
+        assert!(seen.get(gone).is_none(), "{gone} reached the app: {seen}");
+    }
+    assert_eq!(seen["x-kept"], "yes");
+    assert_eq!(seen["tracestate"], "vendor=1");
+    let continued = seen["traceparent"].as_str().unwrap();
+    assert_eq!(&continued[..36], &tp[..36], "same trace");
+    assert_ne!(&continued[36..52], &tp[36..52], "a new span (the inbound agent's)");
+    assert!(continued.ends_with("-01"));
+
+    // Without one, the app gets a fresh trace context.
+    let seen: serde_json::Value =
+        app.request(reqwest::Method::GET, "b", "/headers").send().await.unwrap().json().await.unwrap();
+    assert!(seen["traceparent"].as_str().unwrap().starts_with("00-"));
+}
+
+/// Bad input: malformed HTTP, oversized headers, a client that never finishes its headers, an
+/// unknown service. Each gets a clear answer and the agent keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_answer_and_the_agent_keeps_serving() {
+    let backend = Backend::start().await;
+    let b = callee("v1", &backend, None).await;
+    let a = caller(&[("v1", vec![b.inbound])], "", None).await;
+    let app = App::via(&a);
+
+    async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    let answer = raw(b.inbound, b"GARBAGE GARBAGE\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+
+    let big = format!("GET /ok HTTP/1.1\r\nhost: b\r\nx-big: {}\r\n\r\n", "a".repeat(40_000));
+    let answer = raw(b.inbound, big.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+
+    // Headers never finished: the connection is closed after header_read_timeout (500 ms).
+    let started = Instant::now();
+    let answer = raw(b.inbound, b"GET /ok HTTP/1.1\r\nhost: b\r\n").await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(4), "{took:?} {answer:?}");
+
+    let (status, body) = app.get("nope", "/ok").await;
+    assert_eq!(status, 502);
+    assert!(body.contains("no service \"nope\"") && body.contains("known services: b"), "{body}");
+    assert_eq!(a.counters.unroutable_unknown_service.get(), 1);
+
+    // An endpoint that refuses connections: 503 saying so.
+    let dead = caller(&[("v1", vec!["127.0.0.1:9".parse().unwrap()])], "", None).await;
+    let (status, body) = App::via(&dead).get("b", "/ok").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("connect_failure"), "{body}");
+
+    let text = admin(&b).await;
+    assert!(metric(&text, "connection_errors_total") >= 2.0, "{text}");
+    assert_eq!(app.get("b", "/ok").await, (200, "ok".into()));
+    assert_eq!(reqwest::get(format!("http://{}/ready", a.admin)).await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_config_is_refused_and_a_reload_drops_no_request() {
+    let (b1, b2) = (Backend::start().await, Backend::start().await);
+    let (v1, v2) = (callee("v1", &b1, None).await, callee("v2", &b2, None).await);
+    let services = format!("b:\n  versions:\n    v1: ['{}']\n    v2: ['{}']", v1.inbound, v2.inbound);
+    let yaml = |policy: &str| agent_yaml("shop/a/v1", "127.0.0.1:9".parse().unwrap(), &services, policy, None);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, yaml("b: {split: {v1: 100, v2: 0}}")).unwrap();
+    let config = meshlens_agent::load(&path).unwrap();
+    let options = meshlens_agent::Options { watch: Some(path.clone()), reload_every: Duration::from_millis(50) };
+    let a = meshlens_agent::start(config, options).await.unwrap();
+    let app = App::via(&a);
+
+    // Requests flow while the file flips between two valid splits.
+    let flipper = {
+        let (path, a_yaml, b_yaml) =
+            (path.clone(), yaml("b: {split: {v1: 0, v2: 100}}"), yaml("b: {split: {v1: 100, v2: 0}}"));
+        tokio::spawn(async move {
+            for i in 0..10 {
+                std::fs::write(&path, if i % 2 == 0 { &a_yaml } else { &b_yaml }).unwrap();
+                tokio::time::sleep(Duration::from_millis(80)).await;
+            }
+        })
+    };
+    let mut n = 0;
+    while !flipper.is_finished() {
+        assert_eq!(app.get("b", "/ok").await.0, 200);
+        n += 1;
+    }
+    flipper.await.unwrap();
+    assert!(n > 20 && b1.hits() > 0 && b2.hits() > 0, "{n} requests, {} + {}", b1.hits(), b2.hits());
+    eventually("reloads applied", 5, || async { (a.counters.reloads.get() >= 5).then_some(()) }).await;
+
+    // A broken file is refused, named, and the last good config keeps serving (all to v1).
+    let before = b1.hits();
+    std::fs::write(&path, yaml("b: {split: {v1: 100, v9: 1}}")).unwrap();
+    eventually("reload refused", 5, || async { (a.counters.reload_errors.get() == 1).then_some(()) }).await;
+    let (_, cfg) = get_json(&format!("http://{}/config", a.admin)).await;
+    let why = cfg["last_reload_error"].as_str().unwrap();
+    assert!(why.contains("agent.yaml") && why.contains("policy.services.b.split.v9"), "{why}");
+    assert_eq!(cfg["config"]["services"]["b"]["policy"]["split"][0][0], "v1");
+    for _ in 0..5 {
+        assert_eq!(app.get("b", "/ok").await.0, 200);
+    }
+    assert_eq!(b1.hits(), before + 5);
+}
+
+/// Two agents and a real collector: N requests make an edge of exactly N requests (attempts), with
+/// the errors, retries and timeouts the agents saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_counts_each_request_once_in_the_collector() {
+    let c = crate::support::collector().await;
+    let otlp = format!("http://{}", c.otlp_grpc_addr);
+    let backend = Backend::start().await;
+    let b = callee("v1", &backend, Some(&otlp)).await;
+    let services = format!("b:\n  versions:\n    v1: ['{}']", b.inbound);
+    let policy = "b: {retries: {attempts: 1, per_try_timeout: 150ms, backoff: {base: 1ms, max: 1ms}}}";
+    let a = agent(&agent_yaml("shop/a/v1", "127.0.0.1:9".parse().unwrap(), &services, policy, Some(&otlp))).await;
+    let app = App::via(&a);
+    for _ in 0..40 {
+        assert_eq!(app.get("b", "/ok").await.0, 200);
+    }
+    for _ in 0..10 {
+        assert_eq!(app.get("b", "/status/500").await.0, 500);
+    }
+    for _ in 0..3 {
+        assert_eq!(app.get("b", "/sleep/400").await.0, 504);
+    }
+    for _ in 0..4 {
+        assert_eq!(app.get("b", "/status/404").await.0, 404);
+    }
+    // 40 + 4 single tries, 10 + 3 requests tried twice: 70 attempts, 13 retries, 6 timeouts.
+    assert_eq!(backend.hits(), 70);
+    a.shutdown().await;
+    b.shutdown().await;
+    let url = format!("{}/api/v1/graph", c.api_url());
+    let g = eventually("the edge with every attempt", 20, || async {
+        let (_, g) = get_json(&url).await;
+        let e = edge(&g, "shop/a/v1", "shop/b/v1")?;
+        (e["stats"]["requests"] == 70 && e["stats"]["retries"] == 13).then_some(g)
+    })
+    .await;
+    let s = &edge(&g, "shop/a/v1", "shop/b/v1").unwrap()["stats"];
+    assert_eq!(s["timeouts"], 6, "{s}");
+    assert_eq!(s["codes"]["4xx"], 4, "{s}");
+    assert_eq!(s["codes"]["5xx"], 20, "{s}");
+    // The timed-out tries reached the callee: its agent counts them as cancelled (no response).
+    assert_eq!(s["codes"]["none"], 6, "{s}");
+    assert_eq!(s["errors"], 26, "{s}");
+    assert_eq!(s["codes"]["2xx"], 40, "{s}");
+    // Sampled at 100%: the spans paired too, and did not add to the agent-reported counts.
+    let (_, m) = get_json(&format!("{}/api/v1/workloads", c.api_url())).await;
+    assert!(m["workloads"].as_array().unwrap().iter().any(|w| w["app"] == "b"), "{m}");
+    let prom = reqwest::get(format!("{}/metrics", c.api_url())).await.unwrap().text().await.unwrap();
+    assert!(prom_value(&prom, "meshlens_collector_received_total{signal=\"spans\"}").unwrap_or(0.0) >= 70.0, "{prom}");
+}
