@@ -38,6 +38,12 @@ pub enum Command {
     /// changes; a bad version is refused and the old config keeps serving. See
     /// examples/agent/agent.yaml for every field.
     Agent(AgentArgs),
+    /// Send HTTP requests at a constant rate and report latency corrected for coordinated omission.
+    ///
+    /// Open loop, like wrk2, oha and fortio: a request is due every 1/RATE seconds whether or not
+    /// earlier ones have returned, and its latency counts from when it was due. Prints requested vs
+    /// achieved rate, success rate, status codes and p50/p90/p99/p99.9/max.
+    Load(LoadArgs),
     /// Print per-workload traffic stats (success rate, RPS, latency percentiles).
     Stat(StatArgs),
     /// Print the service graph as a table, JSON, Graphviz dot or Mermaid.
@@ -97,6 +103,37 @@ pub struct AgentArgs {
     /// How often the config file is checked for changes.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub reload_every: std::time::Duration,
+}
+
+/// Output formats of `load`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LoadOutput {
+    /// Aligned text.
+    Table,
+    /// JSON.
+    Json,
+}
+
+/// `meshlens load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Target URL (http://host:port/path).
+    pub url: String,
+    /// Requests per second.
+    #[arg(long, short, value_name = "RPS", default_value_t = 100.0)]
+    pub rate: f64,
+    /// How long to send.
+    #[arg(long, short, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+    /// Connections, each carrying one request at a time.
+    #[arg(long, short, value_name = "N", default_value_t = 16)]
+    pub connections: usize,
+    /// A request without a response after this counts as an error.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = LoadOutput::Table)]
+    pub output: LoadOutput,
 }
 
 /// Output formats of `stat`.
@@ -198,6 +235,24 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
     match cli.command {
         Command::Collector(a) => collector(a, out).await,
         Command::Agent(a) => agent(a, out).await,
+        Command::Load(a) => {
+            let url: http::Uri = a.url.parse().map_err(|e| CliError::Config(anyhow::anyhow!("{}: {e}", a.url)))?;
+            let config = meshlens_agent::load::LoadConfig {
+                url,
+                rate: a.rate,
+                duration: a.duration,
+                connections: a.connections,
+                timeout: a.timeout,
+            };
+            let report = meshlens_agent::load::run(config).await.map_err(|e| CliError::Config(e.into()))?;
+            match a.output {
+                LoadOutput::Json => {
+                    serde_json::to_writer_pretty(&mut *out, &report).map_err(runtime)?;
+                    writeln!(out).map_err(runtime)
+                }
+                LoadOutput::Table => meshlens_agent::load::write_table(out, &report).map_err(runtime),
+            }
+        }
         Command::Stat(a) => {
             let client = Client::new(&a.collector).map_err(runtime)?;
             let body = client.workloads(&a.window, &a.namespace).await.map_err(runtime)?;
@@ -280,7 +335,7 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
 }
 
 async fn agent<W: Write>(a: AgentArgs, out: &mut W) -> Result<(), CliError> {
-    let config = meshlens_agent::load(&a.config).map_err(|e| CliError::Config(e.into()))?;
+    let config = meshlens_agent::load_config(&a.config).map_err(|e| CliError::Config(e.into()))?;
     let workload = config.workload.id();
     let export = config.telemetry.as_ref().map_or("off".to_owned(), |t| {
         format!("{} every {:?}, {}% of new traces sampled", t.collector, t.interval, t.sampling * 100.0)

@@ -4,7 +4,8 @@
 //! routing and policy enforcement ([`route`]: split, load balancing, outlier detection, retry
 //! budget), request telemetry on the hot path ([`telemetry`]), trace context and spans ([`trace`]),
 //! OTLP export to the collector ([`export`]), its own counters ([`counters`]) and its config file
-//! with reload ([`config`]). It does not own the policy schema, which lives in `meshlens-model` so
+//! with reload ([`config`]); and the constant-rate load generator behind `meshlens load` ([`load`]),
+//! which drives traffic through agents. It does not own the policy schema, which lives in `meshlens-model` so
 //! the simulator reads the same types, nor anything of the collector's.
 //!
 //! [`start`] binds the listeners and returns a [`Running`] agent; tests run agents in-process on
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod counters;
 pub mod export;
+pub mod load;
 pub mod proxy;
 pub mod route;
 pub mod telemetry;
@@ -146,7 +148,7 @@ fn local(l: &TcpListener, what: &'static str, addr: SocketAddr) -> Result<Socket
 }
 
 /// Reads and parses a config file.
-pub fn load(path: &std::path::Path) -> Result<AgentConfig, AgentError> {
+pub fn load_config(path: &std::path::Path) -> Result<AgentConfig, AgentError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| AgentError::Read { path: path.display().to_string(), source })?;
     Ok(AgentConfig::parse(&text, &path.display().to_string())?)

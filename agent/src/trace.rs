@@ -3,7 +3,6 @@
 //! finished spans of sampled requests to the exporter through a bounded queue. A full queue drops
 //! the span and counts it; traffic never waits for telemetry.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -73,19 +72,21 @@ impl TraceContext {
 
     /// The `traceparent` header for this context.
     pub fn header(&self) -> HeaderValue {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        for b in &self.trace_id {
-            let _ = write!(s, "{b:02x}");
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for (i, b) in self.trace_id.iter().enumerate() {
+            out[3 + 2 * i] = HEX[usize::from(b >> 4)];
+            out[4 + 2 * i] = HEX[usize::from(b & 0xf)];
         }
-        s.push('-');
-        for b in &self.span_id {
-            let _ = write!(s, "{b:02x}");
+        for (i, b) in self.span_id.iter().enumerate() {
+            out[36 + 2 * i] = HEX[usize::from(b >> 4)];
+            out[37 + 2 * i] = HEX[usize::from(b & 0xf)];
         }
-        s.push_str(if self.sampled { "-01" } else { "-00" });
+        if self.sampled {
+            out[54] = b'1';
+        }
         // Only hex digits and dashes: always a valid header value.
-        HeaderValue::from_str(&s)
-            .unwrap_or(HeaderValue::from_static("00-00000000000000000000000000000000-0000000000000000-00"))
+        HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("00-00000000000000000000000000000000-0000000000000000-00"))
     }
 }
 

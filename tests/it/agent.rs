@@ -347,7 +347,7 @@ async fn a_broken_config_is_refused_and_a_reload_drops_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.yaml");
     std::fs::write(&path, yaml("b: {split: {v1: 100, v2: 0}}")).unwrap();
-    let config = meshlens_agent::load(&path).unwrap();
+    let config = meshlens_agent::load_config(&path).unwrap();
     let options = meshlens_agent::Options { watch: Some(path.clone()), reload_every: Duration::from_millis(50) };
     let a = meshlens_agent::start(config, options).await.unwrap();
     let app = App::via(&a);

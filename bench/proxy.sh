@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# The proxy benchmark: the agent (inbound -> app, telemetry on, tracing at 1%) against a direct
+# connection and against nginx and haproxy as reverse proxies, all in front of the same small
+# backend (an nginx answering "ok"), in one run on this machine.
+#
+# For each target, in interleaved rounds (so drift on a shared machine hits all alike), it measures:
+#   - CPU microseconds per request at a fixed rate (RATE, default 5000 rps): the proxy processes'
+#     utime+stime from /proc over the run, divided by the responses;
+#   - p50 and p99 at that rate with `meshlens load` (open loop, corrected for coordinated omission),
+#     and the added p50/p99 against the direct connection of the same round;
+#   - RSS of the proxy at HIGH rps (default 8000);
+#   - maximum throughput with wrk (closed loop, 2 threads, 64 connections).
+# Medians over ROUNDS (default 3) are printed as a markdown table for docs/PERFORMANCE.md.
+#
+# Usage: bench/proxy.sh            (RATE, HIGH, DURATION, CONNS, ROUNDS override the defaults)
+# Needs: nginx, haproxy, wrk (installed from Debian if missing), python3. Loopback only.
+set -euo pipefail
+
+RATE=${RATE:-5000}
+HIGH=${HIGH:-8000}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-3}
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/meshlens-target}
+
+missing=()
+for p in nginx haproxy wrk; do command -v "$p" >/dev/null || [ -x "/usr/sbin/$p" ] || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} from Debian" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+export PATH=$PATH:/usr/sbin
+
+cargo build --release --locked -q
+MESHLENS=$CARGO_TARGET_DIR/release/meshlens
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -f "$work/backend.pid" ] && kill "$(cat "$work/backend.pid")" 2>/dev/null || true
+    [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+    sleep 0.3
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BACKEND=$(free_port); NGINX=$(free_port); HAPROXY=$(free_port); AGENT=$(free_port); ADMIN=$(free_port)
+GRPC=$(free_port); OTLPHTTP=$(free_port); API=$(free_port)
+
+nginx_conf() { # name, port, workers, body
+    cat >"$work/$1.conf" <<EOF
+worker_processes $3;
+pid $work/$1.pid;
+error_log $work/$1.error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
+    server {
+        listen 127.0.0.1:$2 reuseport;
+        location / { $4 }
+    }
+}
+EOF
+}
+nginx_conf backend "$BACKEND" 1 'return 200 "ok";'
+nginx_conf nginx "$NGINX" 2 'proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";'
+nginx -c "$work/backend.conf" -p "$work" -e "$work/backend.error.log"
+nginx -c "$work/nginx.conf" -p "$work" -e "$work/nginx.error.log"
+
+cat >"$work/haproxy.cfg" <<EOF
+global
+    nbthread 2
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend f
+    bind 127.0.0.1:$HAPROXY
+    default_backend b
+backend b
+    http-reuse always
+    server s1 127.0.0.1:$BACKEND
+EOF
+haproxy -f "$work/haproxy.cfg" -q &
+pids+=($!); HAPROXY_PID=$!
+
+"$MESHLENS" collector --in-memory --otlp-grpc "127.0.0.1:$GRPC" --otlp-http "127.0.0.1:$OTLPHTTP" --http "127.0.0.1:$API" >"$work/collector.log" 2>&1 &
+pids+=($!)
+cat >"$work/agent.yaml" <<EOF
+workload: {namespace: bench, app: backend, version: v1}
+inbound: {listen: '127.0.0.1:$AGENT', app: '127.0.0.1:$BACKEND'}
+admin: {listen: '127.0.0.1:$ADMIN'}
+telemetry: {collector: 'http://127.0.0.1:$GRPC', interval: 5s, sampling: 0.01}
+EOF
+MESHLENS_LOG=warn "$MESHLENS" agent --config "$work/agent.yaml" >"$work/agent.log" 2>&1 &
+pids+=($!); AGENT_PID=$!
+
+wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; tail -n 5 "$work"/*.log >&2; exit 1; }
+for p in $BACKEND $NGINX $HAPROXY $AGENT; do wait_port "$p"; done
+
+NGINX_MASTER=$(cat "$work/nginx.pid")
+proc_pids() { # target -> the processes that do its work
+    case $1 in
+        direct) echo "" ;;
+        nginx) echo "$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')" ;;
+        haproxy) echo "$HAPROXY_PID" ;;
+        agent) echo "$AGENT_PID" ;;
+    esac
+}
+port_of() { case $1 in direct) echo "$BACKEND" ;; nginx) echo "$NGINX" ;; haproxy) echo "$HAPROXY" ;; agent) echo "$AGENT" ;; esac; }
+ticks() { local t=0; for p in $1; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+rss_kib() { local t=0; for p in $1; do t=$((t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status"))); done; echo "$t"; }
+
+TARGETS=(direct nginx haproxy agent)
+results=$work/results.jsonl
+for round in $(seq "$ROUNDS"); do
+    for t in "${TARGETS[@]}"; do
+        url="http://127.0.0.1:$(port_of "$t")/"
+        ps=$(proc_pids "$t")
+        "$MESHLENS" load "$url" --rate 1000 --duration 1s -c "$CONNS" -o json >/dev/null
+        c0=$(ticks "$ps")
+        "$MESHLENS" load "$url" --rate "$RATE" --duration "$DURATION" -c "$CONNS" -o json >"$work/fixed.json"
+        c1=$(ticks "$ps")
+        "$MESHLENS" load "$url" --rate "$HIGH" --duration 5s -c "$CONNS" -o json >"$work/high.json" &
+        lp=$!
+        sleep 4
+        rss=$(rss_kib "$ps")
+        wait "$lp"
+        rps=$(wrk -t2 -c64 -d5s "$url" | awk '/Requests\/sec/ {print $2}')
+        python3 - "$t" "$round" "$((c1 - c0))" "$(getconf CLK_TCK)" "$rss" "$rps" "$work/fixed.json" "$work/high.json" >>"$results" <<'EOF'
+import json, sys
+t, rnd, ticks, hz, rss, rps, fixed, high = sys.argv[1:]
+f = json.load(open(fixed)); h = json.load(open(high))
+print(json.dumps({"target": t, "round": int(rnd), "cpu_us": int(ticks) / int(hz) * 1e6 / max(f["responses"], 1),
+    "p50": f["latency_ms"]["p50"], "p99": f["latency_ms"]["p99"], "achieved": f["achieved_rps"],
+    "success": f["success_pct"], "high_achieved": h["achieved_rps"], "rss_mib": int(rss) / 1024, "max_rps": float(rps)}))
+EOF
+        echo "round $round $t done" >&2
+    done
+done
+
+python3 - "$results" "$RATE" "$HIGH" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+rate, high = sys.argv[2], sys.argv[3]
+direct = {r["round"]: r for r in rows if r["target"] == "direct"}
+def med(t, k): return statistics.median(r[k] for r in rows if r["target"] == t)
+def added(t, k): return statistics.median(r[k] - direct[r["round"]][k] for r in rows if r["target"] == t)
+print(f"| target | CPU µs/request @ {rate} rps | p50 ms | p99 ms | added p50 ms | added p99 ms | RSS MiB @ {high} rps | max rps (wrk) |")
+print("|---|---|---|---|---|---|---|---|")
+for t in ["direct", "nginx", "haproxy", "agent"]:
+    cpu = "—" if t == "direct" else f"{med(t, 'cpu_us'):.1f}"
+    rss = "—" if t == "direct" else f"{med(t, 'rss_mib'):.1f}"
+    print(f"| {t} | {cpu} | {med(t, 'p50'):.3f} | {med(t, 'p99'):.3f} | {added(t, 'p50'):+.3f} | {added(t, 'p99'):+.3f} | {rss} | {med(t, 'max_rps'):.0f} |")
+agent_cpu, nginx_cpu = med("agent", "cpu_us"), med("nginx", "cpu_us")
+print(f"\nagent/nginx CPU per request: {agent_cpu / nginx_cpu:.2f} (goal <= 1.0); "
+      f"added p50 agent - nginx: {added('agent', 'p50') - added('nginx', 'p50'):+.3f} ms (goal <= +0.05)")
+print(f"medians of {len(direct)} rounds; achieved rates at {rate} rps: " + ", ".join(f"{t} {med(t, 'achieved'):.0f}" for t in ["direct", "nginx", "haproxy", "agent"]))
+EOF
