@@ -103,6 +103,21 @@ pub struct AgentArgs {
     /// How often the config file is checked for changes.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub reload_every: std::time::Duration,
+    /// Worker threads. 1 (the default, as linkerd2-proxy) runs everything on one thread with no
+    /// cross-thread wakeups, the cheapest per request; more threads raise the ceiling.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+}
+
+impl Cli {
+    /// Worker threads the async runtime should have: `None` for the default (one per core), 1 for
+    /// a single-threaded runtime.
+    pub fn worker_threads(&self) -> Option<usize> {
+        match &self.command {
+            Command::Agent(a) => Some(usize::from(a.threads)),
+            _ => None,
+        }
+    }
 }
 
 /// Output formats of `load`.

@@ -1,6 +1,7 @@
 //! The meshlens agent: a sidecar L7 proxy beside one workload.
 //!
-//! It owns the proxy ([`proxy`]: inbound to the local app, outbound to other services by policy),
+//! It owns the proxy ([`proxy`]: inbound to the local app, outbound to other services by policy;
+//! [`pool`]: upstream connections per endpoint),
 //! routing and policy enforcement ([`route`]: split, load balancing, outlier detection, retry
 //! budget), request telemetry on the hot path ([`telemetry`]), trace context and spans ([`trace`]),
 //! OTLP export to the collector ([`export`]), its own counters ([`counters`]) and its config file
@@ -15,6 +16,7 @@ pub mod config;
 pub mod counters;
 pub mod export;
 pub mod load;
+pub mod pool;
 pub mod proxy;
 pub mod route;
 pub mod telemetry;

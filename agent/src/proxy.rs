@@ -14,12 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -28,14 +26,13 @@ use meshlens_model::policy::{Retries, RetryOn};
 
 use crate::config::AgentConfig;
 use crate::counters::Counters;
+use crate::pool::{ProxyBody, SendError, Upstream};
 use crate::route::{NoEndpoint, Route, Routes, VersionRoute, now_ms};
 use crate::telemetry::{Direction, ErrorKind, Outcome, PeerMetrics, Registry};
 use crate::trace::{SpanKind, SpanRecord, SpanSink, TraceContext};
 
-/// A boxed error.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type both proxies forward.
-pub type Body = BoxBody<Bytes, BoxError>;
+pub type Body = ProxyBody;
 
 /// Request bodies up to this size are kept so that the request can be retried.
 pub const MAX_REPLAY: u64 = 64 * 1024;
@@ -55,15 +52,21 @@ pub struct Runtime {
     pub source: HeaderValue,
     /// Fraction of new traces sampled.
     pub sampling: f64,
+    /// The local app's connections.
+    pub app: Arc<Upstream>,
 }
 
 impl Runtime {
-    /// Builds the runtime for `config`, keeping endpoint state from `old`.
+    /// Builds the runtime for `config`, keeping endpoint state and connections from `old`.
     pub fn new(config: AgentConfig, registry: &Registry, old: Option<&Runtime>) -> Self {
         let routes = Routes::build(&config, registry, old.map(|o| &o.routes));
         let source = HeaderValue::from_str(&config.workload.id()).unwrap_or(HeaderValue::from_static(""));
         let sampling = config.telemetry.as_ref().map_or(0.0, |t| t.sampling);
-        Self { config, routes, source, sampling }
+        let app = match old {
+            Some(o) if *o.app.addr == *config.app => o.app.clone(),
+            _ => Arc::new(Upstream::new(&config.app)),
+        };
+        Self { config, routes, source, sampling, app }
     }
 }
 
@@ -81,8 +84,8 @@ pub struct Shared {
     unknown_caller: Arc<PeerMetrics>,
     /// Outbound requests for services not in the config.
     unknown_service: Arc<PeerMetrics>,
-    h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
+    connect_timeout: Duration,
     origin: Instant,
 }
 
@@ -93,10 +96,8 @@ impl Shared {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.limits.connect_timeout));
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(256);
-        let h1 = builder.build(connector.clone());
         let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
+        let config_connect_timeout = config.limits.connect_timeout;
         let runtime = Runtime::new(config, &registry, None);
         Self {
             unknown_caller: registry.peer(Direction::Inbound, ""),
@@ -105,14 +106,35 @@ impl Shared {
             registry,
             counters,
             spans,
-            h1,
             h2,
+            connect_timeout: config_connect_timeout,
             origin: Instant::now(),
         }
     }
 
-    fn client(&self, version: Version) -> (&Client<HttpConnector, Body>, Version) {
-        if version == Version::HTTP_2 { (&self.h2, Version::HTTP_2) } else { (&self.h1, Version::HTTP_11) }
+    /// Sends `req` to `upstream`: HTTP/2 requests over the multiplexing client (absolute URI), the
+    /// rest over the endpoint's own HTTP/1.1 pool (origin form).
+    async fn send(&self, upstream: &Arc<Upstream>, mut req: Request<Body>) -> Result<Response<Body>, (ErrorKind, String)> {
+        if req.version() == Version::HTTP_2 {
+            let uri = upstream_uri(&upstream.addr, req.uri()).map_err(|e| (ErrorKind::NoEndpoint, format!("bad request target: {e}")))?;
+            *req.uri_mut() = uri;
+            return match self.h2.request(req).await {
+                Ok(resp) => Ok(resp.map(ProxyBody::Incoming)),
+                Err(e) if e.is_connect() => Err((ErrorKind::ConnectFailure, format!("{}: {e:#}", upstream.addr))),
+                Err(e) => Err((ErrorKind::Reset, format!("{}: {e:#}", upstream.addr))),
+            };
+        }
+        *req.version_mut() = Version::HTTP_11;
+        if req.uri().authority().is_some() {
+            let pq = req.uri().path_and_query().cloned();
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+            *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+        }
+        upstream.send(req, self.connect_timeout).await.map_err(|e| match e {
+            SendError::Connect(m) => (ErrorKind::ConnectFailure, m),
+            SendError::Reset(e) => (ErrorKind::Reset, format!("{}: {e:#}", upstream.addr)),
+        })
     }
 }
 
@@ -132,7 +154,7 @@ impl Drop for Recorder<'_> {
 }
 
 fn text_response(status: StatusCode, text: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed());
+    let mut r = Response::new(ProxyBody::full(text));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r.headers_mut().insert("x-meshlens-agent", HeaderValue::from_static("1"));
@@ -142,6 +164,21 @@ fn text_response(status: StatusCode, text: String) -> Response<Body> {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header names.
 /// `TE: trailers` stays, since gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass of cheap comparisons instead of a hashed remove per name.
+    let hop = |n: &HeaderName| {
+        n == header::CONNECTION
+            || n == header::TE
+            || n == header::TRANSFER_ENCODING
+            || n == header::UPGRADE
+            || n == header::TRAILER
+            || n == header::PROXY_AUTHENTICATE
+            || n == header::PROXY_AUTHORIZATION
+            || n.as_str() == "keep-alive"
+            || n.as_str() == "proxy-connection"
+    };
+    if !headers.keys().any(hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -176,10 +213,6 @@ fn upstream_uri(authority: &str, uri: &Uri) -> Result<Uri, http::Error> {
     Uri::builder().scheme("http").authority(authority).path_and_query(pq).build()
 }
 
-fn incoming(body: Incoming) -> Body {
-    body.map_err(|e| Box::new(e) as BoxError).boxed()
-}
-
 fn span_for(ctx: &TraceContext) -> Option<(TraceContext, SystemTime)> {
     ctx.sampled.then(|| (*ctx, SystemTime::now()))
 }
@@ -201,26 +234,18 @@ pub async fn inbound(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<
 
     strip_hop_by_hop(req.headers_mut());
     req.headers_mut().insert(&TRACEPARENT, ctx.header());
-    let (client, version) = shared.client(req.version());
-    *req.version_mut() = version;
-    let response = match upstream_uri(&rt.config.app, req.uri()) {
-        Ok(uri) => {
-            *req.uri_mut() = uri;
-            client.request(req.map(incoming)).await.map_err(|e| {
-                if e.is_connect() {
-                    (ErrorKind::ConnectFailure, format!("cannot connect to the app at {}: {e:#}", rt.config.app))
-                } else {
-                    (ErrorKind::Reset, format!("the app at {} broke the connection: {e:#}", rt.config.app))
-                }
-            })
-        }
-        Err(e) => Err((ErrorKind::NoEndpoint, format!("bad request target: {e}"))),
-    };
+    let response = shared.send(&rt.app, req.map(ProxyBody::Incoming)).await.map_err(|(kind, message)| {
+        let message = match kind {
+            ErrorKind::ConnectFailure => format!("cannot connect to the app: {message}"),
+            _ => format!("the app broke the connection: {message}"),
+        };
+        (kind, message)
+    });
     let (resp, outcome, error) = match response {
         Ok(mut resp) => {
             strip_hop_by_hop(resp.headers_mut());
             let status = resp.status().as_u16();
-            (resp.map(incoming), Outcome::status(status), "")
+            (resp, Outcome::status(status), "")
         }
         Err((kind, message)) => {
             let outcome = Outcome { status: 502, error: kind, reached: true };
@@ -262,7 +287,7 @@ fn target_host(req: &Request<Incoming>) -> Option<&str> {
 
 /// What an attempt came to.
 enum Attempt {
-    Response(Response<Incoming>),
+    Response(Response<Body>),
     Failed(ErrorKind, String),
 }
 
@@ -355,7 +380,6 @@ async fn route_request(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(&SOURCE, rt.source.clone());
-    let (client, http_version) = shared.client(parts.version);
 
     // A small body is kept so the request can be replayed; a large one streams once.
     let small = body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= MAX_REPLAY);
@@ -403,20 +427,14 @@ async fn route_request(
         let mut headers = parts.headers.clone();
         headers.insert(&TRACEPARENT, attempt_ctx.header());
         let body = match (&replay, once.take()) {
-            (Some(bytes), _) => Full::new(bytes.clone()).map_err(|e| match e {}).boxed(),
-            (None, Some(b)) => incoming(b),
-            (None, None) => Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
-        };
-        let uri = match upstream_uri(&endpoint.endpoint().authority, &parts.uri) {
-            Ok(u) => u,
-            Err(e) => {
-                return text_response(StatusCode::BAD_REQUEST, format!("meshlens agent: bad request target: {e}\n"));
-            }
+            (Some(bytes), _) => ProxyBody::full(bytes.clone()),
+            (None, Some(b)) => ProxyBody::Incoming(b),
+            (None, None) => ProxyBody::empty(),
         };
         let mut upstream = Request::new(body);
         *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = uri;
-        *upstream.version_mut() = http_version;
+        *upstream.uri_mut() = parts.uri.clone();
+        *upstream.version_mut() = parts.version;
         *upstream.headers_mut() = headers;
 
         let per_try = policy.retries.as_ref().and_then(|r| r.per_try_timeout);
@@ -428,7 +446,7 @@ async fn route_request(
         let attempt_start = Instant::now();
         let wall = SystemTime::now();
         let mut rec = Recorder { metrics: &version.metrics, start: attempt_start, outcome: None };
-        let send = client.request(upstream);
+        let send = shared.send(&endpoint.endpoint().upstream, upstream);
         let result = match limit {
             Some(limit) => tokio::time::timeout(limit, send).await.ok(),
             None => Some(send.await),
@@ -445,8 +463,7 @@ async fn route_request(
                 Attempt::Failed(ErrorKind::Timeout, format!("no response within {:?}", limit.unwrap_or_default()))
             }
             Some(Ok(resp)) => Attempt::Response(resp),
-            Some(Err(e)) if e.is_connect() => Attempt::Failed(ErrorKind::ConnectFailure, format!("{e:#}")),
-            Some(Err(e)) => Attempt::Failed(ErrorKind::Reset, format!("{e:#}")),
+            Some(Err((kind, message))) => Attempt::Failed(kind, message),
         };
         let outcome = match &attempt {
             Attempt::Response(r) => Outcome::status(r.status().as_u16()),
@@ -503,7 +520,7 @@ async fn route_request(
         return match attempt {
             Attempt::Response(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut());
-                resp.map(incoming)
+                resp
             }
             Attempt::Failed(kind, message) => upstream_failed(route, version, kind, &message, retry),
         };

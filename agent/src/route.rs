@@ -17,6 +17,7 @@ use meshlens_model::policy::{LoadBalancer, OutlierDetection, Retries, ServicePol
 
 use crate::config::AgentConfig;
 use crate::counters::Counters;
+use crate::pool::Upstream;
 use crate::telemetry::{Direction, PeerMetrics, Registry};
 
 /// Ejection time stops growing here (Envoy's `max_ejection_time` default).
@@ -26,6 +27,8 @@ pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 pub struct Endpoint {
     /// `host:port`.
     pub authority: Arc<str>,
+    /// Its connections.
+    pub upstream: Arc<Upstream>,
     in_flight: AtomicU64,
     consecutive_5xx: AtomicU32,
     /// Milliseconds since the clock's origin until which the endpoint is ejected; 0 when not.
@@ -38,6 +41,7 @@ impl Endpoint {
     fn new(authority: &str) -> Self {
         Self {
             authority: authority.into(),
+            upstream: Arc::new(Upstream::new(authority)),
             in_flight: AtomicU64::new(0),
             consecutive_5xx: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),

@@ -1,0 +1,220 @@
+//! Upstream HTTP/1.1 connections, pooled per endpoint, and the one body type both proxies forward.
+//!
+//! hyper-util's general-purpose client looks up a pool by scheme and authority and rebuilds an
+//! absolute URI on every request; here each endpoint owns its idle connections, found without a
+//! lookup, and requests go out in origin form as they came. A connection returns to its pool when
+//! its response body has been read to the end (a body dropped early closes it). A request that a
+//! pooled connection refused before sending anything (the server had closed it) is retried once on a
+//! new connection, as hyper-util does. HTTP/2 keeps hyper-util's client, which multiplexes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+
+/// A boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Idle connections kept per endpoint.
+pub const MAX_IDLE: usize = 256;
+
+/// The body of a forwarded request or response: no boxing on the common paths.
+pub enum ProxyBody {
+    /// Streamed from a peer.
+    Incoming(Incoming),
+    /// Streamed from an upstream connection that goes back to its pool at the end.
+    Pooled(PooledBody),
+    /// In memory (a replayable request body, or the agent's own answer).
+    Full(Full<Bytes>),
+}
+
+impl ProxyBody {
+    /// A body of `bytes`.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ProxyBody::Full(Full::new(bytes.into()))
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        ProxyBody::Full(Full::new(Bytes::new()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Pooled(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Incoming(b) => b.is_end_stream(),
+            ProxyBody::Pooled(b) => b.body.is_end_stream(),
+            ProxyBody::Full(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Incoming(b) => b.size_hint(),
+            ProxyBody::Pooled(b) => b.body.size_hint(),
+            ProxyBody::Full(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A response body that gives its connection back when read to the end.
+pub struct PooledBody {
+    body: Incoming,
+    conn: Option<(SendRequest<ProxyBody>, Arc<Upstream>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((conn, upstream)) = self.conn.take() {
+            upstream.put(conn);
+        }
+    }
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            // A server that knows the length stops polling after the last byte: release then.
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
+            _ => {}
+        }
+        polled.map_err(Into::into)
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+/// Why an upstream request failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made.
+    Connect(String),
+    /// The connection broke before a response.
+    Reset(hyper::Error),
+}
+
+/// One endpoint's connections.
+pub struct Upstream {
+    /// `host:port` to connect to.
+    pub addr: Arc<str>,
+    idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+}
+
+impl Upstream {
+    /// An endpoint at `addr` (`host:port`), with no connections yet.
+    pub fn new(addr: &str) -> Self {
+        Self { addr: addr.into(), idle: Mutex::new(Vec::new()) }
+    }
+
+    fn put(&self, conn: SendRequest<ProxyBody>) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
+    fn take(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.idle.lock();
+        while let Some(c) = idle.pop() {
+            if !c.is_closed() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<SendRequest<ProxyBody>, SendError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&*self.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(SendError::Connect(format!("connecting to {}: {e}", self.addr))),
+            Err(_) => return Err(SendError::Connect(format!("connecting to {}: no answer in {timeout:?}", self.addr))),
+        };
+        let _ = stream.set_nodelay(true);
+        let (send, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect(format!("connecting to {}: {e}", self.addr)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(send)
+    }
+
+    /// Sends `req` (origin form, headers as they go out) on a pooled or new connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<ProxyBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        let mut pooled = self.take();
+        loop {
+            let fresh = pooled.is_none();
+            let mut conn = match pooled.take() {
+                Some(c) => c,
+                None => self.connect(connect_timeout).await?,
+            };
+            if conn.ready().await.is_err() {
+                if fresh {
+                    return Err(SendError::Connect(format!("{} closed the connection at once", self.addr)));
+                }
+                pooled = self.take();
+                continue;
+            }
+            match conn.try_send_request(req).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = if body.is_end_stream() {
+                        self.put(conn);
+                        ProxyBody::Incoming(body)
+                    } else {
+                        ProxyBody::Pooled(PooledBody { body, conn: Some((conn, self.clone())) })
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Nothing was sent on a connection the server had closed: once more, anew.
+                    Some(unsent) if !fresh => {
+                        req = unsent;
+                        pooled = None;
+                    }
+                    _ => return Err(SendError::Reset(e.into_error())),
+                },
+            }
+        }
+    }
+}
