@@ -266,7 +266,16 @@ pub fn write_table(out: &mut impl std::io::Write, r: &LoadReport) -> std::io::Re
         "achieved      {:.1} rps  ({} responses in {:.2}s; {} errors, {} never sent)",
         r.achieved_rps, r.responses, r.elapsed_s, r.errors, r.unsent
     )?;
-    writeln!(out, "success       {:.2}%  ({})", r.success_pct, if codes.is_empty() { "no responses".into() } else { codes.join(", ") })?;
-    writeln!(out, "latency       {}  (from the intended send time: corrected for coordinated omission)", p(&r.latency_ms))?;
+    writeln!(
+        out,
+        "success       {:.2}%  ({})",
+        r.success_pct,
+        if codes.is_empty() { "no responses".into() } else { codes.join(", ") }
+    )?;
+    writeln!(
+        out,
+        "latency       {}  (from the intended send time: corrected for coordinated omission)",
+        p(&r.latency_ms)
+    )?;
     writeln!(out, "service time  {}  (from the actual send)", p(&r.service_time_ms))
 }

@@ -114,9 +114,14 @@ impl Shared {
 
     /// Sends `req` to `upstream`: HTTP/2 requests over the multiplexing client (absolute URI), the
     /// rest over the endpoint's own HTTP/1.1 pool (origin form).
-    async fn send(&self, upstream: &Arc<Upstream>, mut req: Request<Body>) -> Result<Response<Body>, (ErrorKind, String)> {
+    async fn send(
+        &self,
+        upstream: &Arc<Upstream>,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, (ErrorKind, String)> {
         if req.version() == Version::HTTP_2 {
-            let uri = upstream_uri(&upstream.addr, req.uri()).map_err(|e| (ErrorKind::NoEndpoint, format!("bad request target: {e}")))?;
+            let uri = upstream_uri(&upstream.addr, req.uri())
+                .map_err(|e| (ErrorKind::NoEndpoint, format!("bad request target: {e}")))?;
             *req.uri_mut() = uri;
             return match self.h2.request(req).await {
                 Ok(resp) => Ok(resp.map(ProxyBody::Incoming)),

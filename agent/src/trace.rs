@@ -86,7 +86,8 @@ impl TraceContext {
             out[54] = b'1';
         }
         // Only hex digits and dashes: always a valid header value.
-        HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("00-00000000000000000000000000000000-0000000000000000-00"))
+        HeaderValue::from_bytes(&out)
+            .unwrap_or(HeaderValue::from_static("00-00000000000000000000000000000000-0000000000000000-00"))
     }
 }
 
