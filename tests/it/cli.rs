@@ -72,3 +72,47 @@ async fn errors_are_one_line_with_the_right_exit_code() {
     let o = meshlens(&["--help"]).await;
     assert!(stdout(&o).contains("collector") && stdout(&o).contains("stat"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_refuses_a_bad_config_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(
+        &path,
+        "workload: {app: a}\ninbound: {listen: '127.0.0.1:0', app: '127.0.0.1:9'}\nadmin: {listen: '127.0.0.1:0'}\n\
+         services: {b: {versions: {v1: ['127.0.0.1:9']}}}\npolicy: {services: {b: {retries: {attempts: 2, per_try_timeout: 5s}, timeout: 1s}}}\n",
+    )
+    .unwrap();
+    let o = meshlens(&["agent", "--config", path.to_str().unwrap()]).await;
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("agent.yaml") && err.contains("policy.services.b.retries.per_try_timeout"), "{err}");
+}
+
+/// `meshlens load` against a backend that counts what it received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_what_the_backend_received() {
+    let backend = crate::backend::Backend::start().await;
+    let url = format!("http://{}/ok", backend.addr);
+    let o = meshlens(&["load", &url, "--rate", "200", "--duration", "2s", "-c", "4", "-o", "json"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["responses"], 400, "{r}");
+    assert_eq!(r["responses"].as_u64(), Some(backend.hits()));
+    assert_eq!((r["errors"].as_u64(), r["unsent"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(r["codes"]["200"], 400);
+    let achieved = r["achieved_rps"].as_f64().unwrap();
+    assert!((150.0..=205.0).contains(&achieved), "{achieved}");
+    assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+
+    // A stalled server shows in the corrected latency, not only in the service time.
+    let slow = format!("http://{}/sleep/300", backend.addr);
+    let o = meshlens(&["load", &slow, "--rate", "10", "--duration", "1s", "-c", "1", "-o", "json"]).await;
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (corrected, service) =
+        (r["latency_ms"]["p99"].as_f64().unwrap(), r["service_time_ms"]["p99"].as_f64().unwrap());
+    assert!(corrected > 2.0 * service, "one connection, 300 ms each, 10 due a second: {corrected} vs {service}");
+
+    let o = meshlens(&["load", "ftp://x/", "--rate", "1"]).await;
+    assert_eq!(o.status.code(), Some(2));
+}
