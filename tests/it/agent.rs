@@ -434,4 +434,40 @@ async fn telemetry_counts_each_request_once_in_the_collector() {
     assert!(m["workloads"].as_array().unwrap().iter().any(|w| w["app"] == "b"), "{m}");
     let prom = reqwest::get(format!("{}/metrics", c.api_url())).await.unwrap().text().await.unwrap();
     assert!(prom_value(&prom, "meshlens_collector_received_total{signal=\"spans\"}").unwrap_or(0.0) >= 70.0, "{prom}");
+    // Each attempt's CLIENT span paired with the callee agent's SERVER span (only the 6 timed-out
+    // attempts, whose SERVER spans ended as cancelled, could miss their partner's end).
+    let paired = prom_value(&prom, "meshlens_collector_spans_paired_total").unwrap_or(0.0);
+    assert!(paired >= 2.0 * 64.0, "{paired} span halves paired\n{prom}");
+}
+
+/// The collector down: traffic flows as fast as ever, spans beyond the queue are dropped and
+/// counted, failed exports are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_collector_slows_nothing_and_drops_are_counted() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let backend = Backend::start().await;
+    // The endpoint by DNS name, as configs may give it.
+    let b = callee("v1", &backend, None).await;
+    let services = format!("b:\n  versions:\n    v1: ['localhost:{}']", b.inbound.port());
+    let mut yaml =
+        agent_yaml("shop/a/v1", "127.0.0.1:9".parse().unwrap(), &services, "", Some(&format!("http://{dead}")));
+    yaml = yaml.replace("sampling: 1.0}", "sampling: 1.0, span_queue: 4}");
+    let a = agent(&yaml).await;
+    let app = App::via(&a);
+    let started = Instant::now();
+    for _ in 0..200 {
+        assert_eq!(app.get("b", "/ok").await.0, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    eventually("drops and failures counted", 10, || async {
+        let c = &a.counters;
+        (c.spans_dropped.get() > 0 && c.export_failures.get() > 0).then_some(())
+    })
+    .await;
+    let text = admin(&a).await;
+    assert!(metric(&text, "spans_dropped_total") > 0.0, "{text}");
+    assert_eq!(metric(&text, "spans_exported_total"), 0.0);
 }
