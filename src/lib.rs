@@ -2,6 +2,8 @@
 //! into their crate. `main.rs` only sets up logging and maps errors to exit codes; tests call
 //! [`run`] directly.
 
+pub mod demo;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +25,13 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a live mesh on loopback: bookinfo behind agents, a collector and steady load.
+    ///
+    /// Starts Istio's bookinfo (productpage, details, reviews v1/v2/v3, ratings), each app version
+    /// behind its own agent with the demo's policies (examples/bookinfo/mesh.yaml), an embedded
+    /// collector and a load generator sending --rate requests a second to productpage. Ctrl-C (or
+    /// --duration) stops everything.
+    Demo(DemoArgs),
     /// Receive OTLP traces and metrics, build the versioned service graph, serve the API.
     ///
     /// Listens for OTLP/gRPC and OTLP/HTTP from agents and any OpenTelemetry SDK, and serves the JSON
@@ -94,6 +103,41 @@ pub struct CollectorArgs {
     pub failing_error_pct: f64,
 }
 
+/// `meshlens demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Requests per second to the entry service (productpage).
+    #[arg(long, short, value_name = "RPS", default_value_t = 20.0)]
+    pub rate: f64,
+    /// Stop after this long (default: run until Ctrl-C).
+    #[arg(long, short, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Make an app or app version fail a share of its requests with 500: reviews-v3=20%.
+    #[arg(long, value_name = "APP[-VERSION]=PCT%")]
+    pub fault: Vec<String>,
+    /// Slow an app or app version down: ratings=100ms.
+    #[arg(long, value_name = "APP[-VERSION]=DURATION")]
+    pub delay: Vec<String>,
+    /// Run this mesh file instead of bookinfo (same shape as examples/bookinfo/mesh.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub mesh: Option<PathBuf>,
+    /// Never draw a UI; print the addresses and a summary at the end.
+    #[arg(long)]
+    pub headless: bool,
+    /// Collector API and UI address (default 127.0.0.1:7420, or a free port if that is taken).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// OTLP/gRPC address (default 127.0.0.1:4317, or a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub otlp_grpc: Option<SocketAddr>,
+    /// OTLP/HTTP address (default 127.0.0.1:4318, or a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub otlp_http: Option<SocketAddr>,
+    /// How often the agents export their metrics.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub export_interval: std::time::Duration,
+}
+
 /// `meshlens agent`.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -110,6 +154,15 @@ pub struct AgentArgs {
 }
 
 impl Cli {
+    /// The log filter when `MESHLENS_LOG` is not set: `info`, but the demo keeps its dozen
+    /// components' start-up lines to itself.
+    pub fn default_log_filter(&self) -> &'static str {
+        match &self.command {
+            Command::Demo(_) => "warn",
+            _ => "info",
+        }
+    }
+
     /// Worker threads the async runtime should have: `None` for the default (one per core), 1 for
     /// a single-threaded runtime.
     pub fn worker_threads(&self) -> Option<usize> {
@@ -250,6 +303,7 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
     match cli.command {
         Command::Collector(a) => collector(a, out).await,
         Command::Agent(a) => agent(a, out).await,
+        Command::Demo(a) => demo_cmd(a, out).await,
         Command::Load(a) => {
             let url: http::Uri = a.url.parse().map_err(|e| CliError::Config(anyhow::anyhow!("{}: {e}", a.url)))?;
             let config = meshlens_agent::load::LoadConfig {
@@ -372,5 +426,69 @@ async fn agent<W: Write>(a: AgentArgs, out: &mut W) -> Result<(), CliError> {
     .map_err(runtime)?;
     let outcome = tokio::signal::ctrl_c().await.map_err(runtime);
     running.shutdown().await;
+    outcome
+}
+
+/// `preferred` if it can be bound now, else any free port on loopback.
+fn port_or_free(given: Option<SocketAddr>, preferred: u16) -> SocketAddr {
+    if let Some(a) = given {
+        return a;
+    }
+    let want = SocketAddr::from(([127, 0, 0, 1], preferred));
+    match std::net::TcpListener::bind(want) {
+        Ok(_) => want,
+        Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
+async fn demo_cmd<W: Write>(a: DemoArgs, out: &mut W) -> Result<(), CliError> {
+    let mesh = match &a.mesh {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| CliError::Config(anyhow::anyhow!("reading {}: {e}", path.display())))?,
+            path.display().to_string(),
+        ),
+        None => (demo::BOOKINFO.to_owned(), "examples/bookinfo/mesh.yaml".to_owned()),
+    };
+    let config = demo::DemoConfig {
+        mesh,
+        rate: a.rate,
+        faults: a.fault.clone(),
+        delays: a.delay.clone(),
+        http: port_or_free(a.http, 7420),
+        otlp_grpc: port_or_free(a.otlp_grpc, 4317),
+        otlp_http: port_or_free(a.otlp_http, 4318),
+        export_interval: a.export_interval,
+    };
+    let running = demo::start(config).await.map_err(|e| CliError::Config(e.into()))?;
+    let url = running.api_url();
+    let mut text = format!(
+        "meshlens demo: bookinfo on loopback, {} requests a second to productpage\n  API and UI  {url}\n  OTLP/gRPC   {}\n  workloads\n",
+        a.rate, running.collector.otlp_grpc_addr
+    );
+    for w in &running.workloads {
+        text.push_str(&format!("    {:<28} agent http://{}  admin http://{}/metrics\n", w.id, w.inbound, w.admin));
+    }
+    let stop = match a.duration {
+        Some(d) => format!("It stops after {d:?}; Ctrl-C stops it sooner."),
+        None => "Ctrl-C stops it.".to_owned(),
+    };
+    text.push_str(&format!(
+        "Look at it:\n  meshlens stat --collector {url}\n  meshlens graph --collector {url}\n{stop}\n"
+    ));
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(runtime)?;
+    let wait = async {
+        match a.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map_err(runtime),
+        () = wait => Ok(()),
+    };
+    let counts: Vec<u64> = running.load.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    running.shutdown().await.map_err(|e| runtime(anyhow::anyhow!(e)))?;
+    writeln!(out, "sent {} requests: {} answered, {} failed", counts[0], counts[1], counts[2]).map_err(runtime)?;
     outcome
 }

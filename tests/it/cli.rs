@@ -116,3 +116,66 @@ async fn load_reports_what_the_backend_received() {
     let o = meshlens(&["load", "ftp://x/", "--rate", "1"]).await;
     assert_eq!(o.status.code(), Some(2));
 }
+
+fn api_port(stdout: &str) -> u16 {
+    let line = stdout.lines().find(|l| l.contains("API and UI")).unwrap_or_else(|| panic!("{stdout}"));
+    line.rsplit(':').next().unwrap().trim().parse().unwrap()
+}
+
+fn agent_ports(stdout: &str) -> Vec<u16> {
+    stdout
+        .lines()
+        .filter(|l| l.contains(" agent http://"))
+        .map(|l| l.split("agent http://127.0.0.1:").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
+}
+
+fn free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_for_its_duration_and_leaves_nothing_bound() {
+    let any = "127.0.0.1:0";
+    let o =
+        meshlens(&["demo", "--headless", "--duration", "2s", "--http", any, "--otlp-grpc", any, "--otlp-http", any])
+            .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = stdout(&o);
+    assert_eq!(agent_ports(&text).len(), 6, "{text}");
+    assert!(text.contains("meshlens stat --collector http://127.0.0.1:"), "{text}");
+    assert!(text.lines().last().unwrap().starts_with("sent "), "{text}");
+    assert!(free(api_port(&text)) && agent_ports(&text).into_iter().all(free));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_stops_cleanly_on_ctrl_c() {
+    use tokio::io::AsyncBufReadExt;
+    let any = "127.0.0.1:0";
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlens"))
+        .args(["demo", "--headless", "--http", any, "--otlp-grpc", any, "--otlp-http", any])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut text = String::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        text.push_str(&line);
+        text.push('\n');
+        if line.contains("Ctrl-C stops it") {
+            break;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    while let Some(line) = lines.next_line().await.unwrap() {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    assert!(text.contains("sent "), "{text}");
+    assert!(free(api_port(&text)) && agent_ports(&text).into_iter().all(free));
+}

@@ -9,6 +9,7 @@ mod agent;
 mod api;
 mod backend;
 mod cli;
+mod demo;
 mod otlp;
 mod prometheus;
 mod python_sdk;

@@ -1,0 +1,530 @@
+//! `meshlens demo`: a live mesh on loopback in one process — Istio's bookinfo (or any mesh file of
+//! the same shape), each app version a small HTTP service behind its own agent, an embedded
+//! collector, and a constant-rate load on the entry service.
+//!
+//! The mesh comes from `examples/bookinfo/mesh.yaml` (compiled in) or `--mesh FILE`: apps, their
+//! versions' service times, the calls each makes, and the policy every caller's agent applies.
+//! `--fault` and `--delay` change apps at start (a version that fails a share of its requests, a
+//! slower service). Everything runs in this process on 127.0.0.1, so stopping it leaves nothing
+//! behind.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use meshlens_agent::pool::{ProxyBody, Upstream};
+use meshlens_model::policy::PolicyFile;
+use meshlens_model::time::parse_duration;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The bookinfo mesh, as shipped in `examples/bookinfo/mesh.yaml`.
+pub const BOOKINFO: &str = include_str!("../examples/bookinfo/mesh.yaml");
+
+/// A mesh file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshFile {
+    /// Namespace of every app.
+    pub namespace: String,
+    /// The service the load generator calls.
+    pub entry: String,
+    /// Apps by name.
+    pub apps: BTreeMap<String, AppSpec>,
+    /// The policy every caller's agent applies.
+    #[serde(default)]
+    pub policy: PolicyFile,
+}
+
+/// One app as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// Its versions.
+    pub versions: BTreeMap<String, VersionSpec>,
+}
+
+/// One version as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionSpec {
+    /// Median service time of the app itself.
+    pub latency: String,
+    /// Services it calls, in order.
+    #[serde(default)]
+    pub calls: Vec<String>,
+    /// Percent of requests it fails with a 500.
+    #[serde(default)]
+    pub error_pct: f64,
+}
+
+/// A mesh file or a flag that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DemoError(pub String);
+
+/// One app version, resolved.
+#[derive(Clone, Debug)]
+struct Version {
+    app: String,
+    version: String,
+    latency: Duration,
+    extra_delay: Duration,
+    error_pct: f64,
+    calls: Vec<String>,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    /// The mesh file's text and its name for errors.
+    pub mesh: (String, String),
+    /// Requests per second to the entry service.
+    pub rate: f64,
+    /// `APP[-VERSION]=PCT%` faults.
+    pub faults: Vec<String>,
+    /// `APP[-VERSION]=DURATION` delays.
+    pub delays: Vec<String>,
+    /// Collector API address (port 0: any free port).
+    pub http: SocketAddr,
+    /// OTLP/gRPC address.
+    pub otlp_grpc: SocketAddr,
+    /// OTLP/HTTP address.
+    pub otlp_http: SocketAddr,
+    /// How often agents export.
+    pub export_interval: Duration,
+}
+
+/// Which versions `target` (`app` or `app-version`) names.
+fn matches(target: &str, v: &Version) -> bool {
+    target == v.app || target == format!("{}-{}", v.app, v.version)
+}
+
+fn resolve(config: &DemoConfig) -> Result<(MeshFile, Vec<Version>), DemoError> {
+    let (text, origin) = &config.mesh;
+    let mesh: MeshFile = serde_yaml_ng::from_str(text).map_err(|e| DemoError(format!("{origin}: {e}")))?;
+    if !mesh.apps.contains_key(&mesh.entry) {
+        return Err(DemoError(format!("{origin}: entry: no app {:?} under apps", mesh.entry)));
+    }
+    mesh.policy.resolve().map_err(|e| DemoError(format!("{origin}: policy.{e}")))?;
+    let mut versions = Vec::new();
+    for (app, spec) in &mesh.apps {
+        if spec.versions.is_empty() {
+            return Err(DemoError(format!("{origin}: apps.{app}.versions: needs at least one version")));
+        }
+        for (version, v) in &spec.versions {
+            let at = format!("{origin}: apps.{app}.versions.{version}");
+            let latency = parse_duration(&v.latency).map_err(|e| DemoError(format!("{at}.latency: {e}")))?;
+            if !(0.0..=100.0).contains(&v.error_pct) {
+                return Err(DemoError(format!("{at}.error_pct: {} is not a percent", v.error_pct)));
+            }
+            for (i, callee) in v.calls.iter().enumerate() {
+                if !mesh.apps.contains_key(callee) || callee == app {
+                    return Err(DemoError(format!("{at}.calls[{i}]: no other app {callee:?} under apps")));
+                }
+            }
+            versions.push(Version {
+                app: app.clone(),
+                version: version.clone(),
+                latency,
+                extra_delay: Duration::ZERO,
+                error_pct: v.error_pct,
+                calls: v.calls.clone(),
+            });
+        }
+    }
+    apply(
+        &mut versions,
+        "--fault",
+        "PCT%",
+        &config.faults,
+        |pct| {
+            pct.trim_end_matches('%')
+                .parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..=100.0).contains(p))
+                .ok_or_else(|| format!("{pct:?} is not a percent such as 20%"))
+        },
+        |v, pct| v.error_pct = pct,
+    )?;
+    apply(
+        &mut versions,
+        "--delay",
+        "DURATION",
+        &config.delays,
+        |d| parse_duration(d).map_err(|e| e.to_string()),
+        |v, d| v.extra_delay = d,
+    )?;
+    // Callers need their callees' agents first: refuse call cycles.
+    let mut order: Vec<String> = Vec::new();
+    while order.len() < mesh.apps.len() {
+        let before = order.len();
+        for app in mesh.apps.keys() {
+            if order.contains(app) {
+                continue;
+            }
+            let ready = versions.iter().filter(|v| &v.app == app).all(|v| v.calls.iter().all(|c| order.contains(c)));
+            if ready {
+                order.push(app.clone());
+            }
+        }
+        if order.len() == before {
+            return Err(DemoError(format!("{origin}: apps call each other in a cycle")));
+        }
+    }
+    versions.sort_by_key(|v| order.iter().position(|a| *a == v.app));
+    Ok((mesh, versions))
+}
+
+/// Applies `APP[-VERSION]=VALUE` flags to the versions they name.
+fn apply<T: Copy>(
+    versions: &mut [Version],
+    flag: &str,
+    what: &str,
+    values: &[String],
+    parse: impl Fn(&str) -> Result<T, String>,
+    set: impl Fn(&mut Version, T),
+) -> Result<(), DemoError> {
+    for text in values {
+        let (target, value) =
+            text.split_once('=').ok_or_else(|| DemoError(format!("{flag} {text}: expected APP[-VERSION]={what}")))?;
+        let value = parse(value).map_err(|e| DemoError(format!("{flag} {text}: {e}")))?;
+        let mut hit = false;
+        for v in versions.iter_mut().filter(|v| matches(target, v)) {
+            set(v, value);
+            hit = true;
+        }
+        if !hit {
+            return Err(DemoError(format!("{flag} {text}: no app or app-version {target:?} in the mesh")));
+        }
+    }
+    Ok(())
+}
+
+/// A service time around `median`, with a tail (lognormal, σ = 0.4).
+fn draw(median: Duration) -> Duration {
+    let (u1, u2) = (fastrand::f64().max(1e-12), fastrand::f64());
+    let normal = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+    median.mul_f64((0.4 * normal).exp().min(20.0))
+}
+
+fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+/// An app version. It calls its callees through its agent's outbound listener, which is known
+/// only once the agent is up (after the app, which the agent forwards to).
+struct App {
+    v: Version,
+    outbound: std::sync::OnceLock<Arc<Upstream>>,
+}
+
+async fn serve_app(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let v = &app.v;
+    tokio::time::sleep(draw(v.latency) + v.extra_delay).await;
+    if v.error_pct > 0.0 && fastrand::f64() * 100.0 < v.error_pct {
+        return Ok(reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{}-{} failed (demo fault)\n", v.app, v.version)));
+    }
+    let traceparent = req.headers().get("traceparent").cloned();
+    let mut parts = Vec::new();
+    for callee in &v.calls {
+        let Some(outbound) = app.outbound.get() else { break };
+        let mut call = Request::new(ProxyBody::empty());
+        *call.uri_mut() = format!("/{callee}").parse().unwrap_or_default();
+        if let Ok(host) = callee.parse() {
+            call.headers_mut().insert(http::header::HOST, host);
+        }
+        if let Some(tp) = &traceparent {
+            call.headers_mut().insert("traceparent", tp.clone());
+        }
+        let status = match outbound.send(call, Duration::from_secs(1)).await {
+            Ok(resp) => {
+                let status = resp.status();
+                let _ = resp.into_body().collect().await;
+                status
+            }
+            Err(_) => StatusCode::BAD_GATEWAY,
+        };
+        if status.is_server_error() {
+            return Ok(reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}-{}: {callee} answered {status}\n", v.app, v.version),
+            ));
+        }
+        parts.push(format!("\"{callee}\":{}", status.as_u16()));
+    }
+    Ok(reply(StatusCode::OK, format!("{{\"app\":\"{}\",\"version\":\"{}\",{}}}\n", v.app, v.version, parts.join(","))))
+}
+
+async fn start_app(app: Arc<App>) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            let app = app.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| serve_app(app.clone(), req));
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+/// One workload of a running demo.
+#[derive(Clone, Debug)]
+pub struct DemoWorkload {
+    /// `ns/app/version`.
+    pub id: String,
+    /// The agent's inbound address.
+    pub inbound: SocketAddr,
+    /// The agent's admin address.
+    pub admin: SocketAddr,
+}
+
+/// A running demo.
+pub struct RunningDemo {
+    /// The collector.
+    pub collector: meshlens_collector::Running,
+    /// The workloads, callees first.
+    pub workloads: Vec<DemoWorkload>,
+    /// Load requests sent, answered below 500, and failed.
+    pub load: Arc<[AtomicU64; 3]>,
+    agents: Vec<meshlens_agent::Running>,
+    tasks: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl RunningDemo {
+    /// The collector's API URL.
+    pub fn api_url(&self) -> String {
+        self.collector.api_url()
+    }
+
+    /// Stops the load, then the agents (each exports once more), then the collector.
+    pub async fn shutdown(self) -> Result<(), DemoError> {
+        let _ = self.stop.send(true);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for a in self.agents.into_iter().rev() {
+            a.shutdown().await;
+        }
+        // Let the collector take in the agents' last exports before it stops.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for t in self.tasks {
+            t.abort();
+        }
+        self.collector.shutdown().await.map_err(DemoError)
+    }
+}
+
+fn agent_config(
+    namespace: &str,
+    v: &Version,
+    app: SocketAddr,
+    otlp: SocketAddr,
+    interval: Duration,
+    callees: &BTreeMap<String, Vec<(String, SocketAddr)>>,
+    policy: &PolicyFile,
+) -> Result<meshlens_agent::AgentConfig, DemoError> {
+    let mut services = serde_json::Map::new();
+    let mut policies = serde_json::Map::new();
+    for callee in &v.calls {
+        let mut versions = serde_json::Map::new();
+        for (version, addr) in callees.get(callee).map(Vec::as_slice).unwrap_or_default() {
+            versions.insert(version.clone(), serde_json::json!([addr.to_string()]));
+        }
+        services.insert(callee.clone(), serde_json::json!({ "versions": versions }));
+        if let Some(p) = policy.services.get(callee) {
+            policies.insert(callee.clone(), serde_json::to_value(p).map_err(|e| DemoError(e.to_string()))?);
+        }
+    }
+    let mut file = serde_json::json!({
+        "workload": {"namespace": namespace, "app": v.app, "version": v.version},
+        "inbound": {"listen": "127.0.0.1:0", "app": app.to_string()},
+        "admin": {"listen": "127.0.0.1:0"},
+        "telemetry": {"collector": format!("http://{otlp}"), "interval": format!("{}ms", interval.as_millis()), "sampling": 0.05},
+        "services": services,
+        "policy": {"services": policies},
+    });
+    if !v.calls.is_empty() {
+        file["outbound"] = serde_json::json!({"listen": "127.0.0.1:0"});
+    }
+    let text = serde_json::to_string(&file).map_err(|e| DemoError(e.to_string()))?;
+    meshlens_agent::AgentConfig::parse(&text, &format!("the agent of {}-{}", v.app, v.version))
+        .map_err(|e| DemoError(e.to_string()))
+}
+
+/// Starts the collector, the apps and their agents, and the load.
+pub async fn start(config: DemoConfig) -> Result<RunningDemo, DemoError> {
+    let (mesh, versions) = resolve(&config)?;
+    if !(config.rate > 0.0 && config.rate.is_finite()) {
+        return Err(DemoError(format!("--rate {}: must be more than 0", config.rate)));
+    }
+    let collector = meshlens_collector::start(meshlens_collector::CollectorConfig {
+        otlp_grpc: config.otlp_grpc,
+        otlp_http: config.otlp_http,
+        http: config.http,
+        data_dir: None,
+        ..meshlens_collector::CollectorConfig::default()
+    })
+    .await
+    .map_err(|e| DemoError(format!("starting the collector: {e}")))?;
+    let mut callees: BTreeMap<String, Vec<(String, SocketAddr)>> = BTreeMap::new();
+    let (mut agents, mut tasks, mut workloads) = (Vec::new(), Vec::new(), Vec::new());
+    for v in &versions {
+        let app = Arc::new(App { v: v.clone(), outbound: std::sync::OnceLock::new() });
+        let (app_addr, task) = start_app(app.clone()).await.map_err(|e| DemoError(format!("starting an app: {e}")))?;
+        tasks.push(task);
+        let agent_cfg = agent_config(
+            &mesh.namespace,
+            v,
+            app_addr,
+            collector.otlp_grpc_addr,
+            config.export_interval,
+            &callees,
+            &mesh.policy,
+        )?;
+        let id = agent_cfg.workload.id();
+        let agent = meshlens_agent::start(agent_cfg, meshlens_agent::Options::default())
+            .await
+            .map_err(|e| DemoError(format!("starting the agent of {id}: {e}")))?;
+        if let Some(out) = agent.outbound {
+            let _ = app.outbound.set(Arc::new(Upstream::new(&out.to_string())));
+        }
+        callees.entry(v.app.clone()).or_default().push((v.version.clone(), agent.inbound));
+        workloads.push(DemoWorkload { id, inbound: agent.inbound, admin: agent.admin });
+        agents.push(agent);
+    }
+    let (stop, stop_rx) = watch::channel(false);
+    let load: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+    let entry = callees.get(&mesh.entry).cloned().unwrap_or_default();
+    let targets: Vec<Arc<Upstream>> = entry.iter().map(|(_, a)| Arc::new(Upstream::new(&a.to_string()))).collect();
+    tasks.push(tokio::spawn(generate(targets, mesh.entry.clone(), config.rate, load.clone(), stop_rx)));
+    Ok(RunningDemo { collector, workloads, load, agents, tasks, stop })
+}
+
+/// Sends GET /ENTRY at `rate` to the entry service's agents (as users with no agent of their own),
+/// on time whatever the answers: open loop.
+async fn generate(
+    targets: Vec<Arc<Upstream>>,
+    entry: String,
+    rate: f64,
+    counts: Arc<[AtomicU64; 3]>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut i = 0usize;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some(target) = targets.get(i % targets.len().max(1)).cloned() else { return };
+        i += 1;
+        let (counts, entry) = (counts.clone(), entry.clone());
+        tokio::spawn(async move {
+            counts[0].fetch_add(1, Ordering::Relaxed);
+            let mut req = Request::new(ProxyBody::empty());
+            *req.uri_mut() = format!("/{entry}").parse().unwrap_or_default();
+            if let Ok(host) = entry.parse() {
+                req.headers_mut().insert(http::header::HOST, host);
+            }
+            let ok = match target.send(req, Duration::from_secs(1)).await {
+                Ok(resp) => {
+                    let ok = !resp.status().is_server_error();
+                    let _ = resp.into_body().collect().await;
+                    ok
+                }
+                Err(_) => false,
+            };
+            counts[if ok { 1 } else { 2 }].fetch_add(1, Ordering::Relaxed);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(mesh: &str, faults: &[&str], delays: &[&str]) -> DemoConfig {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        DemoConfig {
+            mesh: (mesh.to_owned(), "mesh.yaml".to_owned()),
+            rate: 1.0,
+            faults: faults.iter().map(|s| s.to_string()).collect(),
+            delays: delays.iter().map(|s| s.to_string()).collect(),
+            http: any,
+            otlp_grpc: any,
+            otlp_http: any,
+            export_interval: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn bookinfo_resolves_callees_first_and_takes_faults() {
+        let (_, versions) = resolve(&config(BOOKINFO, &["reviews-v3=20%"], &["ratings=100ms"])).unwrap();
+        let ids: Vec<String> = versions.iter().map(|v| format!("{}-{}", v.app, v.version)).collect();
+        assert_eq!(ids.len(), 6);
+        let pos = |id: &str| ids.iter().position(|x| x == id).unwrap();
+        assert!(pos("ratings-v1") < pos("reviews-v2") && pos("reviews-v1") < pos("productpage-v1"));
+        let v3 = versions.iter().find(|v| v.app == "reviews" && v.version == "v3").unwrap();
+        assert_eq!(v3.error_pct, 20.0);
+        assert!(versions.iter().filter(|v| v.app == "reviews" && v.version != "v3").all(|v| v.error_pct == 0.0));
+        assert_eq!(versions.iter().find(|v| v.app == "ratings").unwrap().extra_delay, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn bad_meshes_and_flags_are_explained() {
+        let cases = [
+            (config(BOOKINFO, &["reviews-v9=20%"], &[]), "--fault reviews-v9=20%: no app or app-version"),
+            (config(BOOKINFO, &["reviews=120%"], &[]), "is not a percent"),
+            (config(BOOKINFO, &[], &["ratings"]), "expected APP[-VERSION]=DURATION"),
+            (config(&BOOKINFO.replace("latency: 2ms}", "latency: fast}"), &[], &[]), "latency"),
+            (
+                config(&BOOKINFO.replace("calls: [details, reviews]", "calls: [details, shipping]"), &[], &[]),
+                "calls[1]",
+            ),
+            (config(&BOOKINFO.replace("entry: productpage", "entry: frontpage"), &[], &[]), "entry"),
+            (
+                config(
+                    &BOOKINFO.replace(
+                        "v1: {latency: 2ms}\n  reviews",
+                        "v1: {latency: 2ms, calls: [productpage]}\n  reviews",
+                    ),
+                    &[],
+                    &[],
+                ),
+                "cycle",
+            ),
+        ];
+        for (c, needle) in cases {
+            let e = resolve(&c).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+        }
+    }
+
+    #[test]
+    fn service_times_have_the_median_asked_for() {
+        fastrand::seed(3);
+        let mut draws: Vec<Duration> = (0..2001).map(|_| draw(Duration::from_millis(10))).collect();
+        draws.sort();
+        let median = draws[1000].as_secs_f64() * 1000.0;
+        assert!((9.0..11.0).contains(&median), "{median}");
+    }
+}
