@@ -53,6 +53,13 @@ pub enum Command {
     /// earlier ones have returned, and its latency counts from when it was due. Prints requested vs
     /// achieved rate, success rate, status codes and p50/p90/p99/p99.9/max.
     Load(LoadArgs),
+    /// The live service graph in the terminal: graph, workloads table, detail pane.
+    ///
+    /// Draws the versioned graph left to right with rps and error % on each edge, a sortable,
+    /// filterable workloads table, and Kiali's side-panel numbers for the selected node or edge;
+    /// follows the collector's SSE stream and reconnects by itself. `?` lists the keys. When stdout
+    /// is not a terminal it prints the `stat` table instead.
+    Console(ConsoleArgs),
     /// Print per-workload traffic stats (success rate, RPS, latency percentiles).
     Stat(StatArgs),
     /// Print the service graph as a table, JSON, Graphviz dot or Mermaid.
@@ -101,6 +108,14 @@ pub struct CollectorArgs {
     /// A node or edge whose error rate is at or above this percent is failing.
     #[arg(long, value_name = "PCT", default_value_t = 10.0)]
     pub failing_error_pct: f64,
+}
+
+/// `meshlens console`.
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// Collector API URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7420", env = "MESHLENS_COLLECTOR")]
+    pub collector: String,
 }
 
 /// `meshlens demo`.
@@ -304,6 +319,7 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
         Command::Collector(a) => collector(a, out).await,
         Command::Agent(a) => agent(a, out).await,
         Command::Demo(a) => demo_cmd(a, out).await,
+        Command::Console(a) => console(&a.collector, out).await,
         Command::Load(a) => {
             let url: http::Uri = a.url.parse().map_err(|e| CliError::Config(anyhow::anyhow!("{}: {e}", a.url)))?;
             let config = meshlens_agent::load::LoadConfig {
@@ -477,6 +493,18 @@ async fn demo_cmd<W: Write>(a: DemoArgs, out: &mut W) -> Result<(), CliError> {
         "Look at it:\n  meshlens stat --collector {url}\n  meshlens graph --collector {url}\n{stop}\n"
     ));
     out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(runtime)?;
+    if !a.headless && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        // The console runs until the user quits it (or --duration passes); then the demo stops.
+        let ui = meshlens_console::tui::run(&url);
+        let outcome = match a.duration {
+            Some(d) => tokio::time::timeout(d, ui).await.unwrap_or(Ok(())),
+            None => ui.await,
+        };
+        let counts: Vec<u64> = running.load.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).collect();
+        running.shutdown().await.map_err(|e| runtime(anyhow::anyhow!(e)))?;
+        writeln!(out, "sent {} requests: {} answered, {} failed", counts[0], counts[1], counts[2]).map_err(runtime)?;
+        return outcome.map_err(runtime);
+    }
     let wait = async {
         match a.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -491,4 +519,18 @@ async fn demo_cmd<W: Write>(a: DemoArgs, out: &mut W) -> Result<(), CliError> {
     running.shutdown().await.map_err(|e| runtime(anyhow::anyhow!(e)))?;
     writeln!(out, "sent {} requests: {} answered, {} failed", counts[0], counts[1], counts[2]).map_err(runtime)?;
     outcome
+}
+
+/// The console when stdout is a terminal, else the `stat` table.
+async fn console<W: Write>(collector: &str, out: &mut W) -> Result<(), CliError> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        meshlens_console::tui::run(collector).await.map_err(|e| match e {
+            meshlens_console::tui::ConsoleError::Client(c) => CliError::Config(c.into()),
+            other => runtime(other),
+        })
+    } else {
+        let client = Client::new(collector).map_err(runtime)?;
+        let body = client.workloads("1m", &[]).await.map_err(runtime)?;
+        meshlens_console::text::write_stat(out, &body.workloads, false).map_err(runtime)
+    }
 }

@@ -1,7 +1,7 @@
 //! A small client for the collector's JSON API.
 
-use meshlens_model::api::{ErrorBody, WorkloadsBody};
-use meshlens_model::graph::{GraphSnapshot, View};
+use meshlens_model::api::{AppDetail, ErrorBody, WorkloadsBody};
+use meshlens_model::graph::{GraphSnapshot, RevisionsBody, View};
 use serde::de::DeserializeOwned;
 
 /// Why an API call failed, with the URL.
@@ -93,6 +93,32 @@ impl Client {
             q.push_str(&format!("&namespace={}", enc(ns)));
         }
         self.get(&q).await
+    }
+
+    /// `/api/v1/graph` at a revision (`None`: the latest).
+    pub async fn graph_at(&self, view: View, window: &str, at: Option<u64>) -> Result<GraphSnapshot, ClientError> {
+        let mut q = format!("/api/v1/graph?view={view}&window={}", enc(window));
+        if let Some(at) = at {
+            q.push_str(&format!("&at={at}"));
+        }
+        self.get(&q).await
+    }
+
+    /// `/api/v1/revisions`: the newest `n` at most.
+    pub async fn revisions(&self, n: u64) -> Result<RevisionsBody, ClientError> {
+        let latest: RevisionsBody = self.get("/api/v1/revisions?since=0&limit=1").await?;
+        let since = latest.latest.saturating_sub(n);
+        self.get(&format!("/api/v1/revisions?since={since}")).await
+    }
+
+    /// `/api/v1/workloads/{namespace}/{app}`.
+    pub async fn app(&self, namespace: &str, app: &str, window: &str) -> Result<AppDetail, ClientError> {
+        self.get(&format!("/api/v1/workloads/{}/{}?window={}", enc(namespace), enc(app), enc(window))).await
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// `/api/v1/workloads`.

@@ -13,6 +13,7 @@ pub mod counter;
 pub mod graph;
 pub mod hist;
 pub mod identity;
+pub mod layout;
 pub mod names;
 pub mod policy;
 pub mod stats;

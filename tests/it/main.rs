@@ -9,6 +9,7 @@ mod agent;
 mod api;
 mod backend;
 mod cli;
+mod console;
 mod demo;
 mod otlp;
 mod prometheus;

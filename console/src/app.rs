@@ -1,0 +1,608 @@
+//! The terminal UI's state and its update: plain data, no IO. [`App::update`] applies an
+//! [`Action`] (a key already mapped by [`key_action`], or data from the collector task) and may
+//! return a [`Command`] for the collector task. Tests drive it without a terminal.
+
+use std::time::Instant;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use meshlens_model::api::{AppDetail, WorkloadRow, WorkloadsBody};
+use meshlens_model::graph::{GraphSnapshot, RevisionSummary, View};
+use meshlens_model::layout::{Layout, edge_label, layout};
+
+/// Stats windows the `w` key cycles through.
+pub const WINDOWS: [&str; 5] = ["30s", "1m", "5m", "15m", "1h"];
+
+/// Which screen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Screen {
+    /// The service graph.
+    Graph,
+    /// The workloads table.
+    Workloads,
+}
+
+/// What covers the screen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overlay {
+    /// Nothing.
+    None,
+    /// The keys.
+    Help,
+    /// The revisions list.
+    Revisions,
+}
+
+/// The link to the collector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// Not yet connected.
+    Connecting,
+    /// The SSE stream is open.
+    Live,
+    /// It failed; the collector task retries.
+    Down(String),
+}
+
+/// A direction of movement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// Up.
+    Up,
+    /// Down.
+    Down,
+    /// Left: to a caller.
+    Left,
+    /// Right: to a callee.
+    Right,
+}
+
+/// Table columns, in order; the digit keys 1–9 sort by them.
+pub const COLUMNS: [&str; 10] = ["NAMESPACE", "APP", "VERSION", "SUCCESS", "RPS", "P50", "P95", "P99", "IN", "OUT"];
+
+/// Everything that changes the state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Leave.
+    Quit,
+    /// Show or hide the keys.
+    Help,
+    /// Graph ↔ workloads.
+    SwitchScreen,
+    /// Move the selection.
+    Move(Dir),
+    /// Scroll the graph by cells.
+    Pan(i32, i32),
+    /// Versioned ↔ app view.
+    ToggleView,
+    /// Only the selected node and its neighbours, or everything.
+    ToggleFocus,
+    /// Next stats window.
+    CycleWindow,
+    /// Open the revisions list.
+    OpenRevisions,
+    /// Show the highlighted revision.
+    PickRevision,
+    /// Back to the live graph.
+    Live,
+    /// Show or hide the detail pane.
+    ToggleDetail,
+    /// Select the next outbound edge of the selected node (or the node again).
+    NextEdge,
+    /// Sort the table by this column (again: reverse).
+    SortBy(usize),
+    /// Start typing a filter.
+    StartFilter,
+    /// A character of the filter.
+    FilterChar(char),
+    /// Delete the filter's last character.
+    FilterBackspace,
+    /// Stop typing the filter.
+    FilterDone,
+    /// Close what is open.
+    Escape,
+    /// A graph from the collector.
+    Graph(Box<GraphSnapshot>),
+    /// Workloads from the collector.
+    Workloads(Box<WorkloadsBody>),
+    /// One app's detail (rate series) from the collector.
+    Detail(Box<AppDetail>),
+    /// The revisions list from the collector.
+    Revisions(Vec<RevisionSummary>),
+    /// A new revision was published (SSE).
+    Published(u64),
+    /// The link changed.
+    Connection(Connection),
+    /// Time passes (for staleness).
+    Tick(Instant),
+}
+
+/// What the collector task should fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// The graph and the workloads with these settings.
+    Refresh {
+        /// The view.
+        view: View,
+        /// The window.
+        window: String,
+        /// A revision, or live.
+        at: Option<u64>,
+    },
+    /// The revisions list.
+    Revisions,
+    /// One app's detail.
+    Detail {
+        /// Namespace.
+        namespace: String,
+        /// App.
+        app: String,
+        /// Window.
+        window: String,
+    },
+}
+
+/// The UI state.
+#[derive(Debug)]
+pub struct App {
+    /// The collector's URL, for the title.
+    pub collector: String,
+    /// Which screen.
+    pub screen: Screen,
+    /// What covers it.
+    pub overlay: Overlay,
+    /// The graph shown (focus applied).
+    pub graph: GraphSnapshot,
+    /// The graph as fetched.
+    pub full_graph: GraphSnapshot,
+    /// Its layout.
+    pub layout: Layout,
+    /// The workloads.
+    pub workloads: Vec<WorkloadRow>,
+    /// The selected app's detail.
+    pub detail: Option<AppDetail>,
+    /// The selected node id.
+    pub selected: Option<String>,
+    /// The selected outbound edge of the selected node, by index among its outbound edges.
+    pub selected_edge: Option<usize>,
+    /// Versioned or app view.
+    pub view: View,
+    /// Focus on the selection's neighbourhood.
+    pub focus: bool,
+    /// Index into [`WINDOWS`].
+    pub window: usize,
+    /// A pinned revision; `None` is live.
+    pub at: Option<u64>,
+    /// The revisions list.
+    pub revisions: Vec<RevisionSummary>,
+    /// Highlighted revision in the list.
+    pub revision_cursor: usize,
+    /// Sort column and descending.
+    pub sort: (usize, bool),
+    /// Table filter.
+    pub filter: String,
+    /// Typing into the filter.
+    pub filtering: bool,
+    /// Highlighted table row.
+    pub row: usize,
+    /// Graph scroll offset (cells).
+    pub scroll: (u32, u32),
+    /// The graph viewport size, set by drawing (for keeping the selection in view).
+    pub viewport: (u32, u32),
+    /// The terminal's width, set by drawing.
+    pub width: u16,
+    /// Show the detail pane: `None` decides by the terminal's width.
+    pub show_detail: Option<bool>,
+    /// The link.
+    pub connection: Connection,
+    /// When data last arrived.
+    pub updated: Option<Instant>,
+    /// Now, as the last tick said.
+    pub now: Option<Instant>,
+    /// Leave.
+    pub quit: bool,
+}
+
+impl App {
+    /// A fresh state for the collector at `collector`.
+    pub fn new(collector: &str) -> Self {
+        Self {
+            collector: collector.to_owned(),
+            screen: Screen::Graph,
+            overlay: Overlay::None,
+            graph: GraphSnapshot::default(),
+            full_graph: GraphSnapshot::default(),
+            layout: Layout::default(),
+            workloads: Vec::new(),
+            detail: None,
+            selected: None,
+            selected_edge: None,
+            view: View::Versioned,
+            focus: false,
+            window: 1,
+            at: None,
+            revisions: Vec::new(),
+            revision_cursor: 0,
+            sort: (4, true),
+            filter: String::new(),
+            filtering: false,
+            row: 0,
+            scroll: (0, 0),
+            viewport: (80, 20),
+            width: 80,
+            show_detail: None,
+            connection: Connection::Connecting,
+            updated: None,
+            now: None,
+            quit: false,
+        }
+    }
+
+    /// The refresh for the current settings.
+    pub fn refresh(&self) -> Command {
+        Command::Refresh { view: self.view, window: WINDOWS[self.window].to_owned(), at: self.at }
+    }
+
+    fn detail_command(&self) -> Option<Command> {
+        let node = self.graph.node(self.selected.as_deref()?)?;
+        if node.namespace.is_empty() {
+            return None;
+        }
+        Some(Command::Detail {
+            namespace: node.namespace.clone(),
+            app: node.app.clone(),
+            window: WINDOWS[self.window].to_owned(),
+        })
+    }
+
+    /// The selected node's index in the shown graph.
+    pub fn selected_index(&self) -> Option<usize> {
+        let id = self.selected.as_deref()?;
+        self.graph.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// The selected node's outbound edges (indices into the shown graph's edges).
+    pub fn outbound_edges(&self) -> Vec<usize> {
+        let Some(id) = self.selected.as_deref() else { return Vec::new() };
+        self.graph.edges.iter().enumerate().filter(|(_, e)| e.source == id).map(|(i, _)| i).collect()
+    }
+
+    /// The selected edge, if one is.
+    pub fn selected_edge_index(&self) -> Option<usize> {
+        self.outbound_edges().get(self.selected_edge?).copied()
+    }
+
+    /// The table rows after the filter, sorted.
+    pub fn rows(&self) -> Vec<&WorkloadRow> {
+        let needle = self.filter.to_lowercase();
+        let mut rows: Vec<&WorkloadRow> =
+            self.workloads.iter().filter(|w| needle.is_empty() || w.id.to_lowercase().contains(&needle)).collect();
+        let (col, desc) = self.sort;
+        let num = |w: &WorkloadRow| -> f64 {
+            let lat = |f: fn(&meshlens_model::LatencyMs) -> f64| w.inbound.latency_ms.as_ref().map_or(-1.0, f);
+            match col {
+                3 => w.inbound.success_pct.unwrap_or(-1.0),
+                4 => w.inbound.rps,
+                5 => lat(|l| l.p50),
+                6 => lat(|l| l.p95),
+                7 => lat(|l| l.p99),
+                8 => w.inbound.rps,
+                _ => w.outbound.rps,
+            }
+        };
+        rows.sort_by(|a, b| {
+            let o = match col {
+                0 => a.namespace.cmp(&b.namespace),
+                1 => a.app.cmp(&b.app),
+                2 => a.version.cmp(&b.version),
+                _ => num(a).total_cmp(&num(b)),
+            };
+            let o = if desc { o.reverse() } else { o };
+            o.then_with(|| a.id.cmp(&b.id))
+        });
+        rows
+    }
+
+    fn relayout(&mut self) {
+        let mut g = self.full_graph.clone();
+        if self.focus
+            && let Some(sel) = self.selected.clone()
+            && g.node(&sel).is_some()
+        {
+            let keep: std::collections::BTreeSet<String> = g
+                .edges
+                .iter()
+                .filter(|e| e.source == sel || e.target == sel)
+                .flat_map(|e| [e.source.clone(), e.target.clone()])
+                .chain([sel.clone()])
+                .collect();
+            g.nodes.retain(|n| keep.contains(&n.id));
+            g.edges.retain(|e| keep.contains(&e.source) && keep.contains(&e.target));
+        }
+        self.layout = layout(&g, label);
+        self.graph = g;
+        if self.selected.as_deref().is_none_or(|s| self.graph.node(s).is_none()) {
+            // Start where traffic starts: the first box of the first column.
+            self.selected =
+                self.layout.nodes.iter().min_by_key(|p| (p.column, p.y)).map(|p| self.graph.nodes[p.node].id.clone());
+            self.selected_edge = None;
+        }
+        self.keep_in_view();
+    }
+
+    /// Scrolls so the selected node is on screen.
+    pub fn keep_in_view(&mut self) {
+        let Some(p) = self.selected_index().and_then(|i| self.layout.node(i)) else { return };
+        let (vw, vh) = self.viewport;
+        let (x0, x1) = (p.x.saturating_sub(2), p.x + p.w + 2);
+        if x0 < self.scroll.0 {
+            self.scroll.0 = x0;
+        } else if x1 > self.scroll.0 + vw {
+            self.scroll.0 = x1.saturating_sub(vw);
+        }
+        if p.y < self.scroll.1 + 1 {
+            self.scroll.1 = p.y.saturating_sub(1);
+        } else if p.y + 2 > self.scroll.1 + vh {
+            self.scroll.1 = (p.y + 2).saturating_sub(vh);
+        }
+    }
+
+    fn move_selection(&mut self, dir: Dir) {
+        let Some(i) = self.selected_index() else { return };
+        let Some(here) = self.layout.node(i).cloned() else { return };
+        let id = self.graph.nodes[i].id.clone();
+        let place_of = |id: &str| self.graph.nodes.iter().position(|n| n.id == id).and_then(|k| self.layout.node(k));
+        let next = match dir {
+            Dir::Up | Dir::Down => {
+                let mut same: Vec<_> = self.layout.nodes.iter().filter(|p| p.column == here.column).collect();
+                same.sort_by_key(|p| p.y);
+                let k = same.iter().position(|p| p.node == i).unwrap_or(0);
+                let k = if dir == Dir::Up { k.checked_sub(1) } else { Some(k + 1) };
+                k.and_then(|k| same.get(k)).map(|p| p.node)
+            }
+            Dir::Right | Dir::Left => {
+                let mut peers: Vec<_> = self
+                    .graph
+                    .edges
+                    .iter()
+                    .filter_map(|e| match dir {
+                        Dir::Right if e.source == id && e.target != id => place_of(&e.target),
+                        Dir::Left if e.target == id && e.source != id => place_of(&e.source),
+                        _ => None,
+                    })
+                    .collect();
+                // The nearest row first.
+                peers.sort_by_key(|p| (p.y.abs_diff(here.y), p.y));
+                peers.first().map(|p| p.node)
+            }
+        };
+        if let Some(n) = next {
+            self.selected = Some(self.graph.nodes[n].id.clone());
+            self.selected_edge = None;
+            self.keep_in_view();
+        }
+    }
+
+    /// Applies an action.
+    pub fn update(&mut self, action: Action) -> Option<Command> {
+        match action {
+            Action::Quit => self.quit = true,
+            Action::Help => {
+                self.overlay = if self.overlay == Overlay::Help { Overlay::None } else { Overlay::Help };
+            }
+            Action::Escape => {
+                if self.overlay != Overlay::None {
+                    self.overlay = Overlay::None;
+                } else if self.filtering {
+                    self.filtering = false;
+                } else if self.selected_edge.is_some() {
+                    self.selected_edge = None;
+                } else if self.focus {
+                    return self.update(Action::ToggleFocus);
+                }
+            }
+            Action::SwitchScreen => {
+                self.screen = match self.screen {
+                    Screen::Graph => Screen::Workloads,
+                    Screen::Workloads => Screen::Graph,
+                };
+            }
+            Action::Move(dir) => match (self.overlay, self.screen) {
+                (Overlay::Revisions, _) => {
+                    let n = self.revisions.len();
+                    self.revision_cursor = match dir {
+                        Dir::Up => self.revision_cursor.saturating_sub(1),
+                        Dir::Down => (self.revision_cursor + 1).min(n.saturating_sub(1)),
+                        _ => self.revision_cursor,
+                    };
+                }
+                (_, Screen::Workloads) => {
+                    let n = self.rows().len();
+                    self.row = match dir {
+                        Dir::Up => self.row.saturating_sub(1),
+                        Dir::Down => (self.row + 1).min(n.saturating_sub(1)),
+                        _ => self.row,
+                    };
+                }
+                (_, Screen::Graph) => {
+                    let before = self.selected.clone();
+                    self.move_selection(dir);
+                    if self.selected != before {
+                        return self.detail_command();
+                    }
+                }
+            },
+            Action::Pan(dx, dy) => {
+                let max_x = self.layout.width.saturating_sub(1);
+                let max_y = self.layout.height.saturating_sub(1);
+                self.scroll.0 = (i64::from(self.scroll.0) + i64::from(dx)).clamp(0, i64::from(max_x)) as u32;
+                self.scroll.1 = (i64::from(self.scroll.1) + i64::from(dy)).clamp(0, i64::from(max_y)) as u32;
+            }
+            Action::ToggleView => {
+                self.view = if self.view == View::App { View::Versioned } else { View::App };
+                self.selected = None;
+                return Some(self.refresh());
+            }
+            Action::ToggleFocus => {
+                self.focus = !self.focus;
+                self.scroll = (0, 0);
+                self.relayout();
+            }
+            Action::CycleWindow => {
+                self.window = (self.window + 1) % WINDOWS.len();
+                // A past revision has its own window; changing the window goes live.
+                self.at = None;
+                return Some(self.refresh());
+            }
+            Action::OpenRevisions => {
+                self.overlay = Overlay::Revisions;
+                return Some(Command::Revisions);
+            }
+            Action::PickRevision => {
+                if self.overlay == Overlay::Revisions
+                    && let Some(r) = self.revisions.get(self.revision_cursor)
+                {
+                    self.at = Some(r.revision);
+                    self.window = 1;
+                    self.overlay = Overlay::None;
+                    return Some(self.refresh());
+                }
+                if self.screen == Screen::Graph {
+                    self.show_detail = Some(true);
+                }
+            }
+            Action::Live => {
+                if self.at.is_some() {
+                    self.at = None;
+                    return Some(self.refresh());
+                }
+            }
+            Action::ToggleDetail => self.show_detail = Some(!self.detail_visible(self.width)),
+            Action::NextEdge => {
+                let n = self.outbound_edges().len();
+                self.selected_edge = match self.selected_edge {
+                    _ if n == 0 => None,
+                    None => Some(0),
+                    Some(k) if k + 1 < n => Some(k + 1),
+                    Some(_) => None,
+                };
+            }
+            Action::SortBy(col) => {
+                if col < COLUMNS.len() {
+                    self.sort = if self.sort.0 == col { (col, !self.sort.1) } else { (col, col >= 3) };
+                }
+            }
+            Action::StartFilter => {
+                self.filtering = true;
+                self.screen = Screen::Workloads;
+            }
+            Action::FilterChar(c) => {
+                self.filter.push(c);
+                self.row = 0;
+            }
+            Action::FilterBackspace => {
+                self.filter.pop();
+            }
+            Action::FilterDone => self.filtering = false,
+            Action::Graph(g) => {
+                let first = self.full_graph.nodes.is_empty();
+                self.full_graph = *g;
+                self.updated = self.now;
+                self.relayout();
+                if first {
+                    return self.detail_command();
+                }
+            }
+            Action::Workloads(w) => self.workloads = w.workloads,
+            Action::Detail(d) => self.detail = Some(*d),
+            Action::Revisions(mut r) => {
+                r.reverse();
+                self.revisions = r;
+                self.revision_cursor = 0;
+            }
+            Action::Published(_) => {
+                self.connection = Connection::Live;
+                if self.at.is_none() {
+                    return Some(self.refresh());
+                }
+            }
+            Action::Connection(c) => {
+                let back = c == Connection::Live && self.connection != Connection::Live;
+                self.connection = c;
+                if back {
+                    return Some(self.refresh());
+                }
+            }
+            Action::Tick(now) => {
+                self.now = Some(now);
+                if self.updated.is_none() && !self.full_graph.nodes.is_empty() {
+                    self.updated = Some(now);
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether the detail pane shows on a terminal `width` cells wide: by default only where the
+    /// graph keeps enough room (110 cells and more).
+    pub fn detail_visible(&self, width: u16) -> bool {
+        self.show_detail.unwrap_or(width >= 110)
+    }
+
+    /// Seconds since data last arrived, if any did.
+    pub fn staleness(&self) -> Option<f64> {
+        Some(self.now?.saturating_duration_since(self.updated?).as_secs_f64())
+    }
+}
+
+/// The console's edge label: the layout's, with a lock when the hop was mutually authenticated.
+pub fn label(e: &meshlens_model::Edge) -> String {
+    let l = edge_label(e);
+    if e.stats.mtls_pct.is_some_and(|m| m >= 99.5) { format!("🔒{l}") } else { l }
+}
+
+/// Maps a key to an action, given whether a filter is being typed.
+pub fn key_action(key: KeyEvent, app: &App) -> Option<Action> {
+    let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+    if ctrl && matches!(key.code, KeyCode::Char('c')) {
+        return Some(Action::Quit);
+    }
+    if app.filtering {
+        return match key.code {
+            KeyCode::Enter => Some(Action::FilterDone),
+            KeyCode::Esc => Some(Action::Escape),
+            KeyCode::Backspace => Some(Action::FilterBackspace),
+            KeyCode::Char(c) => Some(Action::FilterChar(c)),
+            _ => None,
+        };
+    }
+    Some(match key.code {
+        KeyCode::Char('q') => Action::Quit,
+        KeyCode::Char('?') => Action::Help,
+        KeyCode::Tab => Action::SwitchScreen,
+        KeyCode::Esc => Action::Escape,
+        KeyCode::Up | KeyCode::Char('k') => Action::Move(Dir::Up),
+        KeyCode::Down | KeyCode::Char('j') => Action::Move(Dir::Down),
+        KeyCode::Left | KeyCode::Char('h') => Action::Move(Dir::Left),
+        KeyCode::Right | KeyCode::Char('l') => Action::Move(Dir::Right),
+        KeyCode::PageUp => Action::Pan(0, -10),
+        KeyCode::PageDown => Action::Pan(0, 10),
+        KeyCode::Char('<') => Action::Pan(-10, 0),
+        KeyCode::Char('>') => Action::Pan(10, 0),
+        KeyCode::Char('a') => Action::ToggleView,
+        KeyCode::Char('f') => Action::ToggleFocus,
+        KeyCode::Char('w') => Action::CycleWindow,
+        KeyCode::Char('r') => Action::OpenRevisions,
+        KeyCode::Char('L') => Action::Live,
+        KeyCode::Enter => Action::PickRevision,
+        KeyCode::Char('d') => Action::ToggleDetail,
+        KeyCode::Char('e') => Action::NextEdge,
+        KeyCode::Char('/') => Action::StartFilter,
+        KeyCode::Char(c @ '1'..='9') => Action::SortBy(c as usize - '1' as usize),
+        KeyCode::Char('0') => Action::SortBy(9),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+#[path = "app_tests.rs"]
+mod tests;

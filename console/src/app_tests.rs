@@ -1,0 +1,156 @@
+//! `update` on plain state: navigation, views, windows, revisions, the table, the link.
+
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use meshlens_model::graph::{RevisionSummary, TopologyChanges, View};
+
+use super::*;
+use crate::fixture::{bookinfo, workloads};
+
+fn loaded() -> App {
+    let mut app = App::new("http://127.0.0.1:7420");
+    app.viewport = (200, 50);
+    assert_eq!(app.update(Action::Graph(Box::new(bookinfo()))).map(|c| matches!(c, Command::Detail { .. })), None);
+    app.update(Action::Workloads(Box::new(workloads())));
+    app
+}
+
+#[test]
+fn starts_on_the_first_caller_and_walks_the_graph() {
+    let mut app = loaded();
+    assert_eq!(app.selected.as_deref(), Some("user"));
+    let cmd = app.update(Action::Move(Dir::Right));
+    assert_eq!(app.selected.as_deref(), Some("bookinfo/productpage/v1"));
+    assert_eq!(
+        cmd,
+        Some(Command::Detail { namespace: "bookinfo".into(), app: "productpage".into(), window: "1m".into() })
+    );
+    app.update(Action::Move(Dir::Right));
+    assert_eq!(app.selected.as_deref(), Some("bookinfo/details/v1"), "the nearest callee");
+    app.update(Action::Move(Dir::Down));
+    assert_eq!(app.selected.as_deref(), Some("bookinfo/reviews/v1"));
+    app.update(Action::Move(Dir::Down));
+    app.update(Action::Move(Dir::Down));
+    assert_eq!(app.selected.as_deref(), Some("bookinfo/reviews/v3"));
+    app.update(Action::Move(Dir::Down));
+    assert_eq!(app.selected.as_deref(), Some("bookinfo/reviews/v3"), "stays at the bottom");
+    app.update(Action::Move(Dir::Right));
+    assert_eq!(app.selected.as_deref(), Some("bookinfo/ratings/v1"));
+    app.update(Action::Move(Dir::Left));
+    assert!(app.selected.as_deref().unwrap().starts_with("bookinfo/reviews/v"));
+}
+
+#[test]
+fn edges_of_the_selection_can_be_picked() {
+    let mut app = loaded();
+    app.update(Action::Move(Dir::Right));
+    assert_eq!(app.outbound_edges().len(), 4);
+    app.update(Action::NextEdge);
+    assert_eq!(app.graph.edges[app.selected_edge_index().unwrap()].target, "bookinfo/details/v1");
+    for _ in 0..4 {
+        app.update(Action::NextEdge);
+    }
+    assert_eq!(app.selected_edge, None, "after the last edge, the node again");
+    app.update(Action::NextEdge);
+    app.update(Action::Escape);
+    assert_eq!(app.selected_edge, None);
+}
+
+#[test]
+fn focus_keeps_the_neighbourhood() {
+    let mut app = loaded();
+    app.update(Action::Move(Dir::Right));
+    app.update(Action::Move(Dir::Right));
+    app.update(Action::Move(Dir::Down));
+    app.update(Action::Move(Dir::Down));
+    assert_eq!(app.selected.as_deref(), Some("bookinfo/reviews/v2"));
+    app.update(Action::ToggleFocus);
+    let ids: Vec<&str> = app.graph.nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["bookinfo/productpage/v1", "bookinfo/ratings/v1", "bookinfo/reviews/v2"]);
+    app.update(Action::Escape);
+    assert_eq!(app.graph.nodes.len(), 7);
+}
+
+#[test]
+fn view_and_window_changes_ask_for_a_refresh() {
+    let mut app = loaded();
+    assert_eq!(
+        app.update(Action::ToggleView),
+        Some(Command::Refresh { view: View::App, window: "1m".into(), at: None })
+    );
+    assert_eq!(
+        app.update(Action::CycleWindow),
+        Some(Command::Refresh { view: View::App, window: "5m".into(), at: None })
+    );
+    for _ in 0..3 {
+        app.update(Action::CycleWindow);
+    }
+    assert_eq!(WINDOWS[app.window], "30s", "wraps around");
+}
+
+#[test]
+fn an_older_revision_can_be_shown_and_left() {
+    let mut app = loaded();
+    assert_eq!(app.update(Action::OpenRevisions), Some(Command::Revisions));
+    let rev =
+        |r: u64| RevisionSummary { revision: r, generated_at: String::new(), changes: TopologyChanges::default() };
+    app.update(Action::Revisions(vec![rev(40), rev(41), rev(42)]));
+    assert_eq!(app.revisions[0].revision, 42, "newest first");
+    app.update(Action::Move(Dir::Down));
+    assert_eq!(
+        app.update(Action::PickRevision),
+        Some(Command::Refresh { view: View::Versioned, window: "1m".into(), at: Some(41) })
+    );
+    assert_eq!(app.overlay, Overlay::None);
+    assert_eq!(app.update(Action::Published(43)), None, "pinned: live updates do not move it");
+    assert_eq!(
+        app.update(Action::Live),
+        Some(Command::Refresh { view: View::Versioned, window: "1m".into(), at: None })
+    );
+    assert!(app.update(Action::Published(44)).is_some());
+}
+
+#[test]
+fn the_table_sorts_and_filters() {
+    let mut app = loaded();
+    app.update(Action::SwitchScreen);
+    let ids = |app: &App| app.rows().iter().map(|w| w.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&app)[0], "bookinfo/details/v1", "by rps, highest first (ties by id)");
+    app.update(Action::SortBy(3));
+    assert_eq!(ids(&app)[0], "bookinfo/details/v1");
+    app.update(Action::SortBy(3));
+    assert_eq!(ids(&app)[0], "bookinfo/reviews/v3", "success, lowest first after reversing");
+    app.update(Action::SortBy(1));
+    assert_eq!(ids(&app)[0], "bookinfo/details/v1");
+    for c in "rev".chars() {
+        app.update(Action::FilterChar(c));
+    }
+    assert_eq!(ids(&app).len(), 3);
+    app.update(Action::FilterBackspace);
+    assert_eq!(app.filter, "re");
+}
+
+#[test]
+fn keys_map_to_actions_and_the_filter_takes_letters() {
+    let key = |c: KeyCode| KeyEvent::new(c, KeyModifiers::NONE);
+    let mut app = loaded();
+    assert_eq!(key_action(key(KeyCode::Char('q')), &app), Some(Action::Quit));
+    assert_eq!(key_action(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), &app), Some(Action::Quit));
+    assert_eq!(key_action(key(KeyCode::Char('3')), &app), Some(Action::SortBy(2)));
+    app.update(Action::StartFilter);
+    assert_eq!(key_action(key(KeyCode::Char('q')), &app), Some(Action::FilterChar('q')));
+    assert_eq!(key_action(key(KeyCode::Enter), &app), Some(Action::FilterDone));
+}
+
+#[test]
+fn the_link_state_and_staleness_follow_the_collector() {
+    let mut app = loaded();
+    let t0 = Instant::now();
+    app.update(Action::Tick(t0));
+    assert_eq!(app.update(Action::Connection(Connection::Live)), Some(app.refresh()), "connected: fetch");
+    app.update(Action::Connection(Connection::Down("refused".into())));
+    app.update(Action::Tick(t0 + Duration::from_secs(7)));
+    assert_eq!(app.staleness().map(|s| s.round()), Some(7.0));
+    assert_eq!(app.update(Action::Connection(Connection::Live)), Some(app.refresh()), "back: fetch again");
+}

@@ -1,0 +1,124 @@
+//! The collector task: follows the SSE stream (`/api/v1/stream`) and turns each published revision
+//! into [`Action::Published`]; runs the UI's [`Command`]s (fetches) and sends their answers back as
+//! actions. When the stream breaks it says so and reconnects with backoff, so the console survives
+//! a collector restart.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::app::{Action, Command, Connection};
+use crate::client::Client;
+
+/// Runs until the UI hangs up.
+pub async fn run(
+    client: Client,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    actions: mpsc::UnboundedSender<Action>,
+) {
+    let stream = tokio::spawn(follow(client.base().to_owned(), actions.clone()));
+    while let Some(cmd) = commands.recv().await {
+        let client = client.clone();
+        let actions = actions.clone();
+        // Fetches run side by side; each answer is applied when it arrives.
+        tokio::spawn(async move {
+            let result = match cmd {
+                Command::Refresh { view, window, at } => {
+                    let (g, w) = tokio::join!(client.graph_at(view, &window, at), client.workloads(&window, &[]));
+                    if let Ok(w) = w {
+                        let _ = actions.send(Action::Workloads(Box::new(w)));
+                    }
+                    g.map(|g| Action::Graph(Box::new(g)))
+                }
+                Command::Revisions => client.revisions(200).await.map(|r| Action::Revisions(r.revisions)),
+                Command::Detail { namespace, app, window } => {
+                    client.app(&namespace, &app, &window).await.map(|d| Action::Detail(Box::new(d)))
+                }
+            };
+            match result {
+                Ok(a) => {
+                    let _ = actions.send(a);
+                }
+                Err(e) => {
+                    let _ = actions.send(Action::Connection(Connection::Down(e.to_string())));
+                }
+            }
+        });
+    }
+    stream.abort();
+}
+
+async fn follow(base: String, actions: mpsc::UnboundedSender<Action>) {
+    // No overall timeout: the stream stays open; a silent connection is caught by the read timeout.
+    let Ok(http) = reqwest::Client::builder().read_timeout(Duration::from_secs(60)).build() else { return };
+    let url = format!("{base}/api/v1/stream");
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let why = match http.get(&url).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                backoff = Duration::from_millis(250);
+                if actions.send(Action::Connection(Connection::Live)).is_err() {
+                    return;
+                }
+                let mut body = resp.bytes_stream();
+                let mut pending = String::new();
+                let mut event = String::new();
+                let mut failure = "the collector closed the stream".to_owned();
+                while let Some(chunk) = body.next().await {
+                    let chunk = match chunk {
+                        Ok(c) => c,
+                        Err(e) => {
+                            failure = e.to_string();
+                            break;
+                        }
+                    };
+                    pending.push_str(&String::from_utf8_lossy(&chunk));
+                    while let Some(end) = pending.find('\n') {
+                        let line: String = pending.drain(..=end).collect();
+                        let line = line.trim_end();
+                        if let Some(name) = line.strip_prefix("event:") {
+                            event = name.trim().to_owned();
+                        } else if let Some(data) = line.strip_prefix("data:")
+                            && event == "graph"
+                        {
+                            let revision = revision_of(data);
+                            if actions.send(Action::Published(revision)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                failure
+            }
+            Ok(resp) => format!("{url}: {}", resp.status()),
+            Err(e) => format!("cannot reach {base}: {}", short(&e)),
+        };
+        if actions.send(Action::Connection(Connection::Down(why))).is_err() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn short(e: &reqwest::Error) -> String {
+    if e.is_connect() { "connection refused".to_owned() } else { e.to_string() }
+}
+
+/// The `revision` of a graph event's JSON without decoding the whole graph.
+fn revision_of(data: &str) -> u64 {
+    data.find("\"revision\":")
+        .map(|i| &data[i + 11..])
+        .and_then(|rest| rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_revision_of_an_event() {
+        assert_eq!(super::revision_of(r#"{"revision":42,"generated_at":"x"}"#), 42);
+        assert_eq!(super::revision_of("{}"), 0);
+    }
+}

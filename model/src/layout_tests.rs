@@ -1,0 +1,165 @@
+//! Layout properties: nothing overlaps, every edge is drawn between its ends, the same graph gives
+//! the same layout, and new traffic between successive columns moves nothing.
+
+use super::*;
+use crate::graph::{Edge, GraphSnapshot, Node, NodeKind, View};
+use crate::stats::{Health, Stats};
+
+fn node(id: &str) -> Node {
+    let parts: Vec<&str> = id.split('/').collect();
+    let (namespace, app, version, group, kind) = match parts.as_slice() {
+        [ns, app, v] => {
+            (ns.to_string(), app.to_string(), Some(v.to_string()), Some(format!("{ns}/{app}")), NodeKind::Workload)
+        }
+        _ => (String::new(), id.to_owned(), None, None, NodeKind::User),
+    };
+    Node {
+        id: id.into(),
+        namespace,
+        app,
+        version,
+        kind,
+        group,
+        health: Health::Healthy,
+        inbound: Stats::default(),
+        outbound: Stats::default(),
+    }
+}
+
+fn edge(s: &str, t: &str, rps: f64) -> Edge {
+    let stats = Stats { rps, ..Stats::default() };
+    Edge {
+        id: format!("{s}->{t}"),
+        source: s.into(),
+        target: t.into(),
+        protocol: "http".into(),
+        health: Health::Healthy,
+        stats,
+    }
+}
+
+/// Bookinfo, as the demo shows it.
+pub fn bookinfo() -> GraphSnapshot {
+    let ids =
+        ["user", "b/productpage/v1", "b/details/v1", "b/reviews/v1", "b/reviews/v2", "b/reviews/v3", "b/ratings/v1"];
+    let mut nodes: Vec<Node> = ids.iter().map(|i| node(i)).collect();
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut edges = vec![
+        edge("user", "b/productpage/v1", 20.0),
+        edge("b/productpage/v1", "b/details/v1", 20.0),
+        edge("b/productpage/v1", "b/reviews/v1", 6.6),
+        edge("b/productpage/v1", "b/reviews/v2", 6.7),
+        edge("b/productpage/v1", "b/reviews/v3", 6.7),
+        edge("b/reviews/v2", "b/ratings/v1", 6.7),
+        edge("b/reviews/v3", "b/ratings/v1", 6.7),
+    ];
+    edges.sort_by(|a, b| a.id.cmp(&b.id));
+    GraphSnapshot { revision: 1, generated_at: String::new(), window_seconds: 60, view: View::Versioned, nodes, edges }
+}
+
+fn overlaps(a: &BoxPlace, b: &BoxPlace) -> bool {
+    a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h
+}
+
+fn check(g: &GraphSnapshot, l: &Layout) {
+    for (i, a) in l.boxes.iter().enumerate() {
+        for b in &l.boxes[i + 1..] {
+            assert!(!overlaps(a, b), "{a:?} overlaps {b:?}");
+        }
+        assert!(a.x + a.w <= l.width && a.y + a.h <= l.height + 1, "{a:?} outside {}x{}", l.width, l.height);
+    }
+    assert_eq!(l.nodes.len(), g.nodes.len());
+    assert_eq!(l.edges.len(), g.edges.len(), "every edge is drawn");
+    for p in &l.edges {
+        let e = &g.edges[p.edge];
+        let (s, t) = (
+            l.node(g.nodes.iter().position(|n| n.id == e.source).unwrap()).unwrap(),
+            l.node(g.nodes.iter().position(|n| n.id == e.target).unwrap()).unwrap(),
+        );
+        let first = p.points[0];
+        assert_eq!(first, (s.x + s.w + 1, s.y), "{} starts right of its source", e.id);
+        if e.source != e.target {
+            assert_eq!(*p.points.last().unwrap(), (t.x - 2, t.y), "{} ends left of its target", e.id);
+            for w in p.points.windows(2) {
+                assert!(w[0].0 == w[1].0 || w[0].1 == w[1].1, "{} is orthogonal", e.id);
+            }
+        }
+    }
+}
+
+#[test]
+fn bookinfo_reads_left_to_right_in_80_columns() {
+    let g = bookinfo();
+    let l = layout(&g, edge_label);
+    check(&g, &l);
+    let column = |id: &str| l.nodes[g.nodes.iter().position(|n| n.id == id).unwrap()].column;
+    assert_eq!(
+        ["user", "b/productpage/v1", "b/details/v1", "b/reviews/v1", "b/reviews/v3", "b/ratings/v1"].map(column),
+        [0, 1, 2, 2, 2, 3]
+    );
+    let reviews = l.boxes.iter().find(|b| b.id == "b/reviews").unwrap();
+    assert_eq!((reviews.title.as_str(), reviews.h), ("reviews", 5), "three versions in one box");
+    assert!(l.width <= 80 && l.height <= 20, "{}x{}", l.width, l.height);
+    let user = g.edges.iter().position(|e| e.source == "user").unwrap();
+    assert_eq!(l.edges.iter().find(|p| p.edge == user).map(|p| p.label.as_str()), Some("20/s"));
+}
+
+#[test]
+fn the_same_graph_gives_the_same_layout() {
+    let g = bookinfo();
+    assert_eq!(layout(&g, edge_label), layout(&g.clone(), edge_label));
+}
+
+#[test]
+fn new_traffic_between_successive_columns_moves_nothing() {
+    let g = bookinfo();
+    let before = layout(&g, edge_label);
+    let mut g2 = g.clone();
+    g2.edges.push(edge("b/reviews/v1", "b/ratings/v1", 1.0));
+    let after = layout(&g2, edge_label);
+    check(&g2, &after);
+    assert_eq!(
+        before.boxes.iter().map(|b| (&b.id, b.y, b.column)).collect::<Vec<_>>(),
+        after.boxes.iter().map(|b| (&b.id, b.y, b.column)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        before.nodes.iter().map(|n| n.y).collect::<Vec<_>>(),
+        after.nodes.iter().map(|n| n.y).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_large_graph_has_no_overlaps_and_every_edge() {
+    // 1,000 nodes in 100 apps of 10 versions, calling forward, backward and themselves.
+    let mut nodes = Vec::new();
+    for a in 0..100 {
+        for v in 0..10 {
+            nodes.push(node(&format!("ns/app{a:03}/v{v}")));
+        }
+    }
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut edges = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut x = 7u64;
+    while edges.len() < 3000 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let (s, t) = ((x >> 33) as usize % 1000, (x >> 13) as usize % 1000);
+        if seen.insert((s, t)) {
+            edges.push(edge(&nodes[s].id, &nodes[t].id, (x % 1000) as f64 / 10.0));
+        }
+    }
+    let g = GraphSnapshot { nodes, edges, ..GraphSnapshot::default() };
+    let l = layout(&g, edge_label);
+    check(&g, &l);
+}
+
+#[test]
+fn labels_are_short() {
+    let mut e = edge("a", "b", 12.34);
+    assert_eq!(edge_label(&e), "12/s");
+    e.stats.rps = 0.25;
+    e.stats.error_pct = Some(4.5);
+    assert_eq!(edge_label(&e), "0.2/s 4.5%");
+    e.stats.error_pct = Some(25.0);
+    assert_eq!(edge_label(&e), "0.2/s 25%");
+}

@@ -1,0 +1,83 @@
+//! The real `meshlens console` binary in tmux against a running collector: it draws the graph,
+//! answers keys, survives a collector restart, and quits on `q`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use meshlens_collector::CollectorConfig;
+
+use crate::support::*;
+
+struct Tmux {
+    bin: std::path::PathBuf,
+    session: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> String {
+        let o = Command::new(&self.bin).args(args).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", &self.session])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", &self.session];
+        args.extend_from_slice(keys);
+        self.run(&args);
+    }
+
+    async fn wait_for(&self, what: &str, secs: u64) -> String {
+        eventually(&format!("{what:?} on the console"), secs, || async {
+            let s = self.screen();
+            s.contains(what).then_some(s)
+        })
+        .await
+    }
+
+    fn alive(&self) -> bool {
+        Command::new(&self.bin).args(["has-session", "-t", &self.session]).status().unwrap().success()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.bin).args(["kill-session", "-t", &self.session]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_draws_the_graph_answers_keys_and_reconnects() {
+    let bin = tool("MESHLENS_TMUX", "/usr/bin/tmux", "tmux");
+    let c = collector().await;
+    let http = c.http_addr;
+    grpc_traces(&c, pairs(1, ("productpage", "v1"), ("reviews", "v2"), 20, 200, 5)).await.unwrap();
+    wait_edge(&c, "", "default/productpage/v1", "default/reviews/v2", 20).await;
+
+    let t = Tmux { bin, session: format!("meshlens-console-{}", std::process::id()) };
+    let cmd = format!("{} console --collector {}", env!("CARGO_BIN_EXE_meshlens"), c.api_url());
+    t.run(&["new-session", "-d", "-s", &t.session, "-x", "100", "-y", "30", &cmd]);
+    let screen = t.wait_for("reviews", 20).await;
+    assert!(screen.contains("productpage") && screen.contains("● live"), "{screen}");
+
+    t.keys(&["?"]);
+    t.wait_for("Keys", 5).await;
+    t.keys(&["Escape", "Tab"]);
+    let table = t.wait_for("NAMESPACE", 5).await;
+    assert!(table.contains("reviews") && table.contains("100.00%"), "{table}");
+    t.keys(&["Tab"]);
+
+    // The collector goes away and comes back on the same port: the console says so, then recovers.
+    c.shutdown().await.unwrap();
+    t.wait_for("reconnecting", 20).await;
+    let c = collector_with(|cfg: &mut CollectorConfig| cfg.http = http).await;
+    grpc_traces(&c, pairs(2, ("productpage", "v1"), ("ratings", "v1"), 5, 200, 5)).await.unwrap();
+    let screen = t.wait_for("ratings", 30).await;
+    assert!(screen.contains("● live"), "{screen}");
+
+    t.keys(&["q"]);
+    eventually("the console to exit", 10, || async { (!t.alive()).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
