@@ -19,7 +19,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures_util::Stream;
 use meshlens_model::api::{ErrorBody, ErrorDetail, WorkloadRow, WorkloadsBody};
-use meshlens_model::graph::{DiffBody, GraphSnapshot, NodeKind, RevisionsBody, View};
+use meshlens_model::graph::{DiffBody, GraphSnapshot, RevisionsBody, View};
 use meshlens_model::hist::Merger;
 use meshlens_model::time::{parse_duration, parse_rfc3339_ms};
 use parking_lot::Mutex;
@@ -255,22 +255,7 @@ async fn diff(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<DiffBo
 }
 
 fn workload_rows(g: &GraphSnapshot) -> Vec<WorkloadRow> {
-    let mut rows: Vec<WorkloadRow> = g
-        .nodes
-        .iter()
-        .filter(|n| n.kind == NodeKind::Workload)
-        .map(|n| WorkloadRow {
-            namespace: n.namespace.clone(),
-            app: n.app.clone(),
-            version: n.version.clone(),
-            id: n.id.clone(),
-            health: n.health,
-            inbound: n.inbound.clone(),
-            outbound: n.outbound.clone(),
-        })
-        .collect();
-    rows.sort_by(|a, b| (&a.namespace, &a.app, &a.version).cmp(&(&b.namespace, &b.app, &b.version)));
-    rows
+    WorkloadRow::from_graph(g)
 }
 
 async fn workloads(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<WorkloadsBody>, ApiError> {

@@ -97,20 +97,6 @@ pub fn bookinfo() -> GraphSnapshot {
 
 /// The workloads of [`bookinfo`].
 pub fn workloads() -> WorkloadsBody {
-    let g = bookinfo();
-    let workloads = g
-        .nodes
-        .iter()
-        .filter(|n| n.kind == NodeKind::Workload)
-        .map(|n| WorkloadRow {
-            namespace: n.namespace.clone(),
-            app: n.app.clone(),
-            version: n.version.clone(),
-            id: n.id.clone(),
-            health: n.health,
-            inbound: n.inbound.clone(),
-            outbound: n.outbound.clone(),
-        })
-        .collect();
+    let workloads = WorkloadRow::from_graph(&bookinfo());
     WorkloadsBody { revision: 42, window_seconds: 60, workloads }
 }

@@ -109,3 +109,25 @@ pub struct AppDetail {
     /// Each version.
     pub versions: Vec<VersionDetail>,
 }
+
+impl WorkloadRow {
+    /// One row per workload node of a graph, sorted by namespace, app and version.
+    pub fn from_graph(g: &crate::graph::GraphSnapshot) -> Vec<Self> {
+        let mut rows: Vec<Self> = g
+            .nodes
+            .iter()
+            .filter(|n| n.kind == crate::graph::NodeKind::Workload)
+            .map(|n| Self {
+                namespace: n.namespace.clone(),
+                app: n.app.clone(),
+                version: n.version.clone(),
+                id: n.id.clone(),
+                health: n.health,
+                inbound: n.inbound.clone(),
+                outbound: n.outbound.clone(),
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.namespace, &a.app, &a.version).cmp(&(&b.namespace, &b.app, &b.version)));
+        rows
+    }
+}
