@@ -485,15 +485,17 @@ async fn demo_cmd<W: Write>(a: DemoArgs, out: &mut W) -> Result<(), CliError> {
     for w in &running.workloads {
         text.push_str(&format!("    {:<28} agent http://{}  admin http://{}/metrics\n", w.id, w.inbound, w.admin));
     }
+    let with_console = !a.headless && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let quit = if with_console { "q in the console or Ctrl-C" } else { "Ctrl-C" };
     let stop = match a.duration {
-        Some(d) => format!("It stops after {d:?}; Ctrl-C stops it sooner."),
-        None => "Ctrl-C stops it.".to_owned(),
+        Some(d) => format!("It stops after {d:?}; {quit} stops it sooner."),
+        None => format!("{quit} stops it."),
     };
     text.push_str(&format!(
-        "Look at it:\n  meshlens stat --collector {url}\n  meshlens graph --collector {url}\n{stop}\n"
+        "Look at it:\n  meshlens console --collector {url}\n  meshlens stat --collector {url}\n  meshlens graph --collector {url}\n{stop}\n"
     ));
     out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(runtime)?;
-    if !a.headless && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+    if with_console {
         // The console runs until the user quits it (or --duration passes); then the demo stops.
         let ui = meshlens_console::tui::run(&url);
         let outcome = match a.duration {
