@@ -34,6 +34,139 @@ pub struct AgentFile {
     pub services: BTreeMap<String, ServiceSpec>,
     /// The traffic policy (DESIGN.md's schema).
     pub policy: Option<PolicyFile>,
+    /// Mutual TLS between agents; off when absent.
+    pub tls: Option<TlsSpec>,
+    /// Who may call this workload; everyone when absent.
+    pub authz: Option<AuthzSpec>,
+    /// Requests per second each caller may make to this workload; unlimited when absent.
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// `tls:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// This workload's certificate chain (PEM), as `meshlens ca issue` writes it.
+    pub cert: String,
+    /// Its key (PEM).
+    pub key: String,
+    /// The mesh CA (PEM).
+    pub ca: String,
+    /// `strict` (only mTLS inbound) or `permissive` (mTLS and plaintext); strict when absent.
+    pub mode: Option<String>,
+    /// The SPIFFE trust domain; `meshlens.local` when absent.
+    pub trust_domain: Option<String>,
+}
+
+/// `authz:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzSpec {
+    /// `allow` or `deny` what no rule decides; allow when absent.
+    pub default: Option<String>,
+    /// Rules: any matching deny denies, else any matching allow allows, else the default.
+    #[serde(default)]
+    pub rules: Vec<AuthzRuleSpec>,
+}
+
+/// One authorization rule.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzRuleSpec {
+    /// `allow` or `deny`.
+    pub action: String,
+    /// Caller identities: a SPIFFE id, a prefix ending in `*`, or `*` (anyone, even unauthenticated).
+    #[serde(default)]
+    pub from: Vec<String>,
+    /// Methods; any when empty.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path prefixes; any when empty.
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+/// `rate_limit:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Sustained requests per second per caller.
+    pub requests_per_second: f64,
+    /// Burst; the rate (at least 1) when absent.
+    pub burst: Option<f64>,
+}
+
+/// Resolved mutual TLS settings.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Tls {
+    /// Certificate chain file.
+    pub cert: std::path::PathBuf,
+    /// Key file.
+    pub key: std::path::PathBuf,
+    /// CA file.
+    pub ca: std::path::PathBuf,
+    /// Only mTLS inbound.
+    pub strict: bool,
+    /// Trust domain.
+    pub trust_domain: String,
+}
+
+/// Resolved authorization.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Authz {
+    /// Allow what no rule decides.
+    pub default_allow: bool,
+    /// Rules in file order.
+    pub rules: Vec<AuthzRule>,
+}
+
+/// A resolved rule.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuthzRule {
+    /// Allow (or deny).
+    pub allow: bool,
+    /// Identities or prefixes (ending in `*`).
+    pub from: Vec<String>,
+    /// Methods, upper case.
+    pub methods: Vec<String>,
+    /// Path prefixes.
+    pub paths: Vec<String>,
+}
+
+impl AuthzRule {
+    /// Whether the rule covers a request.
+    pub fn matches(&self, source: &str, method: &str, path: &str) -> bool {
+        let from = self.from.is_empty()
+            || self.from.iter().any(|f| match f.strip_suffix('*') {
+                Some("") => true,
+                Some(prefix) => !source.is_empty() && source.starts_with(prefix),
+                None => f == source,
+            });
+        from && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| path.starts_with(p.as_str())))
+    }
+}
+
+impl Authz {
+    /// The rule that decides, by index, and whether it allows; `None` for the default.
+    pub fn decide(&self, source: &str, method: &str, path: &str) -> (Option<usize>, bool) {
+        if let Some(i) = self.rules.iter().position(|r| !r.allow && r.matches(source, method, path)) {
+            return (Some(i), false);
+        }
+        if let Some(i) = self.rules.iter().position(|r| r.allow && r.matches(source, method, path)) {
+            return (Some(i), true);
+        }
+        (None, self.default_allow)
+    }
+}
+
+/// Resolved rate limit.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RateLimit {
+    /// Tokens a second.
+    pub per_second: f64,
+    /// Bucket size.
+    pub burst: f64,
 }
 
 /// `workload:`.
@@ -189,6 +322,12 @@ pub struct AgentConfig {
     pub limits: Limits,
     /// Called services by name.
     pub services: BTreeMap<String, Service>,
+    /// Mutual TLS.
+    pub tls: Option<Tls>,
+    /// Authorization of inbound requests.
+    pub authz: Option<Authz>,
+    /// Inbound rate limit per caller.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// The admin listener's default address.
@@ -215,6 +354,8 @@ impl AgentConfig {
             Some("admin.listen")
         } else if self.limits != other.limits {
             Some("limits")
+        } else if self.tls != other.tls {
+            Some("tls")
         } else if self.telemetry.as_ref().map(|t| (&t.collector, t.span_queue))
             != other.telemetry.as_ref().map(|t| (&t.collector, t.span_queue))
         {
@@ -359,7 +500,96 @@ impl AgentFile {
             let namespace = spec.namespace.clone().unwrap_or_else(|| workload.namespace.clone());
             services.insert(name.clone(), Service { namespace, versions, policy });
         }
-        Ok(AgentConfig { workload, inbound_listen, app, outbound_listen, admin_listen, telemetry, limits, services })
+        let tls = match &self.tls {
+            None => None,
+            Some(t) => {
+                let strict = match t.mode.as_deref() {
+                    None | Some("strict") => true,
+                    Some("permissive") => false,
+                    Some(other) => {
+                        return Err(invalid("tls.mode", format!("unknown {other:?}: expected strict or permissive")));
+                    }
+                };
+                for (field, v) in [("tls.cert", &t.cert), ("tls.key", &t.key), ("tls.ca", &t.ca)] {
+                    if v.is_empty() {
+                        return Err(invalid(field, "needs a file path"));
+                    }
+                }
+                Some(Tls {
+                    cert: t.cert.clone().into(),
+                    key: t.key.clone().into(),
+                    ca: t.ca.clone().into(),
+                    strict,
+                    trust_domain: t.trust_domain.clone().unwrap_or_else(|| crate::tls::TRUST_DOMAIN.to_owned()),
+                })
+            }
+        };
+        let authz = match &self.authz {
+            None => None,
+            Some(a) => {
+                let default_allow = match a.default.as_deref() {
+                    None | Some("allow") => true,
+                    Some("deny") => false,
+                    Some(other) => {
+                        return Err(invalid("authz.default", format!("unknown {other:?}: expected allow or deny")));
+                    }
+                };
+                let mut rules = Vec::new();
+                for (i, r) in a.rules.iter().enumerate() {
+                    let allow = match r.action.as_str() {
+                        "allow" => true,
+                        "deny" => false,
+                        other => {
+                            return Err(invalid(
+                                format!("authz.rules[{i}].action"),
+                                format!("unknown {other:?}: expected allow or deny"),
+                            ));
+                        }
+                    };
+                    for (k, f) in r.from.iter().enumerate() {
+                        if f != "*" && !f.starts_with("spiffe://") {
+                            return Err(invalid(
+                                format!("authz.rules[{i}].from[{k}]"),
+                                format!("{f:?} is not a SPIFFE id (spiffe://...), a prefix ending in *, or *"),
+                            ));
+                        }
+                    }
+                    rules.push(AuthzRule {
+                        allow,
+                        from: r.from.clone(),
+                        methods: r.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+                        paths: r.paths.clone(),
+                    });
+                }
+                Some(Authz { default_allow, rules })
+            }
+        };
+        let rate_limit = match &self.rate_limit {
+            None => None,
+            Some(r) => {
+                if !(r.requests_per_second > 0.0 && r.requests_per_second.is_finite()) {
+                    return Err(invalid("rate_limit.requests_per_second", "must be more than 0"));
+                }
+                let burst = r.burst.unwrap_or(r.requests_per_second.max(1.0));
+                if !(burst >= 1.0 && burst.is_finite()) {
+                    return Err(invalid("rate_limit.burst", "must be 1 or more"));
+                }
+                Some(RateLimit { per_second: r.requests_per_second, burst })
+            }
+        };
+        Ok(AgentConfig {
+            workload,
+            inbound_listen,
+            app,
+            outbound_listen,
+            admin_listen,
+            telemetry,
+            limits,
+            services,
+            tls,
+            authz,
+            rate_limit,
+        })
     }
 }
 

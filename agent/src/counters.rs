@@ -53,12 +53,24 @@ pub struct Counters {
     pub reloads: Counter,
     /// Config reloads refused (bad file); the old config kept serving.
     pub reload_errors: Counter,
+    /// Inbound requests denied by authorization (403).
+    pub authz_denied: Counter,
+    /// Inbound requests over the rate limit (429).
+    pub rate_limited: Counter,
+    /// Inbound TLS handshakes that failed (plaintext into strict, unknown CA, expired, garbage).
+    pub tls_handshake_errors: Counter,
+    /// Certificate rotations picked up.
+    pub cert_reloads: Counter,
 }
 
 /// Prometheus text of the counters and the per-peer request metrics.
 pub fn render(c: &Counters, registry: &Registry) -> String {
     let mut out = String::new();
-    let counters: [(&str, &str, &Counter); 21] = [
+    let counters: [(&str, &str, &Counter); 25] = [
+        ("authz_denied_total", "Inbound requests denied by authorization.", &c.authz_denied),
+        ("rate_limited_total", "Inbound requests over the rate limit.", &c.rate_limited),
+        ("tls_handshake_errors_total", "Inbound TLS handshakes that failed.", &c.tls_handshake_errors),
+        ("cert_reloads_total", "Certificate rotations picked up.", &c.cert_reloads),
         ("inbound_connections_total", "Inbound connections accepted.", &c.inbound_connections),
         ("outbound_connections_total", "Outbound connections accepted from the app.", &c.outbound_connections),
         ("connection_errors_total", "Connections ended by a protocol error.", &c.connection_errors),

@@ -102,9 +102,9 @@ pub fn metrics_request(
                 }
             }
         }
-        ends.push(kv(MTLS, Value::BoolValue(false)));
         for t in peer.outcomes() {
             let mut attributes = ends.clone();
+            attributes.push(kv(MTLS, Value::BoolValue(t.outcome.mtls)));
             if t.outcome.status != 0 {
                 attributes.push(kv(HTTP_STATUS, Value::IntValue(i64::from(t.outcome.status))));
             }

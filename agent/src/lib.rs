@@ -20,6 +20,7 @@ pub mod pool;
 pub mod proxy;
 pub mod route;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 
 use std::net::SocketAddr;
@@ -73,6 +74,9 @@ pub enum AgentError {
     /// The collector endpoint.
     #[error("telemetry.collector: {0}")]
     Collector(#[from] tonic::transport::Error),
+    /// Certificates.
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// How to run an agent beyond its config.
@@ -191,7 +195,12 @@ pub async fn start(config: AgentConfig, options: Options) -> Result<Running, Age
     };
     let admin_addr = local(&admin_l, "admin", config.admin_listen)?;
 
-    let shared = Arc::new(Shared::new(config, counters.clone(), SpanSink::new(span_tx, counters.clone())));
+    let mesh_tls = match &config.tls {
+        Some(t) => Some(Arc::new(tls::MeshTls::load(&t.cert, &t.key, &t.ca, &t.trust_domain, t.strict)?)),
+        None => None,
+    };
+    let shared =
+        Arc::new(Shared::new(config, counters.clone(), SpanSink::new(span_tx, counters.clone()), mesh_tls.clone()));
     if let (Some(t), Some(channel)) = (&telemetry, channel) {
         let started = SystemTime::now();
         let s = shared.clone();
@@ -231,6 +240,15 @@ pub async fn start(config: AgentConfig, options: Options) -> Result<Running, Age
     }));
     if let Some(path) = options.watch.clone() {
         tasks.push(tokio::spawn(reload_loop(path, options.reload_every, admin.clone())));
+    }
+    if shared.tls.is_some() {
+        let (shared, every) = (shared.clone(), options.reload_every);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                reload_certs(&shared);
+            }
+        }));
     }
     admin.ready.store(true, Ordering::Release);
     tracing::info!(%inbound, ?outbound, admin = %admin_addr, "agent started");
@@ -276,34 +294,85 @@ async fn serve(
         }
         let shared = shared.clone();
         let builder = builder.clone();
-        let mut stop = stop.clone();
+        let stop = stop.clone();
         let token = drain_token.clone();
+        let tls = match side {
+            Side::Inbound => {
+                shared.tls.clone().map(|t| (t, shared.runtime.load().config.tls.as_ref().is_none_or(|c| c.strict)))
+            }
+            Side::Outbound => None,
+        };
+        let timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _token = token;
-            let s = shared.clone();
-            let service = service_fn(move |req: hyper::Request<Incoming>| {
-                let s = s.clone();
-                async move {
-                    match side {
-                        Side::Inbound => proxy::inbound(s, req).await,
-                        Side::Outbound => proxy::outbound(s, req).await,
-                    }
-                }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = async { let _ = stop.wait_for(|s| *s).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let Some((tls, strict)) = tls else {
+                return serve_io(TokioIo::new(stream), peer, shared, builder, side, Arc::default(), stop).await;
             };
-            if let Err(e) = result {
-                shared.counters.connection_errors.add(1);
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            if !strict {
+                // Permissive: a TLS handshake starts with a handshake record (0x16); anything else
+                // is plaintext HTTP.
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+                    Ok(Ok(1)) if first[0] != 0x16 => {
+                        return serve_io(TokioIo::new(stream), peer, shared, builder, side, Arc::default(), stop).await;
+                    }
+                    Ok(Ok(1)) => {}
+                    _ => return,
+                }
+            }
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    let id = tls::peer_id(tls_stream.get_ref().1);
+                    let info = proxy::ConnInfo { mtls: id.is_some(), peer: id.map(Into::into) };
+                    serve_io(TokioIo::new(tls_stream), peer, shared, builder, side, Arc::new(info), stop).await;
+                }
+                Ok(Err(e)) => {
+                    shared.counters.tls_handshake_errors.add(1);
+                    tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                }
+                Err(_) => {
+                    shared.counters.tls_handshake_errors.add(1);
+                    tracing::debug!(%peer, "no TLS handshake in time");
+                }
             }
         });
+    }
+}
+
+async fn serve_io<I>(
+    io: I,
+    peer: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    side: Side,
+    info: Arc<proxy::ConnInfo>,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let s = shared.clone();
+    let service = service_fn(move |req: hyper::Request<Incoming>| {
+        let (s, info) = (s.clone(), info.clone());
+        async move {
+            match side {
+                Side::Inbound => proxy::inbound(s, req, info).await,
+                Side::Outbound => proxy::outbound(s, req).await,
+            }
+        }
+    });
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        shared.counters.connection_errors.add(1);
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
@@ -328,6 +397,19 @@ async fn active_config(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         "config": rt.config,
         "last_reload_error": *admin.last_reload_error.lock(),
     }))
+}
+
+/// Picks up rotated certificate files: new handshakes use them, open connections keep going.
+fn reload_certs(shared: &Shared) {
+    let Some(tls) = &shared.tls else { return };
+    match tls.certs.reload() {
+        Ok(true) => {
+            shared.counters.cert_reloads.add(1);
+            tracing::info!("certificate rotated");
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "rotated certificate refused; the old one keeps serving"),
+    }
 }
 
 /// Checks the file every `every`; applies a changed file that parses, keeps the old config and
@@ -355,7 +437,7 @@ async fn reload_loop(path: PathBuf, every: Duration, admin: Arc<Admin>) {
         });
         match result {
             Ok(config) => {
-                let next = Runtime::new(config, &shared.registry, Some(&old));
+                let next = Runtime::new(config, &shared.registry, Some(&old), shared.tls.as_ref());
                 shared.runtime.store(Arc::new(next));
                 shared.counters.reloads.add(1);
                 *admin.last_reload_error.lock() = None;

@@ -5,7 +5,8 @@
 //! lookup, and requests go out in origin form as they came. A connection returns to its pool when
 //! its response body has been read to the end (a body dropped early closes it). A request that a
 //! pooled connection refused before sending anything (the server had closed it) is retried once on a
-//! new connection, as hyper-util does. HTTP/2 keeps hyper-util's client, which multiplexes.
+//! new connection, as hyper-util does. HTTP/2 requests share one multiplexed connection per endpoint.
+//! Between agents, connections are mutual TLS when the mesh has it ([`TlsTarget`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,9 +19,14 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use crate::tls::MeshTls;
 
 /// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -123,17 +129,92 @@ pub enum SendError {
     Reset(hyper::Error),
 }
 
+/// A byte stream: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Mutual TLS towards an endpoint: the mesh configs, and the service it must prove to be.
+#[derive(Clone)]
+pub struct TlsTarget {
+    /// The mesh TLS configs.
+    pub tls: Arc<MeshTls>,
+    /// `<app>.<namespace>.mesh`, which the verifier maps to the expected SPIFFE id.
+    pub name: ServerName<'static>,
+}
+
 /// One endpoint's connections.
 pub struct Upstream {
     /// `host:port` to connect to.
     pub addr: Arc<str>,
+    /// Mutual TLS, when the mesh has it.
+    pub tls: Option<TlsTarget>,
     idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
 impl Upstream {
     /// An endpoint at `addr` (`host:port`), with no connections yet.
     pub fn new(addr: &str) -> Self {
-        Self { addr: addr.into(), idle: Mutex::new(Vec::new()) }
+        Self::with_tls(addr, None)
+    }
+
+    /// An endpoint reached over mutual TLS when `tls` is given.
+    pub fn with_tls(addr: &str, tls: Option<TlsTarget>) -> Self {
+        Self { addr: addr.into(), tls, idle: Mutex::new(Vec::new()), h2: tokio::sync::Mutex::new(None) }
+    }
+
+    async fn stream(&self, timeout: Duration, h2: bool) -> Result<Box<dyn Io>, SendError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&*self.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(SendError::Connect(format!("connecting to {}: {e}", self.addr))),
+            Err(_) => return Err(SendError::Connect(format!("connecting to {}: no answer in {timeout:?}", self.addr))),
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(t) = &self.tls else { return Ok(Box::new(stream)) };
+        let config = if h2 { t.tls.client_h2.clone() } else { t.tls.client_h1.clone() };
+        let connector = tokio_rustls::TlsConnector::from(config);
+        match tokio::time::timeout(timeout, connector.connect(t.name.clone(), stream)).await {
+            Ok(Ok(tls)) => Ok(Box::new(tls)),
+            Ok(Err(e)) => Err(SendError::Connect(format!("mTLS with {}: {e}", self.addr))),
+            Err(_) => Err(SendError::Connect(format!("mTLS with {}: no handshake in {timeout:?}", self.addr))),
+        }
+    }
+
+    /// Sends an HTTP/2 request on this endpoint's one multiplexed connection (made on first use,
+    /// and again when it closed).
+    pub async fn send_h2(
+        &self,
+        mut req: Request<ProxyBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        *req.uri_mut() = format!("{scheme}://{}{pq}", self.addr)
+            .parse()
+            .map_err(|e| SendError::Connect(format!("{}: {e}", self.addr)))?;
+        let mut send = {
+            let mut slot = self.h2.lock().await;
+            match slot.as_ref() {
+                Some(s) if !s.is_closed() => s.clone(),
+                _ => {
+                    let io = self.stream(connect_timeout, true).await?;
+                    let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                        .handshake(TokioIo::new(io))
+                        .await
+                        .map_err(|e| SendError::Connect(format!("HTTP/2 with {}: {e}", self.addr)))?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "upstream h2 connection ended");
+                        }
+                    });
+                    *slot = Some(send.clone());
+                    send
+                }
+            }
+        };
+        send.ready().await.map_err(SendError::Reset)?;
+        let resp = send.send_request(req).await.map_err(SendError::Reset)?;
+        Ok(resp.map(ProxyBody::Incoming))
     }
 
     fn put(&self, conn: SendRequest<ProxyBody>) {
@@ -157,14 +238,9 @@ impl Upstream {
     }
 
     async fn connect(&self, timeout: Duration) -> Result<SendRequest<ProxyBody>, SendError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&*self.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(SendError::Connect(format!("connecting to {}: {e}", self.addr))),
-            Err(_) => return Err(SendError::Connect(format!("connecting to {}: no answer in {timeout:?}", self.addr))),
-        };
-        let _ = stream.set_nodelay(true);
+        let io = self.stream(timeout, false).await?;
         let (send, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| SendError::Connect(format!("connecting to {}: {e}", self.addr)))?;
         tokio::spawn(async move {

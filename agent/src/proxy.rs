@@ -19,16 +19,16 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use meshlens_model::policy::{Retries, RetryOn};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, RateLimit};
 use crate::counters::Counters;
 use crate::pool::{ProxyBody, SendError, Upstream};
 use crate::route::{NoEndpoint, Route, Routes, VersionRoute, now_ms};
 use crate::telemetry::{Direction, ErrorKind, Outcome, PeerMetrics, Registry};
+use crate::tls::{MeshTls, workload_of};
 use crate::trace::{SpanKind, SpanRecord, SpanSink, TraceContext};
 
 /// The body type both proxies forward.
@@ -57,9 +57,10 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the runtime for `config`, keeping endpoint state and connections from `old`.
-    pub fn new(config: AgentConfig, registry: &Registry, old: Option<&Runtime>) -> Self {
-        let routes = Routes::build(&config, registry, old.map(|o| &o.routes));
+    /// Builds the runtime for `config`, keeping endpoint state and connections from `old`; agents
+    /// are reached over `tls` when given.
+    pub fn new(config: AgentConfig, registry: &Registry, old: Option<&Runtime>, tls: Option<&Arc<MeshTls>>) -> Self {
+        let routes = Routes::build(&config, registry, old.map(|o| &o.routes), tls);
         let source = HeaderValue::from_str(&config.workload.id()).unwrap_or(HeaderValue::from_static(""));
         let sampling = config.telemetry.as_ref().map_or(0.0, |t| t.sampling);
         let app = match old {
@@ -84,21 +85,31 @@ pub struct Shared {
     unknown_caller: Arc<PeerMetrics>,
     /// Outbound requests for services not in the config.
     unknown_service: Arc<PeerMetrics>,
-    h2: Client<HttpConnector, Body>,
     connect_timeout: Duration,
     origin: Instant,
+    /// Mutual TLS, when configured.
+    pub tls: Option<Arc<MeshTls>>,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
+
+/// What the inbound side knows of a connection.
+#[derive(Clone, Debug, Default)]
+pub struct ConnInfo {
+    /// The caller's SPIFFE id from its certificate.
+    pub peer: Option<Arc<str>>,
+    /// Whether the connection is mutual TLS.
+    pub mtls: bool,
+}
+
+/// Callers tracked by the rate limiter; past it the oldest state is dropped.
+const MAX_BUCKETS: usize = 4096;
 
 impl Shared {
     /// Everything the proxies need, for `config`.
-    pub fn new(config: AgentConfig, counters: Arc<Counters>, spans: SpanSink) -> Self {
+    pub fn new(config: AgentConfig, counters: Arc<Counters>, spans: SpanSink, tls: Option<Arc<MeshTls>>) -> Self {
         let registry = Registry::default();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.limits.connect_timeout));
-        let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
         let config_connect_timeout = config.limits.connect_timeout;
-        let runtime = Runtime::new(config, &registry, None);
+        let runtime = Runtime::new(config, &registry, None, tls.as_ref());
         Self {
             unknown_caller: registry.peer(Direction::Inbound, ""),
             unknown_service: registry.peer(Direction::Outbound, ""),
@@ -106,9 +117,28 @@ impl Shared {
             registry,
             counters,
             spans,
-            h2,
             connect_timeout: config_connect_timeout,
             origin: Instant::now(),
+            tls,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token from `caller`'s bucket; `Err(seconds)` says when the next one comes.
+    fn take_token(&self, caller: &str, limit: &RateLimit) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock();
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(caller) {
+            buckets.clear();
+        }
+        let (tokens, last) = buckets.entry(caller.to_owned()).or_insert((limit.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * limit.per_second).min(limit.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / limit.per_second).ceil().max(1.0) as u64)
         }
     }
 
@@ -120,14 +150,10 @@ impl Shared {
         mut req: Request<Body>,
     ) -> Result<Response<Body>, (ErrorKind, String)> {
         if req.version() == Version::HTTP_2 {
-            let uri = upstream_uri(&upstream.addr, req.uri())
-                .map_err(|e| (ErrorKind::NoEndpoint, format!("bad request target: {e}")))?;
-            *req.uri_mut() = uri;
-            return match self.h2.request(req).await {
-                Ok(resp) => Ok(resp.map(ProxyBody::Incoming)),
-                Err(e) if e.is_connect() => Err((ErrorKind::ConnectFailure, format!("{}: {e:#}", upstream.addr))),
-                Err(e) => Err((ErrorKind::Reset, format!("{}: {e:#}", upstream.addr))),
-            };
+            return upstream.send_h2(req, self.connect_timeout).await.map_err(|e| match e {
+                SendError::Connect(m) => (ErrorKind::ConnectFailure, m),
+                SendError::Reset(e) => (ErrorKind::Reset, format!("{}: {e:#}", upstream.addr)),
+            });
         }
         *req.version_mut() = Version::HTTP_11;
         if req.uri().authority().is_some() {
@@ -213,24 +239,66 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn upstream_uri(authority: &str, uri: &Uri) -> Result<Uri, http::Error> {
-    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    Uri::builder().scheme("http").authority(authority).path_and_query(pq).build()
-}
-
 fn span_for(ctx: &TraceContext) -> Option<(TraceContext, SystemTime)> {
     ctx.sampled.then(|| (*ctx, SystemTime::now()))
 }
 
 /// Serves one inbound request: forwards it to the local app.
-pub async fn inbound(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn inbound(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let rt = shared.runtime.load();
-    let metrics = match req.headers_mut().remove(&SOURCE) {
-        Some(v) => shared.registry.peer(Direction::Inbound, v.to_str().unwrap_or("")),
-        None => shared.unknown_caller.clone(),
+    let header = req.headers_mut().remove(&SOURCE);
+    let claimed = header.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+    // With a certificate, the caller is who the certificate says (the header may add the version of
+    // that same app, nothing more); without one, the header is taken at its word.
+    let trust_domain = rt.config.tls.as_ref().map_or(crate::tls::TRUST_DOMAIN, |t| t.trust_domain.as_str());
+    let source = match conn.peer.as_deref().and_then(|p| workload_of(p, trust_domain)) {
+        Some((ns, app)) => {
+            let prefix = format!("{ns}/{app}/");
+            match claimed.strip_prefix(&prefix) {
+                Some(version) if !version.is_empty() && !version.contains('/') => claimed.to_owned(),
+                _ => format!("{ns}/{app}"),
+            }
+        }
+        None => claimed.to_owned(),
+    };
+    let metrics = if source.is_empty() {
+        shared.unknown_caller.clone()
+    } else {
+        shared.registry.peer(Direction::Inbound, &source)
     };
     let mut rec = Recorder { metrics: &metrics, start, outcome: None };
+    let identity = conn.peer.as_deref().unwrap_or("");
+    if let Some(authz) = &rt.config.authz {
+        let (rule, allow) = authz.decide(identity, req.method().as_str(), req.uri().path());
+        if !allow {
+            shared.counters.authz_denied.add(1);
+            rec.outcome = Some(Outcome::status(403).with_mtls(conn.mtls));
+            let by = rule.map_or("the default".to_owned(), |i| format!("rule {i}"));
+            let who = if identity.is_empty() { "an unauthenticated caller" } else { identity };
+            return Ok(text_response(
+                StatusCode::FORBIDDEN,
+                format!("meshlens agent: denied by {by}: {who} may not {} {}\n", req.method(), req.uri().path()),
+            ));
+        }
+    }
+    if let Some(limit) = &rt.config.rate_limit {
+        let caller = if identity.is_empty() { source.as_str() } else { identity };
+        if let Err(wait) = shared.take_token(caller, limit) {
+            shared.counters.rate_limited.add(1);
+            rec.outcome = Some(Outcome::status(429).with_mtls(conn.mtls));
+            let mut r = text_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("meshlens agent: rate limit of {}/s for {caller:?} reached\n", limit.per_second),
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return Ok(r);
+        }
+    }
     let parent = req.headers().get(&TRACEPARENT).and_then(|v| TraceContext::parse(v.as_bytes()));
     let ctx = parent.unwrap_or_else(|| TraceContext::root(rt.sampling)).child();
     let span = span_for(&ctx);
@@ -253,11 +321,11 @@ pub async fn inbound(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<
             (resp, Outcome::status(status), "")
         }
         Err((kind, message)) => {
-            let outcome = Outcome { status: 502, error: kind, reached: true };
+            let outcome = Outcome { status: 502, error: kind, reached: true, mtls: false };
             (text_response(StatusCode::BAD_GATEWAY, format!("meshlens agent: {message}\n")), outcome, kind.as_str())
         }
     };
-    rec.outcome = Some(outcome);
+    rec.outcome = Some(outcome.with_mtls(conn.mtls));
     if let Some((ctx, wall)) = span {
         shared.spans.send(SpanRecord {
             trace_id: ctx.trace_id,
@@ -326,7 +394,7 @@ pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Res
     let who = rt.config.workload.id();
     let Some(host) = target_host(&req) else {
         let mut rec = Recorder { metrics: &shared.unknown_service, start, outcome: None };
-        rec.outcome = Some(Outcome { status: 400, error: ErrorKind::NoEndpoint, reached: false });
+        rec.outcome = Some(Outcome { status: 400, error: ErrorKind::NoEndpoint, reached: false, mtls: false });
         return Ok(text_response(
             StatusCode::BAD_REQUEST,
             format!("meshlens agent ({who}): the request names no service: send it to http://SERVICE/...\n"),
@@ -335,7 +403,7 @@ pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Res
     let Some(route) = rt.routes.lookup(host).cloned() else {
         shared.counters.unroutable_unknown_service.add(1);
         let mut rec = Recorder { metrics: &shared.unknown_service, start, outcome: None };
-        rec.outcome = Some(Outcome { status: 502, error: ErrorKind::NoEndpoint, reached: false });
+        rec.outcome = Some(Outcome { status: 502, error: ErrorKind::NoEndpoint, reached: false, mtls: false });
         return Ok(text_response(
             StatusCode::BAD_GATEWAY,
             format!(
@@ -374,7 +442,7 @@ async fn route_request(
         let _rec = Recorder {
             metrics: &version.metrics,
             start,
-            outcome: Some(Outcome { status, error: ErrorKind::None, reached: false }),
+            outcome: Some(Outcome { status, error: ErrorKind::None, reached: false, mtls: false }),
         };
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         return text_response(status, format!("meshlens agent: fault injected for {}\n", route.name));
@@ -414,7 +482,7 @@ async fn route_request(
                 let _rec = Recorder {
                     metrics: &version.metrics,
                     start: Instant::now(),
-                    outcome: Some(Outcome { status: 503, error: ErrorKind::NoEndpoint, reached: false }),
+                    outcome: Some(Outcome { status: 503, error: ErrorKind::NoEndpoint, reached: false, mtls: false }),
                 };
                 let message = match why {
                     NoEndpoint::NoneConfigured(v) => format!("{} {v} has no endpoints in the config", route.name),
@@ -474,7 +542,7 @@ async fn route_request(
             Attempt::Response(r) => Outcome::status(r.status().as_u16()),
             Attempt::Failed(kind, _) => Outcome::failed(*kind, *kind != ErrorKind::ConnectFailure),
         };
-        rec.outcome = Some(outcome);
+        rec.outcome = Some(outcome.with_mtls(endpoint.endpoint().upstream.tls.is_some() && outcome.reached));
         drop(rec);
         let server_error = outcome.status == 0 || outcome.status >= 500;
         route.report(endpoint.endpoint(), server_error, now_ms(shared.origin), counters);

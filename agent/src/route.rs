@@ -17,8 +17,9 @@ use meshlens_model::policy::{LoadBalancer, OutlierDetection, Retries, ServicePol
 
 use crate::config::AgentConfig;
 use crate::counters::Counters;
-use crate::pool::Upstream;
+use crate::pool::{TlsTarget, Upstream};
 use crate::telemetry::{Direction, PeerMetrics, Registry};
+use crate::tls::MeshTls;
 
 /// Ejection time stops growing here (Envoy's `max_ejection_time` default).
 pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
@@ -38,10 +39,10 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(authority: &str) -> Self {
+    fn new(authority: &str, tls: Option<TlsTarget>) -> Self {
         Self {
             authority: authority.into(),
-            upstream: Arc::new(Upstream::new(authority)),
+            upstream: Arc::new(Upstream::with_tls(authority, tls)),
             in_flight: AtomicU64::new(0),
             consecutive_5xx: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
@@ -286,9 +287,14 @@ pub struct Routes {
 
 impl Routes {
     /// Builds the table for `config`, reusing endpoint and budget state from `old`.
-    pub fn build(config: &AgentConfig, registry: &Registry, old: Option<&Routes>) -> Self {
+    pub fn build(config: &AgentConfig, registry: &Registry, old: Option<&Routes>, tls: Option<&Arc<MeshTls>>) -> Self {
         let mut services = HashMap::new();
         for (name, svc) in &config.services {
+            // A name that is no valid TLS server name cannot be reached over mTLS; its requests fail
+            // the handshake and say so.
+            let target = tls.and_then(|t| {
+                crate::tls::server_name(&svc.namespace, name).ok().map(|n| TlsTarget { tls: t.clone(), name: n })
+            });
             let old_route = old.and_then(|o| o.services.get(name));
             let find_old = |version: &str, authority: &str| {
                 old_route
@@ -316,7 +322,7 @@ impl Routes {
                         },
                         endpoints: endpoints
                             .iter()
-                            .map(|a| find_old(version, a).unwrap_or_else(|| Arc::new(Endpoint::new(a))))
+                            .map(|a| find_old(version, a).unwrap_or_else(|| Arc::new(Endpoint::new(a, target.clone()))))
                             .collect(),
                         metrics: registry.peer(Direction::Outbound, &workload.id()),
                     }
@@ -365,7 +371,7 @@ mod tests {
         );
         let config = AgentConfig::parse(&text, "t").unwrap();
         let registry = Registry::default();
-        (Routes::build(&config, &registry, None), registry)
+        (Routes::build(&config, &registry, None, None), registry)
     }
 
     #[test]

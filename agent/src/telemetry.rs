@@ -78,28 +78,38 @@ pub struct Outcome {
     pub error: ErrorKind,
     /// Whether the request reached the peer.
     pub reached: bool,
+    /// Whether the hop was mutual TLS.
+    pub mtls: bool,
 }
 
 impl Outcome {
     /// A response with `status` from the peer.
     pub fn status(status: u16) -> Self {
-        Self { status, error: ErrorKind::None, reached: true }
+        Self { status, error: ErrorKind::None, reached: true, mtls: false }
     }
 
     /// No response, for `error`; `reached` says whether the peer got the request.
     pub fn failed(error: ErrorKind, reached: bool) -> Self {
-        Self { status: 0, error, reached }
+        Self { status: 0, error, reached, mtls: false }
+    }
+
+    /// The same outcome, over mutual TLS or not.
+    pub fn with_mtls(self, mtls: bool) -> Self {
+        Self { mtls, ..self }
     }
 
     fn key(self) -> u32 {
         // Never 0: 0 marks a free slot.
-        1 + u32::from(self.status.min(999)) + 1000 * (self.error as u32) + 10_000 * u32::from(self.reached)
+        1 + u32::from(self.status.min(999))
+            + 1000 * (self.error as u32)
+            + 10_000 * u32::from(self.reached)
+            + 20_000 * u32::from(self.mtls)
     }
 
     fn from_key(key: u32) -> Self {
         let k = key - 1;
         let error = ErrorKind::ALL.get(((k / 1000) % 10) as usize).copied().unwrap_or(ErrorKind::None);
-        Self { status: (k % 1000) as u16, error, reached: k >= 10_000 }
+        Self { status: (k % 1000) as u16, error, reached: (k / 10_000) % 2 == 1, mtls: k >= 20_000 }
     }
 }
 
@@ -332,7 +342,9 @@ mod tests {
         for o in [
             Outcome::status(200),
             Outcome::status(503),
-            Outcome { status: 503, error: ErrorKind::NoEndpoint, reached: false },
+            Outcome { status: 503, error: ErrorKind::NoEndpoint, reached: false, mtls: false },
+            Outcome::status(200).with_mtls(true),
+            Outcome::failed(ErrorKind::Timeout, false).with_mtls(true),
             Outcome::failed(ErrorKind::Timeout, true),
             Outcome::failed(ErrorKind::Cancelled, true),
             Outcome::failed(ErrorKind::ConnectFailure, false),
