@@ -47,6 +47,9 @@ pub enum Command {
     /// changes; a bad version is refused and the old config keeps serving. See
     /// examples/agent/agent.yaml for every field.
     Agent(AgentArgs),
+    /// Mesh identities: create the mesh CA, issue workload certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Send HTTP requests at a constant rate and report latency corrected for coordinated omission.
     ///
     /// Open loop, like wrk2, oha and fortio: a request is due every 1/RATE seconds whether or not
@@ -108,6 +111,32 @@ pub struct CollectorArgs {
     /// A node or edge whose error rate is at or above this percent is failing.
     #[arg(long, value_name = "PCT", default_value_t = 10.0)]
     pub failing_error_pct: f64,
+}
+
+/// `meshlens ca`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a mesh root CA in DIR (ca.pem, ca.key, trust-domain).
+    Init {
+        /// Where the CA lives.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The SPIFFE trust domain.
+        #[arg(long, default_value = meshlens_agent::tls::TRUST_DOMAIN)]
+        trust_domain: String,
+    },
+    /// Issue a workload a certificate with the SPIFFE id spiffe://TRUST-DOMAIN/ns/NS/sa/APP.
+    Issue {
+        /// Where the CA lives; the certificate and key are written there too.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The workload, NS/APP/VERSION (or NS/APP).
+        #[arg(long, value_name = "NS/APP[/VERSION]")]
+        workload: String,
+        /// How long the certificate is valid.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+        ttl: std::time::Duration,
+    },
 }
 
 /// `meshlens console`.
@@ -320,6 +349,7 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
         Command::Agent(a) => agent(a, out).await,
         Command::Demo(a) => demo_cmd(a, out).await,
         Command::Console(a) => console(&a.collector, out).await,
+        Command::Ca(c) => ca(c, out),
         Command::Load(a) => {
             let url: http::Uri = a.url.parse().map_err(|e| CliError::Config(anyhow::anyhow!("{}: {e}", a.url)))?;
             let config = meshlens_agent::load::LoadConfig {
@@ -534,5 +564,39 @@ async fn console<W: Write>(collector: &str, out: &mut W) -> Result<(), CliError>
         let client = Client::new(collector).map_err(runtime)?;
         let body = client.workloads("1m", &[]).await.map_err(runtime)?;
         meshlens_console::text::write_stat(out, &body.workloads, false).map_err(runtime)
+    }
+}
+
+fn ca<W: Write>(c: CaCommand, out: &mut W) -> Result<(), CliError> {
+    use meshlens_agent::tls;
+    let config = |e: tls::TlsError| CliError::Config(e.into());
+    match c {
+        CaCommand::Init { dir, trust_domain } => {
+            let (cert, key) = tls::init_ca(&dir, &trust_domain).map_err(config)?;
+            writeln!(
+                out,
+                "mesh CA for trust domain {trust_domain}\n  certificate {}\n  key         {}",
+                cert.display(),
+                key.display()
+            )
+            .map_err(runtime)
+        }
+        CaCommand::Issue { dir, workload, ttl } => {
+            let parts: Vec<&str> = workload.split('/').collect();
+            let (ns, app) = match parts.as_slice() {
+                [ns, app] | [ns, app, _] if !ns.is_empty() && !app.is_empty() => (*ns, *app),
+                _ => return Err(CliError::Config(anyhow::anyhow!("--workload {workload}: expected NS/APP/VERSION"))),
+            };
+            let stem = parts.join("-");
+            let issued = tls::issue(&dir, ns, app, &stem, std::time::SystemTime::now(), ttl).map_err(config)?;
+            writeln!(
+                out,
+                "{}\n  certificate {}\n  key         {}\n  valid for   {ttl:?}",
+                issued.spiffe_id,
+                issued.cert.display(),
+                issued.key.display()
+            )
+            .map_err(runtime)
+        }
     }
 }

@@ -15,4 +15,5 @@ mod otlp;
 mod prometheus;
 mod python_sdk;
 mod restart;
+mod security;
 mod support;

@@ -1,0 +1,322 @@
+//! Zero trust between agents: mutual TLS with SPIFFE identities, authorization, rate limits, and
+//! what a strict inbound refuses. Real agents, a real collector, certificates from `meshlens ca`'s
+//! code, all on loopback.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use meshlens_agent::tls;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::backend::*;
+use crate::support::{edge, eventually, get_json};
+
+struct Ca {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        tls::init_ca(&path, tls::TRUST_DOMAIN).unwrap();
+        Ca { _dir: dir, path }
+    }
+
+    /// Issues `ns/app` a certificate valid from `ago` before now for `ttl`: (cert, key).
+    fn issue(&self, app: &str, stem: &str, ago: Duration, ttl: Duration) -> (PathBuf, PathBuf) {
+        let i = tls::issue(&self.path, "shop", app, stem, SystemTime::now() - ago, ttl).unwrap();
+        (i.cert, i.key)
+    }
+
+    fn leaf(&self, app: &str) -> (PathBuf, PathBuf) {
+        self.issue(app, &format!("shop-{app}"), Duration::from_secs(60), Duration::from_secs(3600))
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.path.join("ca.pem")
+    }
+}
+
+fn tls_yaml(cert: &Path, key: &Path, ca: &Path, mode: &str) -> String {
+    format!("tls: {{cert: '{}', key: '{}', ca: '{}', mode: {mode}}}\n", cert.display(), key.display(), ca.display())
+}
+
+/// The callee `shop/b/v1` in front of `backend`, with TLS and `extra` YAML.
+async fn callee_tls(
+    backend: &Backend,
+    pair: &(PathBuf, PathBuf),
+    ca: &Path,
+    mode: &str,
+    extra: &str,
+    otlp: Option<&str>,
+) -> meshlens_agent::Running {
+    let mut y = agent_yaml("shop/b/v1", backend.addr, "", "", otlp);
+    y.push_str(&tls_yaml(&pair.0, &pair.1, ca, mode));
+    y.push_str(extra);
+    agent(&y).await
+}
+
+/// The caller `shop/a/v1` calling service `b` at `endpoint`, with TLS.
+async fn caller_tls(
+    endpoint: std::net::SocketAddr,
+    pair: &(PathBuf, PathBuf),
+    ca: &Path,
+    otlp: Option<&str>,
+) -> meshlens_agent::Running {
+    let services = format!("b:\n  versions:\n    v1: ['{endpoint}']");
+    let mut y = agent_yaml("shop/a/v1", "127.0.0.1:9".parse().unwrap(), &services, "", otlp);
+    y.push_str(&tls_yaml(&pair.0, &pair.1, ca, "strict"));
+    agent(&y).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_carries_http1_and_h2_and_the_graph_shows_it() {
+    let ca = Ca::new();
+    let c = crate::support::collector().await;
+    let otlp = format!("http://{}", c.otlp_grpc_addr);
+    let backend = Backend::start().await;
+    let b = callee_tls(&backend, &ca.leaf("b"), &ca.ca(), "strict", "", Some(&otlp)).await;
+    let a = caller_tls(b.inbound, &ca.leaf("a"), &ca.ca(), Some(&otlp)).await;
+    let app = App::via(&a);
+    for _ in 0..20 {
+        assert_eq!(app.get("b", "/ok").await, (200, "ok".into()));
+    }
+    let out = a.outbound.unwrap();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().resolve("b", out).build().unwrap();
+    let r = h2.get(format!("http://b:{}/headers", out.port())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-version"], "HTTP/2.0", "h2 over mTLS to the callee's agent");
+    a.shutdown().await;
+    b.shutdown().await;
+    let g = eventually("the mTLS edge", 20, || async {
+        let (_, g) = get_json(&format!("{}/api/v1/graph", c.api_url())).await;
+        (edge(&g, "shop/a/v1", "shop/b/v1")?["stats"]["requests"] == 21).then_some(g)
+    })
+    .await;
+    assert_eq!(edge(&g, "shop/a/v1", "shop/b/v1").unwrap()["stats"]["mtls_pct"], 100.0);
+}
+
+/// Sends one request through a caller that should be refused by the callee (or refuse it): 503 with
+/// the reason.
+async fn refused(a: &meshlens_agent::Running) -> String {
+    let (status, body) = App::via(a).get("b", "/ok").await;
+    assert_eq!(status, 503, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_from_another_ca_expired_ones_and_the_wrong_identity_are_refused() {
+    let (ca, other) = (Ca::new(), Ca::new());
+    let backend = Backend::start().await;
+    let b = callee_tls(&backend, &ca.leaf("b"), &ca.ca(), "strict", "", None).await;
+
+    // A caller whose certificate another CA signed (it trusts both CAs, so only b's check can fail).
+    let both = ca.path.join("both.pem");
+    std::fs::write(&both, std::fs::read_to_string(ca.ca()).unwrap() + &std::fs::read_to_string(other.ca()).unwrap())
+        .unwrap();
+    let stranger = caller_tls(b.inbound, &other.leaf("a"), &both, None).await;
+    // In TLS 1.3 the client finishes its side of the handshake before the server checks the client
+    // certificate, so the refusal shows as a failed connect or as a reset of the first request.
+    let body = refused(&stranger).await;
+    assert!(body.contains("connect_failure") || body.contains("reset"), "{body}");
+
+    // An expired certificate: valid from two hours ago for one hour.
+    let expired = caller_tls(
+        b.inbound,
+        &ca.issue("a", "expired", Duration::from_secs(7200), Duration::from_secs(3600)),
+        &ca.ca(),
+        None,
+    )
+    .await;
+    refused(&expired).await;
+    assert!(b.counters.tls_handshake_errors.get() >= 2, "b refused both handshakes");
+
+    // Service b's endpoint is really app c: the caller checks the identity it meant to reach.
+    let c_backend = Backend::start().await;
+    let impostor = {
+        let mut y = agent_yaml("shop/c/v1", c_backend.addr, "", "", None);
+        let pair = ca.leaf("c");
+        y.push_str(&tls_yaml(&pair.0, &pair.1, &ca.ca(), "strict"));
+        agent(&y).await
+    };
+    let a = caller_tls(impostor.inbound, &ca.leaf("a"), &ca.ca(), None).await;
+    let body = refused(&a).await;
+    assert!(body.contains("spiffe://meshlens.local/ns/shop/sa/c") && body.contains("sa/b was meant"), "{body}");
+    assert_eq!(c_backend.hits(), 0, "nothing reached the impostor's app");
+
+    // The right caller still gets through.
+    let good = caller_tls(b.inbound, &ca.leaf("a"), &ca.ca(), None).await;
+    assert_eq!(App::via(&good).get("b", "/ok").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_refuses_plaintext_permissive_takes_both_and_garbage_disturbs_nobody() {
+    let ca = Ca::new();
+    let backend = Backend::start().await;
+    let strict = callee_tls(&backend, &ca.leaf("b"), &ca.ca(), "strict", "", None).await;
+    let a = caller_tls(strict.inbound, &ca.leaf("a"), &ca.ca(), None).await;
+    let app = App::via(&a);
+    assert_eq!(app.get("b", "/ok").await.0, 200);
+
+    // Plaintext HTTP into the strict inbound: no answer, the connection closed.
+    let mut s = tokio::net::TcpStream::connect(strict.inbound).await.unwrap();
+    s.write_all(b"GET /ok HTTP/1.1\r\nhost: b\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.unwrap();
+    assert!(!String::from_utf8_lossy(&out).contains("200 OK"), "{:?}", String::from_utf8_lossy(&out));
+    let hits = backend.hits();
+
+    // Random bytes into the TLS port, while mTLS traffic goes on.
+    let mut junk = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(strict.inbound).await.unwrap();
+        let bytes: Vec<u8> = (0..4096).map(|_| fastrand::u8(..)).collect();
+        let _ = s.write_all(&bytes).await;
+        junk.push(s);
+    }
+    for _ in 0..20 {
+        assert_eq!(app.get("b", "/ok").await.0, 200);
+    }
+    assert_eq!(backend.hits(), hits + 20);
+    drop(junk);
+    eventually("handshake errors counted", 5, || async {
+        (strict.counters.tls_handshake_errors.get() >= 21).then_some(())
+    })
+    .await;
+
+    // Permissive: mTLS callers and plaintext callers both get through.
+    let permissive = callee_tls(&backend, &ca.leaf("b"), &ca.ca(), "permissive", "", None).await;
+    let r = reqwest::get(format!("http://{}/ok", permissive.inbound)).await.unwrap();
+    assert_eq!(r.status(), 200, "plaintext into permissive");
+    let a2 = caller_tls(permissive.inbound, &ca.leaf("a"), &ca.ca(), None).await;
+    assert_eq!(App::via(&a2).get("b", "/ok").await.0, 200, "mTLS into permissive");
+    let text = reqwest::get(format!("http://{}/metrics", permissive.admin)).await.unwrap().text().await.unwrap();
+    assert!(text.contains("peer=\"shop/a/v1\""), "the mTLS caller is known by its certificate\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_swaps_certificates_while_traffic_flows() {
+    let ca = Ca::new();
+    let backend = Backend::start().await;
+    let pair = ca.leaf("b");
+    let b = callee_tls(&backend, &pair, &ca.ca(), "strict", "", None).await;
+    let a = caller_tls(b.inbound, &ca.leaf("a"), &ca.ca(), None).await;
+    let app = App::via(&a);
+    let mut sent = 0;
+    // Reissue b's certificate in place (a new key, as a rotation would) while requests flow.
+    let rotated = {
+        let (ca_path, stem) = (ca.path.clone(), "shop-b");
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // rotate: write to a temp name, then rename over, as cert managers do
+            let i =
+                tls::issue(&ca_path, "shop", "b", &format!("{stem}-new"), SystemTime::now(), Duration::from_secs(7200))
+                    .unwrap();
+            std::fs::rename(&i.key, ca_path.join(format!("{stem}.key"))).unwrap();
+            std::fs::rename(&i.cert, ca_path.join(format!("{stem}.pem"))).unwrap();
+        })
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert_eq!(app.get("b", "/ok").await.0, 200);
+        sent += 1;
+    }
+    rotated.await.unwrap();
+    eventually("the rotation picked up", 5, || async { (b.counters.cert_reloads.get() >= 1).then_some(()) }).await;
+    // A new connection handshakes with the new certificate.
+    let fresh = caller_tls(b.inbound, &ca.leaf("a"), &ca.ca(), None).await;
+    assert_eq!(App::via(&fresh).get("b", "/ok").await.0, 200);
+    let served = served_certificate(b.inbound, &ca).await;
+    let on_disk = std::fs::read_to_string(&pair.0).unwrap();
+    assert!(on_disk.contains(&served), "the served leaf is the rotated file's");
+    assert!(sent > 20 && backend.hits.load(Ordering::SeqCst) >= sent);
+}
+
+/// The leaf certificate the inbound at `addr` serves, base64 as in a PEM file.
+async fn served_certificate(addr: std::net::SocketAddr, ca: &Ca) -> String {
+    let pair = ca.leaf("probe");
+    let mesh = tls::MeshTls::load(&pair.0, &pair.1, &ca.ca(), tls::TRUST_DOMAIN, true).unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = tls::server_name("shop", "b").unwrap();
+    let s = tokio_rustls::TlsConnector::from(mesh.client_h1.clone()).connect(name, stream).await.unwrap();
+    let der = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    // The first 48 bytes of the body, base64: enough to tell two certificates apart.
+    base64_line(&der)
+}
+
+fn base64_line(der: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in der.chunks(3).take(16) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authz_denies_with_403_counted_on_the_graph_and_rate_limits_give_429() {
+    let ca = Ca::new();
+    let c = crate::support::collector().await;
+    let otlp = format!("http://{}", c.otlp_grpc_addr);
+    let backend = Backend::start().await;
+    let authz = "authz:\n  default: deny\n  rules:\n    - {action: allow, from: ['spiffe://meshlens.local/ns/shop/*'], methods: [GET], paths: ['/ok']}\n    - {action: deny, from: ['spiffe://meshlens.local/ns/shop/sa/a'], paths: ['/ok/admin']}\n";
+    let b = callee_tls(&backend, &ca.leaf("b"), &ca.ca(), "strict", authz, Some(&otlp)).await;
+    let a = caller_tls(b.inbound, &ca.leaf("a"), &ca.ca(), Some(&otlp)).await;
+    let app = App::via(&a);
+    assert_eq!(app.get("b", "/ok").await.0, 200, "allowed by rule 0");
+    for _ in 0..5 {
+        let (status, body) = app.get("b", "/status/200").await;
+        assert_eq!(status, 403);
+        assert!(
+            body.contains("denied by the default") && body.contains("spiffe://meshlens.local/ns/shop/sa/a"),
+            "{body}"
+        );
+    }
+    let (status, body) = app.get("b", "/ok/admin").await;
+    assert_eq!(status, 403);
+    assert!(body.contains("rule 1"), "{body}");
+    assert_eq!(b.counters.authz_denied.get(), 6);
+    assert_eq!(backend.hits(), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+    let g = eventually("403s on the edge", 20, || async {
+        let (_, g) = get_json(&format!("{}/api/v1/graph", c.api_url())).await;
+        (edge(&g, "shop/a/v1", "shop/b/v1")?["stats"]["codes"]["4xx"] == 6).then_some(g)
+    })
+    .await;
+    assert_eq!(edge(&g, "shop/a/v1", "shop/b/v1").unwrap()["stats"]["requests"], 7);
+
+    // 5 a second, burst 5: of 20 at once, 5 pass.
+    let limited = callee_tls(
+        &backend,
+        &ca.leaf("b"),
+        &ca.ca(),
+        "strict",
+        "rate_limit: {requests_per_second: 5, burst: 5}\n",
+        None,
+    )
+    .await;
+    let a = caller_tls(limited.inbound, &ca.leaf("a"), &ca.ca(), None).await;
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{}", a.outbound.unwrap())).unwrap())
+        .build()
+        .unwrap();
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        let r = client.get("http://b/ok").send().await.unwrap();
+        if r.status() == 429 {
+            assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+        }
+        codes.push(r.status().as_u16());
+    }
+    let ok = codes.iter().filter(|&&s| s == 200).count();
+    assert!((5..=7).contains(&ok), "{codes:?}");
+    assert_eq!(limited.counters.rate_limited.get() as usize, 20 - ok);
+}
