@@ -105,6 +105,10 @@ pub struct CollectorArgs {
     /// Size cap of one OTLP export after decompression, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub max_request_mib: usize,
+    /// A bearer token every client must present (API, /metrics, OTLP); needed to listen beyond
+    /// loopback.
+    #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// A node or edge whose error rate is above this percent is degraded (Kiali's default: any error).
     #[arg(long, value_name = "PCT", default_value_t = 0.0)]
     pub degraded_error_pct: f64,
@@ -145,6 +149,9 @@ pub struct ConsoleArgs {
     /// Collector API URL.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7420", env = "MESHLENS_COLLECTOR")]
     pub collector: String,
+    /// The collector's token, if it was started with --token.
+    #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `meshlens demo`.
@@ -265,6 +272,9 @@ pub struct StatArgs {
     /// Collector API URL.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7420", env = "MESHLENS_COLLECTOR")]
     pub collector: String,
+    /// The collector's token, if it was started with --token.
+    #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Stats window (10s..1h).
     #[arg(long, short, value_name = "DURATION", default_value = "1m")]
     pub window: String,
@@ -295,6 +305,9 @@ pub struct GraphArgs {
     /// Collector API URL.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7420", env = "MESHLENS_COLLECTOR")]
     pub collector: String,
+    /// The collector's token, if it was started with --token.
+    #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Stats window (10s..1h).
     #[arg(long, short, value_name = "DURATION", default_value = "1m")]
     pub window: String,
@@ -348,7 +361,7 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
         Command::Collector(a) => collector(a, out).await,
         Command::Agent(a) => agent(a, out).await,
         Command::Demo(a) => demo_cmd(a, out).await,
-        Command::Console(a) => console(&a.collector, out).await,
+        Command::Console(a) => console(&a.collector, a.token.as_deref(), out).await,
         Command::Ca(c) => ca(c, out),
         Command::Load(a) => {
             let url: http::Uri = a.url.parse().map_err(|e| CliError::Config(anyhow::anyhow!("{}: {e}", a.url)))?;
@@ -369,7 +382,7 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
             }
         }
         Command::Stat(a) => {
-            let client = Client::new(&a.collector).map_err(runtime)?;
+            let client = Client::with_token(&a.collector, a.token.as_deref()).map_err(runtime)?;
             let body = client.workloads(&a.window, &a.namespace).await.map_err(runtime)?;
             match a.output {
                 StatOutput::Json => serde_json::to_writer_pretty(&mut *out, &body).map_err(runtime)?,
@@ -384,7 +397,7 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
             Ok(())
         }
         Command::Graph(a) => {
-            let client = Client::new(&a.collector).map_err(runtime)?;
+            let client = Client::with_token(&a.collector, a.token.as_deref()).map_err(runtime)?;
             let g = client.graph(a.view, &a.window, &a.namespace).await.map_err(runtime)?;
             match a.output {
                 GraphOutput::Json => {
@@ -409,6 +422,7 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
         window: a.window,
         retain_revisions: a.retain_revisions,
         max_request_bytes: a.max_request_mib << 20,
+        token: a.token.clone(),
         ..CollectorConfig::default()
     };
     if !(0.0..=100.0).contains(&a.degraded_error_pct)
@@ -527,7 +541,7 @@ async fn demo_cmd<W: Write>(a: DemoArgs, out: &mut W) -> Result<(), CliError> {
     out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(runtime)?;
     if with_console {
         // The console runs until the user quits it (or --duration passes); then the demo stops.
-        let ui = meshlens_console::tui::run(&url);
+        let ui = meshlens_console::tui::run(&url, None);
         let outcome = match a.duration {
             Some(d) => tokio::time::timeout(d, ui).await.unwrap_or(Ok(())),
             None => ui.await,
@@ -554,14 +568,14 @@ async fn demo_cmd<W: Write>(a: DemoArgs, out: &mut W) -> Result<(), CliError> {
 }
 
 /// The console when stdout is a terminal, else the `stat` table.
-async fn console<W: Write>(collector: &str, out: &mut W) -> Result<(), CliError> {
+async fn console<W: Write>(collector: &str, token: Option<&str>, out: &mut W) -> Result<(), CliError> {
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        meshlens_console::tui::run(collector).await.map_err(|e| match e {
+        meshlens_console::tui::run(collector, token).await.map_err(|e| match e {
             meshlens_console::tui::ConsoleError::Client(c) => CliError::Config(c.into()),
             other => runtime(other),
         })
     } else {
-        let client = Client::new(collector).map_err(runtime)?;
+        let client = Client::with_token(collector, token).map_err(runtime)?;
         let body = client.workloads("1m", &[]).await.map_err(runtime)?;
         meshlens_console::text::write_stat(out, &body.workloads, false).map_err(runtime)
     }

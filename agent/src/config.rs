@@ -211,6 +211,8 @@ pub struct TelemetrySpec {
     pub sampling: Option<f64>,
     /// Finished spans waiting for export; more are dropped and counted. 2048 when absent.
     pub span_queue: Option<usize>,
+    /// The collector's bearer token, if it was started with `--token`.
+    pub token: Option<String>,
 }
 
 /// `limits:`.
@@ -269,6 +271,9 @@ pub struct Telemetry {
     pub sampling: f64,
     /// Span queue bound.
     pub span_queue: usize,
+    /// Bearer token for the collector.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
 }
 
 /// Client limits.
@@ -429,6 +434,7 @@ impl AgentFile {
                     interval: dur("telemetry.interval", t.interval.as_deref(), Duration::from_secs(5))?,
                     sampling,
                     span_queue,
+                    token: t.token.clone(),
                 })
             }
         };

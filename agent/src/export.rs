@@ -219,6 +219,26 @@ pub fn span(r: &SpanRecord) -> Span {
     }
 }
 
+/// Adds the collector's bearer token, when it has one, to every export.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// A bearer of `token` (none: nothing added).
+    pub fn new(token: Option<&str>) -> Self {
+        Self(token.and_then(|t| format!("Bearer {t}").parse().ok()))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// A lazily connecting channel to the collector: export never blocks start-up.
 pub fn channel(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
@@ -230,12 +250,13 @@ pub fn channel(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
 /// Exports the metrics every `interval` until `stop` turns true, then once more.
 pub async fn metrics_loop(
     channel: Channel,
+    bearer: Bearer,
     build: impl Fn() -> ExportMetricsServiceRequest,
     interval: Duration,
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut client = MetricsServiceClient::new(channel);
+    let mut client = MetricsServiceClient::with_interceptor(channel, bearer);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -261,8 +282,14 @@ pub async fn metrics_loop(
 }
 
 /// Exports spans in batches of up to [`SPAN_BATCH`], at least every second, until the queue closes.
-pub async fn spans_loop(channel: Channel, me: Workload, mut rx: mpsc::Receiver<SpanRecord>, counters: Arc<Counters>) {
-    let mut client = TraceServiceClient::new(channel);
+pub async fn spans_loop(
+    channel: Channel,
+    bearer: Bearer,
+    me: Workload,
+    mut rx: mpsc::Receiver<SpanRecord>,
+    counters: Arc<Counters>,
+) {
+    let mut client = TraceServiceClient::with_interceptor(channel, bearer);
     let resource = resource(&me);
     let mut batch = Vec::with_capacity(SPAN_BATCH);
     loop {

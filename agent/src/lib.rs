@@ -174,6 +174,7 @@ pub async fn start(config: AgentConfig, options: Options) -> Result<Running, Age
             let (tx, rx) = mpsc::channel(t.span_queue);
             exporters.push(tokio::spawn(export::spans_loop(
                 channel.clone(),
+                export::Bearer::new(t.token.as_deref()),
                 config.workload.clone(),
                 rx,
                 counters.clone(),
@@ -210,6 +211,7 @@ pub async fn start(config: AgentConfig, options: Options) -> Result<Running, Age
         };
         exporters.push(tokio::spawn(export::metrics_loop(
             channel,
+            export::Bearer::new(t.token.as_deref()),
             build,
             t.interval,
             counters.clone(),

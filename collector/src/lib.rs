@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod attrs;
+pub mod auth;
 pub mod counters;
 pub mod engine;
 pub mod hub;
@@ -69,6 +70,8 @@ pub struct CollectorConfig {
     pub max_queue_bytes: usize,
     /// Limits of the graph state.
     pub engine: EngineConfig,
+    /// A bearer token every client must present (API, `/metrics`, OTLP); required beyond loopback.
+    pub token: Option<String>,
 }
 
 impl Default for CollectorConfig {
@@ -84,6 +87,7 @@ impl Default for CollectorConfig {
             max_request_bytes: 64 << 20,
             max_queue_bytes: 256 << 20,
             engine: EngineConfig::default(),
+            token: None,
         }
     }
 }
@@ -119,7 +123,7 @@ pub enum CollectorError {
     },
     /// A non-loopback address without authentication.
     #[error(
-        "refusing to listen on {addr} ({what}): only loopback addresses are allowed until API authentication (--token) is configured; use 127.0.0.1 or ::1"
+        "refusing to listen on {addr} ({what}): beyond loopback the collector needs a token; pass --token (or MESHLENS_TOKEN), or use 127.0.0.1 or ::1"
     )]
     NotLoopback {
         /// Which listener.
@@ -157,8 +161,8 @@ pub struct Running {
     pipeline: Option<std::thread::JoinHandle<()>>,
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, CollectorError> {
-    if !addr.ip().is_loopback() {
+async fn bind(what: &'static str, addr: SocketAddr, token: bool) -> Result<TcpListener, CollectorError> {
+    if !addr.ip().is_loopback() && !token {
         return Err(CollectorError::NotLoopback { what, addr });
     }
     TcpListener::bind(addr).await.map_err(|source| CollectorError::Bind { what, addr, source })
@@ -187,9 +191,14 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     };
     let hub = Arc::new(Hub::new(engine, store, window, config.retain_revisions)?);
 
-    let grpc_l = bind("OTLP/gRPC", config.otlp_grpc).await?;
-    let http_l = bind("OTLP/HTTP", config.otlp_http).await?;
-    let api_l = bind("API", config.http).await?;
+    let token = config.token.as_deref().filter(|t| !t.is_empty()).map(Arc::<str>::from);
+    let grpc_l = bind("OTLP/gRPC", config.otlp_grpc, token.is_some()).await?;
+    let http_l = bind("OTLP/HTTP", config.otlp_http, token.is_some()).await?;
+    let api_l = bind("API", config.http, token.is_some()).await?;
+    let guard = |r: axum::Router| match &token {
+        Some(t) => r.layer(axum::middleware::from_fn_with_state(t.clone(), auth::require_token)),
+        None => r,
+    };
     let addr =
         |l: &TcpListener, what, a| l.local_addr().map_err(|source| CollectorError::Bind { what, addr: a, source });
     let (otlp_grpc_addr, otlp_http_addr, http_addr) = (
@@ -234,7 +243,7 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
         }
     };
     let mut tasks = Vec::new();
-    let grpc_routes = otlp::grpc::router(ingest.clone());
+    let grpc_routes = tonic::service::Routes::from(guard(otlp::grpc::router(ingest.clone()).into_axum_router()));
     let sig = signal();
     tasks.push(tokio::spawn(async move {
         // Exports are large (a 512-span batch is 50-250 KB); HTTP/2's default 64 KiB windows would cost
@@ -247,12 +256,12 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
             .await
             .map_err(|e| format!("OTLP/gRPC server: {e}"))
     }));
-    let otlp_router = otlp::http::router(ingest);
+    let otlp_router = guard(otlp::http::router(ingest));
     let sig = signal();
     tasks.push(tokio::spawn(async move {
         axum::serve(http_l, otlp_router).with_graceful_shutdown(sig).await.map_err(|e| format!("OTLP/HTTP server: {e}"))
     }));
-    let api_router = api::router(hub.clone(), shutdown.subscribe());
+    let api_router = guard(api::router(hub.clone(), shutdown.subscribe()));
     let sig = signal();
     tasks.push(tokio::spawn(async move {
         axum::serve(api_l, api_router).with_graceful_shutdown(sig).await.map_err(|e| format!("API server: {e}"))

@@ -54,16 +54,38 @@ fn chain(e: &dyn std::error::Error) -> String {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Client {
     /// A client for the collector at `base` (such as `http://127.0.0.1:7420`).
     pub fn new(base: &str) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+        Self::with_token(base, None)
+    }
+
+    /// A client that presents `token` as a bearer token (a collector started with `--token`).
+    pub fn with_token(base: &str, token: Option<&str>) -> Result<Self, ClientError> {
+        let http = Self::builder(token)
             .timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|e| ClientError::Unreachable { url: base.to_owned(), reason: chain(&e) })?;
-        Ok(Self { base: base.trim_end_matches('/').to_owned(), http })
+        Ok(Self { base: base.trim_end_matches('/').to_owned(), http, token: token.map(str::to_owned) })
+    }
+
+    /// A reqwest builder that sends the token.
+    pub fn builder(token: Option<&str>) -> reqwest::ClientBuilder {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token
+            && let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        reqwest::Client::builder().default_headers(headers)
+    }
+
+    /// The token this client presents.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// GETs `path` (with its query) and decodes the JSON answer.

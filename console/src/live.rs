@@ -17,7 +17,7 @@ pub async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     actions: mpsc::UnboundedSender<Action>,
 ) {
-    let stream = tokio::spawn(follow(client.base().to_owned(), actions.clone()));
+    let stream = tokio::spawn(follow(client.base().to_owned(), client.token().map(str::to_owned), actions.clone()));
     while let Some(cmd) = commands.recv().await {
         let client = client.clone();
         let actions = actions.clone();
@@ -49,9 +49,9 @@ pub async fn run(
     stream.abort();
 }
 
-async fn follow(base: String, actions: mpsc::UnboundedSender<Action>) {
+async fn follow(base: String, token: Option<String>, actions: mpsc::UnboundedSender<Action>) {
     // No overall timeout: the stream stays open; a silent connection is caught by the read timeout.
-    let Ok(http) = reqwest::Client::builder().read_timeout(Duration::from_secs(60)).build() else { return };
+    let Ok(http) = Client::builder(token.as_deref()).read_timeout(Duration::from_secs(60)).build() else { return };
     let url = format!("{base}/api/v1/stream");
     let mut backoff = Duration::from_millis(250);
     loop {

@@ -33,8 +33,8 @@ impl Drop for Restore {
 }
 
 /// Runs the console against the collector at `collector` until the user quits.
-pub async fn run(collector: &str) -> Result<(), ConsoleError> {
-    let client = Client::new(collector)?;
+pub async fn run(collector: &str, token: Option<&str>) -> Result<(), ConsoleError> {
+    let client = Client::with_token(collector, token)?;
     let mut terminal = ratatui::init();
     let _restore = Restore;
     let (commands, command_rx) = mpsc::unbounded_channel();

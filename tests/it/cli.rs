@@ -66,7 +66,7 @@ async fn errors_are_one_line_with_the_right_exit_code() {
     assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
     let o = meshlens(&["collector", "--in-memory", "--http", "0.0.0.0:0"]).await;
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("only loopback addresses"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("beyond loopback the collector needs a token"));
     let o = meshlens(&["collector", "--in-memory", "--window", "soon"]).await;
     assert_eq!(o.status.code(), Some(2));
     let o = meshlens(&["--help"]).await;

@@ -320,3 +320,40 @@ async fn authz_denies_with_403_counted_on_the_graph_and_rate_limits_give_429() {
     assert!((5..=7).contains(&ok), "{codes:?}");
     assert_eq!(limited.counters.rate_limited.get() as usize, 20 - ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_with_a_token_answers_401_without_it() {
+    let c = crate::support::collector_with(|cfg| cfg.token = Some("s3cret".into())).await;
+    let url = c.api_url();
+    let r = reqwest::get(format!("{url}/api/v1/graph")).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let wrong = reqwest::Client::new().get(format!("{url}/metrics")).bearer_auth("s3creT").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let ok = reqwest::Client::new().get(format!("{url}/api/v1/graph")).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(reqwest::get(format!("{url}/api/v1/workloads?token=s3cret")).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(format!("{url}/healthz")).await.unwrap().status(), 200, "probes stay open");
+
+    // OTLP too: HTTP and gRPC.
+    let spans = crate::support::pairs(1, ("a", "v1"), ("b", "v1"), 3, 200, 5);
+    assert_eq!(crate::support::http_traces(&c, &spans).await.status(), 401);
+    let status = crate::support::grpc_traces(&c, spans.clone()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+
+    // An agent that has the token exports through.
+    let backend = Backend::start().await;
+    let mut y = agent_yaml("shop/b/v1", backend.addr, "", "", Some(&format!("http://{}", c.otlp_grpc_addr)));
+    y = y.replace("sampling: 1.0}", "sampling: 1.0, token: s3cret}");
+    let b = agent(&y).await;
+    assert_eq!(reqwest::get(format!("http://{}/ok", b.inbound)).await.unwrap().status(), 200);
+    b.shutdown().await;
+    eventually("the agent's export accepted", 20, || async {
+        let r = reqwest::Client::new().get(format!("{url}/api/v1/graph")).bearer_auth("s3cret").send().await.ok()?;
+        let g: serde_json::Value = r.json().await.ok()?;
+        edge(&g, "user", "shop/b/v1").map(|_| ())
+    })
+    .await;
+}
