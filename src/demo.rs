@@ -6,7 +6,8 @@
 //! versions' service times, the calls each makes, and the policy every caller's agent applies.
 //! `--fault` and `--delay` change apps at start (a version that fails a share of its requests, a
 //! slower service). Everything runs in this process on 127.0.0.1, so stopping it leaves nothing
-//! behind.
+//! behind. Agents talk mutual TLS with certificates from a mesh CA the demo creates at start in a
+//! temporary directory (the entry also takes plaintext users, as an ingress would).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -308,6 +309,7 @@ pub struct RunningDemo {
     agents: Vec<meshlens_agent::Running>,
     tasks: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
+    _certs: Certs,
 }
 
 impl RunningDemo {
@@ -340,6 +342,7 @@ fn agent_config(
     interval: Duration,
     callees: &BTreeMap<String, Vec<(String, SocketAddr)>>,
     policy: &PolicyFile,
+    tls: Option<serde_json::Value>,
 ) -> Result<meshlens_agent::AgentConfig, DemoError> {
     let mut services = serde_json::Map::new();
     let mut policies = serde_json::Map::new();
@@ -364,6 +367,9 @@ fn agent_config(
     if !v.calls.is_empty() {
         file["outbound"] = serde_json::json!({"listen": "127.0.0.1:0"});
     }
+    if let Some(tls) = tls {
+        file["tls"] = tls;
+    }
     let text = serde_json::to_string(&file).map_err(|e| DemoError(e.to_string()))?;
     meshlens_agent::AgentConfig::parse(&text, &format!("the agent of {}-{}", v.app, v.version))
         .map_err(|e| DemoError(e.to_string()))
@@ -384,6 +390,7 @@ pub async fn start(config: DemoConfig) -> Result<RunningDemo, DemoError> {
     })
     .await
     .map_err(|e| DemoError(format!("starting the collector: {e}")))?;
+    let certs = Certs::new()?;
     let mut callees: BTreeMap<String, Vec<(String, SocketAddr)>> = BTreeMap::new();
     let (mut agents, mut tasks, mut workloads) = (Vec::new(), Vec::new(), Vec::new());
     for v in &versions {
@@ -398,6 +405,7 @@ pub async fn start(config: DemoConfig) -> Result<RunningDemo, DemoError> {
             config.export_interval,
             &callees,
             &mesh.policy,
+            Some(tls_for(&certs, &mesh.namespace, v, v.app == mesh.entry)?),
         )?;
         let id = agent_cfg.workload.id();
         let agent = meshlens_agent::start(agent_cfg, meshlens_agent::Options::default())
@@ -415,7 +423,46 @@ pub async fn start(config: DemoConfig) -> Result<RunningDemo, DemoError> {
     let entry = callees.get(&mesh.entry).cloned().unwrap_or_default();
     let targets: Vec<Arc<Upstream>> = entry.iter().map(|(_, a)| Arc::new(Upstream::new(&a.to_string()))).collect();
     tasks.push(tokio::spawn(generate(targets, mesh.entry.clone(), config.rate, load.clone(), stop_rx)));
-    Ok(RunningDemo { collector, workloads, load, agents, tasks, stop })
+    Ok(RunningDemo { collector, workloads, load, agents, tasks, stop, _certs: certs })
+}
+
+/// The demo's own mesh CA and certificates, in a directory removed when the demo stops.
+struct Certs {
+    dir: std::path::PathBuf,
+}
+
+impl Certs {
+    fn new() -> Result<Self, DemoError> {
+        let dir = std::env::temp_dir().join(format!("meshlens-demo-{}-{}", std::process::id(), fastrand::u64(..)));
+        meshlens_agent::tls::init_ca(&dir, meshlens_agent::tls::TRUST_DOMAIN)
+            .map_err(|e| DemoError(format!("creating the demo's mesh CA: {e}")))?;
+        Ok(Self { dir })
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An app version's `tls:` block: its own certificate; strict, except at the entry, which takes
+/// users without certificates too (permissive), as a mesh's ingress does.
+fn tls_for(certs: &Certs, namespace: &str, v: &Version, entry: bool) -> Result<serde_json::Value, DemoError> {
+    let stem = format!("{namespace}-{}-{}", v.app, v.version);
+    let issued = meshlens_agent::tls::issue(
+        &certs.dir,
+        namespace,
+        &v.app,
+        &stem,
+        std::time::SystemTime::now() - Duration::from_secs(60),
+        Duration::from_secs(7 * 24 * 3600),
+    )
+    .map_err(|e| DemoError(format!("issuing {}-{}'s certificate: {e}", v.app, v.version)))?;
+    Ok(serde_json::json!({
+        "cert": issued.cert, "key": issued.key, "ca": certs.dir.join("ca.pem"),
+        "mode": if entry { "permissive" } else { "strict" },
+    }))
 }
 
 /// Sends GET /ENTRY at `rate` to the entry service's agents (as users with no agent of their own),

@@ -104,8 +104,9 @@ pub fn node_label(n: &Node) -> String {
     }
 }
 
+/// Cells a label takes in a terminal: pictographs (the console's 🔒) take two.
 fn width(s: &str) -> u32 {
-    s.chars().count() as u32
+    s.chars().map(|c| if (c as u32) >= 0x1F000 { 2 } else { 1 }).sum()
 }
 
 struct Item {

@@ -76,6 +76,11 @@ async fn bookinfo_shows_its_six_workloads_their_edges_and_the_split() {
         let sd = (total / 3.0 * 2.0 / 3.0).sqrt();
         assert!((n - total / 3.0).abs() <= 4.0 * sd, "reviews v{} got {n} of {total}", i + 1);
     }
+    // Agent to agent is mutual TLS; users come in plaintext.
+    for (s, t) in &EDGES[1..] {
+        assert_eq!(stat(&g, s, t, "mtls_pct"), 100.0, "{s} -> {t}");
+    }
+    assert_eq!(stat(&g, "user", "bookinfo/productpage/v1", "mtls_pct"), 0.0);
     let ratings = stat(&g, "bookinfo/reviews/v2", "bookinfo/ratings/v1", "requests")
         + stat(&g, "bookinfo/reviews/v3", "bookinfo/ratings/v1", "requests");
     assert!((ratings - reviews[1] - reviews[2]).abs() <= 3.0, "v2 and v3 call ratings once each");
