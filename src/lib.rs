@@ -250,6 +250,9 @@ pub struct LoadArgs {
     /// A request without a response after this counts as an error.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub timeout: std::time::Duration,
+    /// Send this Host header (a service name, to load a service through an agent's outbound port).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = LoadOutput::Table)]
     pub output: LoadOutput,
@@ -371,6 +374,7 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
                 duration: a.duration,
                 connections: a.connections,
                 timeout: a.timeout,
+                host: a.host.clone(),
             };
             let report = meshlens_agent::load::run(config).await.map_err(|e| CliError::Config(e.into()))?;
             match a.output {

@@ -81,5 +81,49 @@ fn export(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, telemetry, trace, export);
+/// Full mTLS handshakes (TLS 1.3, ECDSA P-256, client certificate, SPIFFE check) over loopback, one
+/// at a time: the inverse is handshakes per second on one core's worth of client and server.
+fn tls(c: &mut Criterion) {
+    use meshlens_agent::tls;
+    let dir = std::env::temp_dir().join(format!("meshlens-bench-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    tls::init_ca(&dir, tls::TRUST_DOMAIN).unwrap();
+    let now = SystemTime::now() - Duration::from_secs(60);
+    let server = tls::issue(&dir, "shop", "b", "b", now, Duration::from_secs(3600)).unwrap();
+    let client = tls::issue(&dir, "shop", "a", "a", now, Duration::from_secs(3600)).unwrap();
+    let ca = dir.join("ca.pem");
+    let server = tls::MeshTls::load(&server.cert, &server.key, &ca, tls::TRUST_DOMAIN, true).unwrap();
+    let client = tls::MeshTls::load(&client.cert, &client.key, &ca, tls::TRUST_DOMAIN, true).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.server.clone());
+    rt.spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(s).await;
+            });
+        }
+    });
+    let connector = tokio_rustls::TlsConnector::from(client.client_h1.clone());
+    let name = tls::server_name("shop", "b").unwrap();
+    let mut g = c.benchmark_group("tls");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("mtls_handshake", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let mut t = connector.connect(name.clone(), s).await.unwrap();
+                // The server's side finishes with the client's certificate check.
+                tokio::io::AsyncWriteExt::shutdown(&mut t).await.unwrap();
+            })
+        })
+    });
+    g.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, telemetry, trace, export, tls);
 criterion_main!(benches);

@@ -33,6 +33,8 @@ pub struct LoadConfig {
     pub connections: usize,
     /// A request without a response after this is an error.
     pub timeout: Duration,
+    /// The Host header, when it is not the URL's (a service name, through an agent's outbound).
+    pub host: Option<String>,
 }
 
 /// Why a load run could not start.
@@ -166,7 +168,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     let mut tasks = Vec::new();
     for _ in 0..config.connections {
         let (rx, addr, url, timeout) = (rx.clone(), addr.clone(), config.url.clone(), config.timeout);
-        let host = authority.as_str().to_owned();
+        let host = config.host.clone().unwrap_or_else(|| authority.as_str().to_owned());
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::new();
             let mut conn: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
@@ -192,7 +194,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
                     }
                     let Some(send) = conn.as_mut() else { return Err("no connection".to_owned()) };
                     send.ready().await.map_err(|e| e.to_string())?;
-                    let req = Request::get(url.clone())
+                    let req = Request::get(url.path_and_query().map_or("/", |p| p.as_str()))
                         .header(http::header::HOST, &host)
                         .body(Empty::<Bytes>::new())
                         .map_err(|e| e.to_string())?;
