@@ -661,6 +661,16 @@ policy:
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        let c = AgentConfig::parse(include_str!("../../examples/agent/agent.yaml"), "agent.yaml").unwrap();
+        assert!(c.tls.as_ref().is_some_and(|t| t.strict));
+        let authz = c.authz.unwrap();
+        assert_eq!(authz.decide("spiffe://meshlens.local/ns/shop/sa/a", "GET", "/x"), (Some(1), true));
+        assert_eq!(authz.decide("", "DELETE", "/x"), (Some(0), false));
+        assert_eq!(c.rate_limit.map(|r| r.burst), Some(200.0));
+    }
+
+    #[test]
     fn restart_is_needed_for_listeners_not_for_policy() {
         let a = AgentConfig::parse(GOOD, "a").unwrap();
         let b = AgentConfig::parse(&GOOD.replace("v1: 90", "v1: 50"), "a").unwrap();
