@@ -179,3 +179,30 @@ async fn demo_stops_cleanly_on_ctrl_c() {
     assert!(text.contains("sent "), "{text}");
     assert!(free(api_port(&text)) && agent_ports(&text).into_iter().all(free));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_init_and_issue_write_a_mesh_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let o = meshlens(&["ca", "init", "--dir", d, "--trust-domain", "example.org"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = meshlens(&["ca", "issue", "--dir", d, "--workload", "shop/reviews/v2", "--ttl", "1h"]).await;
+    assert!(stdout(&o).starts_with("spiffe://example.org/ns/shop/sa/reviews"), "{}", stdout(&o));
+    assert!(dir.path().join("shop-reviews-v2.pem").exists() && dir.path().join("shop-reviews-v2.key").exists());
+    let o = meshlens(&["ca", "init", "--dir", d]).await;
+    assert_eq!(o.status.code(), Some(2), "a CA is not overwritten");
+    let o = meshlens(&["ca", "issue", "--dir", d, "--workload", "reviews"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expected NS/APP/VERSION"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_sends_the_token() {
+    let c = collector_with(|cfg| cfg.token = Some("s3cret".into())).await;
+    let url = c.api_url();
+    let o = meshlens(&["stat", "--collector", &url]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("401"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = meshlens(&["stat", "--collector", &url, "--token", "s3cret"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
