@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod counter;
+pub mod find;
 pub mod graph;
 pub mod hist;
 pub mod identity;
@@ -18,6 +19,7 @@ pub mod names;
 pub mod policy;
 pub mod stats;
 pub mod time;
+pub mod viewstate;
 
 pub use graph::{Edge, GraphSnapshot, Node, NodeKind, View};
 pub use identity::{Peer, Workload};

@@ -1,0 +1,272 @@
+//! What the web view shows, as it lives in the URL's query string, so a view can be shared: page,
+//! graph view, window, namespaces, find expression (highlight or hide), pinned revision, and which
+//! number labels the edges.
+
+use crate::graph::{Edge, View};
+
+/// What labels the edges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EdgeLabel {
+    /// Requests per second.
+    #[default]
+    Rps,
+    /// Error percent.
+    Error,
+    /// p95 latency.
+    P95,
+    /// p99 latency.
+    P99,
+    /// Share of the caller's outbound traffic.
+    Share,
+}
+
+impl EdgeLabel {
+    /// All, in menu order.
+    pub const ALL: [EdgeLabel; 5] =
+        [EdgeLabel::Rps, EdgeLabel::Error, EdgeLabel::P95, EdgeLabel::P99, EdgeLabel::Share];
+
+    /// The query-string name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EdgeLabel::Rps => "rps",
+            EdgeLabel::Error => "error",
+            EdgeLabel::P95 => "p95",
+            EdgeLabel::P99 => "p99",
+            EdgeLabel::Share => "share",
+        }
+    }
+
+    /// From its name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+
+    /// The label of `e`, whose caller sends `caller_rps` in all.
+    pub fn text(self, e: &Edge, caller_rps: f64) -> String {
+        let ms = |v: Option<f64>| v.map_or("-".to_owned(), format_ms);
+        match self {
+            EdgeLabel::Rps => crate::layout::edge_label(e),
+            EdgeLabel::Error => format!("{:.1}%", e.stats.error_pct.unwrap_or(0.0)),
+            EdgeLabel::P95 => ms(e.stats.latency_ms.as_ref().map(|l| l.p95)),
+            EdgeLabel::P99 => ms(e.stats.latency_ms.as_ref().map(|l| l.p99)),
+            EdgeLabel::Share if caller_rps > 0.0 => format!("{:.0}%", 100.0 * e.stats.rps / caller_rps),
+            EdgeLabel::Share => "-".to_owned(),
+        }
+    }
+}
+
+/// Milliseconds, short: `3.2ms`, `12ms`, `1.2s`.
+pub fn format_ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.1}s", v / 1000.0)
+    } else if v >= 10.0 {
+        format!("{v:.0}ms")
+    } else {
+        format!("{v:.1}ms")
+    }
+}
+
+/// Which page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Page {
+    /// The topology.
+    #[default]
+    Graph,
+    /// The workloads table.
+    Workloads,
+}
+
+/// The whole view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewState {
+    /// Page.
+    pub page: Page,
+    /// Graph view.
+    pub view: View,
+    /// Window (`1m`).
+    pub window: String,
+    /// Namespaces; all when empty.
+    pub namespaces: Vec<String>,
+    /// Find expression.
+    pub find: String,
+    /// Hide what the expression matches (else highlight it).
+    pub hide: bool,
+    /// Pinned revision; live when `None`.
+    pub revision: Option<u64>,
+    /// Edge labels.
+    pub label: EdgeLabel,
+    /// Selected node or edge id.
+    pub selected: Option<String>,
+}
+
+impl Default for ViewState {
+    fn default() -> Self {
+        Self {
+            page: Page::Graph,
+            view: View::Versioned,
+            window: "1m".into(),
+            namespaces: Vec::new(),
+            find: String::new(),
+            hide: false,
+            revision: None,
+            label: EdgeLabel::Rps,
+            selected: None,
+        }
+    }
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => out.push(b as char),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn dec(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl ViewState {
+    /// The query string (without `?`); defaults are left out.
+    pub fn to_query(&self) -> String {
+        let d = Self::default();
+        let mut parts = Vec::new();
+        if self.page == Page::Workloads {
+            parts.push("page=workloads".to_owned());
+        }
+        if self.view != d.view {
+            parts.push(format!("view={}", self.view));
+        }
+        if self.window != d.window {
+            parts.push(format!("window={}", enc(&self.window)));
+        }
+        for ns in &self.namespaces {
+            parts.push(format!("namespace={}", enc(ns)));
+        }
+        if !self.find.is_empty() {
+            parts.push(format!("find={}", enc(&self.find)));
+        }
+        if self.hide {
+            parts.push("hide=1".to_owned());
+        }
+        if let Some(r) = self.revision {
+            parts.push(format!("revision={r}"));
+        }
+        if self.label != d.label {
+            parts.push(format!("label={}", self.label.as_str()));
+        }
+        if let Some(s) = &self.selected {
+            parts.push(format!("selected={}", enc(s)));
+        }
+        parts.join("&")
+    }
+
+    /// Reads a query string (with or without `?`); what it cannot read keeps its default.
+    pub fn from_query(q: &str) -> Self {
+        let mut s = Self::default();
+        for pair in q.trim_start_matches('?').split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = dec(v);
+            match k {
+                "page" if v == "workloads" => s.page = Page::Workloads,
+                "view" => s.view = v.parse().unwrap_or_default(),
+                "window" if !v.is_empty() => s.window = v,
+                "namespace" if !v.is_empty() => s.namespaces.push(v),
+                "find" => s.find = v,
+                "hide" => s.hide = v == "1" || v == "true",
+                "revision" => s.revision = v.parse().ok(),
+                "label" => s.label = EdgeLabel::parse(&v).unwrap_or_default(),
+                "selected" if !v.is_empty() => s.selected = Some(v),
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// The API query for the graph this state shows.
+    pub fn graph_query(&self) -> String {
+        let mut q = format!("view={}&window={}", self.view, enc(&self.window));
+        for ns in &self.namespaces {
+            q.push_str(&format!("&namespace={}", enc(ns)));
+        }
+        if let Some(r) = self.revision {
+            q.push_str(&format!("&at={r}"));
+        }
+        q
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_round_trips_the_view() {
+        let s = ViewState {
+            page: Page::Graph,
+            view: View::App,
+            window: "15m".into(),
+            namespaces: vec!["shop".into(), "bookinfo".into()],
+            find: "version = v3 and error > 0".into(),
+            hide: true,
+            revision: Some(42),
+            label: EdgeLabel::P99,
+            selected: Some("shop/reviews/v3".into()),
+        };
+        let q = s.to_query();
+        assert_eq!(
+            q,
+            "view=app&window=15m&namespace=shop&namespace=bookinfo&find=version+%3D+v3+and+error+%3E+0&hide=1&revision=42&label=p99&selected=shop/reviews/v3"
+        );
+        assert_eq!(ViewState::from_query(&format!("?{q}")), s);
+        assert_eq!(ViewState::from_query(""), ViewState::default());
+        assert_eq!(ViewState::default().to_query(), "");
+        assert_eq!(
+            ViewState::from_query("view=nope&revision=x&label=?&find=a%2"),
+            ViewState { find: "a%2".into(), ..ViewState::default() }
+        );
+        assert_eq!(s.graph_query(), "view=app&window=15m&namespace=shop&namespace=bookinfo&at=42");
+    }
+
+    #[test]
+    fn edge_labels_switch() {
+        let mut e = crate::graph::Edge {
+            id: "a->b".into(),
+            source: "a".into(),
+            target: "b".into(),
+            protocol: "http".into(),
+            health: crate::stats::Health::Healthy,
+            stats: crate::stats::Stats { rps: 5.0, error_pct: Some(2.5), ..Default::default() },
+        };
+        assert_eq!(EdgeLabel::Rps.text(&e, 10.0), "5.0/s 2.5%");
+        assert_eq!(EdgeLabel::Error.text(&e, 10.0), "2.5%");
+        assert_eq!(EdgeLabel::Share.text(&e, 10.0), "50%");
+        assert_eq!(EdgeLabel::P99.text(&e, 10.0), "-");
+        e.stats.latency_ms = Some(crate::stats::LatencyMs { p50: 1.0, p95: 12.4, p99: 1500.0, max: 2000.0 });
+        assert_eq!((EdgeLabel::P95.text(&e, 0.0), EdgeLabel::P99.text(&e, 0.0)), ("12ms".into(), "1.5s".into()));
+    }
+}
