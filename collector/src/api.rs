@@ -341,7 +341,15 @@ async fn openapi() -> Response {
 }
 
 async fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
+    Html(meshlens_web_bundle::INDEX_HTML)
+}
+
+async fn app_js() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], meshlens_web_bundle::APP_JS)
+}
+
+async fn app_wasm() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/wasm")], meshlens_web_bundle::APP_WASM)
 }
 
 async fn not_found() -> ApiError {
@@ -363,6 +371,8 @@ pub fn router(hub: Arc<Hub>, shutdown: tokio::sync::watch::Receiver<bool>) -> Ro
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/app_bg.wasm", get(app_wasm))
         .fallback(not_found)
         .with_state(api)
 }

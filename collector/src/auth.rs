@@ -1,6 +1,7 @@
 //! Bearer-token authentication for everything the collector serves when `--token` is set (required
 //! to listen beyond loopback): the API and `/metrics`, OTLP/HTTP and OTLP/gRPC. The token is
-//! compared in constant time. `/healthz` and `/readyz` stay open for probes. Browsers' EventSource
+//! compared in constant time. `/healthz` and `/readyz` stay open for probes, and the web UI's files
+//! load without it (the page then asks for the token and sends it with every call). Browsers' EventSource
 //! cannot set headers, so `?token=` is accepted too.
 
 use std::sync::Arc;
@@ -51,7 +52,8 @@ fn strip_token(req: &mut Request) {
 /// otherwise.
 pub async fn require_token(State(token): State<Arc<str>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if path == "/healthz" || path == "/readyz" {
+    // Probes, and the web UI itself, which then asks for the token.
+    if matches!(path, "/healthz" | "/readyz" | "/" | "/app.js" | "/app_bg.wasm") {
         return next.run(req).await;
     }
     if presented(&req).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) {

@@ -277,28 +277,7 @@ impl App {
         let mut rows: Vec<&WorkloadRow> =
             self.workloads.iter().filter(|w| needle.is_empty() || w.id.to_lowercase().contains(&needle)).collect();
         let (col, desc) = self.sort;
-        let num = |w: &WorkloadRow| -> f64 {
-            let lat = |f: fn(&meshlens_model::LatencyMs) -> f64| w.inbound.latency_ms.as_ref().map_or(-1.0, f);
-            match col {
-                3 => w.inbound.success_pct.unwrap_or(-1.0),
-                4 => w.inbound.rps,
-                5 => lat(|l| l.p50),
-                6 => lat(|l| l.p95),
-                7 => lat(|l| l.p99),
-                8 => w.inbound.rps,
-                _ => w.outbound.rps,
-            }
-        };
-        rows.sort_by(|a, b| {
-            let o = match col {
-                0 => a.namespace.cmp(&b.namespace),
-                1 => a.app.cmp(&b.app),
-                2 => a.version.cmp(&b.version),
-                _ => num(a).total_cmp(&num(b)),
-            };
-            let o = if desc { o.reverse() } else { o };
-            o.then_with(|| a.id.cmp(&b.id))
-        });
+        rows.sort_by(|a, b| meshlens_model::api::compare_rows(a, b, col, desc));
         rows
     }
 

@@ -131,3 +131,28 @@ impl WorkloadRow {
         rows
     }
 }
+
+/// Orders two workload rows by a column of `meshlens stat`: 0 namespace, 1 app, 2 version,
+/// 3 success %, 4 rps, 5 p50, 6 p95, 7 p99, 8 inbound rps, 9 outbound rps; `desc` reverses; ties go
+/// by id, so the order is stable.
+pub fn compare_rows(a: &WorkloadRow, b: &WorkloadRow, col: usize, desc: bool) -> std::cmp::Ordering {
+    let num = |w: &WorkloadRow| -> f64 {
+        let lat = |f: fn(&crate::stats::LatencyMs) -> f64| w.inbound.latency_ms.as_ref().map_or(-1.0, f);
+        match col {
+            3 => w.inbound.success_pct.unwrap_or(-1.0),
+            4 | 8 => w.inbound.rps,
+            5 => lat(|l| l.p50),
+            6 => lat(|l| l.p95),
+            7 => lat(|l| l.p99),
+            _ => w.outbound.rps,
+        }
+    };
+    let o = match col {
+        0 => a.namespace.cmp(&b.namespace),
+        1 => a.app.cmp(&b.app),
+        2 => a.version.cmp(&b.version),
+        _ => num(a).total_cmp(&num(b)),
+    };
+    let o = if desc { o.reverse() } else { o };
+    o.then_with(|| a.id.cmp(&b.id))
+}

@@ -115,7 +115,8 @@ impl Default for ViewState {
     }
 }
 
-fn enc(s: &str) -> String {
+/// Percent-encodes a query-string component (space as `+`; `/` and `:` kept, for readable ids).
+pub fn encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {
@@ -162,13 +163,13 @@ impl ViewState {
             parts.push(format!("view={}", self.view));
         }
         if self.window != d.window {
-            parts.push(format!("window={}", enc(&self.window)));
+            parts.push(format!("window={}", encode(&self.window)));
         }
         for ns in &self.namespaces {
-            parts.push(format!("namespace={}", enc(ns)));
+            parts.push(format!("namespace={}", encode(ns)));
         }
         if !self.find.is_empty() {
-            parts.push(format!("find={}", enc(&self.find)));
+            parts.push(format!("find={}", encode(&self.find)));
         }
         if self.hide {
             parts.push("hide=1".to_owned());
@@ -180,7 +181,7 @@ impl ViewState {
             parts.push(format!("label={}", self.label.as_str()));
         }
         if let Some(s) = &self.selected {
-            parts.push(format!("selected={}", enc(s)));
+            parts.push(format!("selected={}", encode(s)));
         }
         parts.join("&")
     }
@@ -209,9 +210,9 @@ impl ViewState {
 
     /// The API query for the graph this state shows.
     pub fn graph_query(&self) -> String {
-        let mut q = format!("view={}&window={}", self.view, enc(&self.window));
+        let mut q = format!("view={}&window={}", self.view, encode(&self.window));
         for ns in &self.namespaces {
-            q.push_str(&format!("&namespace={}", enc(ns)));
+            q.push_str(&format!("&namespace={}", encode(ns)));
         }
         if let Some(r) = self.revision {
             q.push_str(&format!("&at={r}"));

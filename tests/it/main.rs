@@ -17,3 +17,4 @@ mod python_sdk;
 mod restart;
 mod security;
 mod support;
+mod web;

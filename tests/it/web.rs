@@ -1,0 +1,56 @@
+//! The web view in a real browser: Debian's chromium driven by playwright-core (both installed by
+//! `.ci/setup`) against a collector fed by test traffic. The browser script is tests/web/e2e.mjs;
+//! this test feeds the collector, answers the script's "WAITING update" with new traffic, and
+//! prints where the screenshot went.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_topology_shows_the_graph_follows_it_live_and_renders_names_as_text() {
+    let node = tool("MESHLENS_NODE", "/usr/bin/node", "Node.js");
+    let modules = tool("MESHLENS_NODE_MODULES", "/var/tmp/meshlens-node/node_modules", "playwright-core (npm)");
+    tool("MESHLENS_CHROMIUM", "/usr/bin/chromium", "chromium (Debian)");
+    let c = collector().await;
+    grpc_traces(&c, pairs(1, ("frontend", "v1"), ("catalog", "v1"), 30, 200, 8)).await.unwrap();
+    grpc_traces(&c, pairs(2, ("frontend", "v1"), ("payments", "v1"), 20, 500, 20)).await.unwrap();
+    grpc_traces(&c, pairs(3, ("frontend", "v1"), ("<img src=x onerror=alert(1)>", "v1"), 5, 200, 3)).await.unwrap();
+    wait_edge(&c, "", "default/frontend/v1", "default/payments/v1", 20).await;
+
+    let shot = std::env::temp_dir().join(format!("meshlens-web-{}.png", std::process::id()));
+    // ES modules find packages from the script's own folder (NODE_PATH is not read for imports), so
+    // the script runs beside the installed node_modules.
+    let script = modules.parent().unwrap().join("e2e.mjs");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/web/e2e.mjs"), &script).unwrap();
+    let mut child = tokio::process::Command::new(node)
+        .arg(&script)
+        .arg(format!("{}/", c.api_url()))
+        .arg(&shot)
+        .current_dir(modules.parent().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut said = Vec::new();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            eprintln!("e2e: {line}");
+            if line == "WAITING update" {
+                grpc_traces(&c, pairs(4, ("frontend", "v1"), ("shipping", "v1"), 5, 200, 4)).await.unwrap();
+                stdin.write_all(b"go\n").await.unwrap();
+            }
+            said.push(line);
+        }
+        child.wait().await.unwrap()
+    })
+    .await
+    .expect("the browser test finished in time");
+    assert!(result.success() && said.last().map(String::as_str) == Some("OK"), "{said:#?}");
+    println!("screenshot: {}", shot.display());
+}

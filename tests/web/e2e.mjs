@@ -1,0 +1,82 @@
+// End-to-end test of the web view in Debian's chromium (playwright-core), driven by
+// tests/it/web.rs, which runs a collector with test traffic and passes its URL.
+//
+//   node e2e.mjs URL SCREENSHOT
+//
+// Steps, each waiting for selectors (never for time): the graph shows the expected nodes and edges;
+// clicking a node shows the numbers the API has for it; the script prints "WAITING update" and
+// waits for a line on stdin, after which new traffic (a new node) must appear through the SSE
+// stream; a node named like an HTML tag renders as text and runs nothing; a screenshot is saved.
+// Prints "OK" and exits 0, or "FAIL: why" and exits 1.
+import { chromium } from 'playwright-core';
+import { createInterface } from 'node:readline';
+
+const [url, shot] = process.argv.slice(2);
+const XSS = '<img src=x onerror=alert(1)>';
+let page;
+const fail = async (why) => {
+  console.log(`FAIL: ${why}`);
+  if (page) await page.screenshot({ path: shot, fullPage: true }).catch(() => {});
+  process.exit(1);
+};
+const lines = createInterface({ input: process.stdin });
+const nextLine = () => new Promise((resolve) => lines.once('line', resolve));
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+try {
+  page = await browser.newPage({ viewport: { width: 1400, height: 800 } });
+  const dialogs = [];
+  page.on('dialog', async (d) => { dialogs.push(d.message()); await d.dismiss(); });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(url);
+
+  // 1. The graph: nodes and edges.
+  for (const id of ['default/frontend/v1', 'default/catalog/v1', 'default/payments/v1']) {
+    await page.waitForSelector(`[data-node="${id}"]`, { timeout: 20000 }).catch(() => fail(`no node ${id}`));
+  }
+  for (const id of ['default/frontend/v1->default/catalog/v1', 'default/frontend/v1->default/payments/v1']) {
+    await page.waitForSelector(`[data-edge="${id}"]`, { timeout: 5000 }).catch(() => fail(`no edge ${id}`));
+  }
+  await page.waitForSelector('#live.live', { timeout: 10000 }).catch(() => fail('the live indicator never lit'));
+
+  // 2. Clicking a node shows the API's numbers for it.
+  await page.click('[data-node="default/payments/v1"]');
+  await page.waitForSelector('#panel-title', { timeout: 5000 }).catch(() => fail('no side panel'));
+  const title = await page.textContent('#panel-title');
+  if (!title.includes('payments v1')) fail(`panel title ${title}`);
+  const api = await (await fetch(new URL('/api/v1/graph', url))).json();
+  const node = api.nodes.find((n) => n.id === 'default/payments/v1');
+  const row = await page.textContent('#panel-table tr:nth-child(2)');
+  const want = [node.inbound.rps.toFixed(2), node.inbound.success_pct.toFixed(2), node.inbound.error_pct.toFixed(2)];
+  for (const w of want) if (!row.includes(w)) fail(`panel row "${row}" lacks ${w} (API: ${JSON.stringify(node.inbound)})`);
+  console.log(`panel: ${row.replace(/\s+/g, ' ').trim()}`);
+
+  // 3. Live: new traffic shows without a reload.
+  console.log('WAITING update');
+  await nextLine();
+  await page.waitForSelector('[data-node="default/shipping/v1"]', { timeout: 20000 }).catch(() => fail('the SSE update did not show shipping'));
+
+  // 4. A name from span data is text, not markup.
+  const xss = await page.$$eval('#graph text', (ts, x) => ts.some((t) => t.textContent.includes(x)), XSS);
+  if (!xss) fail('the XSS-named node is not shown as text');
+  if (await page.$('img[src="x"]')) fail('an <img> from span data reached the DOM');
+  if (dialogs.length) fail(`a dialog ran: ${dialogs}`);
+
+  // 5. Find: highlight, then the URL holds the view.
+  await page.fill('#find', 'app = payments');
+  await page.press('#find', 'Enter');
+  await page.waitForFunction(() => location.search.includes('find=app'), null, { timeout: 5000 }).catch(() => fail('the URL did not take the find expression'));
+
+  await page.screenshot({ path: shot, fullPage: true });
+  console.log(`screenshot ${shot}`);
+  if (errors.length) fail(`page errors: ${errors}`);
+  console.log('OK');
+} finally {
+  await browser.close();
+  lines.close();
+}
