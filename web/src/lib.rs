@@ -345,8 +345,8 @@ fn Topology(state: RwSignal<ViewState>, graph: RwSignal<Option<GraphSnapshot>>) 
                 let f = if ev.delta_y() < 0.0 { 1.1 } else { 1.0 / 1.1 };
                 pan.update(|p| p.2 = (p.2 * f).clamp(0.1, 5.0));
             }>
+            // Panning and zooming change only the transform attribute, never the drawn graph.
             {move || drawn.get().map(|(g, l, node_marks, edge_marks, highlighting)| {
-                let (tx, ty, k) = pan.get();
                 let (w, h) = (l.width as f64 * CW + 40.0, l.height as f64 * CH + 40.0);
                 view! {
                     <svg id="graph" viewBox=format!("0 0 {w} {h}") preserveAspectRatio="xMinYMin meet">
@@ -355,7 +355,7 @@ fn Topology(state: RwSignal<ViewState>, graph: RwSignal<Option<GraphSnapshot>>) 
                                 <path d="M 0 0 L 10 5 L 0 10 z" fill="#7b8794" />
                             </marker>
                         </defs>
-                        <g transform=format!("translate({tx} {ty}) scale({k})")>
+                        <g id="viewport" transform=move || { let (tx, ty, k) = pan.get(); format!("translate({tx} {ty}) scale({k})") }>
                             {draw(&g, &l, &node_marks, &edge_marks, highlighting, state)}
                         </g>
                     </svg>
