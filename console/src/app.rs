@@ -273,9 +273,18 @@ impl App {
 
     /// The table rows after the filter, sorted.
     pub fn rows(&self) -> Vec<&WorkloadRow> {
+        // The filter is a find expression (`error > 1 and app = reviews`, the web view's language)
+        // when it parses as one, else text the workload id must contain.
         let needle = self.filter.to_lowercase();
-        let mut rows: Vec<&WorkloadRow> =
-            self.workloads.iter().filter(|w| needle.is_empty() || w.id.to_lowercase().contains(&needle)).collect();
+        let expr = meshlens_model::find::parse(&self.filter).ok();
+        let mut rows: Vec<&WorkloadRow> = self
+            .workloads
+            .iter()
+            .filter(|w| match &expr {
+                Some(e) => e.matches_row(w),
+                None => needle.is_empty() || w.id.to_lowercase().contains(&needle),
+            })
+            .collect();
         let (col, desc) = self.sort;
         rows.sort_by(|a, b| meshlens_model::api::compare_rows(a, b, col, desc));
         rows

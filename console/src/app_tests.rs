@@ -129,6 +129,8 @@ fn the_table_sorts_and_filters() {
     assert_eq!(ids(&app).len(), 3);
     app.update(Action::FilterBackspace);
     assert_eq!(app.filter, "re");
+    app.filter = "error > 1 or app = details".into();
+    assert_eq!(ids(&app), ["bookinfo/details/v1", "bookinfo/reviews/v3"], "a find expression filters too");
 }
 
 #[test]

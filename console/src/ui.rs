@@ -405,7 +405,7 @@ pub const KEYS: [(&str, &str); 17] = [
     ("L", "back to live"),
     ("Tab", "graph / workloads table"),
     ("1-9 0", "sort the table by a column (again: reverse)"),
-    ("/", "filter the table"),
+    ("/", "filter the table: text, or find such as error > 1"),
     ("Esc", "close, unselect, unfocus"),
     ("?", "this help"),
     ("q Ctrl-C", "quit"),

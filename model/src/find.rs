@@ -362,6 +362,22 @@ impl Expr {
         self.eval(stats, &[n])
     }
 
+    /// Whether a row of the workloads table matches (judged as its workload node).
+    pub fn matches_row(&self, w: &crate::api::WorkloadRow) -> bool {
+        let node = Node {
+            id: w.id.clone(),
+            namespace: w.namespace.clone(),
+            app: w.app.clone(),
+            version: w.version.clone(),
+            kind: crate::graph::NodeKind::Workload,
+            group: None,
+            health: w.health,
+            inbound: w.inbound.clone(),
+            outbound: w.outbound.clone(),
+        };
+        self.matches_node(&node)
+    }
+
     /// Whether an edge matches (text fields against either end).
     pub fn matches_edge(&self, e: &Edge, source: &Node, target: &Node) -> bool {
         self.eval(&e.stats, &[source, target])
