@@ -47,6 +47,12 @@ pub enum Command {
     /// changes; a bad version is refused and the old config keeps serving. See
     /// examples/agent/agent.yaml for every field.
     Agent(AgentArgs),
+    /// Simulate a scenario under its traffic policy: what would success, latency and load be?
+    ///
+    /// A discrete-event model of services (concurrency, service time, errors, the calls they make)
+    /// under the agent's policy schema (split, timeouts, retries with backoff and budget), run over
+    /// several seeds. See examples/sim/ for scenarios.
+    Sim(SimArgs),
     /// Mesh identities: create the mesh CA, issue workload certificates.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -115,6 +121,25 @@ pub struct CollectorArgs {
     /// A node or edge whose error rate is at or above this percent is failing.
     #[arg(long, value_name = "PCT", default_value_t = 10.0)]
     pub failing_error_pct: f64,
+}
+
+/// `meshlens sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// The scenario (YAML).
+    pub scenario: PathBuf,
+    /// Replace the scenario's policy with this file's `policy:` (or `services:`) block.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Seeds to run (results are medians, with ranges in JSON).
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// Override the scenario's duration.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = LoadOutput::Table)]
+    pub output: LoadOutput,
 }
 
 /// `meshlens ca`.
@@ -366,6 +391,7 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
         Command::Demo(a) => demo_cmd(a, out).await,
         Command::Console(a) => console(&a.collector, a.token.as_deref(), out).await,
         Command::Ca(c) => ca(c, out),
+        Command::Sim(a) => sim(a, out),
         Command::Load(a) => {
             let url: http::Uri = a.url.parse().map_err(|e| CliError::Config(anyhow::anyhow!("{}: {e}", a.url)))?;
             let config = meshlens_agent::load::LoadConfig {
@@ -616,5 +642,49 @@ fn ca<W: Write>(c: CaCommand, out: &mut W) -> Result<(), CliError> {
             )
             .map_err(runtime)
         }
+    }
+}
+
+fn sim<W: Write>(a: SimArgs, out: &mut W) -> Result<(), CliError> {
+    let origin = a.scenario.display().to_string();
+    let mut text =
+        std::fs::read_to_string(&a.scenario).map_err(|e| CliError::Config(anyhow::anyhow!("reading {origin}: {e}")))?;
+    if let Some(p) = &a.policy {
+        let policy = std::fs::read_to_string(p)
+            .map_err(|e| CliError::Config(anyhow::anyhow!("reading {}: {e}", p.display())))?;
+        // The candidate's policy replaces the scenario's: YAML keeps the last of repeated keys out,
+        // so the scenario's own block is dropped first.
+        let mut kept = String::new();
+        let mut skipping = false;
+        for line in text.lines() {
+            if line.starts_with("policy:") {
+                skipping = true;
+                continue;
+            }
+            if skipping && (line.starts_with(' ') || line.is_empty()) {
+                continue;
+            }
+            skipping = false;
+            kept.push_str(line);
+            kept.push('\n');
+        }
+        let block = if policy.lines().any(|l| l.starts_with("policy:")) {
+            policy
+        } else {
+            format!("policy:\n{}", policy.lines().map(|l| format!("  {l}\n")).collect::<String>())
+        };
+        text = format!("{kept}{block}");
+    }
+    let mut scenario = meshlens_sim::Scenario::parse(&text, &origin).map_err(|e| CliError::Config(e.into()))?;
+    if let Some(d) = a.duration {
+        scenario.duration = d.as_secs_f64();
+    }
+    let report = meshlens_sim::run(&scenario, a.seeds);
+    match a.output {
+        LoadOutput::Json => {
+            serde_json::to_writer_pretty(&mut *out, &report).map_err(runtime)?;
+            writeln!(out).map_err(runtime)
+        }
+        LoadOutput::Table => meshlens_sim::report::write_table(out, &report).map_err(runtime),
     }
 }

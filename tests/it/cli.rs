@@ -206,3 +206,24 @@ async fn stat_sends_the_token() {
     let o = meshlens(&["stat", "--collector", &url, "--token", "s3cret"]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_shows_what_a_retry_budget_does() {
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sim/retry-storm.yaml");
+    let budget = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sim/budget.yaml");
+    let run = |args: Vec<&'static str>| async move {
+        let o = meshlens(&args).await;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let ratings = r["rows"].as_array().unwrap().iter().find(|row| row["name"] == "ratings v1").unwrap().clone();
+        (r["rows"][0]["success_pct"]["median"].as_f64().unwrap(), ratings["offered_rps"]["median"].as_f64().unwrap())
+    };
+    let (storm_ok, storm_load) = run(vec!["sim", scenario, "--seeds", "2", "--duration", "60s", "-o", "json"]).await;
+    let (budget_ok, budget_load) =
+        run(vec!["sim", scenario, "--seeds", "2", "--duration", "60s", "--policy", budget, "-o", "json"]).await;
+    assert!(storm_load > 2.0 * budget_load, "retries amplify load without a budget: {storm_load} vs {budget_load}");
+    assert!(budget_ok > storm_ok + 20.0, "the budget keeps more requests succeeding: {budget_ok} vs {storm_ok}");
+    let o = meshlens(&["sim", budget]).await;
+    assert_eq!(o.status.code(), Some(2), "a policy file alone is not a scenario");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("budget.yaml"));
+}

@@ -1,0 +1,119 @@
+//! Runs a scenario over several seeds and reports per service version and for the users'
+//! requests: offered load, attempts, success %, p50/p95/p99, timeouts, retries and budget denials,
+//! each as the median over seeds with the range.
+
+use serde::Serialize;
+
+use crate::engine::{Sim, Tally};
+use crate::scenario::Scenario;
+
+/// One figure over seeds.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Spread {
+    /// Median over seeds.
+    pub median: f64,
+    /// Lowest.
+    pub min: f64,
+    /// Highest.
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut xs: Vec<f64>) -> Self {
+        xs.sort_by(f64::total_cmp);
+        let median = xs.get(xs.len() / 2).copied().unwrap_or(0.0);
+        Self { median, min: xs.first().copied().unwrap_or(0.0), max: xs.last().copied().unwrap_or(0.0) }
+    }
+}
+
+/// The figures of one version (or of the users' requests).
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// `service version`, or `users`.
+    pub name: String,
+    /// Attempts per second.
+    pub offered_rps: Spread,
+    /// Success, percent of finished attempts.
+    pub success_pct: Spread,
+    /// Latency percentiles, ms.
+    pub p50_ms: Spread,
+    /// p95.
+    pub p95_ms: Spread,
+    /// p99.
+    pub p99_ms: Spread,
+    /// Mean latency, ms.
+    pub mean_ms: Spread,
+    /// Attempts that timed out at their caller.
+    pub timeouts: Spread,
+    /// Retries sent to it.
+    pub retries: Spread,
+    /// Retries the budget refused.
+    pub budget_denied: Spread,
+}
+
+/// A report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Seeds run.
+    pub seeds: u64,
+    /// The users' requests first, then each version.
+    pub rows: Vec<Row>,
+    /// Events processed in the first run.
+    pub events: u64,
+}
+
+fn row(name: String, tallies: &[&Tally], duration: f64) -> Row {
+    let f = |g: &dyn Fn(&Tally) -> f64| Spread::of(tallies.iter().map(|t| g(t)).collect());
+    let q = |t: &Tally, q: f64| if t.latency.is_empty() { 0.0 } else { t.latency.value_at_quantile(q) as f64 / 1000.0 };
+    Row {
+        name,
+        offered_rps: f(&|t| t.offered as f64 / duration),
+        success_pct: f(&|t| if t.ok + t.failed == 0 { 100.0 } else { 100.0 * t.ok as f64 / (t.ok + t.failed) as f64 }),
+        p50_ms: f(&|t| q(t, 0.5)),
+        p95_ms: f(&|t| q(t, 0.95)),
+        p99_ms: f(&|t| q(t, 0.99)),
+        mean_ms: f(&|t| t.latency.mean() / 1000.0),
+        timeouts: f(&|t| t.timeouts as f64),
+        retries: f(&|t| t.retries as f64),
+        budget_denied: f(&|t| t.budget_denied as f64),
+    }
+}
+
+/// Runs `sc` with seeds `1..=seeds`.
+pub fn run(sc: &Scenario, seeds: u64) -> Report {
+    let sims: Vec<Sim> = (1..=seeds.max(1)).map(|seed| Sim::new(sc, seed).run()).collect();
+    let events = sims.first().map_or(0, |s| s.events_processed);
+    let mut rows = vec![row("users".into(), &sims.iter().map(|s| &s.root).collect::<Vec<_>>(), sc.duration)];
+    for (si, svc) in sc.services.iter().enumerate() {
+        for (vi, v) in svc.versions.iter().enumerate() {
+            let tallies: Vec<&Tally> = sims.iter().map(|s| &s.tallies[si][vi]).collect();
+            rows.push(row(format!("{} {}", svc.name, v.name), &tallies, sc.duration));
+        }
+    }
+    Report { seeds: seeds.max(1), rows, events }
+}
+
+/// The report as a table.
+pub fn write_table(out: &mut impl std::io::Write, r: &Report) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<24} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "", "RPS", "SUCCESS", "P50", "P95", "P99", "TIMEOUTS", "RETRIES", "DENIED"
+    )?;
+    for row in &r.rows {
+        writeln!(
+            out,
+            "{:<24} {:>10.1} {:>8.2}% {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>9.0} {:>8.0} {:>9.0}",
+            row.name,
+            row.offered_rps.median,
+            row.success_pct.median,
+            row.p50_ms.median,
+            row.p95_ms.median,
+            row.p99_ms.median,
+            row.timeouts.median,
+            row.retries.median,
+            row.budget_denied.median
+        )?;
+    }
+    writeln!(out, "medians over {} seeds; ranges in -o json", r.seeds)
+}

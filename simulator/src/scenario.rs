@@ -1,0 +1,238 @@
+//! Scenario files: services with versions (concurrency, service time, error share, the calls they
+//! make), arrivals at an entry service, and the policy block the agent reads too. Plain serde
+//! structs, then [`Scenario::resolve`] checks every value and names the field of what is wrong.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use meshlens_model::policy::{PolicyFile, ServicePolicy};
+use meshlens_model::time::parse_duration;
+use serde::Deserialize;
+
+/// A scenario as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    /// Simulated time.
+    pub duration: String,
+    /// Arrivals at the entry service.
+    pub arrivals: ArrivalsSpec,
+    /// The service users call.
+    pub entry: String,
+    /// Services by name.
+    pub services: BTreeMap<String, ServiceSpec>,
+    /// The policy (DESIGN.md's schema).
+    #[serde(default)]
+    pub policy: PolicyFile,
+}
+
+/// Arrivals as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArrivalsSpec {
+    /// Requests per second.
+    pub rate: f64,
+    /// `poisson` (default) or `constant`.
+    pub process: Option<String>,
+}
+
+/// A service as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Its versions.
+    pub versions: BTreeMap<String, VersionSpec>,
+}
+
+/// A version as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionSpec {
+    /// Requests served at once; more wait in a FIFO queue. 1,000,000 when absent.
+    pub concurrency: Option<usize>,
+    /// The time of its own work.
+    pub service_time: TimeSpec,
+    /// Percent of requests it fails by itself.
+    #[serde(default)]
+    pub error_pct: f64,
+    /// Services it calls, one after another, after its own work.
+    #[serde(default)]
+    pub calls: Vec<String>,
+}
+
+/// A service-time distribution as written: exactly one of the three.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeSpec {
+    /// Always this.
+    pub constant: Option<String>,
+    /// Exponential with this mean.
+    pub exponential: Option<String>,
+    /// Lognormal with these percentiles.
+    pub lognormal: Option<LognormalSpec>,
+}
+
+/// A lognormal distribution as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LognormalSpec {
+    /// Median.
+    pub p50: String,
+    /// 99th percentile.
+    pub p99: String,
+}
+
+/// A resolved distribution, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Dist {
+    /// Always.
+    Constant(f64),
+    /// Mean.
+    Exponential(f64),
+    /// ln-space mean and sigma.
+    Lognormal(f64, f64),
+}
+
+/// A resolved version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Version {
+    /// Name.
+    pub name: String,
+    /// Concurrency.
+    pub concurrency: usize,
+    /// Service time.
+    pub dist: Dist,
+    /// Failure probability.
+    pub error_p: f64,
+    /// Called services, by index.
+    pub calls: Vec<usize>,
+}
+
+/// A resolved service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    /// Name.
+    pub name: String,
+    /// Versions.
+    pub versions: Vec<Version>,
+    /// Its policy (as a callee).
+    pub policy: ServicePolicy,
+}
+
+/// A resolved scenario.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// Seconds simulated.
+    pub duration: f64,
+    /// Requests per second.
+    pub rate: f64,
+    /// Poisson (else constant).
+    pub poisson: bool,
+    /// Entry service index.
+    pub entry: usize,
+    /// Services.
+    pub services: Vec<Service>,
+}
+
+/// A scenario that cannot be run: the file, the field, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct ScenarioError {
+    /// The file.
+    pub origin: String,
+    /// What and where.
+    pub message: String,
+}
+
+fn secs(path: &str, t: &str) -> Result<f64, String> {
+    let d: Duration = parse_duration(t).map_err(|e| format!("{path}: {e}"))?;
+    Ok(d.as_secs_f64())
+}
+
+impl Scenario {
+    /// Parses and checks a scenario; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
+        let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
+        let file: ScenarioFile = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
+        file.resolve().map_err(err)
+    }
+}
+
+impl ScenarioFile {
+    fn resolve(&self) -> Result<Scenario, String> {
+        let duration = secs("duration", &self.duration)?;
+        if duration <= 0.0 {
+            return Err("duration: must be longer than zero".into());
+        }
+        if !(self.arrivals.rate > 0.0 && self.arrivals.rate.is_finite()) {
+            return Err(format!("arrivals.rate: {} must be more than 0 requests a second", self.arrivals.rate));
+        }
+        let poisson = match self.arrivals.process.as_deref() {
+            None | Some("poisson") => true,
+            Some("constant") => false,
+            Some(o) => return Err(format!("arrivals.process: unknown {o:?}: expected poisson or constant")),
+        };
+        let names: Vec<&String> = self.services.keys().collect();
+        let index = |n: &str| names.iter().position(|k| k.as_str() == n);
+        let entry = index(&self.entry).ok_or_else(|| format!("entry: no service {:?} under services", self.entry))?;
+        let policies = self.policy.resolve().map_err(|e| format!("policy.{e}"))?;
+        for name in policies.services.keys() {
+            if index(name).is_none() {
+                return Err(format!("policy.services.{name}: no such service under services"));
+            }
+        }
+        let mut services = Vec::new();
+        for (name, spec) in &self.services {
+            if spec.versions.is_empty() {
+                return Err(format!("services.{name}.versions: needs at least one version"));
+            }
+            let mut versions = Vec::new();
+            for (vname, v) in &spec.versions {
+                let at = format!("services.{name}.versions.{vname}");
+                let st = &v.service_time;
+                let dist = match (&st.constant, &st.exponential, &st.lognormal) {
+                    (Some(t), None, None) => Dist::Constant(secs(&format!("{at}.service_time.constant"), t)?),
+                    (None, Some(t), None) => Dist::Exponential(secs(&format!("{at}.service_time.exponential"), t)?),
+                    (None, None, Some(LognormalSpec { p50, p99 })) => {
+                        let (m, q) = (
+                            secs(&format!("{at}.service_time.lognormal.p50"), p50)?,
+                            secs(&format!("{at}.service_time.lognormal.p99"), p99)?,
+                        );
+                        if !(m > 0.0 && q > m) {
+                            return Err(format!(
+                                "{at}.service_time.lognormal: p99 must be longer than p50, and p50 above 0"
+                            ));
+                        }
+                        // z(0.99) = 2.326.
+                        Dist::Lognormal(m.ln(), (q / m).ln() / 2.326_347_874)
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{at}.service_time: give exactly one of constant, exponential or lognormal {{p50, p99}}"
+                        ));
+                    }
+                };
+                if !(0.0..=100.0).contains(&v.error_pct) {
+                    return Err(format!("{at}.error_pct: {} is not a percent between 0 and 100", v.error_pct));
+                }
+                let concurrency = v.concurrency.unwrap_or(1_000_000);
+                if concurrency == 0 {
+                    return Err(format!("{at}.concurrency: must be 1 or more"));
+                }
+                let mut calls = Vec::new();
+                for (i, c) in v.calls.iter().enumerate() {
+                    calls.push(index(c).ok_or_else(|| format!("{at}.calls[{i}]: no service {c:?} under services"))?);
+                }
+                versions.push(Version { name: vname.clone(), concurrency, dist, error_p: v.error_pct / 100.0, calls });
+            }
+            let policy = policies.services.get(name).cloned().unwrap_or_default();
+            for (v, _) in &policy.split {
+                if !spec.versions.contains_key(v) {
+                    return Err(format!("policy.services.{name}.split.{v}: {name} has no version {v:?}"));
+                }
+            }
+            services.push(Service { name: name.clone(), versions, policy });
+        }
+        Ok(Scenario { duration, rate: self.arrivals.rate, poisson, entry, services })
+    }
+}

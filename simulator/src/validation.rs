@@ -1,0 +1,152 @@
+//! Validation against queueing theory and retry algebra, each over several seeds with a tolerance
+//! from the statistics.
+
+use crate::engine::Sim;
+use crate::scenario::Scenario;
+
+fn scenario(text: &str) -> Scenario {
+    Scenario::parse(text, "test.yaml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn mean_over_seeds(sc: &Scenario, seeds: u64, f: impl Fn(&Sim) -> f64) -> f64 {
+    (1..=seeds).map(|s| f(&Sim::new(sc, s).run())).sum::<f64>() / seeds as f64
+}
+
+fn mm1(lambda: f64, mu_ms: f64, secs: u64) -> Scenario {
+    scenario(&format!(
+        "duration: {secs}s\narrivals: {{rate: {lambda}}}\nentry: s\nservices:\n  s:\n    versions:\n      v1: {{concurrency: 1, service_time: {{exponential: {mu_ms}ms}}}}\n"
+    ))
+}
+
+#[test]
+fn mm1_mean_and_p99_match_theory_at_rho_half_and_0_8() {
+    // Response time of M/M/1 is exponential with rate mu - lambda: mean 1/(mu-lambda), p99 ln(100)/(mu-lambda).
+    for (lambda, secs) in [(50.0, 2000), (80.0, 4000)] {
+        let sc = mm1(lambda, 10.0, secs);
+        let gap: f64 = 100.0 - lambda;
+        let mean = mean_over_seeds(&sc, 3, |s| s.root.latency.mean() / 1e6);
+        let p99 = mean_over_seeds(&sc, 3, |s| s.root.latency.value_at_quantile(0.99) as f64 / 1e6);
+        let (want_mean, want_p99) = (1.0 / gap, 100f64.ln() / gap);
+        assert!((mean / want_mean - 1.0).abs() < 0.06, "rho {}: mean {mean} vs {want_mean}", lambda / 100.0);
+        assert!((p99 / want_p99 - 1.0).abs() < 0.08, "rho {}: p99 {p99} vs {want_p99}", lambda / 100.0);
+    }
+}
+
+#[test]
+fn mmc_waiting_matches_erlang_c() {
+    // c = 3 servers of rate 10/s, lambda 24/s: a = 2.4, rho = 0.8.
+    let (c, mu, lambda) = (3usize, 10.0f64, 24.0f64);
+    let a = lambda / mu;
+    let rho = a / c as f64;
+    let sum: f64 = (0..c).map(|k| a.powi(k as i32) / (1..=k).map(|i| i as f64).product::<f64>()).sum();
+    let last = a.powi(c as i32) / (1..=c).map(|i| i as f64).product::<f64>() / (1.0 - rho);
+    let erlang_c = last / (sum + last);
+    let want = erlang_c / (c as f64 * mu - lambda) + 1.0 / mu;
+    let sc = scenario(
+        "duration: 4000s\narrivals: {rate: 24}\nentry: s\nservices:\n  s:\n    versions:\n      v1: {concurrency: 3, service_time: {exponential: 100ms}}\n",
+    );
+    let mean = mean_over_seeds(&sc, 3, |s| s.root.latency.mean() / 1e6);
+    assert!((mean / want - 1.0).abs() < 0.06, "mean response {mean} vs Erlang C {want}");
+}
+
+fn retry_chain(p_pct: f64, attempts: u32, budget: &str) -> Scenario {
+    scenario(&format!(
+        "duration: 500s\narrivals: {{rate: 100}}\nentry: a\nservices:\n  a:\n    versions:\n      v1: {{service_time: {{constant: 1ms}}, calls: [b]}}\n  b:\n    versions:\n      v1: {{service_time: {{constant: 1ms}}, error_pct: {p_pct}}}\npolicy:\n  services:\n    b: {{retries: {{attempts: {attempts}, backoff: {{base: 1ms, max: 1ms}}{budget}}}}}\n"
+    ))
+}
+
+#[test]
+fn retries_follow_the_algebra() {
+    // p = 0.3, N = 2 retries: success 1 - p^3, attempts (1 - p^3) / (1 - p). No budget limit.
+    let sc = retry_chain(30.0, 2, ", budget: {ratio: 10, min_per_second: 1000}");
+    let sims: Vec<Sim> = (1..=3).map(|s| Sim::new(&sc, s).run()).collect();
+    let p: f64 = 0.3;
+    for s in &sims {
+        let requests = s.root.offered as f64;
+        let success = s.root.ok as f64 / requests;
+        let attempts = s.tallies[1][0].offered as f64 / requests;
+        // 50,000 requests: sd of the success share ~0.0007, of attempts ~0.003.
+        assert!((success - (1.0 - p.powi(3))).abs() < 0.005, "success {success}");
+        assert!((attempts - (1.0 - p.powi(3)) / (1.0 - p)).abs() < 0.015, "attempts {attempts}");
+    }
+}
+
+#[test]
+fn three_layers_of_four_tries_make_64_times_the_load() {
+    let sc = scenario(
+        "duration: 50s\narrivals: {rate: 10, process: constant}\nentry: l0\nservices:\n  l0:\n    versions:\n      v1: {service_time: {constant: 1ms}, calls: [l1]}\n  l1:\n    versions:\n      v1: {service_time: {constant: 1ms}, calls: [l2]}\n  l2:\n    versions:\n      v1: {service_time: {constant: 1ms}, calls: [l3]}\n  l3:\n    versions:\n      v1: {service_time: {constant: 1ms}, error_pct: 100}\npolicy:\n  services:\n    l1: {retries: {attempts: 3, backoff: {base: 1ms, max: 1ms}, budget: {ratio: 100, min_per_second: 100000}}}\n    l2: {retries: {attempts: 3, backoff: {base: 1ms, max: 1ms}, budget: {ratio: 100, min_per_second: 100000}}}\n    l3: {retries: {attempts: 3, backoff: {base: 1ms, max: 1ms}, budget: {ratio: 100, min_per_second: 100000}}}\n",
+    );
+    let s = Sim::new(&sc, 1).run();
+    let requests = s.root.offered as f64;
+    assert_eq!(s.root.ok, 0);
+    assert_eq!(s.tallies[3][0].offered as f64 / requests, 64.0);
+}
+
+#[test]
+fn a_budget_caps_amplification_near_one_plus_its_ratio() {
+    // Everything fails, 3 retries allowed, budget 20% with no floor: attempts per request near 1.2.
+    let sc = retry_chain(100.0, 3, ", budget: {ratio: 0.2, min_per_second: 0}");
+    let s = Sim::new(&sc, 1).run();
+    let amplification = s.tallies[1][0].offered as f64 / s.root.offered as f64;
+    assert!((amplification - 1.2).abs() < 0.02, "{amplification}");
+    assert!(s.tallies[1][0].budget_denied > 0);
+}
+
+#[test]
+fn the_split_gives_each_version_its_share() {
+    let sc = scenario(
+        "duration: 100s\narrivals: {rate: 100}\nentry: a\nservices:\n  a:\n    versions:\n      v1: {service_time: {constant: 1ms}, calls: [b]}\n  b:\n    versions:\n      v1: {service_time: {constant: 1ms}}\n      v2: {service_time: {constant: 1ms}}\npolicy:\n  services:\n    b: {split: {v1: 90, v2: 10}}\n",
+    );
+    for seed in 1..=3 {
+        let s = Sim::new(&sc, seed).run();
+        let (v1, v2) = (s.tallies[1][0].offered as f64, s.tallies[1][1].offered as f64);
+        let n = v1 + v2;
+        // Binomial(n, 0.1): four standard deviations.
+        let sd = (n * 0.1 * 0.9).sqrt();
+        assert!((v2 - 0.1 * n).abs() < 4.0 * sd, "v2 got {v2} of {n}");
+    }
+}
+
+#[test]
+fn a_timeout_bounds_latency() {
+    let sc = scenario(
+        "duration: 20s\narrivals: {rate: 20}\nentry: a\nservices:\n  a:\n    versions:\n      v1: {service_time: {constant: 1ms}, calls: [b]}\n  b:\n    versions:\n      v1: {service_time: {lognormal: {p50: 100ms, p99: 3s}}}\npolicy:\n  services:\n    b: {timeout: 200ms}\n",
+    );
+    let s = Sim::new(&sc, 7).run();
+    let max_ms = s.root.latency.max() as f64 / 1000.0;
+    assert!(max_ms <= 202.0, "latency {max_ms} ms despite a 200 ms timeout");
+    assert!(s.tallies[1][0].timeouts > 0);
+}
+
+#[test]
+fn bad_scenarios_are_explained() {
+    for (text, needle) in [
+        (
+            "duration: 1m\narrivals: {rate: -5}\nentry: a\nservices: {a: {versions: {v1: {service_time: {constant: 1ms}}}}}\n",
+            "arrivals.rate",
+        ),
+        (
+            "duration: 1m\narrivals: {rate: 5}\nentry: b\nservices: {a: {versions: {v1: {service_time: {constant: 1ms}}}}}\n",
+            "entry",
+        ),
+        (
+            "duration: 1m\narrivals: {rate: 5}\nentry: a\nservices: {a: {versions: {v1: {service_time: {constant: 1ms}}}}}\npolicy: {services: {a: {split: {v1: 0}}}}\n",
+            "weights sum to 0",
+        ),
+        (
+            "duration: 1m\narrivals: {rate: 5}\nentry: a\nservices: {a: {versions: {v1: {service_time: {constant: 1ms}}}}}\npolicy: {services: {a: {timeout: 1s, retries: {attempts: 1, per_try_timeout: 2s}}}}\n",
+            "per_try_timeout",
+        ),
+        (
+            "duration: 1m\narrivals: {rate: 5}\nentry: a\nservices: {a: {versions: {v1: {service_time: {constant: 1ms}, calls: [x]}}}}\n",
+            "calls[0]",
+        ),
+        (
+            "duration: 1m\narrivals: {rate: 5}\nentry: a\nservices: {a: {versions: {v1: {service_tim: 1}}}}\n",
+            "unknown field",
+        ),
+    ] {
+        let e = Scenario::parse(text, "s.yaml").unwrap_err().to_string();
+        assert!(e.starts_with("s.yaml: ") && e.contains(needle), "{needle:?} not in {e}");
+    }
+}
