@@ -126,9 +126,16 @@ pub struct CollectorArgs {
 /// `meshlens sim`.
 #[derive(Debug, Args)]
 pub struct SimArgs {
-    /// The scenario (YAML).
-    pub scenario: PathBuf,
-    /// Replace the scenario's policy with this file's `policy:` (or `services:`) block.
+    /// The scenario (YAML); or use --from.
+    #[arg(required_unless_present = "from")]
+    pub scenario: Option<PathBuf>,
+    /// Start from the traffic profile of a running collector (its API URL) instead of a file.
+    #[arg(long, value_name = "URL", conflicts_with = "scenario")]
+    pub from: Option<String>,
+    /// The collector's token, for --from.
+    #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Apply this file's `policy:` (or bare `services:`) to the services it names, replacing theirs.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// Seeds to run (results are medians, with ranges in JSON).
@@ -391,7 +398,7 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
         Command::Demo(a) => demo_cmd(a, out).await,
         Command::Console(a) => console(&a.collector, a.token.as_deref(), out).await,
         Command::Ca(c) => ca(c, out),
-        Command::Sim(a) => sim(a, out),
+        Command::Sim(a) => sim(a, out).await,
         Command::Load(a) => {
             let url: http::Uri = a.url.parse().map_err(|e| CliError::Config(anyhow::anyhow!("{}: {e}", a.url)))?;
             let config = meshlens_agent::load::LoadConfig {
@@ -645,37 +652,28 @@ fn ca<W: Write>(c: CaCommand, out: &mut W) -> Result<(), CliError> {
     }
 }
 
-fn sim<W: Write>(a: SimArgs, out: &mut W) -> Result<(), CliError> {
-    let origin = a.scenario.display().to_string();
-    let mut text =
-        std::fs::read_to_string(&a.scenario).map_err(|e| CliError::Config(anyhow::anyhow!("reading {origin}: {e}")))?;
-    if let Some(p) = &a.policy {
-        let policy = std::fs::read_to_string(p)
-            .map_err(|e| CliError::Config(anyhow::anyhow!("reading {}: {e}", p.display())))?;
-        // The candidate's policy replaces the scenario's: YAML keeps the last of repeated keys out,
-        // so the scenario's own block is dropped first.
-        let mut kept = String::new();
-        let mut skipping = false;
-        for line in text.lines() {
-            if line.starts_with("policy:") {
-                skipping = true;
-                continue;
-            }
-            if skipping && (line.starts_with(' ') || line.is_empty()) {
-                continue;
-            }
-            skipping = false;
-            kept.push_str(line);
-            kept.push('\n');
+async fn sim<W: Write>(a: SimArgs, out: &mut W) -> Result<(), CliError> {
+    let config = |e: meshlens_sim::ScenarioError| CliError::Config(e.into());
+    let mut scenario = match (&a.scenario, &a.from) {
+        (Some(path), _) => {
+            let origin = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Config(anyhow::anyhow!("reading {origin}: {e}")))?;
+            meshlens_sim::Scenario::parse(&text, &origin).map_err(config)?
         }
-        let block = if policy.lines().any(|l| l.starts_with("policy:")) {
-            policy
-        } else {
-            format!("policy:\n{}", policy.lines().map(|l| format!("  {l}\n")).collect::<String>())
-        };
-        text = format!("{kept}{block}");
+        (None, Some(url)) => {
+            let client = Client::with_token(url, a.token.as_deref()).map_err(runtime)?;
+            let profile: meshlens_model::api::Profile = client.get("/api/v1/profile").await.map_err(runtime)?;
+            let duration = a.duration.map_or(60.0, |d| d.as_secs_f64());
+            meshlens_sim::Scenario::from_profile(&profile, duration).map_err(config)?
+        }
+        (None, None) => return Err(CliError::Config(anyhow::anyhow!("give a scenario file or --from URL"))),
+    };
+    if let Some(p) = &a.policy {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| CliError::Config(anyhow::anyhow!("reading {}: {e}", p.display())))?;
+        scenario.with_policy(&text, &p.display().to_string()).map_err(config)?;
     }
-    let mut scenario = meshlens_sim::Scenario::parse(&text, &origin).map_err(|e| CliError::Config(e.into()))?;
     if let Some(d) = a.duration {
         scenario.duration = d.as_secs_f64();
     }

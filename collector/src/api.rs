@@ -18,7 +18,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures_util::Stream;
-use meshlens_model::api::{ErrorBody, ErrorDetail, WorkloadRow, WorkloadsBody};
+use meshlens_model::api::{ErrorBody, ErrorDetail, Profile, WorkloadRow, WorkloadsBody};
 use meshlens_model::graph::{DiffBody, GraphSnapshot, RevisionsBody, View};
 use meshlens_model::hist::Merger;
 use meshlens_model::time::{parse_duration, parse_rfc3339_ms};
@@ -266,6 +266,13 @@ async fn workloads(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<W
     Ok(Json(WorkloadsBody { revision: g.revision, window_seconds: g.window_seconds, workloads: workload_rows(&g) }))
 }
 
+async fn profile(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<Profile>, ApiError> {
+    ready(&api.hub)?;
+    let mut p = parse(q.as_deref(), &["window", "namespace", "at"])?;
+    p.view = Some(View::Versioned);
+    Ok(Json(Profile::from_graph(&resolve(&api.hub, &p)?)))
+}
+
 async fn app(
     State(api): ApiState,
     Path((namespace, app)): Path<(String, String)>,
@@ -364,6 +371,7 @@ pub fn router(hub: Arc<Hub>, shutdown: tokio::sync::watch::Receiver<bool>) -> Ro
         .route("/api/v1/revisions", get(revisions))
         .route("/api/v1/diff", get(diff))
         .route("/api/v1/workloads", get(workloads))
+        .route("/api/v1/profile", get(profile))
         .route("/api/v1/workloads/{namespace}/{app}", get(app))
         .route("/api/v1/stream", get(stream))
         .route("/api/v1/openapi.json", get(openapi))

@@ -156,3 +156,99 @@ pub fn compare_rows(a: &WorkloadRow, b: &WorkloadRow, col: usize, desc: bool) ->
     let o = if desc { o.reverse() } else { o };
     o.then_with(|| a.id.cmp(&b.id))
 }
+
+/// The traffic profile the simulator starts from (`GET /api/v1/profile`): per version its rate,
+/// errors and service time, per edge how many calls a request makes, and what users send.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// The revision it was read from.
+    pub revision: u64,
+    /// The stats window.
+    pub window_seconds: u64,
+    /// Workload versions.
+    pub versions: Vec<ProfileVersion>,
+    /// Calls between them.
+    pub edges: Vec<ProfileEdge>,
+}
+
+/// One workload version in a profile.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProfileVersion {
+    /// Namespace.
+    pub namespace: String,
+    /// App.
+    pub app: String,
+    /// Version (`-` when none).
+    pub version: String,
+    /// Requests it received per second.
+    pub rps: f64,
+    /// Users' requests per second (callers without an agent or span of their own).
+    pub user_rps: f64,
+    /// Percent of its requests that failed.
+    pub error_pct: f64,
+    /// Its own service time: inbound latency less what its calls take, ms (median and p99).
+    pub service_p50_ms: f64,
+    /// p99 of the same.
+    pub service_p99_ms: f64,
+}
+
+/// Calls from one version to another in a profile.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProfileEdge {
+    /// Caller id (`ns/app/version`).
+    pub source: String,
+    /// Callee id.
+    pub target: String,
+    /// Calls per request the caller serves.
+    pub calls_per_request: f64,
+    /// Calls per second.
+    pub rps: f64,
+}
+
+impl Profile {
+    /// Reads a profile off a versioned graph.
+    pub fn from_graph(g: &crate::graph::GraphSnapshot) -> Self {
+        use crate::graph::NodeKind;
+        let mut versions = Vec::new();
+        let mut edges = Vec::new();
+        for n in g.nodes.iter().filter(|n| n.kind == NodeKind::Workload) {
+            let user_rps: f64 = g
+                .edges
+                .iter()
+                .filter(|e| e.target == n.id && g.node(&e.source).is_none_or(|s| s.kind != NodeKind::Workload))
+                .map(|e| e.stats.rps)
+                .sum();
+            let lat =
+                |f: fn(&crate::stats::LatencyMs) -> f64, s: &crate::stats::Stats| s.latency_ms.as_ref().map_or(0.0, f);
+            // What its calls take at the median, per request it serves.
+            let mut downstream_p50 = 0.0;
+            let mut downstream_p99 = 0.0;
+            for e in g.edges.iter().filter(|e| e.source == n.id) {
+                let per_request = if n.inbound.rps > 0.0 { e.stats.rps / n.inbound.rps } else { 0.0 };
+                downstream_p50 += per_request * lat(|l| l.p50, &e.stats);
+                downstream_p99 += per_request * lat(|l| l.p50, &e.stats);
+                if g.node(&e.target).is_some_and(|t| t.kind == NodeKind::Workload) {
+                    edges.push(ProfileEdge {
+                        source: n.id.clone(),
+                        target: e.target.clone(),
+                        calls_per_request: per_request,
+                        rps: e.stats.rps,
+                    });
+                }
+            }
+            let p50 = (lat(|l| l.p50, &n.inbound) - downstream_p50).max(0.1);
+            let p99 = (lat(|l| l.p99, &n.inbound) - downstream_p99).max(p50 * 1.01);
+            versions.push(ProfileVersion {
+                namespace: n.namespace.clone(),
+                app: n.app.clone(),
+                version: n.version.clone().unwrap_or_else(|| "-".into()),
+                rps: n.inbound.rps,
+                user_rps,
+                error_pct: n.inbound.error_pct.unwrap_or(0.0),
+                service_p50_ms: p50,
+                service_p99_ms: p99,
+            });
+        }
+        Self { revision: g.revision, window_seconds: g.window_seconds, versions, edges }
+    }
+}

@@ -236,3 +236,97 @@ impl ScenarioFile {
         Ok(Scenario { duration, rate: self.arrivals.rate, poisson, entry, services })
     }
 }
+
+/// A policy file as `--policy` takes it: `policy: {services: ...}` or `services: ...`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyOnly {
+    policy: Option<PolicyFile>,
+    services: Option<BTreeMap<String, meshlens_model::policy::ServiceSpec>>,
+}
+
+impl Scenario {
+    /// A scenario from a running collector's traffic profile, simulated for `duration` seconds:
+    /// one service per app (`ns/app`), versions split by their observed rates, each version's own
+    /// service time as a lognormal of the profile's p50 and p99, its error share, and its calls
+    /// (calls per request rounded); users arrive (Poisson) at the app that receives the most user
+    /// traffic. No policy: add one with [`Scenario::with_policy`].
+    pub fn from_profile(p: &meshlens_model::api::Profile, duration: f64) -> Result<Self, ScenarioError> {
+        let err = |message: String| ScenarioError { origin: "the collector's profile".into(), message };
+        let mut apps: Vec<String> = p.versions.iter().map(|v| format!("{}/{}", v.namespace, v.app)).collect();
+        apps.sort();
+        apps.dedup();
+        let app_of = |id: &str| id.rsplit_once('/').map(|(a, _)| a.to_owned()).unwrap_or_default();
+        let mut services = Vec::new();
+        for app in &apps {
+            let mut versions = Vec::new();
+            let mut split = Vec::new();
+            let total: f64 =
+                p.versions.iter().filter(|v| format!("{}/{}", v.namespace, v.app) == *app).map(|v| v.rps).sum();
+            for v in p.versions.iter().filter(|v| format!("{}/{}", v.namespace, v.app) == *app) {
+                let id = format!("{app}/{}", v.version);
+                let mut calls = Vec::new();
+                for e in p.edges.iter().filter(|e| e.source == id) {
+                    let Some(k) = apps.iter().position(|a| *a == app_of(&e.target)) else { continue };
+                    for _ in 0..(e.calls_per_request.round() as usize).min(20) {
+                        calls.push(k);
+                    }
+                }
+                let (m, q) = (v.service_p50_ms / 1e3, v.service_p99_ms.max(v.service_p50_ms * 1.01) / 1e3);
+                versions.push(Version {
+                    name: v.version.clone(),
+                    concurrency: 1_000_000,
+                    dist: Dist::Lognormal(m.max(1e-6).ln(), (q / m.max(1e-6)).ln() / 2.326_347_874),
+                    error_p: (v.error_pct / 100.0).clamp(0.0, 1.0),
+                    calls,
+                });
+                if total > 0.0 {
+                    split.push((v.version.clone(), v.rps / total));
+                }
+            }
+            let policy =
+                ServicePolicy { split: if versions.len() > 1 { split } else { Vec::new() }, ..Default::default() };
+            services.push(Service { name: app.clone(), versions, policy });
+        }
+        let mut by_users: Vec<(usize, f64)> = apps
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                (i, p.versions.iter().filter(|v| format!("{}/{}", v.namespace, v.app) == *a).map(|v| v.user_rps).sum())
+            })
+            .collect();
+        by_users.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let (entry, rate) = by_users
+            .first()
+            .copied()
+            .filter(|(_, r)| *r > 0.0)
+            .ok_or_else(|| err("no user traffic in the profile: nothing to replay".into()))?;
+        Ok(Scenario { duration, rate, poisson: true, entry, services })
+    }
+
+    /// Replaces the policies of the services a policy file names (`policy:` or bare `services:`).
+    pub fn with_policy(&mut self, text: &str, origin: &str) -> Result<(), ScenarioError> {
+        let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
+        let file: PolicyOnly = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
+        let policy = match (file.policy, file.services) {
+            (Some(p), None) => p,
+            (None, Some(services)) => PolicyFile { services },
+            _ => return Err(err("expected a policy: block or a services: map".into())),
+        };
+        let resolved = policy.resolve().map_err(|e| err(format!("policy.{e}")))?;
+        for (name, sp) in resolved.services {
+            let svc = self
+                .services
+                .iter_mut()
+                .find(|s| s.name == name || s.name.rsplit_once('/').is_some_and(|(_, app)| app == name))
+                .ok_or_else(|| err(format!("policy.services.{name}: no such service in the scenario")))?;
+            for (v, _) in &sp.split {
+                if !svc.versions.iter().any(|x| &x.name == v) {
+                    return Err(err(format!("policy.services.{name}.split.{v}: {name} has no version {v:?}")));
+                }
+            }
+            svc.policy = sp;
+        }
+        Ok(())
+    }
+}

@@ -227,3 +227,40 @@ async fn sim_shows_what_a_retry_budget_does() {
     assert_eq!(o.status.code(), Some(2), "a policy file alone is not a scenario");
     assert!(String::from_utf8_lossy(&o.stderr).contains("budget.yaml"));
 }
+
+/// `GET /api/v1/profile` and `meshlens sim --from`: the simulator starts from what the mesh does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_replays_a_running_collectors_profile() {
+    let c = collector().await;
+    let (mut front, mut back) = (Vec::new(), Vec::new());
+    for i in 0..40u64 {
+        let (root, call, served) = (i * 3 + 1, i * 3 + 2, i * 3 + 3);
+        let ok = vec![kv_int("http.response.status_code", 200)];
+        front.push(span(SpanKind::Server, 9, root, None, 1, 30_000, ok.clone(), false));
+        front.push(span(SpanKind::Client, 9, call, Some(root), 1, 12_000, vec![], false));
+        back.push(span(SpanKind::Server, 9, served, Some(call), 1, 10_000, ok, false));
+    }
+    grpc_traces(&c, traces(vec![(resource("", "frontend", "v1"), front), (resource("", "catalog", "v1"), back)]))
+        .await
+        .unwrap();
+    wait_edge(&c, "", "default/frontend/v1", "default/catalog/v1", 40).await;
+    let (status, p) = get_json(&format!("{}/api/v1/profile", c.api_url())).await;
+    assert_eq!(status, 200, "{p}");
+    let front = p["versions"].as_array().unwrap().iter().find(|v| v["app"] == "frontend").unwrap();
+    assert!(front["user_rps"].as_f64().unwrap() > 0.0, "{p}");
+    let edge = &p["edges"][0];
+    assert_eq!(
+        (edge["source"].as_str(), edge["target"].as_str()),
+        (Some("default/frontend/v1"), Some("default/catalog/v1"))
+    );
+    assert!((edge["calls_per_request"].as_f64().unwrap() - 1.0).abs() < 0.01, "{edge}");
+
+    let o = meshlens(&["sim", "--from", &c.api_url(), "--seeds", "1", "--duration", "20s", "-o", "json"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    let rate =
+        |name: &str| rows.iter().find(|row| row["name"] == name).unwrap()["offered_rps"]["median"].as_f64().unwrap();
+    let users = rate("users");
+    assert!(users > 0.0 && (rate("default/catalog v1") - users).abs() < 0.2 * users, "{r}");
+}
