@@ -138,6 +138,9 @@ pub struct SimArgs {
     /// Apply this file's `policy:` (or bare `services:`) to the services it names, replacing theirs.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Also run with this baseline policy and print both side by side with the difference.
+    #[arg(long, value_name = "FILE")]
+    pub compare: Option<PathBuf>,
     /// Seeds to run (results are medians, with ranges in JSON).
     #[arg(long, default_value_t = 5)]
     pub seeds: u64,
@@ -676,6 +679,21 @@ async fn sim<W: Write>(a: SimArgs, out: &mut W) -> Result<(), CliError> {
     }
     if let Some(d) = a.duration {
         scenario.duration = d.as_secs_f64();
+    }
+    if let Some(base) = &a.compare {
+        let text = std::fs::read_to_string(base)
+            .map_err(|e| CliError::Config(anyhow::anyhow!("reading {}: {e}", base.display())))?;
+        let mut baseline = scenario.clone();
+        baseline.with_policy(&text, &base.display().to_string()).map_err(config)?;
+        let (b, c) = (meshlens_sim::run(&baseline, a.seeds), meshlens_sim::run(&scenario, a.seeds));
+        return match a.output {
+            LoadOutput::Json => {
+                serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"baseline": b, "candidate": c}))
+                    .map_err(runtime)?;
+                writeln!(out).map_err(runtime)
+            }
+            LoadOutput::Table => meshlens_sim::report::write_comparison(out, &b, &c).map_err(runtime),
+        };
     }
     let report = meshlens_sim::run(&scenario, a.seeds);
     match a.output {

@@ -117,3 +117,28 @@ pub fn write_table(out: &mut impl std::io::Write, r: &Report) -> std::io::Result
     }
     writeln!(out, "medians over {} seeds; ranges in -o json", r.seeds)
 }
+
+/// Baseline and candidate side by side, with the difference.
+pub fn write_comparison(out: &mut impl std::io::Write, b: &Report, c: &Report) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<24} {:>22} {:>26} {:>26}",
+        "", "RPS base/cand", "SUCCESS base/cand (diff)", "P99 base/cand (diff)"
+    )?;
+    for (rb, rc) in b.rows.iter().zip(&c.rows) {
+        writeln!(
+            out,
+            "{:<24} {:>10.1} {:>10.1} {:>8.2}% {:>7.2}% {:>+7.2} {:>8.1}ms {:>8.1}ms {:>+8.1}",
+            rb.name,
+            rb.offered_rps.median,
+            rc.offered_rps.median,
+            rb.success_pct.median,
+            rc.success_pct.median,
+            rc.success_pct.median - rb.success_pct.median,
+            rb.p99_ms.median,
+            rc.p99_ms.median,
+            rc.p99_ms.median - rb.p99_ms.median
+        )?;
+    }
+    writeln!(out, "medians over {} seeds; candidate minus baseline in parentheses", c.seeds)
+}
