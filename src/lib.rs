@@ -138,6 +138,9 @@ pub struct SimArgs {
     /// Apply this file's `policy:` (or bare `services:`) to the services it names, replacing theirs.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Run a canary plan: a `canary:` block, or a Flagger Canary (its spec.analysis).
+    #[arg(long, value_name = "FILE")]
+    pub canary: Option<PathBuf>,
     /// Also run with this baseline policy and print both side by side with the difference.
     #[arg(long, value_name = "FILE")]
     pub compare: Option<PathBuf>,
@@ -679,6 +682,19 @@ async fn sim<W: Write>(a: SimArgs, out: &mut W) -> Result<(), CliError> {
     }
     if let Some(d) = a.duration {
         scenario.duration = d.as_secs_f64();
+    }
+    if let Some(path) = &a.canary {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::Config(anyhow::anyhow!("reading {}: {e}", path.display())))?;
+        let plan = meshlens_sim::canary::Plan::parse(&text, &path.display().to_string(), &scenario).map_err(config)?;
+        let outcome = meshlens_sim::canary::simulate(&scenario, &plan, a.seeds);
+        return match a.output {
+            LoadOutput::Json => {
+                serde_json::to_writer_pretty(&mut *out, &outcome).map_err(runtime)?;
+                writeln!(out).map_err(runtime)
+            }
+            LoadOutput::Table => meshlens_sim::canary::write_table(out, &outcome, &plan).map_err(runtime),
+        };
     }
     if let Some(base) = &a.compare {
         let text = std::fs::read_to_string(base)

@@ -24,6 +24,8 @@ pub struct ScenarioFile {
     /// The policy (DESIGN.md's schema).
     #[serde(default)]
     pub policy: PolicyFile,
+    /// A canary plan (read by `--canary`; see [`crate::canary`]).
+    pub canary: Option<serde_yaml_ng::Value>,
 }
 
 /// Arrivals as written.

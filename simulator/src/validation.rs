@@ -150,3 +150,27 @@ fn bad_scenarios_are_explained() {
         assert!(e.starts_with("s.yaml: ") && e.contains(needle), "{needle:?} not in {e}");
     }
 }
+
+#[test]
+fn a_canary_plan_rolls_back_a_bad_canary_and_promotes_a_good_one() {
+    use crate::canary::{Plan, simulate};
+    let text = include_str!("../../examples/sim/canary.yaml");
+    let sc = scenario(text);
+    let plan = Plan::parse(text, "canary.yaml", &sc).unwrap();
+    let flagger = Plan::parse(include_str!("../../examples/sim/flagger-canary.yaml"), "flagger.yaml", &sc).unwrap();
+    assert_eq!(plan, flagger, "Flagger's Canary reads as the same plan");
+    let bad = simulate(&sc, &plan, 3);
+    assert!(!bad.promoted);
+    assert_eq!(bad.steps.len(), 2, "two failed checks reach the threshold of 2");
+    assert!(bad.steps.iter().all(|s| s.canary.success_pct.median < 99.0));
+
+    let good_text = text.replace("error_pct: 3", "error_pct: 0").replace("p99: 400ms", "p99: 100ms");
+    let good = scenario(&good_text);
+    let outcome = simulate(&good, &Plan::parse(&good_text, "c.yaml", &good).unwrap(), 3);
+    assert!(outcome.promoted, "{:?}", outcome.steps.iter().map(|s| (s.weight, s.passed)).collect::<Vec<_>>());
+    assert_eq!(outcome.steps.iter().map(|s| s.weight).collect::<Vec<_>>(), [10.0, 20.0, 30.0, 40.0, 50.0]);
+    assert_eq!(outcome.after_seconds, 300.0);
+    // The canary's share of reviews follows the step weight.
+    let last = &outcome.steps[4].canary;
+    assert!((last.offered_rps.median - 50.0).abs() < 5.0, "{}", last.offered_rps.median);
+}
