@@ -185,6 +185,8 @@ pub struct Sim<'a> {
     pub tallies: Vec<Vec<Tally>>,
     /// The users' requests.
     pub root: Tally,
+    /// The users' requests by the 10-second period they arrived in: (succeeded, failed).
+    pub timeline: Vec<(u64, u64)>,
     /// Events processed.
     pub events_processed: u64,
 }
@@ -214,6 +216,7 @@ impl<'a> Sim<'a> {
             budgets: vec![Budget::default(); sc.services.len()],
             tallies: sc.services.iter().map(|s| s.versions.iter().map(|_| Tally::new()).collect()).collect(),
             root: Tally::new(),
+            timeline: vec![(0, 0); (sc.duration / 10.0).ceil() as usize + 1],
             events_processed: 0,
         }
     }
@@ -232,7 +235,8 @@ impl<'a> Sim<'a> {
             match ev {
                 Ev::Arrival => {
                     if self.now < self.sc.duration {
-                        let gap = if self.sc.poisson { self.rng.exp(1.0 / self.sc.rate) } else { 1.0 / self.sc.rate };
+                        let rate = self.sc.rate_at(self.now);
+                        let gap = if self.sc.poisson { self.rng.exp(1.0 / rate) } else { 1.0 / rate };
                         self.at(self.now + gap, Ev::Arrival);
                         let v = self.pick_version(self.sc.entry);
                         self.root.offered += 1;
@@ -458,6 +462,13 @@ impl<'a> Sim<'a> {
         self.jobs[j as usize].generation = self.jobs[j as usize].generation.wrapping_add(1);
         self.free_jobs.push(j);
         if job.call == u32::MAX {
+            if let Some(slot) = self.timeline.get_mut((job.arrived / 10.0) as usize) {
+                if job.failed {
+                    slot.1 += 1;
+                } else {
+                    slot.0 += 1;
+                }
+            }
             if job.failed {
                 self.root.failed += 1
             } else {

@@ -60,6 +60,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Events processed in the first run.
     pub events: u64,
+    /// The users' success percent per 10 seconds of arrival, first seed.
+    pub timeline: Vec<f64>,
 }
 
 fn row(name: String, tallies: &[&Tally], duration: f64) -> Row {
@@ -83,6 +85,13 @@ fn row(name: String, tallies: &[&Tally], duration: f64) -> Row {
 pub fn run(sc: &Scenario, seeds: u64) -> Report {
     let sims: Vec<Sim> = (1..=seeds.max(1)).map(|seed| Sim::new(sc, seed).run()).collect();
     let events = sims.first().map_or(0, |s| s.events_processed);
+    let timeline = sims.first().map_or(Vec::new(), |s| {
+        s.timeline
+            .iter()
+            .filter(|(ok, failed)| ok + failed > 0)
+            .map(|(ok, failed)| (100.0 * *ok as f64 / (ok + failed) as f64 * 10.0).round() / 10.0)
+            .collect()
+    });
     let mut rows = vec![row("users".into(), &sims.iter().map(|s| &s.root).collect::<Vec<_>>(), sc.duration)];
     for (si, svc) in sc.services.iter().enumerate() {
         for (vi, v) in svc.versions.iter().enumerate() {
@@ -90,7 +99,7 @@ pub fn run(sc: &Scenario, seeds: u64) -> Report {
             rows.push(row(format!("{} {}", svc.name, v.name), &tallies, sc.duration));
         }
     }
-    Report { seeds: seeds.max(1), rows, events }
+    Report { seeds: seeds.max(1), rows, events, timeline }
 }
 
 /// The report as a table.
@@ -115,6 +124,8 @@ pub fn write_table(out: &mut impl std::io::Write, r: &Report) -> std::io::Result
             row.budget_denied.median
         )?;
     }
+    let line: Vec<String> = r.timeline.iter().map(|p| format!("{p:.0}")).collect();
+    writeln!(out, "users' success % per 10 s (seed 1): {}", line.join(" "))?;
     writeln!(out, "medians over {} seeds; ranges in -o json", r.seeds)
 }
 

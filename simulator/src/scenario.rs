@@ -36,6 +36,21 @@ pub struct ArrivalsSpec {
     pub rate: f64,
     /// `poisson` (default) or `constant`.
     pub process: Option<String>,
+    /// Periods of another rate: `[{from: 30s, to: 40s, rate: 300}]`.
+    #[serde(default)]
+    pub spikes: Vec<SpikeSpec>,
+}
+
+/// A period of another arrival rate, as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpikeSpec {
+    /// Start.
+    pub from: String,
+    /// End.
+    pub to: String,
+    /// Requests per second meanwhile.
+    pub rate: f64,
 }
 
 /// A service as written.
@@ -130,6 +145,8 @@ pub struct Scenario {
     pub rate: f64,
     /// Poisson (else constant).
     pub poisson: bool,
+    /// `(from, to, rate)` periods of another rate.
+    pub spikes: Vec<(f64, f64, f64)>,
     /// Entry service index.
     pub entry: usize,
     /// Services.
@@ -152,6 +169,11 @@ fn secs(path: &str, t: &str) -> Result<f64, String> {
 }
 
 impl Scenario {
+    /// The arrival rate at time `t`.
+    pub fn rate_at(&self, t: f64) -> f64 {
+        self.spikes.iter().find(|(a, b, _)| t >= *a && t < *b).map_or(self.rate, |s| s.2)
+    }
+
     /// Parses and checks a scenario; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
         let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
@@ -235,7 +257,16 @@ impl ScenarioFile {
             }
             services.push(Service { name: name.clone(), versions, policy });
         }
-        Ok(Scenario { duration, rate: self.arrivals.rate, poisson, entry, services })
+        let mut spikes = Vec::new();
+        for (i, sp) in self.arrivals.spikes.iter().enumerate() {
+            let at = format!("arrivals.spikes[{i}]");
+            let (from, to) = (secs(&format!("{at}.from"), &sp.from)?, secs(&format!("{at}.to"), &sp.to)?);
+            if from >= to || !(sp.rate > 0.0 && sp.rate.is_finite()) {
+                return Err(format!("{at}: needs from < to and a rate above 0"));
+            }
+            spikes.push((from, to, sp.rate));
+        }
+        Ok(Scenario { duration, rate: self.arrivals.rate, poisson, spikes, entry, services })
     }
 }
 
@@ -303,7 +334,7 @@ impl Scenario {
             .copied()
             .filter(|(_, r)| *r > 0.0)
             .ok_or_else(|| err("no user traffic in the profile: nothing to replay".into()))?;
-        Ok(Scenario { duration, rate, poisson: true, entry, services })
+        Ok(Scenario { duration, rate, poisson: true, spikes: Vec::new(), entry, services })
     }
 
     /// Replaces the policies of the services a policy file names (`policy:` or bare `services:`).

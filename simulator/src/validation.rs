@@ -174,3 +174,22 @@ fn a_canary_plan_rolls_back_a_bad_canary_and_promotes_a_good_one() {
     let last = &outcome.steps[4].canary;
     assert!((last.offered_rps.median - 50.0).abs() < 5.0, "{}", last.offered_rps.median);
 }
+
+#[test]
+fn the_metastable_example_stays_down_without_a_budget_and_recovers_with_one() {
+    let text = include_str!("../../examples/sim/metastable.yaml");
+    let storm = scenario(text);
+    let mut budgeted = scenario(text);
+    budgeted.with_policy(include_str!("../../examples/sim/metastable-budget.yaml"), "budget.yaml").unwrap();
+    let tail = |s: &Sim| {
+        // Users' success over the last minute, long after the spike (30 s to 45 s) ended.
+        let last: Vec<&(u64, u64)> = s.timeline.iter().filter(|(a, b)| a + b > 0).rev().take(6).collect();
+        let (ok, all) = last.iter().fold((0, 0), |(o, n), (a, b)| (o + a, n + a + b));
+        100.0 * ok as f64 / all.max(1) as f64
+    };
+    for seed in 1..=2 {
+        let (down, up) = (tail(&Sim::new(&storm, seed).run()), tail(&Sim::new(&budgeted, seed).run()));
+        assert!(down < 10.0, "seed {seed}: without a budget the system stays collapsed ({down}% ok)");
+        assert!(up > 95.0, "seed {seed}: with a budget it recovers ({up}% ok)");
+    }
+}
