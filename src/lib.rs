@@ -711,7 +711,17 @@ async fn sim<W: Write>(a: SimArgs, out: &mut W) -> Result<(), CliError> {
             LoadOutput::Table => meshlens_sim::report::write_comparison(out, &b, &c).map_err(runtime),
         };
     }
-    let report = meshlens_sim::run(&scenario, a.seeds);
+    // A progress line on stderr when a person is watching.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = meshlens_sim::report::run_with_progress(&scenario, a.seeds, |done, of| {
+        if tty {
+            eprint!(
+                "\rsimulating {:.0} s: seed {done}/{of}{}",
+                scenario.duration,
+                if done == of { "\r\x1b[K" } else { "" }
+            );
+        }
+    });
     match a.output {
         LoadOutput::Json => {
             serde_json::to_writer_pretty(&mut *out, &report).map_err(runtime)?;

@@ -8,8 +8,9 @@
 //! version by the split, a per-try timeout within the whole timeout, and on a failure or timeout a
 //! retry after full-jitter backoff while attempts and the retry budget allow. An abandoned attempt
 //! keeps its callee busy until it finishes, which is how retries and timeouts overload a service.
-//! Not modelled: outlier detection and load balancing across instances (a version is one pool of
-//! `concurrency` slots), and faults.
+//! Faults (from the scenario) raise a version's failure share and add to its service time while
+//! they last. Not modelled: outlier detection and load balancing across instances (a version is one
+//! pool of `concurrency` slots).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -248,7 +249,8 @@ impl<'a> Sim<'a> {
                     if self.jobs[j as usize].generation == g {
                         let job = self.jobs[j as usize];
                         let (s, v) = self.locate(job.version);
-                        if self.rng.f64() < self.sc.services[s].versions[v].error_p {
+                        let p = self.sc.services[s].versions[v].error_p.max(self.sc.fault_at(s, v, self.now).0);
+                        if self.rng.f64() < p {
                             self.jobs[j as usize].failed = true;
                             self.finish_job(j);
                         } else {
@@ -339,7 +341,7 @@ impl<'a> Sim<'a> {
 
     fn begin_service(&mut self, j: u32) {
         let (s, v) = self.locate(self.jobs[j as usize].version);
-        let d = self.rng.sample(self.sc.services[s].versions[v].dist);
+        let d = self.rng.sample(self.sc.services[s].versions[v].dist) + self.sc.fault_at(s, v, self.now).1;
         let g = self.jobs[j as usize].generation;
         self.at(self.now + d, Ev::ServiceDone(j, g));
     }

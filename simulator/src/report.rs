@@ -83,7 +83,19 @@ fn row(name: String, tallies: &[&Tally], duration: f64) -> Row {
 
 /// Runs `sc` with seeds `1..=seeds`.
 pub fn run(sc: &Scenario, seeds: u64) -> Report {
-    let sims: Vec<Sim> = (1..=seeds.max(1)).map(|seed| Sim::new(sc, seed).run()).collect();
+    run_with_progress(sc, seeds, |_, _| {})
+}
+
+/// Runs `sc` with seeds `1..=seeds`, telling `progress(done, of)` after each seed.
+pub fn run_with_progress(sc: &Scenario, seeds: u64, progress: impl Fn(u64, u64)) -> Report {
+    let n = seeds.max(1);
+    let sims: Vec<Sim> = (1..=n)
+        .map(|seed| {
+            let s = Sim::new(sc, seed).run();
+            progress(seed, n);
+            s
+        })
+        .collect();
     let events = sims.first().map_or(0, |s| s.events_processed);
     let timeline = sims.first().map_or(Vec::new(), |s| {
         s.timeline

@@ -26,6 +26,46 @@ pub struct ScenarioFile {
     pub policy: PolicyFile,
     /// A canary plan (read by `--canary`; see [`crate::canary`]).
     pub canary: Option<serde_yaml_ng::Value>,
+    /// Faults that start and stop.
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
+}
+
+/// A fault as written: a service (or one version) fails a share of its requests and/or slows
+/// down between two times.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// The service.
+    pub service: String,
+    /// One version; all when absent.
+    pub version: Option<String>,
+    /// Start.
+    pub from: String,
+    /// End.
+    pub to: String,
+    /// Percent of requests failed meanwhile.
+    #[serde(default)]
+    pub error_pct: f64,
+    /// Added to every request's service time meanwhile.
+    pub delay: Option<String>,
+}
+
+/// A resolved fault.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    /// Service index.
+    pub service: usize,
+    /// Version index; all when `None`.
+    pub version: Option<usize>,
+    /// Seconds.
+    pub from: f64,
+    /// Seconds.
+    pub to: f64,
+    /// Failure probability meanwhile.
+    pub error_p: f64,
+    /// Seconds added meanwhile.
+    pub delay: f64,
 }
 
 /// Arrivals as written.
@@ -147,6 +187,8 @@ pub struct Scenario {
     pub poisson: bool,
     /// `(from, to, rate)` periods of another rate.
     pub spikes: Vec<(f64, f64, f64)>,
+    /// Faults over time.
+    pub faults: Vec<Fault>,
     /// Entry service index.
     pub entry: usize,
     /// Services.
@@ -169,6 +211,14 @@ fn secs(path: &str, t: &str) -> Result<f64, String> {
 }
 
 impl Scenario {
+    /// The fault on version `v` of service `s` at time `t`: (failure probability, added seconds).
+    pub fn fault_at(&self, s: usize, v: usize, t: f64) -> (f64, f64) {
+        self.faults
+            .iter()
+            .filter(|f| f.service == s && f.version.is_none_or(|x| x == v) && t >= f.from && t < f.to)
+            .fold((0.0, 0.0), |(e, d), f| (e.max(f.error_p), d + f.delay))
+    }
+
     /// The arrival rate at time `t`.
     pub fn rate_at(&self, t: f64) -> f64 {
         self.spikes.iter().find(|(a, b, _)| t >= *a && t < *b).map_or(self.rate, |s| s.2)
@@ -266,7 +316,31 @@ impl ScenarioFile {
             }
             spikes.push((from, to, sp.rate));
         }
-        Ok(Scenario { duration, rate: self.arrivals.rate, poisson, spikes, entry, services })
+        let mut faults = Vec::new();
+        for (i, f) in self.faults.iter().enumerate() {
+            let at = format!("faults[{i}]");
+            let service = index(&f.service).ok_or_else(|| format!("{at}.service: no service {:?}", f.service))?;
+            let version = match &f.version {
+                None => None,
+                Some(v) => Some(
+                    services[service]
+                        .versions
+                        .iter()
+                        .position(|x: &Version| &x.name == v)
+                        .ok_or_else(|| format!("{at}.version: {} has no version {v:?}", f.service))?,
+                ),
+            };
+            let (from, to) = (secs(&format!("{at}.from"), &f.from)?, secs(&format!("{at}.to"), &f.to)?);
+            if from >= to {
+                return Err(format!("{at}: from must come before to"));
+            }
+            if !(0.0..=100.0).contains(&f.error_pct) {
+                return Err(format!("{at}.error_pct: {} is not a percent", f.error_pct));
+            }
+            let delay = f.delay.as_deref().map(|d| secs(&format!("{at}.delay"), d)).transpose()?.unwrap_or(0.0);
+            faults.push(Fault { service, version, from, to, error_p: f.error_pct / 100.0, delay });
+        }
+        Ok(Scenario { duration, rate: self.arrivals.rate, poisson, spikes, faults, entry, services })
     }
 }
 
@@ -334,7 +408,7 @@ impl Scenario {
             .copied()
             .filter(|(_, r)| *r > 0.0)
             .ok_or_else(|| err("no user traffic in the profile: nothing to replay".into()))?;
-        Ok(Scenario { duration, rate, poisson: true, spikes: Vec::new(), entry, services })
+        Ok(Scenario { duration, rate, poisson: true, spikes: Vec::new(), faults: Vec::new(), entry, services })
     }
 
     /// Replaces the policies of the services a policy file names (`policy:` or bare `services:`).

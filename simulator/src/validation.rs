@@ -193,3 +193,16 @@ fn the_metastable_example_stays_down_without_a_budget_and_recovers_with_one() {
         assert!(up > 95.0, "seed {seed}: with a budget it recovers ({up}% ok)");
     }
 }
+
+#[test]
+fn faults_start_and_stop() {
+    let sc = scenario(
+        "duration: 40s\narrivals: {rate: 50}\nentry: a\nservices:\n  a:\n    versions:\n      v1: {service_time: {constant: 1ms}, calls: [b]}\n  b:\n    versions:\n      v1: {service_time: {constant: 1ms}}\nfaults:\n  - {service: b, from: 10s, to: 20s, error_pct: 100}\n  - {service: b, version: v1, from: 30s, to: 40s, delay: 200ms}\n",
+    );
+    let s = Sim::new(&sc, 3).run();
+    let share = |(ok, failed): (u64, u64)| ok as f64 / (ok + failed) as f64;
+    assert_eq!(share(s.timeline[0]), 1.0);
+    assert_eq!(share(s.timeline[1]), 0.0, "the fault fails everything from 10 s to 20 s");
+    assert_eq!(share(s.timeline[2]), 1.0);
+    assert!(s.root.latency.max() >= 200_000, "the delay fault shows in latency");
+}
