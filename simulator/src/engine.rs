@@ -50,11 +50,17 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
-    fn sample(&mut self, d: Dist) -> f64 {
+    fn sample(&mut self, d: Dist, tables: &[Vec<(f64, f64)>]) -> f64 {
         match d {
             Dist::Constant(v) => v,
             Dist::Exponential(m) => self.exp(m),
             Dist::Lognormal(mu, sigma) => (mu + sigma * self.normal()).exp(),
+            Dist::Empirical(i) => {
+                let Some(t) = tables.get(i) else { return 0.0 };
+                let u = self.f64();
+                let k = t.partition_point(|(c, _)| *c < u).min(t.len().saturating_sub(1));
+                t.get(k).map_or(0.0, |p| p.1)
+            }
         }
     }
 }
@@ -341,7 +347,7 @@ impl<'a> Sim<'a> {
 
     fn begin_service(&mut self, j: u32) {
         let (s, v) = self.locate(self.jobs[j as usize].version);
-        let d = self.rng.sample(self.sc.services[s].versions[v].dist) + self.sc.fault_at(s, v, self.now).1;
+        let d = self.rng.sample(self.sc.services[s].versions[v].dist, &self.sc.tables) + self.sc.fault_at(s, v, self.now).1;
         let g = self.jobs[j as usize].generation;
         self.at(self.now + d, Ev::ServiceDone(j, g));
     }

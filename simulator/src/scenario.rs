@@ -127,6 +127,8 @@ pub struct TimeSpec {
     pub exponential: Option<String>,
     /// Lognormal with these percentiles.
     pub lognormal: Option<LognormalSpec>,
+    /// An empirical histogram: `[[10ms, 60], [20ms, 30], [200ms, 10]]` (value, weight).
+    pub empirical: Option<Vec<(String, f64)>>,
 }
 
 /// A lognormal distribution as written.
@@ -148,6 +150,8 @@ pub enum Dist {
     Exponential(f64),
     /// ln-space mean and sigma.
     Lognormal(f64, f64),
+    /// Index into [`Scenario::tables`].
+    Empirical(usize),
 }
 
 /// A resolved version.
@@ -189,6 +193,8 @@ pub struct Scenario {
     pub spikes: Vec<(f64, f64, f64)>,
     /// Faults over time.
     pub faults: Vec<Fault>,
+    /// Empirical distributions: (cumulative share, seconds), ascending.
+    pub tables: Vec<Vec<(f64, f64)>>,
     /// Entry service index.
     pub entry: usize,
     /// Services.
@@ -256,6 +262,7 @@ impl ScenarioFile {
             }
         }
         let mut services = Vec::new();
+        let mut tables = Vec::new();
         for (name, spec) in &self.services {
             if spec.versions.is_empty() {
                 return Err(format!("services.{name}.versions: needs at least one version"));
@@ -264,10 +271,24 @@ impl ScenarioFile {
             for (vname, v) in &spec.versions {
                 let at = format!("services.{name}.versions.{vname}");
                 let st = &v.service_time;
-                let dist = match (&st.constant, &st.exponential, &st.lognormal) {
-                    (Some(t), None, None) => Dist::Constant(secs(&format!("{at}.service_time.constant"), t)?),
-                    (None, Some(t), None) => Dist::Exponential(secs(&format!("{at}.service_time.exponential"), t)?),
-                    (None, None, Some(LognormalSpec { p50, p99 })) => {
+                let dist = match (&st.constant, &st.exponential, &st.lognormal, &st.empirical) {
+                    (None, None, None, Some(points)) => {
+                        let total: f64 = points.iter().map(|p| p.1).sum();
+                        if points.is_empty() || !(total > 0.0) || points.iter().any(|p| !(p.1 >= 0.0)) {
+                            return Err(format!("{at}.service_time.empirical: needs [value, weight] pairs with weights above 0"));
+                        }
+                        let mut acc = 0.0;
+                        let mut table = Vec::new();
+                        for (i, (value, w)) in points.iter().enumerate() {
+                            acc += w / total;
+                            table.push((acc, secs(&format!("{at}.service_time.empirical[{i}]"), value)?));
+                        }
+                        tables.push(table);
+                        Dist::Empirical(tables.len() - 1)
+                    }
+                    (Some(t), None, None, None) => Dist::Constant(secs(&format!("{at}.service_time.constant"), t)?),
+                    (None, Some(t), None, None) => Dist::Exponential(secs(&format!("{at}.service_time.exponential"), t)?),
+                    (None, None, Some(LognormalSpec { p50, p99 }), None) => {
                         let (m, q) = (
                             secs(&format!("{at}.service_time.lognormal.p50"), p50)?,
                             secs(&format!("{at}.service_time.lognormal.p99"), p99)?,
@@ -282,7 +303,7 @@ impl ScenarioFile {
                     }
                     _ => {
                         return Err(format!(
-                            "{at}.service_time: give exactly one of constant, exponential or lognormal {{p50, p99}}"
+                            "{at}.service_time: give exactly one of constant, exponential, lognormal {{p50, p99}} or empirical"
                         ));
                     }
                 };
@@ -340,7 +361,7 @@ impl ScenarioFile {
             let delay = f.delay.as_deref().map(|d| secs(&format!("{at}.delay"), d)).transpose()?.unwrap_or(0.0);
             faults.push(Fault { service, version, from, to, error_p: f.error_pct / 100.0, delay });
         }
-        Ok(Scenario { duration, rate: self.arrivals.rate, poisson, spikes, faults, entry, services })
+        Ok(Scenario { duration, rate: self.arrivals.rate, poisson, spikes, faults, tables, entry, services })
     }
 }
 
@@ -408,7 +429,16 @@ impl Scenario {
             .copied()
             .filter(|(_, r)| *r > 0.0)
             .ok_or_else(|| err("no user traffic in the profile: nothing to replay".into()))?;
-        Ok(Scenario { duration, rate, poisson: true, spikes: Vec::new(), faults: Vec::new(), entry, services })
+        Ok(Scenario {
+            duration,
+            rate,
+            poisson: true,
+            spikes: Vec::new(),
+            faults: Vec::new(),
+            tables: Vec::new(),
+            entry,
+            services,
+        })
     }
 
     /// Replaces the policies of the services a policy file names (`policy:` or bare `services:`).
