@@ -121,6 +121,8 @@ struct Job {
     call_gen: u32,
     arrived: f64,
     next_call: usize,
+    /// Calls still out (parallel calls).
+    pending: u32,
     failed: bool,
 }
 
@@ -331,6 +333,7 @@ impl<'a> Sim<'a> {
             call_gen,
             arrived: self.now,
             next_call: 0,
+            pending: 0,
             failed: false,
         };
         let (j, g) = self.alloc_job(job);
@@ -347,7 +350,8 @@ impl<'a> Sim<'a> {
 
     fn begin_service(&mut self, j: u32) {
         let (s, v) = self.locate(self.jobs[j as usize].version);
-        let d = self.rng.sample(self.sc.services[s].versions[v].dist, &self.sc.tables) + self.sc.fault_at(s, v, self.now).1;
+        let d =
+            self.rng.sample(self.sc.services[s].versions[v].dist, &self.sc.tables) + self.sc.fault_at(s, v, self.now).1;
         let g = self.jobs[j as usize].generation;
         self.at(self.now + d, Ev::ServiceDone(j, g));
     }
@@ -355,17 +359,36 @@ impl<'a> Sim<'a> {
     fn next_call(&mut self, j: u32) {
         let job = self.jobs[j as usize];
         let (s, v) = self.locate(job.version);
-        let calls = &self.sc.services[s].versions[v].calls;
-        if job.failed || job.next_call >= calls.len() {
+        let version = &self.sc.services[s].versions[v];
+        let n = version.calls.len();
+        if version.parallel {
+            if job.next_call == 0 && n > 0 && !job.failed {
+                // Fan out: every call at once; the job goes on when the last one is done.
+                self.jobs[j as usize].next_call = n;
+                self.jobs[j as usize].pending = n as u32;
+                for k in 0..n {
+                    let callee = self.sc.services[s].versions[v].calls[k];
+                    self.open_call(j, callee);
+                }
+            } else if job.pending == 0 {
+                self.finish_job(j);
+            }
+            return;
+        }
+        if job.failed || job.next_call >= n {
             self.finish_job(j);
             return;
         }
-        let callee = calls[job.next_call];
+        let callee = version.calls[job.next_call];
         self.jobs[j as usize].next_call += 1;
+        self.open_call(j, callee);
+    }
+
+    fn open_call(&mut self, j: u32, callee: usize) {
         let call = Call {
             generation: 0,
             parent: j,
-            parent_gen: job.generation,
+            parent_gen: self.jobs[j as usize].generation,
             service: callee,
             attempt: 0,
             child: 0,
@@ -444,6 +467,7 @@ impl<'a> Sim<'a> {
         if !ok {
             parent.failed = true;
         }
+        parent.pending = parent.pending.saturating_sub(1);
         self.next_call(call.parent);
     }
 

@@ -115,6 +115,9 @@ pub struct VersionSpec {
     /// Services it calls, one after another, after its own work.
     #[serde(default)]
     pub calls: Vec<String>,
+    /// Make the calls all at once and go on when the last one answers.
+    #[serde(default)]
+    pub parallel: bool,
 }
 
 /// A service-time distribution as written: exactly one of the three.
@@ -167,6 +170,8 @@ pub struct Version {
     pub error_p: f64,
     /// Called services, by index.
     pub calls: Vec<usize>,
+    /// The calls are made at once.
+    pub parallel: bool,
 }
 
 /// A resolved service.
@@ -275,7 +280,9 @@ impl ScenarioFile {
                     (None, None, None, Some(points)) => {
                         let total: f64 = points.iter().map(|p| p.1).sum();
                         if points.is_empty() || !(total > 0.0) || points.iter().any(|p| !(p.1 >= 0.0)) {
-                            return Err(format!("{at}.service_time.empirical: needs [value, weight] pairs with weights above 0"));
+                            return Err(format!(
+                                "{at}.service_time.empirical: needs [value, weight] pairs with weights above 0"
+                            ));
                         }
                         let mut acc = 0.0;
                         let mut table = Vec::new();
@@ -287,7 +294,9 @@ impl ScenarioFile {
                         Dist::Empirical(tables.len() - 1)
                     }
                     (Some(t), None, None, None) => Dist::Constant(secs(&format!("{at}.service_time.constant"), t)?),
-                    (None, Some(t), None, None) => Dist::Exponential(secs(&format!("{at}.service_time.exponential"), t)?),
+                    (None, Some(t), None, None) => {
+                        Dist::Exponential(secs(&format!("{at}.service_time.exponential"), t)?)
+                    }
                     (None, None, Some(LognormalSpec { p50, p99 }), None) => {
                         let (m, q) = (
                             secs(&format!("{at}.service_time.lognormal.p50"), p50)?,
@@ -318,7 +327,14 @@ impl ScenarioFile {
                 for (i, c) in v.calls.iter().enumerate() {
                     calls.push(index(c).ok_or_else(|| format!("{at}.calls[{i}]: no service {c:?} under services"))?);
                 }
-                versions.push(Version { name: vname.clone(), concurrency, dist, error_p: v.error_pct / 100.0, calls });
+                versions.push(Version {
+                    name: vname.clone(),
+                    concurrency,
+                    dist,
+                    error_p: v.error_pct / 100.0,
+                    calls,
+                    parallel: v.parallel,
+                });
             }
             let policy = policies.services.get(name).cloned().unwrap_or_default();
             for (v, _) in &policy.split {
@@ -407,6 +423,7 @@ impl Scenario {
                     dist: Dist::Lognormal(m.max(1e-6).ln(), (q / m.max(1e-6)).ln() / 2.326_347_874),
                     error_p: (v.error_pct / 100.0).clamp(0.0, 1.0),
                     calls,
+                    parallel: false,
                 });
                 if total > 0.0 {
                     split.push((v.version.clone(), v.rps / total));

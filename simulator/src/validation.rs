@@ -221,3 +221,15 @@ fn an_empirical_service_time_is_drawn_as_given() {
     let share = h.count_between(0, 10_100) as f64 / h.len() as f64;
     assert!((share - 0.6).abs() < 0.014, "{share}");
 }
+
+#[test]
+fn parallel_calls_take_the_longest_sequential_ones_the_sum() {
+    let text = |parallel: bool| {
+        format!(
+            "duration: 20s\narrivals: {{rate: 10}}\nentry: a\nservices:\n  a:\n    versions:\n      v1: {{service_time: {{constant: 1ms}}, calls: [b, c], parallel: {parallel}}}\n  b:\n    versions:\n      v1: {{service_time: {{constant: 30ms}}}}\n  c:\n    versions:\n      v1: {{service_time: {{constant: 50ms}}}}\n"
+        )
+    };
+    let p50 = |t: String| Sim::new(&scenario(&t), 1).run().root.latency.value_at_quantile(0.5) as f64 / 1000.0;
+    assert!((p50(text(true)) - 51.0).abs() < 0.5, "{}", p50(text(true)));
+    assert!((p50(text(false)) - 81.0).abs() < 0.5, "{}", p50(text(false)));
+}
