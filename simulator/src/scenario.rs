@@ -279,7 +279,8 @@ impl ScenarioFile {
                 let dist = match (&st.constant, &st.exponential, &st.lognormal, &st.empirical) {
                     (None, None, None, Some(points)) => {
                         let total: f64 = points.iter().map(|p| p.1).sum();
-                        if points.is_empty() || !(total > 0.0) || points.iter().any(|p| !(p.1 >= 0.0)) {
+                        let bad_weight = points.iter().any(|p| p.1.is_nan() || p.1 < 0.0);
+                        if points.is_empty() || total.is_nan() || total <= 0.0 || bad_weight {
                             return Err(format!(
                                 "{at}.service_time.empirical: needs [value, weight] pairs with weights above 0"
                             ));
