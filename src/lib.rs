@@ -661,12 +661,7 @@ fn ca<W: Write>(c: CaCommand, out: &mut W) -> Result<(), CliError> {
 async fn sim<W: Write>(a: SimArgs, out: &mut W) -> Result<(), CliError> {
     let config = |e: meshlens_sim::ScenarioError| CliError::Config(e.into());
     let mut scenario = match (&a.scenario, &a.from) {
-        (Some(path), _) => {
-            let origin = path.display().to_string();
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| CliError::Config(anyhow::anyhow!("reading {origin}: {e}")))?;
-            meshlens_sim::Scenario::parse(&text, &origin).map_err(config)?
-        }
+        (Some(path), _) => meshlens_sim::Scenario::load(path).map_err(config)?,
         (None, Some(url)) => {
             let client = Client::with_token(url, a.token.as_deref()).map_err(runtime)?;
             let profile: meshlens_model::api::Profile = client.get("/api/v1/profile").await.map_err(runtime)?;

@@ -198,6 +198,7 @@ pub struct Sim<'a> {
     pub timeline: Vec<(u64, u64)>,
     /// Events processed.
     pub events_processed: u64,
+    replayed: usize,
 }
 
 fn ticks(t: f64) -> u64 {
@@ -227,6 +228,7 @@ impl<'a> Sim<'a> {
             root: Tally::new(),
             timeline: vec![(0, 0); (sc.duration / 10.0).ceil() as usize + 1],
             events_processed: 0,
+            replayed: 0,
         }
     }
 
@@ -237,16 +239,37 @@ impl<'a> Sim<'a> {
 
     /// Runs to the scenario's duration, then lets what is in flight finish.
     pub fn run(mut self) -> Self {
-        self.at(0.0, Ev::Arrival);
+        let first = self.sc.replay.first().copied().unwrap_or(0.0);
+        self.at(first, Ev::Arrival);
         while let Some(Reverse((t, _, ev))) = self.events.pop() {
             self.now = t as f64 / 1e9;
             self.events_processed += 1;
             match ev {
                 Ev::Arrival => {
                     if self.now < self.sc.duration {
-                        let rate = self.sc.rate_at(self.now);
-                        let gap = if self.sc.poisson { self.rng.exp(1.0 / rate) } else { 1.0 / rate };
-                        self.at(self.now + gap, Ev::Arrival);
+                        if self.sc.replay.is_empty() {
+                            let next = if self.sc.poisson {
+                                // Thinning (Lewis and Shedler): candidates at the highest rate,
+                                // each kept with the rate at its time over that maximum.
+                                let max = self.sc.max_rate();
+                                let mut t = self.now;
+                                loop {
+                                    t += self.rng.exp(1.0 / max);
+                                    if t >= self.sc.duration || self.rng.f64() * max <= self.sc.rate_at(t) {
+                                        break t;
+                                    }
+                                }
+                            } else {
+                                self.now + 1.0 / self.sc.rate_at(self.now)
+                            };
+                            self.at(next, Ev::Arrival);
+                        } else {
+                            // The recorded log: the next arrival is the next recorded time.
+                            self.replayed += 1;
+                            if let Some(&t) = self.sc.replay.get(self.replayed) {
+                                self.at(t.max(self.now), Ev::Arrival);
+                            }
+                        }
                         let v = self.pick_version(self.sc.entry);
                         self.root.offered += 1;
                         self.tallies[self.sc.entry][v].offered += 1;

@@ -79,6 +79,26 @@ pub struct ArrivalsSpec {
     /// Periods of another rate: `[{from: 30s, to: 40s, rate: 300}]`.
     #[serde(default)]
     pub spikes: Vec<SpikeSpec>,
+    /// Linear changes of rate: `[{from: 0s, to: 60s, from_rate: 10, to_rate: 100}]`.
+    #[serde(default)]
+    pub ramps: Vec<RampSpec>,
+    /// A recorded arrival log: a file with one arrival time (seconds from the start) per line,
+    /// relative to the scenario file. Replaces the rate.
+    pub replay: Option<String>,
+}
+
+/// A linear ramp of the arrival rate, as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RampSpec {
+    /// Start.
+    pub from: String,
+    /// End.
+    pub to: String,
+    /// Rate at the start.
+    pub from_rate: f64,
+    /// Rate at the end.
+    pub to_rate: f64,
 }
 
 /// A period of another arrival rate, as written.
@@ -196,6 +216,10 @@ pub struct Scenario {
     pub poisson: bool,
     /// `(from, to, rate)` periods of another rate.
     pub spikes: Vec<(f64, f64, f64)>,
+    /// `(from, to, from_rate, to_rate)` linear ramps.
+    pub ramps: Vec<(f64, f64, f64, f64)>,
+    /// Recorded arrival times (seconds), ascending; when given, they are the arrivals.
+    pub replay: Vec<f64>,
     /// Faults over time.
     pub faults: Vec<Fault>,
     /// Empirical distributions: (cumulative share, seconds), ascending.
@@ -230,9 +254,49 @@ impl Scenario {
             .fold((0.0, 0.0), |(e, d), f| (e.max(f.error_p), d + f.delay))
     }
 
-    /// The arrival rate at time `t`.
+    /// The arrival rate at time `t`: a spike's, else a ramp's, else the base rate.
     pub fn rate_at(&self, t: f64) -> f64 {
-        self.spikes.iter().find(|(a, b, _)| t >= *a && t < *b).map_or(self.rate, |s| s.2)
+        if let Some(s) = self.spikes.iter().find(|(a, b, _)| t >= *a && t < *b) {
+            return s.2;
+        }
+        if let Some((a, b, r0, r1)) = self.ramps.iter().find(|(a, b, _, _)| t >= *a && t < *b) {
+            return (r0 + (r1 - r0) * (t - a) / (b - a)).max(1e-3);
+        }
+        self.rate
+    }
+
+    /// The highest arrival rate at any time.
+    pub fn max_rate(&self) -> f64 {
+        self.spikes.iter().map(|s| s.2).chain(self.ramps.iter().flat_map(|r| [r.2, r.3])).fold(self.rate, f64::max)
+    }
+
+    /// Reads a scenario file, with its replay log if it names one (relative to the file).
+    pub fn load(path: &std::path::Path) -> Result<Self, ScenarioError> {
+        let origin = path.display().to_string();
+        let err = |message: String| ScenarioError { origin: origin.clone(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("reading: {e}")))?;
+        let mut sc = Self::parse(&text, &origin)?;
+        let file: ScenarioFile = serde_yaml_ng::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if let Some(log) = &file.arrivals.replay {
+            let log_path = path.parent().unwrap_or(std::path::Path::new(".")).join(log);
+            let body = std::fs::read_to_string(&log_path)
+                .map_err(|e| err(format!("arrivals.replay: reading {}: {e}", log_path.display())))?;
+            let mut times = Vec::new();
+            for (i, line) in body.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let t: f64 = line.trim().parse().map_err(|_| {
+                    err(format!(
+                        "arrivals.replay: {} line {}: {:?} is not a time in seconds",
+                        log_path.display(),
+                        i + 1,
+                        line
+                    ))
+                })?;
+                times.push(t);
+            }
+            times.sort_by(f64::total_cmp);
+            sc.replay = times;
+        }
+        Ok(sc)
     }
 
     /// Parses and checks a scenario; `origin` names the file in errors.
@@ -354,6 +418,15 @@ impl ScenarioFile {
             }
             spikes.push((from, to, sp.rate));
         }
+        let mut ramps = Vec::new();
+        for (i, r) in self.arrivals.ramps.iter().enumerate() {
+            let at = format!("arrivals.ramps[{i}]");
+            let (from, to) = (secs(&format!("{at}.from"), &r.from)?, secs(&format!("{at}.to"), &r.to)?);
+            if from >= to || r.from_rate < 0.0 || r.to_rate < 0.0 || r.from_rate.max(r.to_rate) <= 0.0 {
+                return Err(format!("{at}: needs from < to and rates of 0 or more, not both 0"));
+            }
+            ramps.push((from, to, r.from_rate, r.to_rate));
+        }
         let mut faults = Vec::new();
         for (i, f) in self.faults.iter().enumerate() {
             let at = format!("faults[{i}]");
@@ -378,7 +451,18 @@ impl ScenarioFile {
             let delay = f.delay.as_deref().map(|d| secs(&format!("{at}.delay"), d)).transpose()?.unwrap_or(0.0);
             faults.push(Fault { service, version, from, to, error_p: f.error_pct / 100.0, delay });
         }
-        Ok(Scenario { duration, rate: self.arrivals.rate, poisson, spikes, faults, tables, entry, services })
+        Ok(Scenario {
+            duration,
+            rate: self.arrivals.rate,
+            poisson,
+            spikes,
+            ramps,
+            replay: Vec::new(),
+            faults,
+            tables,
+            entry,
+            services,
+        })
     }
 }
 
@@ -452,6 +536,8 @@ impl Scenario {
             rate,
             poisson: true,
             spikes: Vec::new(),
+            ramps: Vec::new(),
+            replay: Vec::new(),
             faults: Vec::new(),
             tables: Vec::new(),
             entry,

@@ -233,3 +233,30 @@ fn parallel_calls_take_the_longest_sequential_ones_the_sum() {
     assert!((p50(text(true)) - 51.0).abs() < 0.5, "{}", p50(text(true)));
     assert!((p50(text(false)) - 81.0).abs() < 0.5, "{}", p50(text(false)));
 }
+
+#[test]
+fn ramps_and_replayed_arrivals_drive_the_load() {
+    let sc = scenario(
+        "duration: 100s\narrivals: {rate: 1, ramps: [{from: 0s, to: 100s, from_rate: 0, to_rate: 200}]}\nentry: a\nservices:\n  a:\n    versions:\n      v1: {service_time: {constant: 1ms}}\n",
+    );
+    let s = Sim::new(&sc, 2).run();
+    // The integral of the ramp: 100 s * 200 / 2 = 10,000 (Poisson: sd 100).
+    assert!((s.root.offered as f64 - 10_000.0).abs() < 400.0, "{}", s.root.offered);
+    assert!(s.timeline[9].0 > 5 * s.timeline[1].0, "the last 10 s carry far more than the second");
+
+    let dir = std::env::temp_dir().join(format!("meshlens-sim-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("arrivals.log"), "0.5\n1.0\n1.0\n2.25\n\n7.5\n").unwrap();
+    std::fs::write(
+        dir.join("s.yaml"),
+        "duration: 10s\narrivals: {rate: 1, replay: arrivals.log}\nentry: a\nservices:\n  a:\n    versions:\n      v1: {service_time: {constant: 1ms}}\n",
+    )
+    .unwrap();
+    let sc = Scenario::load(&dir.join("s.yaml")).unwrap();
+    let s = Sim::new(&sc, 1).run();
+    assert_eq!(s.root.offered, 5, "exactly the recorded arrivals");
+    std::fs::write(dir.join("arrivals.log"), "0.5\nsoon\n").unwrap();
+    let e = Scenario::load(&dir.join("s.yaml")).unwrap_err().to_string();
+    assert!(e.contains("arrivals.log line 2"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
