@@ -9,8 +9,8 @@
 //! retry after full-jitter backoff while attempts and the retry budget allow. An abandoned attempt
 //! keeps its callee busy until it finishes, which is how retries and timeouts overload a service.
 //! Faults (from the scenario) raise a version's failure share and add to its service time while
-//! they last. Not modelled: outlier detection and load balancing across instances (a version is one
-//! pool of `concurrency` slots).
+//! they last. A version has `instances`, each with its own slots and queue; the load balancer (round
+//! robin, or p2c on busy plus queued) picks one, skipping instances outlier detection ejected.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -81,6 +81,8 @@ pub struct Tally {
     pub retries: u64,
     /// Retries to it the budget refused.
     pub budget_denied: u64,
+    /// Instances of it ejected by outlier detection.
+    pub ejections: u64,
 }
 
 impl Tally {
@@ -95,6 +97,7 @@ impl Tally {
             timeouts: 0,
             retries: 0,
             budget_denied: 0,
+            ejections: 0,
         }
     }
 
@@ -124,6 +127,7 @@ struct Job {
     /// Calls still out (parallel calls).
     pending: u32,
     failed: bool,
+    instance: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -137,12 +141,22 @@ struct Call {
     child: u32,
     child_gen: u32,
     child_version: usize,
+    child_instance: u32,
     done: bool,
 }
 
-struct VersionState {
+/// One instance of a version: its slots, queue, and outlier-detection state.
+struct Instance {
     busy: usize,
     queue: VecDeque<u32>,
+    consecutive: u32,
+    ejected_until: f64,
+    ejections: u32,
+}
+
+struct VersionState {
+    instances: Vec<Instance>,
+    rr: usize,
 }
 
 /// Retry budget: the last 10 s of requests and retries in one-second slots.
@@ -221,7 +235,23 @@ impl<'a> Sim<'a> {
             versions: sc
                 .services
                 .iter()
-                .map(|s| s.versions.iter().map(|_| VersionState { busy: 0, queue: VecDeque::new() }).collect())
+                .map(|s| {
+                    s.versions
+                        .iter()
+                        .map(|v| VersionState {
+                            instances: (0..v.instances)
+                                .map(|_| Instance {
+                                    busy: 0,
+                                    queue: VecDeque::new(),
+                                    consecutive: 0,
+                                    ejected_until: 0.0,
+                                    ejections: 0,
+                                })
+                                .collect(),
+                            rr: 0,
+                        })
+                        .collect()
+                })
                 .collect(),
             budgets: vec![Budget::default(); sc.services.len()],
             tallies: sc.services.iter().map(|s| s.versions.iter().map(|_| Tally::new()).collect()).collect(),
@@ -293,6 +323,7 @@ impl<'a> Sim<'a> {
                     let call = self.calls[c as usize];
                     if call.generation == g && !call.done && call.attempt == attempt {
                         self.tallies[call.service][call.child_version].timeouts += 1;
+                        self.outlier(call.service, call.child_version, call.child_instance as usize, true);
                         self.attempt_failed(c);
                     }
                 }
@@ -358,10 +389,13 @@ impl<'a> Sim<'a> {
             next_call: 0,
             pending: 0,
             failed: false,
+            instance: 0,
         };
         let (j, g) = self.alloc_job(job);
+        let i = self.pick_instance(service, v);
+        self.jobs[j as usize].instance = i as u32;
         let conc = self.sc.services[service].versions[v].concurrency;
-        let st = &mut self.versions[service][v];
+        let st = &mut self.versions[service][v].instances[i];
         if st.busy < conc {
             st.busy += 1;
             self.begin_service(j);
@@ -369,6 +403,62 @@ impl<'a> Sim<'a> {
             st.queue.push_back(j);
         }
         (j, g)
+    }
+
+    /// An instance by the service's load balancer, skipping ejected ones (all of them when every
+    /// one is ejected, where the agent would answer 503 — written down in ARCHITECTURE.md).
+    fn pick_instance(&mut self, s: usize, v: usize) -> usize {
+        let now = self.now;
+        let st = &mut self.versions[s][v];
+        let n = st.instances.len();
+        if n == 1 {
+            return 0;
+        }
+        // No allocation: the k-th of the usable instances, counted in place.
+        let healthy = st.instances.iter().filter(|x| x.ejected_until <= now).count();
+        let usable = |x: &Instance| healthy == 0 || x.ejected_until <= now;
+        let count = if healthy == 0 { n } else { healthy };
+        let nth = |st: &VersionState, k: usize| {
+            st.instances.iter().enumerate().filter(|(_, x)| usable(x)).nth(k).map_or(0, |(i, _)| i)
+        };
+        match self.sc.services[s].policy.load_balancer {
+            meshlens_model::policy::LoadBalancer::RoundRobin => {
+                st.rr = st.rr.wrapping_add(1);
+                nth(st, st.rr % count)
+            }
+            meshlens_model::policy::LoadBalancer::P2c => {
+                let a = nth(st, ((self.rng.f64() * count as f64) as usize).min(count - 1));
+                let b = nth(st, ((self.rng.f64() * count as f64) as usize).min(count - 1));
+                let load = |i: usize| st.instances[i].busy + st.instances[i].queue.len();
+                if load(b) < load(a) { b } else { a }
+            }
+        }
+    }
+
+    /// Outlier detection on an attempt's result at instance `i` of version `v` of `s`.
+    fn outlier(&mut self, s: usize, v: usize, i: usize, failed: bool) {
+        let Some(od) = self.sc.services[s].policy.outlier_detection.clone() else { return };
+        let now = self.now;
+        let st = &mut self.versions[s][v];
+        if !failed {
+            st.instances[i].consecutive = 0;
+            return;
+        }
+        st.instances[i].consecutive += 1;
+        if st.instances[i].consecutive < od.consecutive_5xx || st.instances[i].ejected_until > now {
+            return;
+        }
+        let total = st.instances.len();
+        let ejected = st.instances.iter().filter(|x| x.ejected_until > now).count();
+        let cap = ((od.max_ejection_percent / 100.0) * total as f64).floor().max(1.0) as usize;
+        if ejected >= cap {
+            return;
+        }
+        let inst = &mut st.instances[i];
+        inst.ejections += 1;
+        inst.consecutive = 0;
+        inst.ejected_until = now + (od.base_ejection_time.as_secs_f64() * f64::from(inst.ejections)).min(300.0);
+        self.tallies[s][v].ejections += 1;
     }
 
     fn begin_service(&mut self, j: u32) {
@@ -417,6 +507,7 @@ impl<'a> Sim<'a> {
             child: 0,
             child_gen: 0,
             child_version: 0,
+            child_instance: 0,
             done: false,
         };
         let (c, g) = match self.free_calls.pop() {
@@ -450,6 +541,7 @@ impl<'a> Sim<'a> {
         call.child = child;
         call.child_gen = child_gen;
         call.child_version = v;
+        call.child_instance = self.jobs[child as usize].instance;
         let (g, attempt) = (call.generation, call.attempt);
         if let Some(t) = self.sc.services[call.service].policy.retries.as_ref().and_then(|r| r.per_try_timeout) {
             self.at(self.now + t.as_secs_f64(), Ev::TryTimeout(c, g, attempt));
@@ -506,7 +598,7 @@ impl<'a> Sim<'a> {
         }
         t.record(latency);
         // The slot goes to the next in line.
-        let st = &mut self.versions[s][v];
+        let st = &mut self.versions[s][v].instances[job.instance as usize];
         match st.queue.pop_front() {
             Some(next) => {
                 self.jobs[next as usize].arrived = self.jobs[next as usize].arrived.min(self.now);
@@ -536,6 +628,7 @@ impl<'a> Sim<'a> {
         if call.generation != job.call_gen || call.done || call.child != j || call.child_gen != job.generation {
             return;
         }
+        self.outlier(s, v, job.instance as usize, job.failed);
         if job.failed {
             self.attempt_failed(job.call);
         } else {

@@ -49,6 +49,8 @@ pub struct Row {
     pub retries: Spread,
     /// Retries the budget refused.
     pub budget_denied: Spread,
+    /// Instances ejected by outlier detection.
+    pub ejections: Spread,
 }
 
 /// A report.
@@ -78,6 +80,7 @@ fn row(name: String, tallies: &[&Tally], duration: f64) -> Row {
         timeouts: f(&|t| t.timeouts as f64),
         retries: f(&|t| t.retries as f64),
         budget_denied: f(&|t| t.budget_denied as f64),
+        ejections: f(&|t| t.ejections as f64),
     }
 }
 

@@ -125,8 +125,11 @@ pub struct ServiceSpec {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VersionSpec {
-    /// Requests served at once; more wait in a FIFO queue. 1,000,000 when absent.
+    /// Requests served at once per instance; more wait in the instance's FIFO queue. 1,000,000
+    /// when absent.
     pub concurrency: Option<usize>,
+    /// Instances (endpoints) the load balancer spreads requests over; 1 when absent.
+    pub instances: Option<usize>,
     /// The time of its own work.
     pub service_time: TimeSpec,
     /// Percent of requests it fails by itself.
@@ -182,8 +185,10 @@ pub enum Dist {
 pub struct Version {
     /// Name.
     pub name: String,
-    /// Concurrency.
+    /// Concurrency per instance.
     pub concurrency: usize,
+    /// Instances.
+    pub instances: usize,
     /// Service time.
     pub dist: Dist,
     /// Failure probability.
@@ -388,6 +393,10 @@ impl ScenarioFile {
                 if concurrency == 0 {
                     return Err(format!("{at}.concurrency: must be 1 or more"));
                 }
+                let instances = v.instances.unwrap_or(1);
+                if !(1..=1000).contains(&instances) {
+                    return Err(format!("{at}.instances: {instances} is outside 1..=1000"));
+                }
                 let mut calls = Vec::new();
                 for (i, c) in v.calls.iter().enumerate() {
                     calls.push(index(c).ok_or_else(|| format!("{at}.calls[{i}]: no service {c:?} under services"))?);
@@ -395,6 +404,7 @@ impl ScenarioFile {
                 versions.push(Version {
                     name: vname.clone(),
                     concurrency,
+                    instances,
                     dist,
                     error_p: v.error_pct / 100.0,
                     calls,
@@ -505,6 +515,7 @@ impl Scenario {
                 versions.push(Version {
                     name: v.version.clone(),
                     concurrency: 1_000_000,
+                    instances: 1,
                     dist: Dist::Lognormal(m.max(1e-6).ln(), (q / m.max(1e-6)).ln() / 2.326_347_874),
                     error_p: (v.error_pct / 100.0).clamp(0.0, 1.0),
                     calls,

@@ -260,3 +260,16 @@ fn ramps_and_replayed_arrivals_drive_the_load() {
     assert!(e.contains("arrivals.log line 2"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn outlier_detection_ejects_a_failing_instance_and_round_robin_spreads() {
+    // b has 4 instances; a fault fails one version's requests at random, so consecutive failures
+    // land on instances and outlier detection ejects them, at most 50% at once.
+    let text = "duration: 60s\narrivals: {rate: 200}\nentry: a\nservices:\n  a:\n    versions:\n      v1: {service_time: {constant: 1ms}, calls: [b]}\n  b:\n    versions:\n      v1: {instances: 4, service_time: {constant: 5ms}, error_pct: ERR}\npolicy:\n  services:\n    b: {load_balancer: round_robin, outlier_detection: {consecutive_5xx: 3, base_ejection_time: 5s, max_ejection_percent: 50}}\n";
+    let (ok_sc, bad_sc) = (scenario(&text.replace("ERR", "0")), scenario(&text.replace("ERR", "60")));
+    let healthy = Sim::new(&ok_sc, 1).run();
+    assert_eq!(healthy.tallies[1][0].ejections, 0);
+    let failing = Sim::new(&bad_sc, 1).run();
+    assert!(failing.tallies[1][0].ejections > 5, "ejections {}", failing.tallies[1][0].ejections);
+    assert!(failing.root.offered > 11_000, "traffic still flows to the instances left");
+}
