@@ -308,7 +308,14 @@ impl Scenario {
     pub fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
         let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
         let file: ScenarioFile = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
-        file.resolve().map_err(err)
+        file.resolve().map_err(|message| {
+            // Checks after parsing name the field by its path; add the line it is on.
+            let path = message.split(':').next().unwrap_or("");
+            match line_of(text, path) {
+                Some(line) => err(format!("line {line}: {message}")),
+                None => err(message),
+            }
+        })
     }
 }
 
@@ -581,4 +588,28 @@ impl Scenario {
         }
         Ok(())
     }
+}
+
+/// The line (1-based) of the field at a dotted path (`services.b.versions.v1.latency`,
+/// `arrivals.spikes[0].rate`), found by looking for each key in turn after the previous one.
+pub fn line_of(text: &str, path: &str) -> Option<usize> {
+    let keys: Vec<&str> = path.split('.').map(|k| k.split('[').next().unwrap_or(k)).filter(|k| !k.is_empty()).collect();
+    if keys.is_empty() || keys.iter().any(|k| k.contains(' ')) {
+        return None;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0;
+    let mut found = None;
+    for key in keys {
+        let needle = format!("{key}:");
+        let hit = (from..lines.len()).find(|&i| {
+            let l = lines[i];
+            l.trim_start().starts_with(&needle)
+                || l.contains(&format!("{{{needle}"))
+                || l.contains(&format!(" {needle}"))
+        })?;
+        found = Some(hit + 1);
+        from = hit;
+    }
+    found
 }

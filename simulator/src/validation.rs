@@ -119,6 +119,13 @@ fn a_timeout_bounds_latency() {
 }
 
 #[test]
+fn semantic_errors_name_the_line() {
+    let text = "duration: 1m\narrivals: {rate: 5}\nentry: a\nservices:\n  a:\n    versions:\n      v1:\n        service_time: {constant: 1ms}\n        error_pct: 140\n";
+    let e = Scenario::parse(text, "s.yaml").unwrap_err().to_string();
+    assert!(e.starts_with("s.yaml: line 9: services.a.versions.v1.error_pct"), "{e}");
+}
+
+#[test]
 fn bad_scenarios_are_explained() {
     for (text, needle) in [
         (
