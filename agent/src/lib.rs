@@ -326,7 +326,8 @@ async fn serve(
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => {
                     let id = tls::peer_id(tls_stream.get_ref().1);
-                    let info = proxy::ConnInfo { mtls: id.is_some(), peer: id.map(Into::into) };
+                    let td = shared.runtime.load().config.tls.as_ref().map(|t| t.trust_domain.clone());
+                    let info = proxy::ConnInfo::mtls(id, td.as_deref().unwrap_or(tls::TRUST_DOMAIN));
                     serve_io(TokioIo::new(tls_stream), peer, shared, builder, side, Arc::new(info), stop).await;
                 }
                 Ok(Err(e)) => {

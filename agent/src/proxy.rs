@@ -99,6 +99,17 @@ pub struct ConnInfo {
     pub peer: Option<Arc<str>>,
     /// Whether the connection is mutual TLS.
     pub mtls: bool,
+    /// `ns/app` of the caller's SPIFFE id, worked out once per connection.
+    pub peer_app: Option<Arc<str>>,
+}
+
+impl ConnInfo {
+    /// A mutual TLS connection from the caller with SPIFFE id `peer` (if it showed one).
+    pub fn mtls(peer: Option<String>, trust_domain: &str) -> Self {
+        let peer_app =
+            peer.as_deref().and_then(|p| workload_of(p, trust_domain)).map(|(ns, app)| format!("{ns}/{app}").into());
+        Self { mtls: peer.is_some(), peer: peer.map(Into::into), peer_app }
+    }
 }
 
 /// Callers tracked by the rate limiter; past it the oldest state is dropped.
@@ -254,22 +265,19 @@ pub async fn inbound(
     let header = req.headers_mut().remove(&SOURCE);
     let claimed = header.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
     // With a certificate, the caller is who the certificate says (the header may add the version of
-    // that same app, nothing more); without one, the header is taken at its word.
-    let trust_domain = rt.config.tls.as_ref().map_or(crate::tls::TRUST_DOMAIN, |t| t.trust_domain.as_str());
-    let source = match conn.peer.as_deref().and_then(|p| workload_of(p, trust_domain)) {
-        Some((ns, app)) => {
-            let prefix = format!("{ns}/{app}/");
-            match claimed.strip_prefix(&prefix) {
-                Some(version) if !version.is_empty() && !version.contains('/') => claimed.to_owned(),
-                _ => format!("{ns}/{app}"),
-            }
-        }
-        None => claimed.to_owned(),
+    // that same app, nothing more); without one, the header is taken at its word. No allocation:
+    // the certificate's `ns/app` was worked out when the connection was accepted.
+    let source: &str = match conn.peer_app.as_deref() {
+        Some(app) => match claimed.strip_prefix(app).and_then(|rest| rest.strip_prefix('/')) {
+            Some(version) if !version.is_empty() && !version.contains('/') => claimed,
+            _ => app,
+        },
+        None => claimed,
     };
     let metrics = if source.is_empty() {
         shared.unknown_caller.clone()
     } else {
-        shared.registry.peer(Direction::Inbound, &source)
+        shared.registry.peer(Direction::Inbound, source)
     };
     let mut rec = Recorder { metrics: &metrics, start, outcome: None };
     let identity = conn.peer.as_deref().unwrap_or("");
@@ -287,7 +295,7 @@ pub async fn inbound(
         }
     }
     if let Some(limit) = &rt.config.rate_limit {
-        let caller = if identity.is_empty() { source.as_str() } else { identity };
+        let caller = if identity.is_empty() { source } else { identity };
         if let Err(wait) = shared.take_token(caller, limit) {
             shared.counters.rate_limited.add(1);
             rec.outcome = Some(Outcome::status(429).with_mtls(conn.mtls));
@@ -391,13 +399,15 @@ fn backoff(retries: &Retries, retry: u32) -> Duration {
 pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let rt = shared.runtime.load_full();
-    let who = rt.config.workload.id();
     let Some(host) = target_host(&req) else {
         let mut rec = Recorder { metrics: &shared.unknown_service, start, outcome: None };
         rec.outcome = Some(Outcome { status: 400, error: ErrorKind::NoEndpoint, reached: false, mtls: false });
         return Ok(text_response(
             StatusCode::BAD_REQUEST,
-            format!("meshlens agent ({who}): the request names no service: send it to http://SERVICE/...\n"),
+            format!(
+                "meshlens agent ({}): the request names no service: send it to http://SERVICE/...\n",
+                rt.config.workload.id()
+            ),
         ));
     };
     let Some(route) = rt.routes.lookup(host).cloned() else {
@@ -407,7 +417,8 @@ pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Res
         return Ok(text_response(
             StatusCode::BAD_GATEWAY,
             format!(
-                "meshlens agent ({who}): no service {host:?} in this agent's config; known services: {}\n",
+                "meshlens agent ({}): no service {host:?} in this agent's config; known services: {}\n",
+                rt.config.workload.id(),
                 if rt.routes.names.is_empty() { "none" } else { &rt.routes.names }
             ),
         ));

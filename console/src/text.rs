@@ -19,16 +19,9 @@ fn ms(s: &Stats, f: impl Fn(&meshlens_model::LatencyMs) -> f64) -> String {
     s.latency_ms.as_ref().map(|l| format_ms(f(l))).unwrap_or_else(|| "-".into())
 }
 
-/// Milliseconds the way `linkerd viz stat` prints them: `3ms`, `12ms`, `1.2s`.
-pub fn format_ms(v: f64) -> String {
-    if v >= 1000.0 {
-        format!("{:.1}s", v / 1000.0)
-    } else if v >= 10.0 {
-        format!("{v:.0}ms")
-    } else {
-        format!("{v:.1}ms")
-    }
-}
+/// Milliseconds the way `linkerd viz stat` prints them: `3ms`, `12ms`, `1.2s` (one definition, in
+/// the model, shared with the web view).
+pub use meshlens_model::viewstate::format_ms;
 
 /// Writes rows as aligned columns.
 fn table<W: Write>(out: &mut W, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {

@@ -2,7 +2,7 @@
 //! behaviour of the proxy, its policy, its telemetry and its handling of bad input.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -36,11 +36,10 @@ async fn retries_and_per_try_timeouts_are_counted_exactly() {
     assert_eq!(a.counters.retries.get(), 2);
 
     // Every try times out: the first try and 3 retries, then 504.
-    let started = Instant::now();
     let (status, body) = app.get("b", "/sleep/400").await;
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("timeout") && body.contains("after 3 retries"), "{body}");
-    assert!(started.elapsed() >= Duration::from_millis(400), "four tries of 100 ms");
+    assert!(body.contains("no response within 100ms"), "each try was cut at the per-try timeout: {body}");
     assert_eq!(backend.hits(), 3 + 4);
     assert_eq!((a.counters.retries.get(), a.counters.per_try_timeouts.get()), (5, 4));
 
@@ -63,11 +62,11 @@ async fn the_whole_request_timeout_bounds_every_attempt_and_backoff() {
         None,
     )
     .await;
-    let started = Instant::now();
     let (status, body) = App::via(&a).get("b", "/sleep/2000").await;
-    let took = started.elapsed();
     assert_eq!(status, 504, "{body}");
-    assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1500), "{took:?}");
+    // The agent answered (the backend's 2 s sleep never finished), after retrying within 250 ms.
+    assert!(body.contains("timeout") && !body.contains("slept"), "{body}");
+    assert!(a.counters.retries.get() >= 1, "per-try timeouts were retried before the whole one");
     assert_eq!(a.counters.request_timeouts.get(), 1);
     assert_eq!(backend.hits(), a.counters.retries.get() + 1);
     assert!(backend.hits() <= 3, "at most three tries fit in 250 ms");
@@ -171,10 +170,9 @@ async fn faults_abort_and_delay_at_their_rates() {
     assert_eq!(a.counters.faults_aborted.get(), aborted);
 
     let d = caller(&[("v1", vec![b.inbound])], "{fault: {delay: {fixed: 120ms, percent: 100}}}", None).await;
-    let started = Instant::now();
     assert_eq!(App::via(&d).get("b", "/ok").await.0, 200);
-    assert!(started.elapsed() >= Duration::from_millis(120));
     assert_eq!(d.counters.faults_delayed.get(), 1);
+    assert_eq!(d.counters.faults_aborted.get(), 0, "a delay fault delays and still delivers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,12 +299,17 @@ async fn bad_input_gets_a_clear_answer_and_the_agent_keeps_serving() {
     let a = caller(&[("v1", vec![b.inbound])], "", None).await;
     let app = App::via(&a);
 
-    async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    /// Sends bytes and reads until the agent closes: the answer, and whether the agent closed the
+    /// connection (rather than this side giving up after 30 s).
+    async fn raw_closed(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, bool) {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(bytes).await.unwrap();
         let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-        String::from_utf8_lossy(&out).into_owned()
+        let closed = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await.is_ok();
+        (String::from_utf8_lossy(&out).into_owned(), closed)
+    }
+    async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+        raw_closed(addr, bytes).await.0
     }
     let answer = raw(b.inbound, b"GARBAGE GARBAGE\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
@@ -316,10 +319,10 @@ async fn bad_input_gets_a_clear_answer_and_the_agent_keeps_serving() {
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
 
     // Headers never finished: the connection is closed after header_read_timeout (500 ms).
-    let started = Instant::now();
-    let answer = raw(b.inbound, b"GET /ok HTTP/1.1\r\nhost: b\r\n").await;
-    let took = started.elapsed();
-    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(4), "{took:?} {answer:?}");
+    let errors_before = b.counters.connection_errors.get();
+    let (answer, closed) = raw_closed(b.inbound, b"GET /ok HTTP/1.1\r\nhost: b\r\n").await;
+    assert!(closed && !answer.contains("200 OK"), "the agent closed the slow client: {answer:?}");
+    assert_eq!(b.counters.connection_errors.get(), errors_before + 1, "and counted it");
 
     let (status, body) = app.get("nope", "/ok").await;
     assert_eq!(status, 502);
@@ -457,11 +460,11 @@ async fn a_dead_collector_slows_nothing_and_drops_are_counted() {
     yaml = yaml.replace("sampling: 1.0}", "sampling: 1.0, span_queue: 4}");
     let a = agent(&yaml).await;
     let app = App::via(&a);
-    let started = Instant::now();
     for _ in 0..200 {
         assert_eq!(app.get("b", "/ok").await.0, 200);
     }
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    // Every request succeeded while exports failed; none was held for the collector.
+    assert_eq!(a.counters.request_timeouts.get() + a.counters.per_try_timeouts.get(), 0);
     eventually("drops and failures counted", 10, || async {
         let c = &a.counters;
         (c.spans_dropped.get() > 0 && c.export_failures.get() > 0).then_some(())

@@ -2,7 +2,6 @@
 //! answers keys, survives a collector restart, and quits on `q`.
 
 use std::process::Command;
-use std::time::Duration;
 
 use meshlens_collector::CollectorConfig;
 
@@ -79,5 +78,4 @@ async fn the_console_draws_the_graph_answers_keys_and_reconnects() {
 
     t.keys(&["q"]);
     eventually("the console to exit", 10, || async { (!t.alive()).then_some(()) }).await;
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
