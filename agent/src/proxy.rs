@@ -508,7 +508,8 @@ async fn route_request(
             version.metrics.add_retries(1);
         }
         let attempt_ctx = trace.child();
-        let mut headers = parts.headers.clone();
+        // Only a request that may be retried needs its headers kept for another attempt.
+        let mut headers = if max_retries == 0 { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         headers.insert(&TRACEPARENT, attempt_ctx.header());
         let body = match (&replay, once.take()) {
             (Some(bytes), _) => ProxyBody::full(bytes.clone()),
