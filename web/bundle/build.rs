@@ -131,7 +131,7 @@ fn ensure_target(rustc: &str) -> Result<(), String> {
             let stderr = String::from_utf8_lossy(&o.stderr);
             // rustup's own first error line says why; the last is often only a pointer to --help.
             let lines = || stderr.lines().map(str::trim).filter(|l| !l.is_empty());
-            let why = lines().find(|l| l.to_ascii_lowercase().starts_with("error")).or_else(|| lines().last());
+            let why = lines().find(|l| l.to_ascii_lowercase().starts_with("error")).or_else(|| lines().next_back());
             format!("it failed ({}): {}", o.status, why.unwrap_or("no message"))
         }
         Err(e) => format!("{}: {e}", rustup.display()),
