@@ -19,7 +19,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use meshlens_model::policy::{Retries, RetryOn};
+use meshlens_model::policy_core::{self, Outcome as Class};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 
@@ -372,27 +372,26 @@ enum Attempt {
     Failed(ErrorKind, String),
 }
 
-fn retriable(retries: &Retries, attempt: &Attempt) -> bool {
-    retries.retry_on.iter().any(|on| match (on, attempt) {
-        (RetryOn::ServerError, Attempt::Response(r)) => r.status().is_server_error(),
-        (RetryOn::GatewayError, Attempt::Response(r)) => matches!(r.status().as_u16(), 502..=504),
-        (RetryOn::Retriable4xx, Attempt::Response(r)) => r.status() == StatusCode::CONFLICT,
-        (RetryOn::Unavailable, Attempt::Response(r)) => {
-            r.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"14")
+impl Attempt {
+    /// Its outcome class, for the policy core.
+    fn class(&self) -> Class {
+        match self {
+            Attempt::Response(r) => {
+                let grpc = r.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<u8>().ok());
+                match grpc {
+                    Some(code) if r.status() == StatusCode::OK && code != 0 => Class::Grpc(code),
+                    _ => Class::Status(r.status().as_u16()),
+                }
+            }
+            Attempt::Failed(kind, _) => match kind {
+                ErrorKind::Timeout => Class::Timeout,
+                ErrorKind::ConnectFailure => Class::ConnectFailure,
+                ErrorKind::NoEndpoint => Class::Proxy503,
+                ErrorKind::Cancelled => Class::Cancelled,
+                ErrorKind::Reset | ErrorKind::None => Class::Reset,
+            },
         }
-        (RetryOn::ServerError | RetryOn::GatewayError, Attempt::Failed(..)) => true,
-        (RetryOn::Reset | RetryOn::RefusedStream, Attempt::Failed(k, _)) => {
-            matches!(k, ErrorKind::Reset | ErrorKind::Timeout)
-        }
-        (RetryOn::ConnectFailure, Attempt::Failed(k, _)) => *k == ErrorKind::ConnectFailure,
-        _ => false,
-    })
-}
-
-/// Full jitter (AWS's "exponential backoff and jitter"): uniform in `[0, min(max, base·2^n)]`.
-fn backoff(retries: &Retries, retry: u32) -> Duration {
-    let cap = retries.backoff_base.saturating_mul(1u32 << retry.min(20)).min(retries.backoff_max);
-    cap.mul_f64(fastrand::f64())
+    }
 }
 
 /// Serves one outbound request: routes it to a version and endpoint of the service it names.
@@ -524,10 +523,7 @@ async fn route_request(
 
         let per_try = policy.retries.as_ref().and_then(|r| r.per_try_timeout);
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let limit = match (per_try, remaining) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let limit = policy_core::attempt_limit(per_try, remaining);
         let attempt_start = Instant::now();
         let wall = SystemTime::now();
         let mut rec = Recorder { metrics: &version.metrics, start: attempt_start, outcome: None };
@@ -556,8 +552,8 @@ async fn route_request(
         };
         rec.outcome = Some(outcome.with_mtls(endpoint.endpoint().upstream.tls.is_some() && outcome.reached));
         drop(rec);
-        let server_error = outcome.status == 0 || outcome.status >= 500;
-        route.report(endpoint.endpoint(), server_error, now_ms(shared.origin), counters);
+        let class = attempt.class();
+        route.report(endpoint.endpoint(), class, now_ms(shared.origin), counters);
         if attempt_ctx.sampled {
             shared.spans.send(SpanRecord {
                 trace_id: attempt_ctx.trace_id,
@@ -579,7 +575,7 @@ async fn route_request(
         if let Some(retries) = &policy.retries
             && retry < max_retries
             && !whole_timed_out
-            && retriable(retries, &attempt)
+            && policy_core::retriable(&retries.retry_on, class)
         {
             if replay.is_none() {
                 counters.retries_body_too_large.add(1);
@@ -588,7 +584,7 @@ async fn route_request(
             } else {
                 retry += 1;
                 counters.retries.add(1);
-                let pause = backoff(retries, retry - 1);
+                let pause = policy_core::backoff(retries, retry - 1, fastrand::f64());
                 let pause = match deadline {
                     Some(d) => pause.min(d.saturating_duration_since(Instant::now())),
                     None => pause,
@@ -655,24 +651,5 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["te", "x-kept"]);
-    }
-
-    #[test]
-    fn backoff_is_full_jitter_under_the_cap() {
-        let r = Retries {
-            attempts: 5,
-            per_try_timeout: None,
-            retry_on: vec![],
-            backoff_base: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(50),
-            budget_ratio: 0.2,
-            budget_min_per_second: 10.0,
-        };
-        for n in 0..6 {
-            let cap = Duration::from_millis((10u64 << n).min(50));
-            for _ in 0..50 {
-                assert!(backoff(&r, n) <= cap);
-            }
-        }
     }
 }

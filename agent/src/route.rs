@@ -3,17 +3,23 @@
 //! detection (ejection after consecutive 5xx, for a time that grows with each ejection, capped by
 //! `max_ejection_percent`) and the retry budget.
 //!
+//! The rules themselves (split pick, ejection, cap, decay, budget) are `meshlens_model::policy_core`,
+//! which the simulator runs too; this module holds their state per endpoint and route, on the
+//! agent's clock, behind locks held for a few instructions.
+//!
 //! A reload builds a new table and keeps each endpoint's state (in-flight count, ejection) and each
 //! service's budget where the same endpoint or service is still configured, so a reload neither
 //! forgets an ejection nor lets a budget start over.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
 
 use meshlens_model::Workload;
-use meshlens_model::policy::{LoadBalancer, OutlierDetection, Retries, ServicePolicy};
+use meshlens_model::policy::{LoadBalancer, Retries, ServicePolicy};
+use meshlens_model::policy_core::{self, Ejection, Outcome, Reported, RetryBudget};
+use parking_lot::Mutex;
 
 use crate::config::AgentConfig;
 use crate::counters::Counters;
@@ -21,8 +27,7 @@ use crate::pool::{TlsTarget, Upstream};
 use crate::telemetry::{Direction, PeerMetrics, Registry};
 use crate::tls::MeshTls;
 
-/// Ejection time stops growing here (Envoy's `max_ejection_time` default).
-pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+pub use meshlens_model::policy_core::MAX_EJECTION_TIME;
 
 /// One instance of a service version: the address of its agent.
 pub struct Endpoint {
@@ -31,11 +36,10 @@ pub struct Endpoint {
     /// Its connections.
     pub upstream: Arc<Upstream>,
     in_flight: AtomicU64,
-    consecutive_5xx: AtomicU32,
-    /// Milliseconds since the clock's origin until which the endpoint is ejected; 0 when not.
+    /// Outlier detection's state for it (the core's rules).
+    ejection: Mutex<Ejection>,
+    /// A copy of `ejection.ejected_until_ms`, so picking an endpoint takes no lock.
     ejected_until_ms: AtomicU64,
-    ejections: AtomicU32,
-    last_ejection_ms: AtomicU64,
 }
 
 impl Endpoint {
@@ -44,10 +48,8 @@ impl Endpoint {
             authority: authority.into(),
             upstream: Arc::new(Upstream::with_tls(authority, tls)),
             in_flight: AtomicU64::new(0),
-            consecutive_5xx: AtomicU32::new(0),
+            ejection: Mutex::new(Ejection::default()),
             ejected_until_ms: AtomicU64::new(0),
-            ejections: AtomicU32::new(0),
-            last_ejection_ms: AtomicU64::new(0),
         }
     }
 
@@ -89,58 +91,20 @@ pub struct VersionRoute {
     pub metrics: Arc<PeerMetrics>,
 }
 
-/// A retry budget (Linkerd's and Finagle's): retries may add `ratio` of the requests of the last
-/// ten seconds, plus `min_per_second`. Lock-free, one-second slots.
-pub struct Budget {
-    slots: [(AtomicU64, AtomicU64, AtomicU64); 10],
-}
-
-impl Default for Budget {
-    fn default() -> Self {
-        Self { slots: std::array::from_fn(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(0), AtomicU64::new(0))) }
-    }
-}
-
-const BUDGET_WINDOW_S: u64 = 10;
+/// A retry budget (Linkerd's and Finagle's): the core's [`RetryBudget`] on the agent's clock, one
+/// per route (this caller and that service), kept across reloads.
+#[derive(Default)]
+pub struct Budget(Mutex<RetryBudget>);
 
 impl Budget {
-    fn slot(&self, sec: u64) -> &(AtomicU64, AtomicU64, AtomicU64) {
-        let slot = &self.slots[(sec % BUDGET_WINDOW_S) as usize];
-        let stamp = slot.0.load(Relaxed);
-        if stamp != sec && slot.0.compare_exchange(stamp, sec, Relaxed, Relaxed).is_ok() {
-            slot.1.store(0, Relaxed);
-            slot.2.store(0, Relaxed);
-        }
-        slot
-    }
-
-    fn totals(&self, sec: u64) -> (u64, u64) {
-        let (mut requests, mut retries) = (0, 0);
-        for s in &self.slots {
-            let stamp = s.0.load(Relaxed);
-            if stamp != u64::MAX && stamp + BUDGET_WINDOW_S > sec {
-                requests += s.1.load(Relaxed);
-                retries += s.2.load(Relaxed);
-            }
-        }
-        (requests, retries)
-    }
-
-    /// Counts a request (not a retry).
+    /// Counts a request (not a retry) in second `sec`.
     pub fn deposit(&self, sec: u64) {
-        self.slot(sec).1.fetch_add(1, Relaxed);
+        self.0.lock().deposit(sec);
     }
 
-    /// Takes a retry if the budget allows it.
+    /// Takes a retry in second `sec` if the budget allows it.
     pub fn withdraw(&self, sec: u64, retries: &Retries) -> bool {
-        let (requests, used) = self.totals(sec);
-        let allowed = retries.budget_ratio * requests as f64 + retries.budget_min_per_second * BUDGET_WINDOW_S as f64;
-        if (used as f64) < allowed {
-            self.slot(sec).2.fetch_add(1, Relaxed);
-            true
-        } else {
-            false
-        }
+        self.0.lock().withdraw(sec, retries)
     }
 }
 
@@ -172,15 +136,8 @@ pub enum NoEndpoint {
 impl Route {
     /// Picks a version by the split: weighted, random.
     pub fn pick_version(&self) -> &VersionRoute {
-        let mut r = fastrand::f64();
-        for v in &self.versions {
-            if r < v.weight {
-                return v;
-            }
-            r -= v.weight;
-        }
-        // Rounding left `r` past the last weight; the last version with weight takes it.
-        self.versions.iter().rev().find(|v| v.weight > 0.0).unwrap_or(&self.versions[0])
+        let i = policy_core::pick_weighted(self.versions.iter().map(|v| v.weight), fastrand::f64());
+        &self.versions[i]
     }
 
     /// Picks an endpoint of `version` by the load balancer, skipping ejected ones.
@@ -228,51 +185,31 @@ impl Route {
         }
     }
 
-    /// Tells outlier detection how an attempt to `endpoint` went: `server_error` for a 5xx or no
-    /// response. Returns true when this ejected the endpoint.
-    pub fn report(&self, endpoint: &Endpoint, server_error: bool, now_ms: u64, counters: &Counters) -> bool {
+    /// Tells outlier detection how an attempt to `endpoint` went. Returns true when this ejected
+    /// the endpoint.
+    pub fn report(&self, endpoint: &Endpoint, outcome: Outcome, now_ms: u64, counters: &Counters) -> bool {
         let Some(od) = &self.policy.outlier_detection else { return false };
-        if !server_error {
-            endpoint.consecutive_5xx.store(0, Relaxed);
-            self.decay(endpoint, od, now_ms);
-            return false;
-        }
-        let n = endpoint.consecutive_5xx.fetch_add(1, Relaxed) + 1;
-        if n < od.consecutive_5xx || endpoint.ejected(now_ms) {
-            return false;
-        }
-        let total: usize = self.versions.iter().map(|v| v.endpoints.len()).sum();
-        let ejected: usize = self.versions.iter().flat_map(|v| &v.endpoints).filter(|e| e.ejected(now_ms)).count();
-        // Envoy ejects at least one endpoint whatever the percent says.
-        let cap = ((od.max_ejection_percent / 100.0) * total as f64).floor().max(1.0) as usize;
-        if ejected >= cap {
-            counters.ejections_capped.add(1);
-            return false;
-        }
-        self.decay(endpoint, od, now_ms);
-        let times = endpoint.ejections.fetch_add(1, Relaxed) + 1;
-        let time = od.base_ejection_time.saturating_mul(times).min(MAX_EJECTION_TIME.max(od.base_ejection_time));
-        endpoint.ejected_until_ms.store(now_ms + time.as_millis() as u64, Relaxed);
-        endpoint.last_ejection_ms.store(now_ms, Relaxed);
-        endpoint.consecutive_5xx.store(0, Relaxed);
-        counters.ejections.add(1);
-        self.all_ejected_warned.store(false, Relaxed);
-        tracing::info!(service = %self.name, endpoint = %endpoint.authority, ejection = times, ?time, "ejected endpoint");
-        true
-    }
-
-    /// Envoy lowers the ejection multiplier by one for each `interval` an endpoint stays healthy
-    /// after its ejection ended.
-    fn decay(&self, endpoint: &Endpoint, od: &OutlierDetection, now_ms: u64) {
-        let times = endpoint.ejections.load(Relaxed);
-        if times == 0 || endpoint.ejected(now_ms) {
-            return;
-        }
-        let since = now_ms.saturating_sub(endpoint.ejected_until_ms.load(Relaxed));
-        let steps = (since / od.interval.as_millis().max(1) as u64) as u32;
-        if steps > 0 {
-            endpoint.ejections.store(times.saturating_sub(steps), Relaxed);
-            endpoint.ejected_until_ms.store(now_ms.min(endpoint.ejected_until_ms.load(Relaxed)), Relaxed);
+        // The cap counts every endpoint of the service, as Envoy's cluster does.
+        let all = || self.versions.iter().flat_map(|v| &v.endpoints);
+        let total = all().count();
+        let ejected = if outcome.counts_for_ejection() { all().filter(|e| e.ejected(now_ms)).count() } else { 0 };
+        let mut state = endpoint.ejection.lock();
+        let reported = state.report(od, outcome, now_ms, ejected, total);
+        endpoint.ejected_until_ms.store(state.ejected_until_ms, Relaxed);
+        let times = state.ejections;
+        drop(state);
+        match reported {
+            Reported::Nothing => false,
+            Reported::Capped => {
+                counters.ejections_capped.add(1);
+                false
+            }
+            Reported::Ejected(time) => {
+                counters.ejections.add(1);
+                self.all_ejected_warned.store(false, Relaxed);
+                tracing::info!(service = %self.name, endpoint = %endpoint.authority, ejection = times, ?time, "ejected endpoint");
+                true
+            }
         }
     }
 }
@@ -364,6 +301,7 @@ pub fn now_ms(origin: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn routes(policy: &str) -> (Routes, Registry) {
         let text = format!(
@@ -414,21 +352,22 @@ mod tests {
             routes("{outlier_detection: {consecutive_5xx: 2, base_ejection_time: 1s, max_ejection_percent: 40}}");
         let b = r.lookup("b").unwrap();
         let c = Counters::default();
+        let fail = Outcome::Status(500);
         let e1 = b.versions[0].endpoints[0].clone();
-        assert!(!b.report(&e1, true, 0, &c));
-        assert!(b.report(&e1, true, 0, &c), "second consecutive 5xx ejects");
+        assert!(!b.report(&e1, fail, 0, &c));
+        assert!(b.report(&e1, fail, 0, &c), "second consecutive 5xx ejects");
         assert!(e1.ejected(999) && !e1.ejected(1000));
         // 40% of 5 endpoints is 2.
         let e2 = b.versions[0].endpoints[1].clone();
         let e3 = b.versions[0].endpoints[2].clone();
-        b.report(&e2, true, 0, &c);
-        assert!(b.report(&e2, true, 0, &c));
-        b.report(&e3, true, 0, &c);
-        assert!(!b.report(&e3, true, 0, &c), "the cap holds");
+        b.report(&e2, fail, 0, &c);
+        assert!(b.report(&e2, fail, 0, &c));
+        b.report(&e3, fail, 0, &c);
+        assert!(!b.report(&e3, fail, 0, &c), "the cap holds");
         assert_eq!((c.ejections.get(), c.ejections_capped.get()), (2, 1));
         // Back after 1 s; the second ejection lasts 2 s.
-        b.report(&e1, true, 1000, &c);
-        assert!(b.report(&e1, true, 1000, &c));
+        b.report(&e1, fail, 1000, &c);
+        assert!(b.report(&e1, fail, 1000, &c));
         assert!(e1.ejected(2999) && !e1.ejected(3000));
     }
 
@@ -437,31 +376,70 @@ mod tests {
         let (r, _) = routes("{outlier_detection: {consecutive_5xx: 1, max_ejection_percent: 100}}");
         let b = r.lookup("b").unwrap();
         let c = Counters::default();
-        b.report(&b.versions[1].endpoints[0], true, 0, &c);
+        b.report(&b.versions[1].endpoints[0], Outcome::Reset, 0, &c);
         assert_eq!(b.pick_endpoint(&b.versions[1], 0).err(), Some(NoEndpoint::AllEjected("v2".into())));
     }
 
+    /// The core's ejection table, through the agent's endpoints: a config with the case's versions
+    /// and endpoints, each step reported on the endpoint it names.
     #[test]
-    fn the_budget_caps_retries_at_the_ratio() {
-        let retries = Retries {
-            attempts: 3,
-            per_try_timeout: None,
-            retry_on: vec![],
-            backoff_base: Duration::ZERO,
-            backoff_max: Duration::ZERO,
-            budget_ratio: 0.2,
-            budget_min_per_second: 0.0,
-        };
-        let b = Budget::default();
-        let mut granted = 0;
-        for _ in 0..100 {
-            b.deposit(5);
-            while b.withdraw(5, &retries) {
-                granted += 1;
+    fn the_shared_ejection_table_holds_for_the_agent() {
+        for case in policy_core::cases::ejections() {
+            let od = &case.od;
+            let mut port = 0;
+            let versions: String = case
+                .versions
+                .iter()
+                .enumerate()
+                .map(|(v, n)| {
+                    let eps: Vec<String> = (0..*n)
+                        .map(|_| {
+                            port += 1;
+                            format!("'127.0.0.1:{port}'")
+                        })
+                        .collect();
+                    format!("      v{v}: [{}]\n", eps.join(", "))
+                })
+                .collect();
+            let text = format!(
+                "workload: {{app: a}}\ninbound: {{listen: '127.0.0.1:0', app: '127.0.0.1:1'}}\nservices:\n  b:\n    versions:\n{versions}policy:\n  services:\n    b: {{outlier_detection: {{consecutive_5xx: {}, interval: {}ms, base_ejection_time: {}ms, max_ejection_percent: {}}}}}\n",
+                od.consecutive_5xx,
+                od.interval.as_millis(),
+                od.base_ejection_time.as_millis(),
+                od.max_ejection_percent
+            );
+            let config = AgentConfig::parse(&text, "t").unwrap();
+            let routes = Routes::build(&config, &Registry::default(), None, None);
+            let b = routes.lookup("b").unwrap();
+            let endpoints: Vec<Arc<Endpoint>> = b.versions.iter().flat_map(|v| v.endpoints.clone()).collect();
+            let c = Counters::default();
+            for (i, step) in case.steps.iter().enumerate() {
+                let (ejections, capped) = (c.ejections.get(), c.ejections_capped.get());
+                let ejected = b.report(&endpoints[step.endpoint], step.outcome, step.at_ms, &c);
+                let got = match (ejected, c.ejections_capped.get() > capped) {
+                    (true, _) => Reported::Ejected(Duration::ZERO),
+                    (false, true) => Reported::Capped,
+                    (false, false) => Reported::Nothing,
+                };
+                let want = match step.expect {
+                    Reported::Ejected(t) => {
+                        assert!(
+                            endpoints[step.endpoint].ejected(step.at_ms + t.as_millis() as u64 - 1),
+                            "{}: step {i}",
+                            case.name
+                        );
+                        assert!(
+                            !endpoints[step.endpoint].ejected(step.at_ms + t.as_millis() as u64),
+                            "{}: step {i}",
+                            case.name
+                        );
+                        Reported::Ejected(Duration::ZERO)
+                    }
+                    other => other,
+                };
+                assert_eq!(got, want, "{}: step {i} {step:?}", case.name);
+                assert_eq!(c.ejections.get() - ejections, u64::from(ejected));
             }
         }
-        assert_eq!(granted, 20);
-        // Ten seconds later the window is empty again.
-        assert!(!b.withdraw(16, &retries));
     }
 }

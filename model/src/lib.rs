@@ -3,7 +3,8 @@
 //! This crate owns the shapes that several parts of meshlens agree on: workload identity and node ids
 //! ([`identity`]), the stats of a node or an edge ([`stats`]), graph snapshots, revisions and diffs
 //! ([`graph`]), the bodies of the HTTP API ([`api`]), the mergeable latency histogram ([`hist`]), the
-//! traffic policy schema the agent and the simulator share ([`policy`]), metric and attribute names
+//! traffic policy schema the agent and the simulator share ([`policy`]) and the mechanisms both run
+//! ([`policy_core`]), metric and attribute names
 //! ([`names`]), a lock-free [`counter`], and small parsers for durations and RFC 3339 times ([`time`]). It does no IO and has
 //! no async runtime, so the console and the web app (wasm32) can use it without pulling in the
 //! collector.
@@ -17,6 +18,7 @@ pub mod identity;
 pub mod layout;
 pub mod names;
 pub mod policy;
+pub mod policy_core;
 pub mod stats;
 pub mod time;
 pub mod viewstate;

@@ -3,19 +3,28 @@
 //! attempts), reused through free lists so steady-state events allocate nothing.
 //!
 //! A job waits for one of its version's `concurrency` slots (FIFO), does its own work (the service
-//! time), fails with the version's error share, then makes its calls one after another, holding its
-//! slot throughout (as a thread-per-request server does). A call follows the agent's policy: a
-//! version by the split, a per-try timeout within the whole timeout, and on a failure or timeout a
-//! retry after full-jitter backoff while attempts and the retry budget allow. An abandoned attempt
-//! keeps its callee busy until it finishes, which is how retries and timeouts overload a service.
-//! Faults (from the scenario) raise a version's failure share and add to its service time while
-//! they last. A version has `instances`, each with its own slots and queue; the load balancer (round
-//! robin, or p2c on busy plus queued) picks one, skipping instances outlier detection ejected.
+//! time), fails with the version's error share (answering 500), then makes its calls one after
+//! another, holding its slot throughout (as a thread-per-request server does); a failed call makes
+//! it answer 503, as the demo's apps do. Faults (from the scenario) raise a version's failure share
+//! and add to its service time while they last. A version has `instances`, each with its own slots
+//! and queue; the load balancer (round robin, or p2c on busy plus queued) picks one.
+//!
+//! A call follows the agent's policy through `meshlens_model::policy_core`, in the agent's order:
+//! the budget deposit, the policy's fault delay, the fault abort (final), then per attempt a version
+//! by the split and an instance, skipping those outlier detection ejected; a version with every
+//! instance ejected answers `proxy_503` at once, unretried. An attempt's outcome class feeds outlier
+//! detection (the cap over every instance of the service, the multiplier decaying per `interval`),
+//! and is retried when `retry_on` names its class, after full-jitter backoff, while attempts, the
+//! budget (one per calling instance and callee, as each agent keeps one per route) and the whole
+//! timeout allow. An attempt abandoned by a timeout keeps its callee busy until it finishes, which
+//! is how retries and timeouts overload a service; the callee counts it `cancelled`, and its late
+//! answer is not the call's.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
 use hdrhistogram::Histogram;
+use meshlens_model::policy_core::{self, Ejection, Outcome, Reported, RetryBudget};
 
 use crate::scenario::{Dist, Scenario};
 
@@ -83,6 +92,13 @@ pub struct Tally {
     pub budget_denied: u64,
     /// Instances of it ejected by outlier detection.
     pub ejections: u64,
+    /// Attempts its callers abandoned (a timeout) before it answered.
+    pub cancelled: u64,
+    /// Attempts the caller's proxy answered 503 itself because every instance was ejected.
+    pub proxy_503: u64,
+    /// Requests the policy's fault block aborted before they were sent (counted on the version
+    /// the split picked, as the agent records them).
+    pub aborted: u64,
 }
 
 impl Tally {
@@ -98,6 +114,9 @@ impl Tally {
             retries: 0,
             budget_denied: 0,
             ejections: 0,
+            cancelled: 0,
+            proxy_503: 0,
+            aborted: 0,
         }
     }
 
@@ -113,6 +132,7 @@ enum Ev {
     TryTimeout(u32, u32, u32),
     WholeTimeout(u32, u32),
     Backoff(u32, u32),
+    FaultDelayDone(u32, u32),
 }
 
 #[derive(Clone, Copy)]
@@ -126,7 +146,8 @@ struct Job {
     next_call: usize,
     /// Calls still out (parallel calls).
     pending: u32,
-    failed: bool,
+    /// What it answers: 200, 500 (its own error) or 503 (a call failed).
+    status: u16,
     instance: u32,
 }
 
@@ -142,6 +163,10 @@ struct Call {
     child_gen: u32,
     child_version: usize,
     child_instance: u32,
+    /// An attempt is out (not in backoff or a fault delay).
+    in_flight: bool,
+    /// The caller's retry budget for this callee (index into `budgets`).
+    budget: u32,
     done: bool,
 }
 
@@ -149,46 +174,20 @@ struct Call {
 struct Instance {
     busy: usize,
     queue: VecDeque<u32>,
-    consecutive: u32,
-    ejected_until: f64,
-    ejections: u32,
+    ejection: Ejection,
 }
 
 struct VersionState {
     instances: Vec<Instance>,
     rr: usize,
+    /// Where this version's instances' budgets start in `budgets`, and its distinct callees.
+    budget_base: usize,
+    callees: Vec<usize>,
 }
 
-/// Retry budget: the last 10 s of requests and retries in one-second slots.
-#[derive(Clone, Copy, Default)]
-struct Budget {
-    slots: [(i64, f64, f64); 10],
-}
-
-impl Budget {
-    fn slot(&mut self, sec: i64) -> &mut (i64, f64, f64) {
-        let s = &mut self.slots[(sec.rem_euclid(10)) as usize];
-        if s.0 != sec {
-            *s = (sec, 0.0, 0.0);
-        }
-        s
-    }
-
-    fn allows(&mut self, sec: i64, ratio: f64, min_per_second: f64) -> bool {
-        let (mut req, mut ret) = (0.0, 0.0);
-        for s in &self.slots {
-            if s.0 > sec - 10 {
-                req += s.1;
-                ret += s.2;
-            }
-        }
-        if ret < ratio * req + min_per_second * 10.0 {
-            self.slot(sec).2 += 1.0;
-            true
-        } else {
-            false
-        }
-    }
+/// Virtual time in milliseconds, the clock outlier detection runs on.
+fn ms(t: f64) -> u64 {
+    (t * 1000.0) as u64
 }
 
 /// A simulation run.
@@ -203,7 +202,9 @@ pub struct Sim<'a> {
     calls: Vec<Call>,
     free_calls: Vec<u32>,
     versions: Vec<Vec<VersionState>>,
-    budgets: Vec<Budget>,
+    /// Split weights by version index, per service.
+    weights: Vec<Vec<f64>>,
+    budgets: Vec<RetryBudget>,
     /// Per service, per version.
     pub tallies: Vec<Vec<Tally>>,
     /// The users' requests.
@@ -232,34 +233,59 @@ impl<'a> Sim<'a> {
             free_jobs: Vec::new(),
             calls: Vec::with_capacity(1024),
             free_calls: Vec::new(),
-            versions: sc
+            versions: Vec::new(),
+            weights: sc
                 .services
                 .iter()
-                .map(|s| {
-                    s.versions
+                .map(|svc| {
+                    let n = svc.versions.len();
+                    if svc.policy.split.is_empty() {
+                        return vec![1.0 / n as f64; n];
+                    }
+                    svc.versions
                         .iter()
-                        .map(|v| VersionState {
-                            instances: (0..v.instances)
-                                .map(|_| Instance {
-                                    busy: 0,
-                                    queue: VecDeque::new(),
-                                    consecutive: 0,
-                                    ejected_until: 0.0,
-                                    ejections: 0,
-                                })
-                                .collect(),
-                            rr: 0,
-                        })
+                        .map(|v| svc.policy.split.iter().find(|(name, _)| *name == v.name).map_or(0.0, |(_, w)| *w))
                         .collect()
                 })
                 .collect(),
-            budgets: vec![Budget::default(); sc.services.len()],
+            budgets: Vec::new(),
             tallies: sc.services.iter().map(|s| s.versions.iter().map(|_| Tally::new()).collect()).collect(),
             root: Tally::new(),
             timeline: vec![(0, 0); (sc.duration / 10.0).ceil() as usize + 1],
             events_processed: 0,
             replayed: 0,
         }
+    }
+
+    /// Instances with their outlier state, and one retry budget per calling instance and callee.
+    fn build_state(&mut self) {
+        let mut budgets = 0;
+        self.versions = self
+            .sc
+            .services
+            .iter()
+            .map(|svc| {
+                svc.versions
+                    .iter()
+                    .map(|v| {
+                        let mut callees = v.calls.clone();
+                        callees.sort_unstable();
+                        callees.dedup();
+                        let budget_base = budgets;
+                        budgets += callees.len() * v.instances;
+                        VersionState {
+                            instances: (0..v.instances)
+                                .map(|_| Instance { busy: 0, queue: VecDeque::new(), ejection: Ejection::default() })
+                                .collect(),
+                            rr: 0,
+                            budget_base,
+                            callees,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        self.budgets = vec![RetryBudget::default(); budgets];
     }
 
     fn at(&mut self, t: f64, ev: Ev) {
@@ -269,6 +295,7 @@ impl<'a> Sim<'a> {
 
     /// Runs to the scenario's duration, then lets what is in flight finish.
     pub fn run(mut self) -> Self {
+        self.build_state();
         let first = self.sc.replay.first().copied().unwrap_or(0.0);
         self.at(first, Ev::Arrival);
         while let Some(Reverse((t, _, ev))) = self.events.pop() {
@@ -300,10 +327,12 @@ impl<'a> Sim<'a> {
                                 self.at(t.max(self.now), Ev::Arrival);
                             }
                         }
+                        // The users have no agent: no policy, and no ejection stops them.
                         let v = self.pick_version(self.sc.entry);
+                        let i = self.pick_instance(self.sc.entry, v, false).unwrap_or(0);
                         self.root.offered += 1;
                         self.tallies[self.sc.entry][v].offered += 1;
-                        self.start_job(self.sc.entry, v, u32::MAX, 0);
+                        self.start_job(self.sc.entry, v, i, u32::MAX, 0);
                     }
                 }
                 Ev::ServiceDone(j, g) => {
@@ -312,7 +341,7 @@ impl<'a> Sim<'a> {
                         let (s, v) = self.locate(job.version);
                         let p = self.sc.services[s].versions[v].error_p.max(self.sc.fault_at(s, v, self.now).0);
                         if self.rng.f64() < p {
-                            self.jobs[j as usize].failed = true;
+                            self.jobs[j as usize].status = 500;
                             self.finish_job(j);
                         } else {
                             self.next_call(j);
@@ -321,22 +350,36 @@ impl<'a> Sim<'a> {
                 }
                 Ev::TryTimeout(c, g, attempt) => {
                     let call = self.calls[c as usize];
-                    if call.generation == g && !call.done && call.attempt == attempt {
+                    if call.generation == g && !call.done && call.attempt == attempt && call.in_flight {
                         self.tallies[call.service][call.child_version].timeouts += 1;
-                        self.outlier(call.service, call.child_version, call.child_instance as usize, true);
-                        self.attempt_failed(c);
+                        self.abandon(c);
+                        self.attempt_done(c, Outcome::Timeout);
                     }
                 }
                 Ev::WholeTimeout(c, g) => {
                     let call = self.calls[c as usize];
                     if call.generation == g && !call.done {
                         self.tallies[call.service][call.child_version].timeouts += 1;
-                        self.call_done(c, false);
+                        if call.in_flight {
+                            self.abandon(c);
+                            self.outlier(
+                                call.service,
+                                call.child_version,
+                                call.child_instance as usize,
+                                Outcome::Timeout,
+                            );
+                        }
+                        self.call_done(c, Outcome::Timeout);
                     }
                 }
                 Ev::Backoff(c, g) => {
                     if self.calls[c as usize].generation == g && !self.calls[c as usize].done {
                         self.send_attempt(c);
+                    }
+                }
+                Ev::FaultDelayDone(c, g) => {
+                    if self.calls[c as usize].generation == g && !self.calls[c as usize].done {
+                        self.after_fault_delay(c);
                     }
                 }
             }
@@ -350,19 +393,7 @@ impl<'a> Sim<'a> {
     }
 
     fn pick_version(&mut self, service: usize) -> usize {
-        let svc = &self.sc.services[service];
-        if svc.policy.split.is_empty() {
-            let n = svc.versions.len();
-            return ((self.rng.f64() * n as f64) as usize).min(n - 1);
-        }
-        let mut r = self.rng.f64();
-        for (name, w) in &svc.policy.split {
-            if r < *w {
-                return svc.versions.iter().position(|v| &v.name == name).unwrap_or(0);
-            }
-            r -= w;
-        }
-        svc.versions.len() - 1
+        policy_core::pick_weighted(self.weights[service].iter().copied(), self.rng.f64())
     }
 
     fn alloc_job(&mut self, job: Job) -> (u32, u32) {
@@ -379,7 +410,7 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn start_job(&mut self, service: usize, v: usize, call: u32, call_gen: u32) -> (u32, u32) {
+    fn start_job(&mut self, service: usize, v: usize, i: usize, call: u32, call_gen: u32) -> (u32, u32) {
         let job = Job {
             generation: 0,
             version: service * 4096 + v,
@@ -388,12 +419,10 @@ impl<'a> Sim<'a> {
             arrived: self.now,
             next_call: 0,
             pending: 0,
-            failed: false,
-            instance: 0,
+            status: 200,
+            instance: i as u32,
         };
         let (j, g) = self.alloc_job(job);
-        let i = self.pick_instance(service, v);
-        self.jobs[j as usize].instance = i as u32;
         let conc = self.sc.services[service].versions[v].concurrency;
         let st = &mut self.versions[service][v].instances[i];
         if st.busy < conc {
@@ -405,23 +434,25 @@ impl<'a> Sim<'a> {
         (j, g)
     }
 
-    /// An instance by the service's load balancer, skipping ejected ones (all of them when every
-    /// one is ejected, where the agent would answer 503 — written down in ARCHITECTURE.md).
-    fn pick_instance(&mut self, s: usize, v: usize) -> usize {
-        let now = self.now;
+    /// An instance by the service's load balancer, skipping ejected ones when `honour_ejection`;
+    /// `None` when every instance is ejected (the agent answers 503 then).
+    fn pick_instance(&mut self, s: usize, v: usize, honour_ejection: bool) -> Option<usize> {
+        let now = ms(self.now);
         let st = &mut self.versions[s][v];
         let n = st.instances.len();
-        if n == 1 {
-            return 0;
-        }
+        let usable = |x: &Instance| !honour_ejection || !x.ejection.is_ejected(now);
         // No allocation: the k-th of the usable instances, counted in place.
-        let healthy = st.instances.iter().filter(|x| x.ejected_until <= now).count();
-        let usable = |x: &Instance| healthy == 0 || x.ejected_until <= now;
-        let count = if healthy == 0 { n } else { healthy };
+        let count = st.instances.iter().filter(|x| usable(x)).count();
+        if count == 0 {
+            return None;
+        }
+        if n == 1 {
+            return Some(0);
+        }
         let nth = |st: &VersionState, k: usize| {
             st.instances.iter().enumerate().filter(|(_, x)| usable(x)).nth(k).map_or(0, |(i, _)| i)
         };
-        match self.sc.services[s].policy.load_balancer {
+        Some(match self.sc.services[s].policy.load_balancer {
             meshlens_model::policy::LoadBalancer::RoundRobin => {
                 st.rr = st.rr.wrapping_add(1);
                 nth(st, st.rr % count)
@@ -432,33 +463,33 @@ impl<'a> Sim<'a> {
                 let load = |i: usize| st.instances[i].busy + st.instances[i].queue.len();
                 if load(b) < load(a) { b } else { a }
             }
+        })
+    }
+
+    /// Outlier detection (the policy core) on an attempt's outcome at instance `i` of version `v`
+    /// of `s`; the cap counts every instance of the service.
+    fn outlier(&mut self, s: usize, v: usize, i: usize, outcome: Outcome) {
+        let sc = self.sc;
+        let Some(od) = &sc.services[s].policy.outlier_detection else { return };
+        let now = ms(self.now);
+        let vs = &mut self.versions[s];
+        let total: usize = vs.iter().map(|x| x.instances.len()).sum();
+        let ejected = if outcome.counts_for_ejection() {
+            vs.iter().flat_map(|x| &x.instances).filter(|x| x.ejection.is_ejected(now)).count()
+        } else {
+            0
+        };
+        if let Reported::Ejected(_) = vs[v].instances[i].ejection.report(od, outcome, now, ejected, total) {
+            self.tallies[s][v].ejections += 1;
         }
     }
 
-    /// Outlier detection on an attempt's result at instance `i` of version `v` of `s`.
-    fn outlier(&mut self, s: usize, v: usize, i: usize, failed: bool) {
-        let Some(od) = self.sc.services[s].policy.outlier_detection.clone() else { return };
-        let now = self.now;
-        let st = &mut self.versions[s][v];
-        if !failed {
-            st.instances[i].consecutive = 0;
-            return;
-        }
-        st.instances[i].consecutive += 1;
-        if st.instances[i].consecutive < od.consecutive_5xx || st.instances[i].ejected_until > now {
-            return;
-        }
-        let total = st.instances.len();
-        let ejected = st.instances.iter().filter(|x| x.ejected_until > now).count();
-        let cap = ((od.max_ejection_percent / 100.0) * total as f64).floor().max(1.0) as usize;
-        if ejected >= cap {
-            return;
-        }
-        let inst = &mut st.instances[i];
-        inst.ejections += 1;
-        inst.consecutive = 0;
-        inst.ejected_until = now + (od.base_ejection_time.as_secs_f64() * f64::from(inst.ejections)).min(300.0);
-        self.tallies[s][v].ejections += 1;
+    /// The attempt out on call `c` no longer counts: its callee's answer, when it comes, is
+    /// `cancelled`.
+    fn abandon(&mut self, c: u32) {
+        let call = &mut self.calls[c as usize];
+        call.in_flight = false;
+        call.child = u32::MAX;
     }
 
     fn begin_service(&mut self, j: u32) {
@@ -475,7 +506,7 @@ impl<'a> Sim<'a> {
         let version = &self.sc.services[s].versions[v];
         let n = version.calls.len();
         if version.parallel {
-            if job.next_call == 0 && n > 0 && !job.failed {
+            if job.next_call == 0 && n > 0 && job.status < 500 {
                 // Fan out: every call at once; the job goes on when the last one is done.
                 self.jobs[j as usize].next_call = n;
                 self.jobs[j as usize].pending = n as u32;
@@ -488,7 +519,7 @@ impl<'a> Sim<'a> {
             }
             return;
         }
-        if job.failed || job.next_call >= n {
+        if job.status >= 500 || job.next_call >= n {
             self.finish_job(j);
             return;
         }
@@ -498,16 +529,23 @@ impl<'a> Sim<'a> {
     }
 
     fn open_call(&mut self, j: u32, callee: usize) {
+        let parent = self.jobs[j as usize];
+        let (ps, pv) = self.locate(parent.version);
+        let st = &self.versions[ps][pv];
+        let k = st.callees.iter().position(|&x| x == callee).unwrap_or(0);
+        let budget = st.budget_base + parent.instance as usize * st.callees.len() + k;
         let call = Call {
             generation: 0,
             parent: j,
-            parent_gen: self.jobs[j as usize].generation,
+            parent_gen: parent.generation,
             service: callee,
             attempt: 0,
-            child: 0,
+            child: u32::MAX,
             child_gen: 0,
             child_version: 0,
             child_instance: 0,
+            in_flight: false,
+            budget: budget as u32,
             done: false,
         };
         let (c, g) = match self.free_calls.pop() {
@@ -521,10 +559,33 @@ impl<'a> Sim<'a> {
                 ((self.calls.len() - 1) as u32, 0)
             }
         };
-        let sec = self.now.floor() as i64;
-        self.budgets[callee].slot(sec).1 += 1.0;
-        if let Some(t) = self.sc.services[callee].policy.timeout {
+        let sc = self.sc;
+        let policy = &sc.services[callee].policy;
+        if let Some(b) = self.budgets.get_mut(budget) {
+            b.deposit(self.now as u64);
+        }
+        if let Some(t) = policy.timeout {
             self.at(self.now + t.as_secs_f64(), Ev::WholeTimeout(c, g));
+        }
+        if let Some((delay, p)) = policy.faults.delay
+            && self.rng.f64() < p
+        {
+            self.at(self.now + delay.as_secs_f64(), Ev::FaultDelayDone(c, g));
+            return;
+        }
+        self.after_fault_delay(c);
+    }
+
+    /// The fault abort (final, never retried), else the first attempt.
+    fn after_fault_delay(&mut self, c: u32) {
+        let service = self.calls[c as usize].service;
+        if let Some((status, p)) = self.sc.services[service].policy.faults.abort
+            && self.rng.f64() < p
+        {
+            let v = self.pick_version(service);
+            self.tallies[service][v].aborted += 1;
+            self.call_done(c, Outcome::Status(status));
+            return;
         }
         self.send_attempt(c);
     }
@@ -532,46 +593,54 @@ impl<'a> Sim<'a> {
     fn send_attempt(&mut self, c: u32) {
         let call = self.calls[c as usize];
         let v = self.pick_version(call.service);
+        let Some(i) = self.pick_instance(call.service, v, true) else {
+            self.tallies[call.service][v].proxy_503 += 1;
+            self.call_done(c, Outcome::Proxy503);
+            return;
+        };
         self.tallies[call.service][v].offered += 1;
         if call.attempt > 0 {
             self.tallies[call.service][v].retries += 1;
         }
-        let (child, child_gen) = self.start_job(call.service, v, c, call.generation);
+        let (child, child_gen) = self.start_job(call.service, v, i, c, call.generation);
         let call = &mut self.calls[c as usize];
         call.child = child;
         call.child_gen = child_gen;
         call.child_version = v;
-        call.child_instance = self.jobs[child as usize].instance;
+        call.child_instance = i as u32;
+        call.in_flight = true;
         let (g, attempt) = (call.generation, call.attempt);
         if let Some(t) = self.sc.services[call.service].policy.retries.as_ref().and_then(|r| r.per_try_timeout) {
             self.at(self.now + t.as_secs_f64(), Ev::TryTimeout(c, g, attempt));
         }
     }
 
-    fn attempt_failed(&mut self, c: u32) {
+    /// An attempt of call `c` ended with `outcome`: outlier detection hears of it, then it is
+    /// retried if the policy retries its class and attempts and the budget allow, else the call ends.
+    fn attempt_done(&mut self, c: u32, outcome: Outcome) {
         let call = self.calls[c as usize];
-        let Some(r) = self.sc.services[call.service].policy.retries.clone() else {
-            self.call_done(c, false);
+        self.outlier(call.service, call.child_version, call.child_instance as usize, outcome);
+        let sc = self.sc;
+        let Some(r) = &sc.services[call.service].policy.retries else {
+            self.call_done(c, outcome);
             return;
         };
-        if call.attempt >= r.attempts {
-            self.call_done(c, false);
+        if call.attempt >= r.attempts || !policy_core::retriable(&r.retry_on, outcome) {
+            self.call_done(c, outcome);
             return;
         }
-        let sec = self.now.floor() as i64;
-        if !self.budgets[call.service].allows(sec, r.budget_ratio, r.budget_min_per_second) {
+        let granted = self.budgets.get_mut(call.budget as usize).is_some_and(|b| b.withdraw(self.now as u64, r));
+        if !granted {
             self.tallies[call.service][call.child_version].budget_denied += 1;
-            self.call_done(c, false);
+            self.call_done(c, outcome);
             return;
         }
         self.calls[c as usize].attempt += 1;
-        let cap =
-            (r.backoff_base.as_secs_f64() * f64::from(1u32 << call.attempt.min(20))).min(r.backoff_max.as_secs_f64());
-        let pause = cap * self.rng.f64();
+        let pause = policy_core::backoff(r, call.attempt, self.rng.f64()).as_secs_f64();
         self.at(self.now + pause, Ev::Backoff(c, call.generation));
     }
 
-    fn call_done(&mut self, c: u32, ok: bool) {
+    fn call_done(&mut self, c: u32, outcome: Outcome) {
         let call = self.calls[c as usize];
         self.calls[c as usize].done = true;
         self.free_calls.push(c);
@@ -579,8 +648,8 @@ impl<'a> Sim<'a> {
         if parent.generation != call.parent_gen {
             return;
         }
-        if !ok {
-            parent.failed = true;
+        if outcome.is_failure() {
+            parent.status = 503;
         }
         parent.pending = parent.pending.saturating_sub(1);
         self.next_call(call.parent);
@@ -590,13 +659,23 @@ impl<'a> Sim<'a> {
         let job = self.jobs[j as usize];
         let (s, v) = self.locate(job.version);
         let latency = self.now - job.arrived;
+        let failed = job.status >= 500;
+        // A callee's answer counts only while its caller still waits for it.
+        let awaited = job.call == u32::MAX || {
+            let call = self.calls[job.call as usize];
+            call.generation == job.call_gen && !call.done && call.child == j && call.child_gen == job.generation
+        };
         let t = &mut self.tallies[s][v];
-        if job.failed {
-            t.failed += 1
+        if !awaited {
+            t.cancelled += 1;
+        } else if failed {
+            t.failed += 1;
         } else {
-            t.ok += 1
+            t.ok += 1;
         }
-        t.record(latency);
+        if awaited {
+            t.record(latency);
+        }
         // The slot goes to the next in line.
         let st = &mut self.versions[s][v].instances[job.instance as usize];
         match st.queue.pop_front() {
@@ -610,13 +689,13 @@ impl<'a> Sim<'a> {
         self.free_jobs.push(j);
         if job.call == u32::MAX {
             if let Some(slot) = self.timeline.get_mut((job.arrived / 10.0) as usize) {
-                if job.failed {
+                if failed {
                     slot.1 += 1;
                 } else {
                     slot.0 += 1;
                 }
             }
-            if job.failed {
+            if failed {
                 self.root.failed += 1
             } else {
                 self.root.ok += 1
@@ -624,15 +703,58 @@ impl<'a> Sim<'a> {
             self.root.record(latency);
             return;
         }
-        let call = self.calls[job.call as usize];
-        if call.generation != job.call_gen || call.done || call.child != j || call.child_gen != job.generation {
+        if !awaited {
             return;
         }
-        self.outlier(s, v, job.instance as usize, job.failed);
-        if job.failed {
-            self.attempt_failed(job.call);
-        } else {
-            self.call_done(job.call, true);
+        self.calls[job.call as usize].in_flight = false;
+        self.attempt_done(job.call, Outcome::Status(job.status));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshlens_model::policy_core::cases;
+
+    /// The core's ejection table through the simulator's instances: a service whose versions have
+    /// the case's instances, each step reported on the instance it names at its time.
+    #[test]
+    fn the_shared_ejection_table_holds_for_the_simulator() {
+        for case in cases::ejections() {
+            let od = &case.od;
+            let versions: String = case
+                .versions
+                .iter()
+                .enumerate()
+                .map(|(v, n)| format!("      v{v}: {{instances: {n}, service_time: {{constant: 1ms}}}}\n"))
+                .collect();
+            let text = format!(
+                "duration: 1s\narrivals: {{rate: 1}}\nentry: b\nservices:\n  b:\n    versions:\n{versions}policy:\n  services:\n    b: {{outlier_detection: {{consecutive_5xx: {}, interval: {}ms, base_ejection_time: {}ms, max_ejection_percent: {}}}}}\n",
+                od.consecutive_5xx,
+                od.interval.as_millis(),
+                od.base_ejection_time.as_millis(),
+                od.max_ejection_percent
+            );
+            let sc = Scenario::parse(&text, "t.yaml").unwrap();
+            let mut sim = Sim::new(&sc, 1);
+            sim.build_state();
+            let at: Vec<(usize, usize)> =
+                case.versions.iter().enumerate().flat_map(|(v, n)| (0..*n).map(move |i| (v, i))).collect();
+            for (k, step) in case.steps.iter().enumerate() {
+                let (v, i) = at[step.endpoint];
+                sim.now = step.at_ms as f64 / 1000.0;
+                let before = sim.tallies[0][v].ejections;
+                sim.outlier(0, v, i, step.outcome);
+                let ejected = sim.tallies[0][v].ejections - before;
+                let e = sim.versions[0][v].instances[i].ejection;
+                match step.expect {
+                    Reported::Ejected(t) => {
+                        assert_eq!(ejected, 1, "{}: step {k}", case.name);
+                        assert_eq!(e.ejected_until_ms, step.at_ms + t.as_millis() as u64, "{}: step {k}", case.name);
+                    }
+                    _ => assert_eq!(ejected, 0, "{}: step {k} {step:?}", case.name),
+                }
+            }
         }
     }
 }

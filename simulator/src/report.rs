@@ -51,6 +51,12 @@ pub struct Row {
     pub budget_denied: Spread,
     /// Instances ejected by outlier detection.
     pub ejections: Spread,
+    /// Attempts its callers abandoned before it answered (`cancelled` at the callee).
+    pub cancelled: Spread,
+    /// Attempts the caller's proxy answered 503 itself, every instance being ejected (`proxy_503`).
+    pub proxy_503: Spread,
+    /// Requests the policy's fault block aborted before they were sent.
+    pub aborted: Spread,
 }
 
 /// A report.
@@ -81,6 +87,9 @@ fn row(name: String, tallies: &[&Tally], duration: f64) -> Row {
         retries: f(&|t| t.retries as f64),
         budget_denied: f(&|t| t.budget_denied as f64),
         ejections: f(&|t| t.ejections as f64),
+        cancelled: f(&|t| t.cancelled as f64),
+        proxy_503: f(&|t| t.proxy_503 as f64),
+        aborted: f(&|t| t.aborted as f64),
     }
 }
 

@@ -280,3 +280,96 @@ fn outlier_detection_ejects_a_failing_instance_and_round_robin_spreads() {
     assert!(failing.tallies[1][0].ejections > 5, "ejections {}", failing.tallies[1][0].ejections);
     assert!(failing.root.offered > 11_000, "traffic still flows to the instances left");
 }
+
+/// A caller `a` and a callee `b` with versions v1, v2, v3 split 25/25/50 (v3 failing 20% with a
+/// 500), as the fidelity table's first rows; `POLICY` is b's policy.
+fn split_case(policy: &str) -> Scenario {
+    scenario(&format!(
+        "duration: 200s\narrivals: {{rate: 100}}\nentry: a\nservices:\n  a:\n    versions:\n      v1: {{service_time: {{constant: 1ms}}, calls: [b]}}\n  b:\n    versions:\n      v1: {{service_time: {{constant: 2ms}}}}\n      v2: {{service_time: {{constant: 2ms}}}}\n      v3: {{service_time: {{constant: 2ms}}, error_pct: 20}}\npolicy:\n  services:\n    b: {{split: {{v1: 25, v2: 25, v3: 50}}, {policy}}}\n"
+    ))
+}
+
+fn run_split(policy: &str, seed: u64) -> (f64, Vec<(u64, u64, u64)>, Histogram) {
+    let sc = split_case(policy);
+    let s = Sim::new(&sc, seed).run();
+    let v: Vec<(u64, u64, u64)> = s.tallies[1].iter().map(|t| (t.retries, t.aborted, t.offered)).collect();
+    (success(&s), v, Hist(s.root.latency.value_at_quantile(0.5), s.root.offered))
+}
+
+/// The users' p50 (µs) and their request count.
+struct Hist(u64, u64);
+type Histogram = Hist;
+
+fn success(s: &Sim) -> f64 {
+    s.root.ok as f64 / s.root.offered as f64
+}
+
+#[test]
+fn retry_on_decides_which_classes_are_retried() {
+    // 20,000 requests; v3 takes half and fails a fifth: 10% fail without retries (sd 0.2 pp).
+    let (none, _, _) = run_split("load_balancer: p2c", 1);
+    assert!((none - 0.90).abs() < 0.01, "no retries: {none}");
+    // gateway-error is 502-504 and no response: an app's 500 is not retried.
+    let (gw, versions, _) = run_split("retries: {attempts: 2, retry_on: [gateway-error]}", 1);
+    assert!((gw - 0.90).abs() < 0.01, "gateway-error: {gw}");
+    assert_eq!(versions.iter().map(|v| v.0).sum::<u64>(), 0);
+    // 5xx retries it: a try fails with 0.1, three tries with 0.001.
+    let (all, _, _) = run_split("retries: {attempts: 2, retry_on: [5xx]}", 1);
+    assert!(all > 0.997, "5xx: {all}");
+}
+
+#[test]
+fn the_policy_fault_block_aborts_and_delays_as_the_agent_does() {
+    let (ok, versions, Hist(p50, offered)) =
+        run_split("fault: {abort: {status: 503, percent: 50}, delay: {fixed: 200ms, percent: 100}}", 2);
+    // Half aborted (sd 0.35 pp), the rest fail on v3 a tenth of the time: 0.5 * 0.9 = 0.45.
+    assert!((ok - 0.45).abs() < 0.015, "{ok}");
+    assert!(p50 >= 200_000, "every request waits the 200 ms delay first: p50 {p50} us");
+    let aborted: u64 = versions.iter().map(|v| v.1).sum();
+    assert!((aborted as f64 / offered as f64 - 0.5).abs() < 0.015);
+    // An aborted request is final: it is not retried even under 5xx.
+    let (ok, _, _) = run_split("fault: {abort: {status: 503, percent: 50}}, retries: {attempts: 2}", 2);
+    assert!((ok - 0.5).abs() < 0.015, "{ok}");
+}
+
+#[test]
+fn a_timed_out_attempt_answering_late_is_not_the_calls_success() {
+    // The callee always takes 110 ms; each try may take 100 ms; one retry. Every try times out,
+    // so every call fails (the real agents: 0.6%), and the abandoned tries are `cancelled` there.
+    let sc = scenario(
+        "duration: 100s\narrivals: {rate: 20}\nentry: a\nservices:\n  a:\n    versions:\n      v1: {service_time: {constant: 1ms}, calls: [b]}\n  b:\n    versions:\n      v1: {concurrency: 100, service_time: {constant: 110ms}}\npolicy:\n  services:\n    b: {retries: {attempts: 1, per_try_timeout: 100ms, backoff: {base: 5ms, max: 20ms}, budget: {ratio: 1, min_per_second: 100}}}\n",
+    );
+    let s = Sim::new(&sc, 3).run();
+    assert_eq!(s.root.ok, 0, "no call may take a late answer as its own");
+    let b = &s.tallies[1][0];
+    assert_eq!(b.ok + b.failed, 0);
+    assert_eq!(b.cancelled, b.offered);
+    assert_eq!(b.timeouts, b.offered);
+    assert_eq!(b.retries * 2, b.offered);
+}
+
+#[test]
+fn an_ejected_version_answers_proxy_503_without_retries() {
+    // v3 (one instance) fails half its requests; two in a row eject it for 10 s, during which the
+    // caller's proxy answers 503 for every v3 pick, unretried: success falls far below v3's own.
+    let sc = split_case(
+        "outlier_detection: {consecutive_5xx: 2, base_ejection_time: 10s, max_ejection_percent: 100}, retries: {attempts: 2, retry_on: [gateway-error]}",
+    );
+    let s = Sim::new(&sc, 4).run();
+    let v3 = &s.tallies[1][2];
+    assert!(v3.ejections > 0 && v3.proxy_503 > 0, "ejections {} proxy_503 {}", v3.ejections, v3.proxy_503);
+    assert!(success(&s) < 0.8, "{}", success(&s));
+}
+
+#[test]
+fn budgets_are_kept_per_calling_instance() {
+    // Two instances of the caller, a budget with no ratio and a floor of 1 retry a second each:
+    // 2 retries a second in all (the agent keeps one budget per route, in each caller's agent).
+    let sc = scenario(
+        "duration: 100s\narrivals: {rate: 50}\nentry: a\nservices:\n  a:\n    versions:\n      v1: {instances: 2, concurrency: 100, service_time: {constant: 1ms}, calls: [b]}\n  b:\n    versions:\n      v1: {concurrency: 100, service_time: {constant: 1ms}, error_pct: 100}\npolicy:\n  services:\n    b: {retries: {attempts: 3, backoff: {base: 1ms, max: 1ms}, budget: {ratio: 0, min_per_second: 1}}}\n",
+    );
+    let s = Sim::new(&sc, 5).run();
+    let retries = s.tallies[1][0].retries;
+    // Each budget allows 10 in its first 10 s, then 1 a second: ~2 * (10 + 90) over 100 s.
+    assert!((180..=210).contains(&retries), "{retries} retries");
+}
