@@ -67,6 +67,8 @@ pub struct VersionSpec {
     /// Percent of requests it fails with a 500.
     #[serde(default)]
     pub error_pct: f64,
+    /// A fixed time added to every request, before its own work (as `--delay` does).
+    pub delay: Option<String>,
 }
 
 /// A mesh file or a flag that cannot be used.
@@ -104,6 +106,9 @@ pub struct DemoConfig {
     pub otlp_http: SocketAddr,
     /// How often agents export.
     pub export_interval: Duration,
+    /// Whether the demo sends its own load at `rate` (off when a caller drives the entry itself,
+    /// as `meshlens fidelity` does).
+    pub load: bool,
 }
 
 /// Which versions `target` (`app` or `app-version`) names.
@@ -134,11 +139,15 @@ fn resolve(config: &DemoConfig) -> Result<(MeshFile, Vec<Version>), DemoError> {
                     return Err(DemoError(format!("{at}.calls[{i}]: no other app {callee:?} under apps")));
                 }
             }
+            let extra_delay = match &v.delay {
+                Some(d) => parse_duration(d).map_err(|e| DemoError(format!("{at}.delay: {e}")))?,
+                None => Duration::ZERO,
+            };
             versions.push(Version {
                 app: app.clone(),
                 version: version.clone(),
                 latency,
-                extra_delay: Duration::ZERO,
+                extra_delay,
                 error_pct: v.error_pct,
                 calls: v.calls.clone(),
             });
@@ -377,7 +386,7 @@ fn agent_config(
 /// Starts the collector, the apps and their agents, and the load.
 pub async fn start(config: DemoConfig) -> Result<RunningDemo, DemoError> {
     let (mesh, versions) = resolve(&config)?;
-    if !(config.rate > 0.0 && config.rate.is_finite()) {
+    if config.load && !(config.rate > 0.0 && config.rate.is_finite()) {
         return Err(DemoError(format!("--rate {}: must be more than 0", config.rate)));
     }
     let collector = meshlens_collector::start(meshlens_collector::CollectorConfig {
@@ -420,7 +429,9 @@ pub async fn start(config: DemoConfig) -> Result<RunningDemo, DemoError> {
     let load: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
     let entry = callees.get(&mesh.entry).cloned().unwrap_or_default();
     let targets: Vec<Arc<Upstream>> = entry.iter().map(|(_, a)| Arc::new(Upstream::new(&a.to_string()))).collect();
-    tasks.push(tokio::spawn(generate(targets, mesh.entry.clone(), config.rate, load.clone(), stop_rx)));
+    if config.load {
+        tasks.push(tokio::spawn(generate(targets, mesh.entry.clone(), config.rate, load.clone(), stop_rx)));
+    }
     Ok(RunningDemo { collector, workloads, load, agents, tasks, stop, _certs: certs })
 }
 
@@ -518,6 +529,7 @@ mod tests {
             otlp_grpc: any,
             otlp_http: any,
             export_interval: Duration::from_secs(1),
+            load: true,
         }
     }
 

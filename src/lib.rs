@@ -3,6 +3,7 @@
 //! [`run`] directly.
 
 pub mod demo;
+pub mod fidelity;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -53,9 +54,21 @@ pub enum Command {
     /// under the agent's policy schema (split, timeouts, retries with backoff and budget), run over
     /// several seeds. See examples/sim/ for scenarios.
     Sim(SimArgs),
+    /// Check the simulator against the real agents: each mesh file both ways, side by side.
+    ///
+    /// Runs every mesh file (the shape of examples/bookinfo/mesh.yaml) on real apps and agents on
+    /// loopback, driven open-loop at --rate, and in the simulator on the same mesh and policy, and
+    /// prints the users' success, p50 and p99, attempts per version and retries per second from
+    /// both. What the mesh adds to each request is first measured on the real agents (a one-call
+    /// mesh) unless --request-overhead gives it. examples/fidelity/ holds the cases of
+    /// docs/PERFORMANCE.md.
+    Fidelity(FidelityArgs),
     /// Mesh identities: create the mesh CA, issue workload certificates.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Traffic policies: read Istio's files as meshlens's schema.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Send HTTP requests at a constant rate and report latency corrected for coordinated omission.
     ///
     /// Open loop, like wrk2, oha and fortio: a request is due every 1/RATE seconds whether or not
@@ -135,9 +148,11 @@ pub struct SimArgs {
     /// The collector's token, for --from.
     #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Apply this file's `policy:` (or bare `services:`) to the services it names, replacing theirs.
+    /// Apply a policy to the services it names, replacing theirs: a meshlens policy (`policy:` or
+    /// bare `services:`, or any file with a `policy:` block: a mesh file, an agent config), or
+    /// Istio's VirtualService and DestinationRule files. Repeat it for several files.
     #[arg(long, value_name = "FILE")]
-    pub policy: Option<PathBuf>,
+    pub policy: Vec<PathBuf>,
     /// Run a canary plan: a `canary:` block, or a Flagger Canary (its spec.analysis).
     #[arg(long, value_name = "FILE")]
     pub canary: Option<PathBuf>,
@@ -153,6 +168,59 @@ pub struct SimArgs {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = LoadOutput::Table)]
     pub output: LoadOutput,
+}
+
+/// `meshlens fidelity`.
+#[derive(Debug, Args)]
+pub struct FidelityArgs {
+    /// Mesh files, one case each.
+    #[arg(required = true, value_name = "MESH")]
+    pub meshes: Vec<PathBuf>,
+    /// Users' requests per second.
+    #[arg(long, short, value_name = "RPS", default_value_t = 100.0)]
+    pub rate: f64,
+    /// How long each real run lasts.
+    #[arg(long, short, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+    /// Simulated seeds per case, each as long as the real run.
+    #[arg(long, default_value_t = 10)]
+    pub seeds: u64,
+    /// What the mesh adds to every request a version serves (agents, timer granularity);
+    /// measured on the real agents when absent.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub request_overhead: Option<std::time::Duration>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = LoadOutput::Table)]
+    pub output: LoadOutput,
+}
+
+/// `meshlens policy`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Write the policy of Istio VirtualService and DestinationRule files in meshlens's schema.
+    ///
+    /// Reads every document of every file (VirtualService: route weights by subset, timeout,
+    /// retries, fault; DestinationRule: subsets by their version label, load balancer, outlier
+    /// detection) and prints a `policy:` block that `meshlens agent` and `meshlens sim` read. What
+    /// meshlens cannot model (match routes, connection pools, per-subset policies) is listed on
+    /// stderr with its file and field; a value it would have to guess at is an error.
+    Import {
+        /// The files (several documents each, `---` between them).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = PolicyOutput::Yaml)]
+        output: PolicyOutput,
+    },
+}
+
+/// How `meshlens policy import` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PolicyOutput {
+    /// YAML, as the agent's and the simulator's files are written.
+    Yaml,
+    /// JSON.
+    Json,
 }
 
 /// `meshlens ca`.
@@ -247,7 +315,7 @@ impl Cli {
     /// components' start-up lines to itself.
     pub fn default_log_filter(&self) -> &'static str {
         match &self.command {
-            Command::Demo(_) => "warn",
+            Command::Demo(_) | Command::Fidelity(_) => "warn",
             _ => "info",
         }
     }
@@ -404,7 +472,9 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
         Command::Demo(a) => demo_cmd(a, out).await,
         Command::Console(a) => console(&a.collector, a.token.as_deref(), out).await,
         Command::Ca(c) => ca(c, out),
+        Command::Policy(PolicyCommand::Import { files, output }) => policy_import(&files, output, out),
         Command::Sim(a) => sim(a, out).await,
+        Command::Fidelity(a) => fidelity_cmd(a, out).await,
         Command::Load(a) => {
             let url: http::Uri = a.url.parse().map_err(|e| CliError::Config(anyhow::anyhow!("{}: {e}", a.url)))?;
             let config = meshlens_agent::load::LoadConfig {
@@ -562,6 +632,7 @@ async fn demo_cmd<W: Write>(a: DemoArgs, out: &mut W) -> Result<(), CliError> {
         otlp_grpc: port_or_free(a.otlp_grpc, 4317),
         otlp_http: port_or_free(a.otlp_http, 4318),
         export_interval: a.export_interval,
+        load: true,
     };
     let running = demo::start(config).await.map_err(|e| CliError::Config(e.into()))?;
     let url = running.api_url();
@@ -658,6 +729,69 @@ fn ca<W: Write>(c: CaCommand, out: &mut W) -> Result<(), CliError> {
     }
 }
 
+/// Reads policy files (`--policy`, `meshlens policy import`), telling their warnings on stderr.
+fn read_policy_files(paths: &[PathBuf]) -> Result<meshlens_sim::policy_input::PolicyInput, CliError> {
+    let mut texts = Vec::new();
+    for p in paths {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| CliError::Config(anyhow::anyhow!("reading {}: {e}", p.display())))?;
+        texts.push((text, p.display().to_string()));
+    }
+    let files: Vec<(&str, &str)> = texts.iter().map(|(t, o)| (t.as_str(), o.as_str())).collect();
+    let input = meshlens_sim::policy_input::read_policies(&files).map_err(|e| CliError::Config(e.into()))?;
+    for w in &input.warnings {
+        eprintln!("meshlens: warning: {w}");
+    }
+    Ok(input)
+}
+
+fn policy_import<W: Write>(files: &[PathBuf], output: PolicyOutput, out: &mut W) -> Result<(), CliError> {
+    let input = read_policy_files(files)?;
+    let body = serde_json::json!({ "policy": input.policy });
+    match output {
+        PolicyOutput::Json => writeln!(out, "{}", serde_json::to_string_pretty(&body).map_err(runtime)?),
+        PolicyOutput::Yaml => {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            write!(
+                out,
+                "# meshlens policy imported from {}\n{}",
+                names.join(", "),
+                serde_yaml_ng::to_string(&body).map_err(runtime)?
+            )
+        }
+    }
+    .map_err(runtime)
+}
+
+async fn fidelity_cmd<W: Write>(a: FidelityArgs, out: &mut W) -> Result<(), CliError> {
+    if !(a.rate > 0.0 && a.rate.is_finite()) {
+        return Err(CliError::Config(anyhow::anyhow!("--rate {}: must be more than 0", a.rate)));
+    }
+    let config = fidelity::FidelityConfig { rate: a.rate, duration: a.duration, seeds: a.seeds };
+    let mut cases = Vec::new();
+    for path in &a.meshes {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::Config(anyhow::anyhow!("reading {}: {e}", path.display())))?;
+        cases.push((text, path.display().to_string()));
+    }
+    let hop = match a.request_overhead {
+        Some(d) => d.as_secs_f64(),
+        None => fidelity::calibrate(&config).await.map_err(runtime)?,
+    };
+    let mut results = Vec::new();
+    for (text, origin) in &cases {
+        results.push(fidelity::run_case(text, origin, &config, hop).await.map_err(|e| CliError::Config(e.into()))?);
+    }
+    match a.output {
+        LoadOutput::Json => {
+            let body = serde_json::json!({"request_overhead_ms": hop * 1000.0, "cases": results});
+            writeln!(out, "{}", serde_json::to_string_pretty(&body).map_err(runtime)?).map_err(runtime)?;
+        }
+        LoadOutput::Table => fidelity::write_table(out, hop, &results).map_err(runtime)?,
+    }
+    Ok(())
+}
+
 async fn sim<W: Write>(a: SimArgs, out: &mut W) -> Result<(), CliError> {
     let config = |e: meshlens_sim::ScenarioError| CliError::Config(e.into());
     let mut scenario = match (&a.scenario, &a.from) {
@@ -670,10 +804,9 @@ async fn sim<W: Write>(a: SimArgs, out: &mut W) -> Result<(), CliError> {
         }
         (None, None) => return Err(CliError::Config(anyhow::anyhow!("give a scenario file or --from URL"))),
     };
-    if let Some(p) = &a.policy {
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| CliError::Config(anyhow::anyhow!("reading {}: {e}", p.display())))?;
-        scenario.with_policy(&text, &p.display().to_string()).map_err(config)?;
+    if !a.policy.is_empty() {
+        let input = read_policy_files(&a.policy)?;
+        scenario.apply_policy(&input.policy, "--policy").map_err(config)?;
     }
     if let Some(d) = a.duration {
         scenario.duration = d.as_secs_f64();
@@ -682,6 +815,9 @@ async fn sim<W: Write>(a: SimArgs, out: &mut W) -> Result<(), CliError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| CliError::Config(anyhow::anyhow!("reading {}: {e}", path.display())))?;
         let plan = meshlens_sim::canary::Plan::parse(&text, &path.display().to_string(), &scenario).map_err(config)?;
+        for w in &plan.warnings {
+            eprintln!("meshlens: warning: {w}");
+        }
         let outcome = meshlens_sim::canary::simulate(&scenario, &plan, a.seeds);
         return match a.output {
             LoadOutput::Json => {
@@ -692,10 +828,9 @@ async fn sim<W: Write>(a: SimArgs, out: &mut W) -> Result<(), CliError> {
         };
     }
     if let Some(base) = &a.compare {
-        let text = std::fs::read_to_string(base)
-            .map_err(|e| CliError::Config(anyhow::anyhow!("reading {}: {e}", base.display())))?;
+        let input = read_policy_files(std::slice::from_ref(base))?;
         let mut baseline = scenario.clone();
-        baseline.with_policy(&text, &base.display().to_string()).map_err(config)?;
+        baseline.apply_policy(&input.policy, &base.display().to_string()).map_err(config)?;
         let (b, c) = (meshlens_sim::run(&baseline, a.seeds), meshlens_sim::run(&scenario, a.seeds));
         return match a.output {
             LoadOutput::Json => {

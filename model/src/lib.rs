@@ -4,7 +4,7 @@
 //! ([`identity`]), the stats of a node or an edge ([`stats`]), graph snapshots, revisions and diffs
 //! ([`graph`]), the bodies of the HTTP API ([`api`]), the mergeable latency histogram ([`hist`]), the
 //! traffic policy schema the agent and the simulator share ([`policy`]) and the mechanisms both run
-//! ([`policy_core`]), metric and attribute names
+//! ([`policy_core`]), Istio's VirtualService and DestinationRule read as that schema ([`istio`]), metric and attribute names
 //! ([`names`]), a lock-free [`counter`], and small parsers for durations and RFC 3339 times ([`time`]). It does no IO and has
 //! no async runtime, so the console and the web app (wasm32) can use it without pulling in the
 //! collector.
@@ -15,6 +15,7 @@ pub mod find;
 pub mod graph;
 pub mod hist;
 pub mod identity;
+pub mod istio;
 pub mod layout;
 pub mod names;
 pub mod policy;

@@ -32,17 +32,22 @@ pub struct PolicyFile {
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Weights per version; normalised.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub split: BTreeMap<String, f64>,
     /// Whole-request timeout, all attempts included; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     /// Retries; none when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<RetriesSpec>,
     /// Ejecting endpoints that keep failing.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierSpec>,
     /// `round_robin` or `p2c`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<String>,
     /// Injected delays and aborts.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultSpec>,
 }
 
@@ -53,12 +58,16 @@ pub struct RetriesSpec {
     /// Retries after the first try; 0 is off.
     pub attempts: u32,
     /// Timeout of each try.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<String>,
     /// Which outcomes are retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<Vec<String>>,
     /// Exponential backoff with full jitter.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffSpec>,
     /// How much load retries may add.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetSpec>,
 }
 
@@ -87,12 +96,16 @@ pub struct BudgetSpec {
 #[serde(deny_unknown_fields)]
 pub struct OutlierSpec {
     /// Consecutive 5xx that eject an endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consecutive_5xx: Option<u32>,
     /// How often ejections are reconsidered.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
     /// First ejection time; it grows with each ejection.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub base_ejection_time: Option<String>,
     /// Most endpoints ejected at once, percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_ejection_percent: Option<f64>,
 }
 
@@ -101,8 +114,10 @@ pub struct OutlierSpec {
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
     /// Delay some requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub delay: Option<DelaySpec>,
     /// Answer some requests with an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub abort: Option<AbortSpec>,
 }
 

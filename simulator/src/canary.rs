@@ -20,10 +20,9 @@ pub struct Plan {
     pub baseline: usize,
     /// Canary version index.
     pub canary: usize,
-    /// Weight added per step, percent.
-    pub step_weight: f64,
-    /// Last weight before promotion, percent.
-    pub max_weight: f64,
+    /// The canary's weight at each step, percent (Flagger's `stepWeight` up to `maxWeight`, or
+    /// its `stepWeights`).
+    pub weights: Vec<f64>,
     /// Seconds per step.
     pub interval: f64,
     /// Failed checks that trigger a rollback.
@@ -32,6 +31,8 @@ pub struct Plan {
     pub success_min: f64,
     /// Maximum p99, ms.
     pub p99_max_ms: f64,
+    /// What the plan file said that is not modelled, each naming its field.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -49,47 +50,6 @@ struct MeshlensPlan {
 }
 
 #[derive(Deserialize)]
-struct FlaggerCanary {
-    spec: FlaggerSpec,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct FlaggerSpec {
-    target_ref: FlaggerRef,
-    analysis: FlaggerAnalysis,
-}
-
-#[derive(Deserialize)]
-struct FlaggerRef {
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct FlaggerAnalysis {
-    interval: String,
-    threshold: u32,
-    max_weight: f64,
-    step_weight: f64,
-    #[serde(default)]
-    metrics: Vec<FlaggerMetric>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct FlaggerMetric {
-    name: String,
-    threshold_range: FlaggerRange,
-}
-
-#[derive(Deserialize)]
-struct FlaggerRange {
-    min: Option<f64>,
-    max: Option<f64>,
-}
-
-#[derive(Deserialize)]
 struct Wrapper {
     canary: Option<serde_yaml_ng::Value>,
     spec: Option<serde_yaml_ng::Value>,
@@ -99,74 +59,290 @@ impl Plan {
     /// Reads a plan (`canary:` block or Flagger's Canary) for `sc`.
     pub fn parse(text: &str, origin: &str, sc: &Scenario) -> Result<Self, ScenarioError> {
         let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
+        // Several documents: Flagger's Canary with its MetricTemplates.
+        if serde_yaml_ng::Deserializer::from_str(text).count() > 1 {
+            return flagger(text, origin, sc);
+        }
         let w: Wrapper = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
         let p = match (w.canary, w.spec) {
             (Some(c), _) => serde_yaml_ng::from_value::<MeshlensPlan>(c).map_err(|e| err(format!("canary: {e}")))?,
-            (None, Some(_)) => {
-                let f: FlaggerCanary = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
-                let a = f.spec.analysis;
-                let metric = |name: &str| a.metrics.iter().find(|m| m.name == name);
-                MeshlensPlan {
-                    service: f.spec.target_ref.name,
-                    baseline: None,
-                    canary: None,
-                    step_weight: a.step_weight,
-                    max_weight: a.max_weight,
-                    interval: a.interval,
-                    threshold: a.threshold,
-                    success_rate_min: metric("request-success-rate").and_then(|m| m.threshold_range.min),
-                    p99_max: metric("request-duration").and_then(|m| m.threshold_range.max).map(|ms| format!("{ms}ms")),
-                }
-            }
+            (None, Some(_)) => return flagger(text, origin, sc),
             (None, None) => return Err(err("expected a canary: block or a Flagger Canary (spec.analysis)".into())),
         };
-        let service = sc
-            .services
-            .iter()
-            .position(|s| s.name == p.service || s.name.rsplit_once('/').is_some_and(|(_, a)| a == p.service))
-            .ok_or_else(|| err(format!("canary.service: no service {:?} in the scenario", p.service)))?;
-        let versions = &sc.services[service].versions;
-        if versions.len() < 2 {
-            return Err(err(format!("canary.service: {} has one version; a canary needs two", p.service)));
-        }
-        let find = |name: Option<&String>, default: usize, field: &str| match name {
-            None => Ok(default),
-            Some(n) => versions
-                .iter()
-                .position(|v| &v.name == n)
-                .ok_or_else(|| err(format!("canary.{field}: {} has no version {n:?}", p.service))),
-        };
-        let baseline = find(p.baseline.as_ref(), 0, "baseline")?;
-        let canary = find(p.canary.as_ref(), versions.len() - 1, "canary")?;
-        if baseline == canary {
-            return Err(err("canary: the canary and the baseline are the same version".into()));
-        }
-        if !(p.step_weight > 0.0 && p.step_weight <= p.max_weight && p.max_weight <= 100.0) {
-            return Err(err(format!(
-                "canary: step weight {} and max weight {} must satisfy 0 < step <= max <= 100",
-                p.step_weight, p.max_weight
-            )));
-        }
+        let weights = steps_of(p.step_weight, p.max_weight).map_err(|m| err(format!("canary: {m}")))?;
         let interval = parse_duration(&p.interval).map_err(|e| err(format!("canary.interval: {e}")))?.as_secs_f64();
-        if interval <= 0.0 || p.threshold == 0 {
-            return Err(err("canary: interval must be longer than zero and threshold at least 1".into()));
-        }
         let p99_max_ms = match &p.p99_max {
             Some(t) => parse_duration(t).map_err(|e| err(format!("canary.p99_max: {e}")))?.as_secs_f64() * 1e3,
             None => f64::INFINITY,
         };
-        Ok(Plan {
-            service,
-            baseline,
-            canary,
-            step_weight: p.step_weight,
-            max_weight: p.max_weight,
+        let draft = Draft {
+            service: p.service,
+            baseline: p.baseline,
+            canary: p.canary,
+            weights,
             interval,
             threshold: p.threshold,
             success_min: p.success_rate_min.unwrap_or(0.0),
             p99_max_ms,
+            warnings: Vec::new(),
+        };
+        draft.resolve(sc, origin, "canary")
+    }
+}
+
+/// Weights from Flagger's `stepWeight` and `maxWeight`: step, 2·step, … up to max.
+fn steps_of(step: f64, max: f64) -> Result<Vec<f64>, String> {
+    if !(step > 0.0 && step <= max && max <= 100.0) {
+        return Err(format!("step weight {step} and max weight {max} must satisfy 0 < step <= max <= 100"));
+    }
+    let mut w = Vec::new();
+    let mut x = step;
+    loop {
+        w.push(x.min(max));
+        if x >= max {
+            break;
+        }
+        x += step;
+    }
+    Ok(w)
+}
+
+/// A plan before its names are found in the scenario.
+struct Draft {
+    service: String,
+    baseline: Option<String>,
+    canary: Option<String>,
+    weights: Vec<f64>,
+    interval: f64,
+    threshold: u32,
+    success_min: f64,
+    p99_max_ms: f64,
+    warnings: Vec<String>,
+}
+
+impl Draft {
+    fn resolve(self, sc: &Scenario, origin: &str, at: &str) -> Result<Plan, ScenarioError> {
+        let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
+        let service = sc
+            .services
+            .iter()
+            .position(|s| s.name == self.service || s.name.rsplit_once('/').is_some_and(|(_, a)| a == self.service))
+            .ok_or_else(|| err(format!("{at}: no service {:?} in the scenario", self.service)))?;
+        let svc = &sc.services[service];
+        let versions = &svc.versions;
+        if versions.len() < 2 {
+            return Err(err(format!("{at}: {} has one version; a canary needs two", self.service)));
+        }
+        let find = |name: &str, field: &str| {
+            versions
+                .iter()
+                .position(|v| v.name == name)
+                .ok_or_else(|| err(format!("{at}.{field}: {} has no version {name:?}", self.service)))
+        };
+        let named = |names: &[&str]| versions.iter().position(|v| names.contains(&v.name.as_str()));
+        let weight = |i: usize| svc.policy.split.iter().find(|(n, _)| *n == versions[i].name).map_or(-1.0, |(_, w)| *w);
+        // Flagger names them primary and canary; else the version taking the traffic now is the
+        // baseline and the one at no weight the canary. Anything else is not guessed.
+        let baseline = match &self.baseline {
+            Some(n) => find(n, "baseline")?,
+            None => match named(&["primary", "stable"]) {
+                Some(i) => i,
+                None => (0..versions.len()).max_by(|a, b| weight(*a).total_cmp(&weight(*b))).unwrap_or(0),
+            },
+        };
+        let canary = match &self.canary {
+            Some(n) => find(n, "canary")?,
+            None => match named(&["canary"]) {
+                Some(i) => i,
+                None => {
+                    let others: Vec<usize> = (0..versions.len()).filter(|i| *i != baseline).collect();
+                    let at_zero: Vec<usize> = others.iter().copied().filter(|i| weight(*i) == 0.0).collect();
+                    match (others.as_slice(), at_zero.as_slice()) {
+                        ([one], _) => *one,
+                        (_, [one]) => *one,
+                        _ => {
+                            let names: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
+                            return Err(err(format!(
+                                "{at}: which version of {} is the canary? Its versions are {}: name them primary and canary, give the canary no weight in the split, or use a canary: block with baseline and canary",
+                                self.service,
+                                names.join(", ")
+                            )));
+                        }
+                    }
+                }
+            },
+        };
+        if baseline == canary {
+            return Err(err(format!("{at}: the canary and the baseline are the same version")));
+        }
+        if self.interval <= 0.0 || self.threshold == 0 {
+            return Err(err(format!("{at}: interval must be longer than zero and threshold at least 1")));
+        }
+        Ok(Plan {
+            service,
+            baseline,
+            canary,
+            weights: self.weights,
+            interval: self.interval,
+            threshold: self.threshold,
+            success_min: self.success_min,
+            p99_max_ms: self.p99_max_ms,
+            warnings: self.warnings,
         })
     }
+}
+
+/// Flagger's analysis fields: (name, modelled).
+const ANALYSIS_FIELDS: [(&str, bool); 17] = [
+    ("interval", true),
+    ("threshold", true),
+    ("maxWeight", true),
+    ("stepWeight", true),
+    ("stepWeights", true),
+    ("metrics", true),
+    ("webhooks", false),
+    ("alerts", false),
+    ("iterations", false),
+    ("mirror", false),
+    ("mirrorWeight", false),
+    ("match", false),
+    ("primaryReadyThreshold", false),
+    ("canaryReadyThreshold", false),
+    ("stepWeightPromotion", false),
+    ("sessionAffinity", false),
+    ("skipAnalysis", false),
+];
+
+/// Flagger's built-in metrics.
+const BUILTIN_METRICS: [&str; 2] = ["request-success-rate", "request-duration"];
+
+/// A Flagger `Canary`, alone or with other documents (MetricTemplates) in the file.
+fn flagger(text: &str, origin: &str, sc: &Scenario) -> Result<Plan, ScenarioError> {
+    use serde::Deserialize as _;
+    let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
+    let mut canaries = Vec::new();
+    let mut templates = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let v = serde_json::Value::deserialize(doc).map_err(|e| err(format!("document {}: {e}", i + 1)))?;
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some("Canary") => canaries.push(v),
+            Some("MetricTemplate") => {
+                templates.push(v.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_owned())
+            }
+            None if v.is_null() => {}
+            other => {
+                return Err(err(format!(
+                    "document {}: kind {}: expected Flagger's Canary (and its MetricTemplates)",
+                    i + 1,
+                    other.unwrap_or("(none)")
+                )));
+            }
+        }
+    }
+    let [c] = canaries.as_slice() else {
+        return Err(err(format!("expected one Flagger Canary in the file, found {}", canaries.len())));
+    };
+    let name = c.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("canary");
+    let at = format!("Canary {name}");
+    let field = |path: &str| format!("{at}: {path}");
+    let service = c
+        .pointer("/spec/targetRef/name")
+        .and_then(|n| n.as_str())
+        .ok_or_else(|| err(field("spec.targetRef.name: missing")))?
+        .to_owned();
+    let a = c.pointer("/spec/analysis").ok_or_else(|| err(field("spec.analysis: missing")))?;
+    let mut warnings = Vec::new();
+    for key in a.as_object().into_iter().flatten().map(|(k, _)| k) {
+        match ANALYSIS_FIELDS.iter().find(|(f, _)| f == key) {
+            Some((_, true)) => {}
+            Some((f, false)) if matches!(*f, "iterations" | "mirror" | "match") => {
+                return Err(err(field(&format!(
+                    "spec.analysis.{f}: not modelled: blue/green, A/B and mirrored analyses send the canary no share of the split; only weighted steps are simulated"
+                ))));
+            }
+            Some((f, false)) => warnings.push(field(&format!("spec.analysis.{f}: not modelled; left out"))),
+            None => {
+                let known: Vec<&str> = ANALYSIS_FIELDS.iter().map(|(f, _)| *f).collect();
+                return Err(err(field(&format!(
+                    "spec.analysis.{key}: unknown field: Flagger's analysis has {}",
+                    known.join(", ")
+                ))));
+            }
+        }
+    }
+    let num = |k: &str| a.get(k).and_then(|v| v.as_f64());
+    let weights = match a.get("stepWeights") {
+        Some(list) => {
+            let w: Vec<f64> = list
+                .as_array()
+                .map(|l| l.iter().filter_map(|x| x.as_f64()).collect())
+                .ok_or_else(|| err(field("spec.analysis.stepWeights: expected a list of percents")))?;
+            if w.is_empty() || w.iter().any(|x| !(*x > 0.0 && *x <= 100.0)) || w.windows(2).any(|p| p[1] < p[0]) {
+                return Err(err(field("spec.analysis.stepWeights: expected rising percents above 0, at most 100")));
+            }
+            w
+        }
+        None => steps_of(num("stepWeight").unwrap_or(0.0), num("maxWeight").unwrap_or(0.0))
+            .map_err(|m| err(field(&format!("spec.analysis: {m}"))))?,
+    };
+    let interval_text = a.get("interval").and_then(|v| v.as_str()).unwrap_or("60s");
+    let interval =
+        parse_duration(interval_text).map_err(|e| err(field(&format!("spec.analysis.interval: {e}"))))?.as_secs_f64();
+    let threshold = a.get("threshold").and_then(|v| v.as_u64()).unwrap_or(1) as u32;
+    let (mut success_min, mut p99_max_ms) = (0.0, f64::INFINITY);
+    for (i, m) in a.get("metrics").and_then(|m| m.as_array()).into_iter().flatten().enumerate() {
+        let mpath = format!("spec.analysis.metrics[{i}]");
+        let mname = m.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+        if let Some(t) = m.pointer("/templateRef/name").and_then(|n| n.as_str()) {
+            let known = if templates.iter().any(|x| x == t) { "given in the file" } else { "not in the file" };
+            return Err(err(field(&format!(
+                "{mpath}: metric {mname:?} uses MetricTemplate {t:?} ({known}): its query cannot be run on a simulation; use request-success-rate or request-duration"
+            ))));
+        }
+        let range = m.get("thresholdRange");
+        let (min, max) = (
+            range.and_then(|r| r.get("min")).and_then(|v| v.as_f64()),
+            range.and_then(|r| r.get("max")).and_then(|v| v.as_f64()),
+        );
+        match mname {
+            "request-success-rate" => {
+                success_min = min.ok_or_else(|| err(field(&format!("{mpath}.thresholdRange.min: missing"))))?
+            }
+            "request-duration" => {
+                p99_max_ms = max.ok_or_else(|| err(field(&format!("{mpath}.thresholdRange.max: missing"))))?
+            }
+            other => {
+                return Err(err(field(&format!(
+                    "{mpath}.name: unknown builtin metric {other:?}: Flagger's builtins are {}; others need a templateRef",
+                    BUILTIN_METRICS.join(" and ")
+                ))));
+            }
+        }
+        if let Some(mi) = m.get("interval").and_then(|v| v.as_str())
+            && parse_duration(mi).ok().map(|d| d.as_secs_f64()) != Some(interval)
+        {
+            warnings.push(field(&format!(
+                "{mpath}.interval: {mi} differs from the analysis interval {interval_text}; each check uses the whole interval"
+            )));
+        }
+    }
+    if c.pointer("/spec/service/retries").is_some() || c.pointer("/spec/service/timeout").is_some() {
+        warnings.push(field(
+            "spec.service: retries and timeout are Istio's route policy: give them with --policy (a VirtualService) to simulate them",
+        ));
+    }
+    let draft = Draft {
+        service,
+        baseline: None,
+        canary: None,
+        weights,
+        interval,
+        threshold,
+        success_min,
+        p99_max_ms,
+        warnings,
+    };
+    draft.resolve(sc, origin, &at)
 }
 
 /// One step's prediction.
@@ -185,6 +361,12 @@ pub struct Step {
 /// What the plan would do.
 #[derive(Clone, Debug, Serialize)]
 pub struct Outcome {
+    /// The service.
+    pub service: String,
+    /// The canary version.
+    pub canary: String,
+    /// The baseline version.
+    pub baseline: String,
     /// Steps run.
     pub steps: Vec<Step>,
     /// Promoted (else rolled back).
@@ -197,13 +379,12 @@ pub struct Outcome {
 pub fn simulate(sc: &Scenario, plan: &Plan, seeds: u64) -> Outcome {
     let mut steps = Vec::new();
     let mut failed = 0;
-    let mut weight = plan.step_weight;
     let svc_name = sc.services[plan.service].name.clone();
     let (base, can) = (
         sc.services[plan.service].versions[plan.baseline].name.clone(),
         sc.services[plan.service].versions[plan.canary].name.clone(),
     );
-    loop {
+    for &weight in &plan.weights {
         let mut s = sc.clone();
         s.duration = plan.interval;
         s.services[plan.service].policy.split =
@@ -218,18 +399,29 @@ pub fn simulate(sc: &Scenario, plan: &Plan, seeds: u64) -> Outcome {
         }
         steps.push(Step { weight, canary: row, passed, failed_checks: failed });
         if failed >= plan.threshold {
-            return Outcome { after_seconds: steps.len() as f64 * plan.interval, steps, promoted: false };
+            return Outcome {
+                service: svc_name,
+                canary: can,
+                baseline: base,
+                after_seconds: steps.len() as f64 * plan.interval,
+                steps,
+                promoted: false,
+            };
         }
-        if weight >= plan.max_weight {
-            break;
-        }
-        weight = (weight + plan.step_weight).min(plan.max_weight);
     }
-    Outcome { after_seconds: steps.len() as f64 * plan.interval, steps, promoted: failed < plan.threshold }
+    Outcome {
+        service: svc_name,
+        canary: can,
+        baseline: base,
+        after_seconds: steps.len() as f64 * plan.interval,
+        steps,
+        promoted: failed < plan.threshold,
+    }
 }
 
 /// The plan's steps as a table.
 pub fn write_table(out: &mut impl std::io::Write, o: &Outcome, plan: &Plan) -> std::io::Result<()> {
+    writeln!(out, "canary {} {} against baseline {}", o.service, o.canary, o.baseline)?;
     writeln!(
         out,
         "{:>6} {:>8} {:>22} {:>26} {:>8}",

@@ -288,6 +288,14 @@ impl<'a> Sim<'a> {
         self.budgets = vec![RetryBudget::default(); budgets];
     }
 
+    /// Schedules what a timer ends: at `t`, or at the first tick of the scenario's timer
+    /// granularity at or after it, as tokio's 1 ms timer wheel fires sleeps and timeouts.
+    fn at_timer(&mut self, t: f64, ev: Ev) {
+        let g = self.sc.timer_granularity;
+        let t = if g > 0.0 { (t / g - 1e-9).ceil() * g } else { t };
+        self.at(t, ev);
+    }
+
     fn at(&mut self, t: f64, ev: Ev) {
         self.seq += 1;
         self.events.push(Reverse((ticks(t), self.seq, ev)));
@@ -494,10 +502,11 @@ impl<'a> Sim<'a> {
 
     fn begin_service(&mut self, j: u32) {
         let (s, v) = self.locate(self.jobs[j as usize].version);
-        let d =
-            self.rng.sample(self.sc.services[s].versions[v].dist, &self.sc.tables) + self.sc.fault_at(s, v, self.now).1;
+        let d = self.rng.sample(self.sc.services[s].versions[v].dist, &self.sc.tables)
+            + self.sc.fault_at(s, v, self.now).1
+            + self.sc.overhead;
         let g = self.jobs[j as usize].generation;
-        self.at(self.now + d, Ev::ServiceDone(j, g));
+        self.at_timer(self.now + d, Ev::ServiceDone(j, g));
     }
 
     fn next_call(&mut self, j: u32) {
@@ -565,12 +574,12 @@ impl<'a> Sim<'a> {
             b.deposit(self.now as u64);
         }
         if let Some(t) = policy.timeout {
-            self.at(self.now + t.as_secs_f64(), Ev::WholeTimeout(c, g));
+            self.at_timer(self.now + t.as_secs_f64(), Ev::WholeTimeout(c, g));
         }
         if let Some((delay, p)) = policy.faults.delay
             && self.rng.f64() < p
         {
-            self.at(self.now + delay.as_secs_f64(), Ev::FaultDelayDone(c, g));
+            self.at_timer(self.now + delay.as_secs_f64(), Ev::FaultDelayDone(c, g));
             return;
         }
         self.after_fault_delay(c);
@@ -611,7 +620,7 @@ impl<'a> Sim<'a> {
         call.in_flight = true;
         let (g, attempt) = (call.generation, call.attempt);
         if let Some(t) = self.sc.services[call.service].policy.retries.as_ref().and_then(|r| r.per_try_timeout) {
-            self.at(self.now + t.as_secs_f64(), Ev::TryTimeout(c, g, attempt));
+            self.at_timer(self.now + t.as_secs_f64(), Ev::TryTimeout(c, g, attempt));
         }
     }
 
@@ -637,7 +646,7 @@ impl<'a> Sim<'a> {
         }
         self.calls[c as usize].attempt += 1;
         let pause = policy_core::backoff(r, call.attempt, self.rng.f64()).as_secs_f64();
-        self.at(self.now + pause, Ev::Backoff(c, call.generation));
+        self.at_timer(self.now + pause, Ev::Backoff(c, call.generation));
     }
 
     fn call_done(&mut self, c: u32, outcome: Outcome) {

@@ -6,6 +6,7 @@
 
 pub mod canary;
 pub mod engine;
+pub mod policy_input;
 pub mod report;
 pub mod scenario;
 

@@ -29,6 +29,13 @@ pub struct ScenarioFile {
     /// Faults that start and stop.
     #[serde(default)]
     pub faults: Vec<FaultSpec>,
+    /// What the mesh adds to every request a version serves, inside its callers' timeouts: the
+    /// agents on the way and the app's own timer granularity; 0 when absent. `meshlens fidelity`
+    /// measures it on the real agents.
+    pub request_overhead: Option<String>,
+    /// Timers (service times, timeouts, backoff, fault delays) end on ticks of this granularity,
+    /// as a 1 ms timer wheel (tokio's, Envoy's) makes them; exact when absent.
+    pub timer_granularity: Option<String>,
 }
 
 /// A fault as written: a service (or one version) fails a share of its requests and/or slows
@@ -231,6 +238,10 @@ pub struct Scenario {
     pub tables: Vec<Vec<(f64, f64)>>,
     /// Entry service index.
     pub entry: usize,
+    /// Seconds added to every request a version serves.
+    pub overhead: f64,
+    /// Seconds between timer ticks; 0 for exact timers.
+    pub timer_granularity: f64,
     /// Services.
     pub services: Vec<Service>,
 }
@@ -468,7 +479,13 @@ impl ScenarioFile {
             let delay = f.delay.as_deref().map(|d| secs(&format!("{at}.delay"), d)).transpose()?.unwrap_or(0.0);
             faults.push(Fault { service, version, from, to, error_p: f.error_pct / 100.0, delay });
         }
+        let overhead =
+            self.request_overhead.as_deref().map(|h| secs("request_overhead", h)).transpose()?.unwrap_or(0.0);
+        let timer_granularity =
+            self.timer_granularity.as_deref().map(|h| secs("timer_granularity", h)).transpose()?.unwrap_or(0.0);
         Ok(Scenario {
+            overhead,
+            timer_granularity,
             duration,
             rate: self.arrivals.rate,
             poisson,
@@ -481,14 +498,6 @@ impl ScenarioFile {
             services,
         })
     }
-}
-
-/// A policy file as `--policy` takes it: `policy: {services: ...}` or `services: ...`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyOnly {
-    policy: Option<PolicyFile>,
-    services: Option<BTreeMap<String, meshlens_model::policy::ServiceSpec>>,
 }
 
 impl Scenario {
@@ -550,6 +559,8 @@ impl Scenario {
             .filter(|(_, r)| *r > 0.0)
             .ok_or_else(|| err("no user traffic in the profile: nothing to replay".into()))?;
         Ok(Scenario {
+            overhead: 0.0,
+            timer_granularity: 0.0,
             duration,
             rate,
             poisson: true,
@@ -563,15 +574,18 @@ impl Scenario {
         })
     }
 
-    /// Replaces the policies of the services a policy file names (`policy:` or bare `services:`).
-    pub fn with_policy(&mut self, text: &str, origin: &str) -> Result<(), ScenarioError> {
+    /// Replaces the policies of the services a policy file names: meshlens's schema (`policy:` or
+    /// bare `services:`, or any file with a `policy:` block) or Istio's VirtualService and
+    /// DestinationRule documents. Returns what could not be carried over, each naming where.
+    pub fn with_policy(&mut self, text: &str, origin: &str) -> Result<Vec<String>, ScenarioError> {
+        let input = crate::policy_input::read_policy(text, origin)?;
+        self.apply_policy(&input.policy, origin)?;
+        Ok(input.warnings)
+    }
+
+    /// Replaces the policies of the services `policy` names.
+    pub fn apply_policy(&mut self, policy: &PolicyFile, origin: &str) -> Result<(), ScenarioError> {
         let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
-        let file: PolicyOnly = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
-        let policy = match (file.policy, file.services) {
-            (Some(p), None) => p,
-            (None, Some(services)) => PolicyFile { services },
-            _ => return Err(err("expected a policy: block or a services: map".into())),
-        };
         let resolved = policy.resolve().map_err(|e| err(format!("policy.{e}")))?;
         for (name, sp) in resolved.services {
             let svc = self

@@ -373,3 +373,139 @@ fn budgets_are_kept_per_calling_instance() {
     // Each budget allows 10 in its first 10 s, then 1 a second: ~2 * (10 + 90) over 100 s.
     assert!((180..=210).contains(&retries), "{retries} retries");
 }
+
+/// Istio's own example files (tests/fixtures/istio), read as policy.
+fn istio(name: &str) -> (&'static str, String) {
+    let text = match name {
+        "vs-80-20" => include_str!("../../tests/fixtures/istio/virtual-service-reviews-80-20.yaml"),
+        "dr-reviews" => include_str!("../../tests/fixtures/istio/destination-rule-reviews.yaml"),
+        "vs-abort" => include_str!("../../tests/fixtures/istio/virtual-service-ratings-test-abort.yaml"),
+        "dr-httpbin" => include_str!("../../tests/fixtures/istio/circuit-breaker-httpbin.yaml"),
+        "vs-retries" => include_str!("../../tests/fixtures/istio/virtual-service-ratings-retries.yaml"),
+        "dr-ratings" => include_str!("../../tests/fixtures/istio/destination-rule-ratings.yaml"),
+        _ => unreachable!(),
+    };
+    (text, format!("{name}.yaml"))
+}
+
+#[test]
+fn istios_example_files_are_read_as_written() {
+    use crate::policy_input::read_policies;
+    let (vs, a) = istio("vs-80-20");
+    let (dr, b) = istio("dr-reviews");
+    let got = read_policies(&[(vs, &a), (dr, &b)]).unwrap();
+    let reviews = &got.policy.services["reviews"];
+    assert_eq!(reviews.split.get("v1"), Some(&80.0));
+    assert_eq!(reviews.split.get("v2"), Some(&20.0));
+    assert!(got.warnings.iter().any(|w| w.contains("RANDOM is not modelled")), "{:?}", got.warnings);
+
+    let (vs, a) = istio("vs-retries");
+    let (dr, b) = istio("dr-ratings");
+    let got = read_policies(&[(vs, &a), (dr, &b)]).unwrap();
+    let r = got.policy.services["ratings"].retries.as_ref().unwrap();
+    assert_eq!((r.attempts, r.per_try_timeout.as_deref()), (3, Some("2s")));
+
+    let (dr, b) = istio("dr-httpbin");
+    let got = read_policies(&[(dr, &b)]).unwrap();
+    let od = got.policy.services["httpbin"].outlier_detection.as_ref().unwrap();
+    assert_eq!(
+        (od.consecutive_5xx, od.base_ejection_time.as_deref(), od.max_ejection_percent),
+        (Some(1), Some("3m"), Some(100.0))
+    );
+    assert!(
+        got.warnings.iter().any(|w| w.contains("spec.trafficPolicy.connectionPool: not modelled")),
+        "{:?}",
+        got.warnings
+    );
+
+    // The abort applies only to the user jason's requests: warned, not applied to everybody.
+    let (vs, a) = istio("vs-abort");
+    let (dr, b) = istio("dr-ratings");
+    let got = read_policies(&[(vs, &a), (dr, &b)]).unwrap();
+    assert!(got.policy.services["ratings"].fault.is_none());
+    assert!(got.warnings.iter().any(|w| w.contains("spec.http[0]: a route with match")), "{:?}", got.warnings);
+
+    // A VirtualService without its DestinationRule cannot say what its subsets are.
+    let (vs, a) = istio("vs-80-20");
+    let e = read_policies(&[(vs, &a)]).unwrap_err().to_string();
+    assert!(e.contains("no subset \"v1\" of reviews"), "{e}");
+}
+
+#[test]
+fn an_istio_split_takes_effect_in_the_simulator() {
+    let mut sc = scenario(
+        "duration: 200s\narrivals: {rate: 50}\nentry: productpage\nservices:\n  productpage:\n    versions:\n      v1: {service_time: {constant: 1ms}, calls: [reviews]}\n  reviews:\n    versions:\n      v1: {service_time: {constant: 1ms}}\n      v2: {service_time: {constant: 1ms}}\n      v3: {service_time: {constant: 1ms}}\n",
+    );
+    let (vs, a) = istio("vs-80-20");
+    let (dr, b) = istio("dr-reviews");
+    let input = crate::policy_input::read_policies(&[(vs, &a), (dr, &b)]).unwrap();
+    sc.apply_policy(&input.policy, "istio").unwrap();
+    let s = Sim::new(&sc, 1).run();
+    let (v1, v2, v3) = (s.tallies[1][0].offered as f64, s.tallies[1][1].offered as f64, s.tallies[1][2].offered);
+    let n = v1 + v2;
+    assert_eq!(v3, 0, "no weight, no traffic");
+    assert!((v1 / n - 0.8).abs() < 4.0 * (0.16 / n).sqrt(), "v1 share {}", v1 / n);
+}
+
+/// podinfo as Flagger deploys it: the primary and the canary (failing `err`% of its requests).
+fn podinfo(err: f64) -> Scenario {
+    scenario(&format!(
+        "duration: 60s\narrivals: {{rate: 100}}\nentry: frontend\nservices:\n  frontend:\n    versions:\n      v1: {{service_time: {{constant: 1ms}}, calls: [podinfo]}}\n  podinfo:\n    versions:\n      primary: {{service_time: {{lognormal: {{p50: 10ms, p99: 40ms}}}}}}\n      canary: {{service_time: {{lognormal: {{p50: 10ms, p99: 40ms}}}}, error_pct: {err}}}\npolicy:\n  services:\n    podinfo: {{split: {{primary: 100, canary: 0}}}}\n"
+    ))
+}
+
+#[test]
+fn flaggers_tutorial_canary_rolls_back_a_failing_canary_at_the_threshold() {
+    use crate::canary::{Plan, simulate};
+    let text = include_str!("../../tests/fixtures/flagger/podinfo-canary.yaml");
+    let sc = podinfo(5.0);
+    let plan = Plan::parse(text, "podinfo-canary.yaml", &sc).unwrap();
+    // Flagger's names, not the alphabet, say which is which.
+    assert_eq!(sc.services[plan.service].versions[plan.canary].name, "canary");
+    assert_eq!(plan.weights, vec![10.0, 20.0, 30.0, 40.0, 50.0]);
+    assert!(plan.warnings.iter().any(|w| w.contains("spec.analysis.webhooks: not modelled")), "{:?}", plan.warnings);
+    assert!(plan.warnings.iter().any(|w| w.contains("metrics[1].interval")), "{:?}", plan.warnings);
+    let o = simulate(&sc, &plan, 2);
+    // Every step fails (95% < 99%); the fifth failed check reaches the threshold of 5.
+    assert!(!o.promoted);
+    assert_eq!(o.steps.len(), 5);
+    assert_eq!((o.canary.as_str(), o.baseline.as_str()), ("canary", "primary"));
+    let good = simulate(&podinfo(0.0), &Plan::parse(text, "podinfo-canary.yaml", &podinfo(0.0)).unwrap(), 2);
+    assert!(good.promoted, "a healthy canary is promoted");
+}
+
+#[test]
+fn a_misspelled_or_templated_metric_is_an_error_not_a_promotion() {
+    use crate::canary::Plan;
+    let text = include_str!("../../tests/fixtures/flagger/podinfo-canary.yaml");
+    let sc = podinfo(5.0);
+    let e = Plan::parse(&text.replace("request-success-rate", "request-sucess-rate"), "c.yaml", &sc).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("Canary podinfo: spec.analysis.metrics[0].name: unknown builtin metric \"request-sucess-rate\""),
+        "{e}"
+    );
+    let templated = format!(
+        "apiVersion: flagger.app/v1beta1\nkind: MetricTemplate\nmetadata:\n  name: error-rate\nspec:\n  provider: {{type: prometheus}}\n  query: up\n---\n{}",
+        text.replace(
+            "- name: request-duration\n",
+            "- name: error-rate\n      templateRef:\n        name: error-rate\n"
+        )
+    );
+    let e = Plan::parse(&templated, "c.yaml", &sc).unwrap_err().to_string();
+    assert!(
+        e.contains("metrics[1]: metric \"error-rate\" uses MetricTemplate \"error-rate\" (given in the file)"),
+        "{e}"
+    );
+    let e =
+        Plan::parse(&text.replace("    stepWeight: 10\n", "    stepWeight: 10\n    stepWieght: 5\n"), "c.yaml", &sc)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("spec.analysis.stepWieght: unknown field"), "{e}");
+    let steps = text.replace(
+        "    maxWeight: 50\n    # canary increment step\n    # percentage (0-100)\n    stepWeight: 10\n",
+        "    stepWeights: [1, 5, 25]\n",
+    );
+    let plan = Plan::parse(&steps, "c.yaml", &sc).unwrap();
+    assert_eq!(plan.weights, vec![1.0, 5.0, 25.0]);
+}

@@ -20,6 +20,7 @@ fn config(rate: f64, faults: &[&str]) -> DemoConfig {
         otlp_grpc: any,
         otlp_http: any,
         export_interval: Duration::from_millis(250),
+        load: true,
     }
 }
 

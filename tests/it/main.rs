@@ -11,6 +11,7 @@ mod backend;
 mod cli;
 mod console;
 mod demo;
+mod fidelity;
 mod otlp;
 mod prometheus;
 mod python_sdk;
