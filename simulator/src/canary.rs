@@ -1,13 +1,15 @@
 //! A canary plan in Flagger's terms — step weight, max weight, interval, success-rate minimum, p99
 //! maximum, failed-check threshold — run step by step: at each weight the canary version gets that
 //! share of the service's traffic for one interval, over several seeds, and the step passes when
-//! the canary's median success rate and p99 are within the limits. A rollback fires when failed
-//! checks reach the threshold. Flagger's own Canary YAML (`spec.targetRef`, `spec.analysis`) is
-//! accepted as well as meshlens's `canary:` block.
+//! the canary's median success rate and p99 are within the limits. As in Flagger, a failed check
+//! halts the canary at its weight; a rollback fires when failed checks reach the threshold.
+//! Flagger's own Canary YAML (`spec.targetRef`, `spec.analysis`, `stepWeights`, several documents
+//! with MetricTemplates) is accepted as well as meshlens's `canary:` block; what it says that is
+//! not modelled is warned or refused by its path.
 
 use serde::{Deserialize, Serialize};
 
-use crate::report::{Row, run};
+use crate::report::Row;
 use crate::scenario::{Scenario, ScenarioError};
 use meshlens_model::time::parse_duration;
 
@@ -375,7 +377,10 @@ pub struct Outcome {
     pub after_seconds: f64,
 }
 
-/// Runs the plan on `sc` with `seeds`.
+/// Runs the plan on `sc` with `seeds`, as Flagger runs its analysis: one check per interval; a
+/// passed check advances the canary to the next weight (promotion after the last), a failed one
+/// halts it at its weight and counts, and failed checks reaching the threshold roll it back.
+/// Each check runs on seeds of its own.
 pub fn simulate(sc: &Scenario, plan: &Plan, seeds: u64) -> Outcome {
     let mut steps = Vec::new();
     let mut failed = 0;
@@ -384,30 +389,34 @@ pub fn simulate(sc: &Scenario, plan: &Plan, seeds: u64) -> Outcome {
         sc.services[plan.service].versions[plan.baseline].name.clone(),
         sc.services[plan.service].versions[plan.canary].name.clone(),
     );
-    for &weight in &plan.weights {
+    let mut at = 0;
+    let mut promoted = false;
+    // Every check either advances or counts a failure, so this many checks end the plan.
+    for check in 0..(plan.weights.len() as u64 + u64::from(plan.threshold)) {
+        let Some(&weight) = plan.weights.get(at) else {
+            promoted = true;
+            break;
+        };
         let mut s = sc.clone();
         s.duration = plan.interval;
         s.services[plan.service].policy.split =
             vec![(base.clone(), 1.0 - weight / 100.0), (can.clone(), weight / 100.0)];
-        let report = run(&s, seeds);
+        let report = crate::report::run_seeds(&s, 1 + check * seeds.max(1), seeds, |_, _| {});
         let name = format!("{svc_name} {can}");
-        let row = report.rows.into_iter().find(|r| r.name == name);
-        let Some(row) = row else { break };
+        let Some(row) = report.rows.into_iter().find(|r| r.name == name) else { break };
         let passed = row.success_pct.median >= plan.success_min && row.p99_ms.median <= plan.p99_max_ms;
-        if !passed {
+        if passed {
+            at += 1;
+        } else {
             failed += 1;
         }
         steps.push(Step { weight, canary: row, passed, failed_checks: failed });
         if failed >= plan.threshold {
-            return Outcome {
-                service: svc_name,
-                canary: can,
-                baseline: base,
-                after_seconds: steps.len() as f64 * plan.interval,
-                steps,
-                promoted: false,
-            };
+            break;
         }
+    }
+    if failed < plan.threshold && at >= plan.weights.len() {
+        promoted = true;
     }
     Outcome {
         service: svc_name,
@@ -415,7 +424,7 @@ pub fn simulate(sc: &Scenario, plan: &Plan, seeds: u64) -> Outcome {
         baseline: base,
         after_seconds: steps.len() as f64 * plan.interval,
         steps,
-        promoted: failed < plan.threshold,
+        promoted,
     }
 }
 
@@ -425,7 +434,7 @@ pub fn write_table(out: &mut impl std::io::Write, o: &Outcome, plan: &Plan) -> s
     writeln!(
         out,
         "{:>6} {:>8} {:>22} {:>26} {:>8}",
-        "STEP", "WEIGHT", "SUCCESS median (range)", "P99 median (range)", "CHECK"
+        "CHECK", "WEIGHT", "SUCCESS median (range)", "P99 median (range)", "RESULT"
     )?;
     for (i, s) in o.steps.iter().enumerate() {
         let c = &s.canary;
@@ -444,11 +453,11 @@ pub fn write_table(out: &mut impl std::io::Write, o: &Outcome, plan: &Plan) -> s
         )?;
     }
     if o.promoted {
-        writeln!(out, "promoted after {} steps ({:.0}s)", o.steps.len(), o.after_seconds)
+        writeln!(out, "promoted after {} checks ({:.0}s)", o.steps.len(), o.after_seconds)
     } else {
         writeln!(
             out,
-            "rollback at step {} (weight {:.0}%) after {:.0}s: {} failed checks reached the threshold {}",
+            "rollback after check {} (weight {:.0}%) after {:.0}s: {} failed checks reached the threshold {}",
             o.steps.len(),
             o.steps.last().map_or(0.0, |s| s.weight),
             o.after_seconds,

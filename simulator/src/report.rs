@@ -33,7 +33,7 @@ pub struct Row {
     pub name: String,
     /// Attempts per second.
     pub offered_rps: Spread,
-    /// Success, percent of finished attempts.
+    /// Success, percent of finished attempts (those the caller gave up on count as failed).
     pub success_pct: Spread,
     /// Latency percentiles, ms.
     pub p50_ms: Spread,
@@ -78,7 +78,12 @@ fn row(name: String, tallies: &[&Tally], duration: f64) -> Row {
     Row {
         name,
         offered_rps: f(&|t| t.offered as f64 / duration),
-        success_pct: f(&|t| if t.ok + t.failed == 0 { 100.0 } else { 100.0 * t.ok as f64 / (t.ok + t.failed) as f64 }),
+        // An attempt its caller gave up on counts as failed, as the callee's agent records it
+        // (`cancelled`, no response).
+        success_pct: f(&|t| {
+            let done = t.ok + t.failed + t.cancelled;
+            if done == 0 { 100.0 } else { 100.0 * t.ok as f64 / done as f64 }
+        }),
         p50_ms: f(&|t| q(t, 0.5)),
         p95_ms: f(&|t| q(t, 0.95)),
         p99_ms: f(&|t| q(t, 0.99)),
@@ -100,11 +105,16 @@ pub fn run(sc: &Scenario, seeds: u64) -> Report {
 
 /// Runs `sc` with seeds `1..=seeds`, telling `progress(done, of)` after each seed.
 pub fn run_with_progress(sc: &Scenario, seeds: u64, progress: impl Fn(u64, u64)) -> Report {
+    run_seeds(sc, 1, seeds, progress)
+}
+
+/// Runs `sc` with `seeds` seeds from `first` on, telling `progress(done, of)` after each.
+pub fn run_seeds(sc: &Scenario, first: u64, seeds: u64, progress: impl Fn(u64, u64)) -> Report {
     let n = seeds.max(1);
-    let sims: Vec<Sim> = (1..=n)
-        .map(|seed| {
-            let s = Sim::new(sc, seed).run();
-            progress(seed, n);
+    let sims: Vec<Sim> = (0..n)
+        .map(|k| {
+            let s = Sim::new(sc, first + k).run();
+            progress(k + 1, n);
             s
         })
         .collect();

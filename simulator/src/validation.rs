@@ -457,7 +457,7 @@ fn podinfo(err: f64) -> Scenario {
 #[test]
 fn flaggers_tutorial_canary_rolls_back_a_failing_canary_at_the_threshold() {
     use crate::canary::{Plan, simulate};
-    let text = include_str!("../../tests/fixtures/flagger/podinfo-canary.yaml");
+    let text = include_str!("../../examples/sim/podinfo-canary.yaml");
     let sc = podinfo(5.0);
     let plan = Plan::parse(text, "podinfo-canary.yaml", &sc).unwrap();
     // Flagger's names, not the alphabet, say which is which.
@@ -466,9 +466,10 @@ fn flaggers_tutorial_canary_rolls_back_a_failing_canary_at_the_threshold() {
     assert!(plan.warnings.iter().any(|w| w.contains("spec.analysis.webhooks: not modelled")), "{:?}", plan.warnings);
     assert!(plan.warnings.iter().any(|w| w.contains("metrics[1].interval")), "{:?}", plan.warnings);
     let o = simulate(&sc, &plan, 2);
-    // Every step fails (95% < 99%); the fifth failed check reaches the threshold of 5.
+    // The first check fails (95% < 99%): Flagger halts at 10% and the fifth failed check there
+    // reaches the threshold of 5.
     assert!(!o.promoted);
-    assert_eq!(o.steps.len(), 5);
+    assert_eq!(o.steps.iter().map(|s| s.weight).collect::<Vec<_>>(), [10.0; 5]);
     assert_eq!((o.canary.as_str(), o.baseline.as_str()), ("canary", "primary"));
     let good = simulate(&podinfo(0.0), &Plan::parse(text, "podinfo-canary.yaml", &podinfo(0.0)).unwrap(), 2);
     assert!(good.promoted, "a healthy canary is promoted");
@@ -477,7 +478,7 @@ fn flaggers_tutorial_canary_rolls_back_a_failing_canary_at_the_threshold() {
 #[test]
 fn a_misspelled_or_templated_metric_is_an_error_not_a_promotion() {
     use crate::canary::Plan;
-    let text = include_str!("../../tests/fixtures/flagger/podinfo-canary.yaml");
+    let text = include_str!("../../examples/sim/podinfo-canary.yaml");
     let sc = podinfo(5.0);
     let e = Plan::parse(&text.replace("request-success-rate", "request-sucess-rate"), "c.yaml", &sc).unwrap_err();
     assert!(
