@@ -199,7 +199,7 @@ pub struct ProfileEdge {
     pub source: String,
     /// Callee id.
     pub target: String,
-    /// Calls per request the caller serves.
+    /// Calls per request the caller serves: first attempts, retries left out.
     pub calls_per_request: f64,
     /// Calls per second.
     pub rps: f64,
@@ -224,7 +224,15 @@ impl Profile {
             let mut downstream_p50 = 0.0;
             let mut downstream_p99 = 0.0;
             for e in g.edges.iter().filter(|e| e.source == n.id) {
-                let per_request = if n.inbound.rps > 0.0 { e.stats.rps / n.inbound.rps } else { 0.0 };
+                // Calls the app makes: first attempts only, since the policy adds the retries again
+                // when the simulator replays them (agents report the retries on their edges).
+                let first = match e.stats.retries {
+                    Some(r) if e.stats.requests > 0 => {
+                        e.stats.requests.saturating_sub(r) as f64 / e.stats.requests as f64
+                    }
+                    _ => 1.0,
+                };
+                let per_request = if n.inbound.rps > 0.0 { e.stats.rps * first / n.inbound.rps } else { 0.0 };
                 downstream_p50 += per_request * lat(|l| l.p50, &e.stats);
                 downstream_p99 += per_request * lat(|l| l.p50, &e.stats);
                 if g.node(&e.target).is_some_and(|t| t.kind == NodeKind::Workload) {

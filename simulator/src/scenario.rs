@@ -504,8 +504,8 @@ impl Scenario {
     /// A scenario from a running collector's traffic profile, simulated for `duration` seconds:
     /// one service per app (`ns/app`), versions split by their observed rates, each version's own
     /// service time as a lognormal of the profile's p50 and p99, its error share, and its calls
-    /// (calls per request rounded); users arrive (Poisson) at the app that receives the most user
-    /// traffic. No policy: add one with [`Scenario::with_policy`].
+    /// (first attempts per request to each callee app, summed over its versions, rounded); users
+    /// arrive (Poisson) at the app that receives the most user traffic. No policy: add one with [`Scenario::with_policy`].
     pub fn from_profile(p: &meshlens_model::api::Profile, duration: f64) -> Result<Self, ScenarioError> {
         let err = |message: String| ScenarioError { origin: "the collector's profile".into(), message };
         let mut apps: Vec<String> = p.versions.iter().map(|v| format!("{}/{}", v.namespace, v.app)).collect();
@@ -520,12 +520,20 @@ impl Scenario {
                 p.versions.iter().filter(|v| format!("{}/{}", v.namespace, v.app) == *app).map(|v| v.rps).sum();
             for v in p.versions.iter().filter(|v| format!("{}/{}", v.namespace, v.app) == *app) {
                 let id = format!("{app}/{}", v.version);
-                let mut calls = Vec::new();
+                // Calls per request to each callee app, summed over its versions (the split picks
+                // the version), then rounded: productpage's third of a call to each of three
+                // reviews versions is one call to reviews.
+                let mut per_app: Vec<(usize, f64)> = Vec::new();
                 for e in p.edges.iter().filter(|e| e.source == id) {
                     let Some(k) = apps.iter().position(|a| *a == app_of(&e.target)) else { continue };
-                    for _ in 0..(e.calls_per_request.round() as usize).min(20) {
-                        calls.push(k);
+                    match per_app.iter_mut().find(|(a, _)| *a == k) {
+                        Some((_, n)) => *n += e.calls_per_request,
+                        None => per_app.push((k, e.calls_per_request)),
                     }
+                }
+                let mut calls = Vec::new();
+                for (k, n) in per_app {
+                    calls.extend(std::iter::repeat_n(k, (n.round() as usize).min(20)));
                 }
                 let (m, q) = (v.service_p50_ms / 1e3, v.service_p99_ms.max(v.service_p50_ms * 1.01) / 1e3);
                 versions.push(Version {

@@ -510,3 +510,41 @@ fn a_misspelled_or_templated_metric_is_an_error_not_a_promotion() {
     let plan = Plan::parse(&steps, "c.yaml", &sc).unwrap();
     assert_eq!(plan.weights, vec![1.0, 5.0, 25.0]);
 }
+
+#[test]
+fn a_profile_keeps_calls_spread_over_versions_and_leaves_retries_out() {
+    use meshlens_model::api::{Profile, ProfileEdge, ProfileVersion};
+    let v = |app: &str, version: &str, rps: f64, user_rps: f64| ProfileVersion {
+        namespace: "bookinfo".into(),
+        app: app.into(),
+        version: version.into(),
+        rps,
+        user_rps,
+        error_pct: 0.0,
+        service_p50_ms: 5.0,
+        service_p99_ms: 20.0,
+    };
+    let e = |target: &str, calls: f64| ProfileEdge {
+        source: "bookinfo/productpage/v1".into(),
+        target: format!("bookinfo/{target}"),
+        calls_per_request: calls,
+        rps: calls * 30.0,
+    };
+    let p = Profile {
+        revision: 1,
+        window_seconds: 60,
+        versions: vec![
+            v("productpage", "v1", 30.0, 30.0),
+            v("reviews", "v1", 10.0, 0.0),
+            v("reviews", "v2", 10.0, 0.0),
+            v("reviews", "v3", 10.0, 0.0),
+        ],
+        edges: vec![e("reviews/v1", 0.34), e("reviews/v2", 0.33), e("reviews/v3", 0.33)],
+    };
+    let sc = Scenario::from_profile(&p, 60.0).unwrap();
+    let page = sc.services.iter().find(|s| s.name == "bookinfo/productpage").unwrap();
+    let reviews = sc.services.iter().position(|s| s.name == "bookinfo/reviews").unwrap();
+    // A third of a call to each of three versions is one call to reviews, not none.
+    assert_eq!(page.versions[0].calls, vec![reviews]);
+    assert_eq!(sc.services[reviews].policy.split.len(), 3);
+}
