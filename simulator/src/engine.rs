@@ -50,13 +50,15 @@ impl Rng {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Exponential with `mean`, by the ziggurat (rand_distr's `Exp1`): a table look-up and a
+    /// compare on nearly every draw, where inverting the CDF takes a logarithm each time.
     fn exp(&mut self, mean: f64) -> f64 {
-        -mean * (1.0 - self.f64()).ln()
+        let e: f64 = rand_distr::Distribution::sample(&rand_distr::Exp1, self);
+        mean * e
     }
 
     fn normal(&mut self) -> f64 {
-        let (u1, u2) = (self.f64().max(1e-300), self.f64());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        rand_distr::Distribution::sample(&rand_distr::StandardNormal, self)
     }
 
     fn sample(&mut self, d: Dist, tables: &[Vec<(f64, f64)>]) -> f64 {
@@ -70,6 +72,23 @@ impl Rng {
                 let k = t.partition_point(|(c, _)| *c < u).min(t.len().saturating_sub(1));
                 t.get(k).map_or(0.0, |p| p.1)
             }
+        }
+    }
+}
+
+impl rand_core::RngCore for Rng {
+    fn next_u32(&mut self) -> u32 {
+        (self.next() >> 32) as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.next()
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for chunk in dst.chunks_mut(8) {
+            let bytes = self.next().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
         }
     }
 }
@@ -197,6 +216,9 @@ pub struct Sim<'a> {
     now: f64,
     seq: u64,
     events: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    /// The one pending arrival `(ticks, seq)`, kept out of the heap: half of all events are
+    /// arrivals, and each has exactly one successor.
+    next_arrival: Option<(u64, u64)>,
     jobs: Vec<Job>,
     free_jobs: Vec<u32>,
     calls: Vec<Call>,
@@ -229,6 +251,7 @@ impl<'a> Sim<'a> {
             now: 0.0,
             seq: 0,
             events: BinaryHeap::with_capacity(1024),
+            next_arrival: None,
             jobs: Vec::with_capacity(1024),
             free_jobs: Vec::new(),
             calls: Vec::with_capacity(1024),
@@ -298,7 +321,11 @@ impl<'a> Sim<'a> {
 
     fn at(&mut self, t: f64, ev: Ev) {
         self.seq += 1;
-        self.events.push(Reverse((ticks(t), self.seq, ev)));
+        if ev == Ev::Arrival {
+            self.next_arrival = Some((ticks(t), self.seq));
+        } else {
+            self.events.push(Reverse((ticks(t), self.seq, ev)));
+        }
     }
 
     /// Runs to the scenario's duration, then lets what is in flight finish.
@@ -306,7 +333,7 @@ impl<'a> Sim<'a> {
         self.build_state();
         let first = self.sc.replay.first().copied().unwrap_or(0.0);
         self.at(first, Ev::Arrival);
-        while let Some(Reverse((t, _, ev))) = self.events.pop() {
+        while let Some((t, ev)) = self.next_event() {
             self.now = t as f64 / 1e9;
             self.events_processed += 1;
             match ev {
@@ -393,6 +420,18 @@ impl<'a> Sim<'a> {
             }
         }
         self
+    }
+
+    /// The earliest event, the pending arrival or the heap's first, in (time, sequence) order.
+    fn next_event(&mut self) -> Option<(u64, Ev)> {
+        let heap = self.events.peek().map(|Reverse((t, seq, _))| (*t, *seq));
+        match (self.next_arrival, heap) {
+            (Some(a), h) if h.is_none_or(|h| a < h) => {
+                self.next_arrival = None;
+                Some((a.0, Ev::Arrival))
+            }
+            _ => self.events.pop().map(|Reverse((t, _, ev))| (t, ev)),
+        }
     }
 
     /// Versions are numbered across services: `service * 4096 + version`.
