@@ -153,7 +153,9 @@ pub struct SimArgs {
     /// Istio's VirtualService and DestinationRule files. Repeat it for several files.
     #[arg(long, value_name = "FILE")]
     pub policy: Vec<PathBuf>,
-    /// Run a canary plan: a `canary:` block, or a Flagger Canary (its spec.analysis).
+    /// Run a canary plan: a `canary:` block, a Flagger Canary (its spec.analysis, with its
+    /// MetricTemplates in the same file), or an Argo Rollout's canary steps (shown, not judged:
+    /// its analysis queries cannot run on a simulation).
     #[arg(long, value_name = "FILE")]
     pub canary: Option<PathBuf>,
     /// Also run with this baseline policy and print both side by side with the difference.

@@ -442,14 +442,15 @@ async fn reload_loop(path: PathBuf, every: Duration, admin: Arc<Admin>) {
             Ok(config) => {
                 let next = Runtime::new(config, &shared.registry, Some(&old), shared.tls.as_ref());
                 shared.runtime.store(Arc::new(next));
-                shared.counters.reloads.add(1);
                 *admin.last_reload_error.lock() = None;
+                shared.counters.reloads.add(1);
                 tracing::info!(file = %origin, "config reloaded");
             }
             Err(message) => {
-                shared.counters.reload_errors.add(1);
                 tracing::warn!(error = %message, "config reload refused; the old config keeps serving");
+                // The reason first, then the count: whoever sees the count can read the reason.
                 *admin.last_reload_error.lock() = Some(message);
+                shared.counters.reload_errors.add(1);
             }
         }
     }

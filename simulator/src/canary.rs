@@ -25,8 +25,13 @@ pub struct Plan {
     /// The canary's weight at each step, percent (Flagger's `stepWeight` up to `maxWeight`, or
     /// its `stepWeights`).
     pub weights: Vec<f64>,
-    /// Seconds per step.
+    /// Seconds per step (Flagger's interval).
     pub interval: f64,
+    /// Seconds at each weight, one per entry of `weights` (Argo's pauses; else `interval`).
+    pub durations: Vec<f64>,
+    /// Whether checks decide the steps; false for an Argo Rollout, whose analysis queries
+    /// cannot run on a simulation: every step is shown, nothing is judged.
+    pub judged: bool,
     /// Failed checks that trigger a rollback.
     pub threshold: u32,
     /// Minimum success rate, percent.
@@ -61,7 +66,11 @@ impl Plan {
     /// Reads a plan (`canary:` block or Flagger's Canary) for `sc`.
     pub fn parse(text: &str, origin: &str, sc: &Scenario) -> Result<Self, ScenarioError> {
         let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
-        // Several documents: Flagger's Canary with its MetricTemplates.
+        // Several documents: Flagger's Canary with its MetricTemplates, or Argo's Rollout with
+        // its AnalysisTemplates.
+        if text.lines().any(|l| l.trim() == "kind: Rollout") {
+            return argo(text, origin, sc);
+        }
         if serde_yaml_ng::Deserializer::from_str(text).count() > 1 {
             return flagger(text, origin, sc);
         }
@@ -87,6 +96,8 @@ impl Plan {
             success_min: p.success_rate_min.unwrap_or(0.0),
             p99_max_ms,
             warnings: Vec::new(),
+            durations: None,
+            judged: true,
         };
         draft.resolve(sc, origin, "canary")
     }
@@ -120,6 +131,8 @@ struct Draft {
     success_min: f64,
     p99_max_ms: f64,
     warnings: Vec<String>,
+    durations: Option<Vec<f64>>,
+    judged: bool,
 }
 
 impl Draft {
@@ -180,12 +193,15 @@ impl Draft {
         if self.interval <= 0.0 || self.threshold == 0 {
             return Err(err(format!("{at}: interval must be longer than zero and threshold at least 1")));
         }
+        let durations = self.durations.unwrap_or_else(|| vec![self.interval; self.weights.len()]);
         Ok(Plan {
             service,
             baseline,
             canary,
             weights: self.weights,
             interval: self.interval,
+            durations,
+            judged: self.judged,
             threshold: self.threshold,
             success_min: self.success_min,
             p99_max_ms: self.p99_max_ms,
@@ -343,6 +359,122 @@ fn flagger(text: &str, origin: &str, sc: &Scenario) -> Result<Plan, ScenarioErro
         success_min,
         p99_max_ms,
         warnings,
+        durations: None,
+        judged: true,
+    };
+    draft.resolve(sc, origin, &at)
+}
+
+/// An Argo Rollouts duration: seconds as a number, or text such as `10s`, `5m`, `1h`.
+fn argo_duration(v: &serde_json::Value, path: &str) -> Result<f64, String> {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64().ok_or_else(|| format!("{path}: expected seconds")),
+        serde_json::Value::String(t) => parse_duration(t).map(|d| d.as_secs_f64()).map_err(|e| format!("{path}: {e}")),
+        _ => Err(format!("{path}: expected a duration such as 30s")),
+    }
+}
+
+/// An Argo Rollout's canary steps: each `setWeight` holds for the `pause` after it. Argo's analysis
+/// (a Prometheus or other query behind each AnalysisTemplate) cannot run on a simulation, so the
+/// steps are shown and not judged, and the output says so.
+fn argo(text: &str, origin: &str, sc: &Scenario) -> Result<Plan, ScenarioError> {
+    use serde::Deserialize as _;
+    let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
+    let mut rollouts = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let v = serde_json::Value::deserialize(doc).map_err(|e| err(format!("document {}: {e}", i + 1)))?;
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some("Rollout") => rollouts.push(v),
+            Some("AnalysisTemplate") | Some("ClusterAnalysisTemplate") => {}
+            None if v.is_null() => {}
+            other => {
+                return Err(err(format!(
+                    "document {}: kind {}: expected Argo's Rollout (and its AnalysisTemplates)",
+                    i + 1,
+                    other.unwrap_or("(none)")
+                )));
+            }
+        }
+    }
+    let [r] = rollouts.as_slice() else {
+        return Err(err(format!("expected one Argo Rollout in the file, found {}", rollouts.len())));
+    };
+    let name = r.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("rollout");
+    let at = format!("Rollout {name}");
+    let field = |path: &str| format!("{at}: {path}");
+    let canary = r
+        .pointer("/spec/strategy/canary")
+        .ok_or_else(|| err(field("spec.strategy.canary: missing (a blueGreen strategy sends the canary no share)")))?;
+    let mut warnings = Vec::new();
+    if canary.get("analysis").is_some() {
+        warnings.push(field(
+            "spec.strategy.canary.analysis: not run: an AnalysisTemplate's query cannot run on a simulation; steps are shown, not judged",
+        ));
+    }
+    let (mut weights, mut durations) = (Vec::new(), Vec::new());
+    let mut weight: Option<f64> = None;
+    for (i, step) in canary.get("steps").and_then(|s| s.as_array()).into_iter().flatten().enumerate() {
+        let spath = format!("spec.strategy.canary.steps[{i}]");
+        for (key, v) in step.as_object().into_iter().flatten() {
+            match key.as_str() {
+                "setWeight" => {
+                    let w = v.as_f64().filter(|w| (0.0..=100.0).contains(w));
+                    weight = Some(w.ok_or_else(|| err(field(&format!("{spath}.setWeight: expected a percent"))))?);
+                }
+                "pause" => {
+                    let seconds = match v.get("duration") {
+                        Some(d) => argo_duration(d, &format!("{spath}.pause.duration")).map_err(|m| err(field(&m)))?,
+                        None => {
+                            warnings.push(field(&format!(
+                                "{spath}.pause: no duration waits for a person to promote; 60 s are simulated"
+                            )));
+                            60.0
+                        }
+                    };
+                    match weight {
+                        Some(w) if w > 0.0 && seconds > 0.0 => {
+                            weights.push(w);
+                            durations.push(seconds);
+                        }
+                        _ => {}
+                    }
+                }
+                "analysis" => {
+                    // The weight is held until the AnalysisRun ends, which a simulation cannot run.
+                    warnings.push(field(&format!(
+                        "{spath}.analysis: not run: an AnalysisTemplate's query cannot run on a simulation; the weight is held 60 s"
+                    )));
+                    if let Some(w) = weight.filter(|w| *w > 0.0) {
+                        weights.push(w);
+                        durations.push(60.0);
+                    }
+                }
+                "setCanaryScale" | "setHeaderRoute" | "setMirrorRoute" | "experiment" | "plugin" => {
+                    warnings.push(field(&format!("{spath}.{key}: not modelled; left out")))
+                }
+                other => {
+                    return Err(err(field(&format!(
+                        "{spath}.{other}: unknown step: Argo's steps are setWeight, pause, analysis, setCanaryScale, setHeaderRoute, setMirrorRoute, experiment"
+                    ))));
+                }
+            }
+        }
+    }
+    if weights.is_empty() {
+        return Err(err(field("spec.strategy.canary.steps: no setWeight held by a pause: nothing to simulate")));
+    }
+    let draft = Draft {
+        service: name.to_owned(),
+        baseline: None,
+        canary: None,
+        interval: durations[0],
+        weights,
+        threshold: u32::MAX,
+        success_min: 0.0,
+        p99_max_ms: f64::INFINITY,
+        warnings,
+        durations: Some(durations),
+        judged: false,
     };
     draft.resolve(sc, origin, &at)
 }
@@ -352,6 +484,8 @@ fn flagger(text: &str, origin: &str, sc: &Scenario) -> Result<Plan, ScenarioErro
 pub struct Step {
     /// Canary weight, percent.
     pub weight: f64,
+    /// How long it ran, seconds.
+    pub seconds: f64,
     /// The canary version's figures.
     pub canary: Row,
     /// Whether the check passed.
@@ -398,7 +532,7 @@ pub fn simulate(sc: &Scenario, plan: &Plan, seeds: u64) -> Outcome {
             break;
         };
         let mut s = sc.clone();
-        s.duration = plan.interval;
+        s.duration = plan.durations.get(at).copied().unwrap_or(plan.interval);
         s.services[plan.service].policy.split =
             vec![(base.clone(), 1.0 - weight / 100.0), (can.clone(), weight / 100.0)];
         let report = crate::report::run_seeds(&s, 1 + check * seeds.max(1), seeds, |_, _| {});
@@ -410,7 +544,7 @@ pub fn simulate(sc: &Scenario, plan: &Plan, seeds: u64) -> Outcome {
         } else {
             failed += 1;
         }
-        steps.push(Step { weight, canary: row, passed, failed_checks: failed });
+        steps.push(Step { weight, seconds: s.duration, canary: row, passed, failed_checks: failed });
         if failed >= plan.threshold {
             break;
         }
@@ -422,7 +556,7 @@ pub fn simulate(sc: &Scenario, plan: &Plan, seeds: u64) -> Outcome {
         service: svc_name,
         canary: can,
         baseline: base,
-        after_seconds: steps.len() as f64 * plan.interval,
+        after_seconds: steps.iter().map(|s| s.seconds).sum(),
         steps,
         promoted,
     }
@@ -449,10 +583,21 @@ pub fn write_table(out: &mut impl std::io::Write, o: &Outcome, plan: &Plan) -> s
             c.p99_ms.median,
             c.p99_ms.min,
             c.p99_ms.max,
-            if s.passed { "pass" } else { "FAIL" }
+            match (plan.judged, s.passed) {
+                (false, _) => "-",
+                (true, true) => "pass",
+                (true, false) => "FAIL",
+            }
         )?;
     }
-    if o.promoted {
+    if !plan.judged {
+        writeln!(
+            out,
+            "{} steps over {:.0}s, not judged: the rollout's analysis cannot run on a simulation; read the figures",
+            o.steps.len(),
+            o.after_seconds
+        )
+    } else if o.promoted {
         writeln!(out, "promoted after {} checks ({:.0}s)", o.steps.len(), o.after_seconds)
     } else {
         writeln!(

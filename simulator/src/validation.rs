@@ -549,3 +549,37 @@ fn a_profile_keeps_calls_spread_over_versions_and_leaves_retries_out() {
     assert_eq!(page.versions[0].calls, vec![reviews]);
     assert_eq!(sc.services[reviews].policy.split.len(), 3);
 }
+
+#[test]
+fn argo_rollouts_canary_steps_hold_each_weight_for_its_pause() {
+    use crate::canary::{Plan, simulate};
+    let rename = |sc: &str| sc.replace("podinfo", "rollout-canary").replace("primary", "stable");
+    let sc = scenario(&rename(
+        "duration: 60s\narrivals: {rate: 100}\nentry: frontend\nservices:\n  frontend:\n    versions:\n      v1: {service_time: {constant: 1ms}, calls: [podinfo]}\n  podinfo:\n    versions:\n      primary: {service_time: {constant: 5ms}}\n      canary: {service_time: {constant: 5ms}, error_pct: 10}\npolicy:\n  services:\n    podinfo: {split: {primary: 100, canary: 0}}\n",
+    ));
+    let plan =
+        Plan::parse(include_str!("../../tests/fixtures/argo/rollout-canary.yaml"), "rollout-canary.yaml", &sc).unwrap();
+    assert_eq!(plan.weights, vec![20.0, 40.0, 60.0, 80.0]);
+    assert_eq!(plan.durations, vec![60.0, 40.0, 20.0, 20.0], "the indefinite pause is simulated for 60 s");
+    assert!(!plan.judged);
+    assert!(plan.warnings.iter().any(|w| w.contains("steps[1].pause: no duration")), "{:?}", plan.warnings);
+    let o = simulate(&sc, &plan, 2);
+    assert_eq!(o.steps.len(), 4, "every step shown, none judged");
+    assert_eq!(o.after_seconds, 140.0);
+    // The canary's share of the service follows each weight.
+    let rps: Vec<f64> = o.steps.iter().map(|s| s.canary.offered_rps.median).collect();
+    assert!(rps.windows(2).all(|w| w[1] > w[0]), "{rps:?}");
+    let mut out = Vec::new();
+    crate::canary::write_table(&mut out, &o, &plan).unwrap();
+    assert!(String::from_utf8(out).unwrap().contains("not judged"));
+
+    let sc2 = scenario(&rename("duration: 60s\narrivals: {rate: 10}\nentry: podinfo\nservices:\n  podinfo:\n    versions:\n      primary: {service_time: {constant: 5ms}}\n      canary: {service_time: {constant: 5ms}}\npolicy:\n  services:\n    podinfo: {split: {primary: 100, canary: 0}}\n").replace("rollout-canary", "rollout-analysis-step"));
+    let step =
+        Plan::parse(include_str!("../../tests/fixtures/argo/rollout-analysis-step.yaml"), "a.yaml", &sc2).unwrap();
+    assert_eq!((step.weights.clone(), step.durations.clone()), (vec![25.0], vec![60.0]));
+    assert!(step.warnings.iter().any(|w| w.contains("steps[1].analysis: not run")), "{:?}", step.warnings);
+    let bad =
+        include_str!("../../tests/fixtures/argo/rollout-canary.yaml").replace("- setWeight: 40", "- setWieght: 40");
+    let e = Plan::parse(&bad, "r.yaml", &sc).unwrap_err().to_string();
+    assert!(e.contains("Rollout rollout-canary: spec.strategy.canary.steps[2].setWieght: unknown step"), "{e}");
+}

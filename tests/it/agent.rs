@@ -341,6 +341,14 @@ async fn bad_input_gets_a_clear_answer_and_the_agent_keeps_serving() {
     assert_eq!(reqwest::get(format!("http://{}/ready", a.admin)).await.unwrap().status(), 200);
 }
 
+/// Replaces a file as editors and Kubernetes ConfigMap updates do (a new file renamed over the
+/// old), so the agent's poller never reads half of one.
+fn write_atomic(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_config_is_refused_and_a_reload_drops_no_request() {
     let (b1, b2) = (Backend::start().await, Backend::start().await);
@@ -361,7 +369,7 @@ async fn a_broken_config_is_refused_and_a_reload_drops_no_request() {
             (path.clone(), yaml("b: {split: {v1: 0, v2: 100}}"), yaml("b: {split: {v1: 100, v2: 0}}"));
         tokio::spawn(async move {
             for i in 0..10 {
-                std::fs::write(&path, if i % 2 == 0 { &a_yaml } else { &b_yaml }).unwrap();
+                write_atomic(&path, if i % 2 == 0 { &a_yaml } else { &b_yaml });
                 tokio::time::sleep(Duration::from_millis(80)).await;
             }
         })
@@ -377,7 +385,7 @@ async fn a_broken_config_is_refused_and_a_reload_drops_no_request() {
 
     // A broken file is refused, named, and the last good config keeps serving (all to v1).
     let before = b1.hits();
-    std::fs::write(&path, yaml("b: {split: {v1: 100, v9: 1}}")).unwrap();
+    write_atomic(&path, &yaml("b: {split: {v1: 100, v9: 1}}"));
     eventually("reload refused", 5, || async { (a.counters.reload_errors.get() == 1).then_some(()) }).await;
     let (_, cfg) = get_json(&format!("http://{}/config", a.admin)).await;
     let why = cfg["last_reload_error"].as_str().unwrap();
