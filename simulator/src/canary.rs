@@ -210,6 +210,37 @@ impl Draft {
     }
 }
 
+/// The one document of `kind` in a file (YAML, `---` between documents), with the documents of the
+/// `companion` kinds beside it; any other kind is an error naming it.
+fn resource(
+    text: &str,
+    origin: &str,
+    kind: &str,
+    companion: &[&str],
+    what: &str,
+) -> Result<(serde_json::Value, Vec<serde_json::Value>), ScenarioError> {
+    let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
+    let (mut main, mut others) = (Vec::new(), Vec::new());
+    for (i, v) in crate::policy_input::documents(text, origin)?.into_iter().enumerate() {
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some(k) if k == kind => main.push(v),
+            Some(k) if companion.contains(&k) => others.push(v),
+            other => {
+                return Err(err(format!(
+                    "document {}: kind {}: expected {what} (and its {})",
+                    i + 1,
+                    other.unwrap_or("(none)"),
+                    companion.join(", ")
+                )));
+            }
+        }
+    }
+    match <[serde_json::Value; 1]>::try_from(main) {
+        Ok([one]) => Ok((one, others)),
+        Err(found) => Err(err(format!("expected one {what} in the file, found {}", found.len()))),
+    }
+}
+
 /// Flagger's analysis fields: (name, modelled).
 const ANALYSIS_FIELDS: [(&str, bool); 17] = [
     ("interval", true),
@@ -236,30 +267,12 @@ const BUILTIN_METRICS: [&str; 2] = ["request-success-rate", "request-duration"];
 
 /// A Flagger `Canary`, alone or with other documents (MetricTemplates) in the file.
 fn flagger(text: &str, origin: &str, sc: &Scenario) -> Result<Plan, ScenarioError> {
-    use serde::Deserialize as _;
     let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
-    let mut canaries = Vec::new();
-    let mut templates = Vec::new();
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let v = serde_json::Value::deserialize(doc).map_err(|e| err(format!("document {}: {e}", i + 1)))?;
-        match v.get("kind").and_then(|k| k.as_str()) {
-            Some("Canary") => canaries.push(v),
-            Some("MetricTemplate") => {
-                templates.push(v.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_owned())
-            }
-            None if v.is_null() => {}
-            other => {
-                return Err(err(format!(
-                    "document {}: kind {}: expected Flagger's Canary (and its MetricTemplates)",
-                    i + 1,
-                    other.unwrap_or("(none)")
-                )));
-            }
-        }
-    }
-    let [c] = canaries.as_slice() else {
-        return Err(err(format!("expected one Flagger Canary in the file, found {}", canaries.len())));
-    };
+    let (c, companions) = resource(text, origin, "Canary", &["MetricTemplate"], "Flagger's Canary")?;
+    let templates: Vec<String> = companions
+        .iter()
+        .map(|v| v.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_owned())
+        .collect();
     let name = c.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("canary");
     let at = format!("Canary {name}");
     let field = |path: &str| format!("{at}: {path}");
@@ -378,27 +391,8 @@ fn argo_duration(v: &serde_json::Value, path: &str) -> Result<f64, String> {
 /// (a Prometheus or other query behind each AnalysisTemplate) cannot run on a simulation, so the
 /// steps are shown and not judged, and the output says so.
 fn argo(text: &str, origin: &str, sc: &Scenario) -> Result<Plan, ScenarioError> {
-    use serde::Deserialize as _;
     let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
-    let mut rollouts = Vec::new();
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let v = serde_json::Value::deserialize(doc).map_err(|e| err(format!("document {}: {e}", i + 1)))?;
-        match v.get("kind").and_then(|k| k.as_str()) {
-            Some("Rollout") => rollouts.push(v),
-            Some("AnalysisTemplate") | Some("ClusterAnalysisTemplate") => {}
-            None if v.is_null() => {}
-            other => {
-                return Err(err(format!(
-                    "document {}: kind {}: expected Argo's Rollout (and its AnalysisTemplates)",
-                    i + 1,
-                    other.unwrap_or("(none)")
-                )));
-            }
-        }
-    }
-    let [r] = rollouts.as_slice() else {
-        return Err(err(format!("expected one Argo Rollout in the file, found {}", rollouts.len())));
-    };
+    let (r, _) = resource(text, origin, "Rollout", &["AnalysisTemplate", "ClusterAnalysisTemplate"], "Argo's Rollout")?;
     let name = r.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("rollout");
     let at = format!("Rollout {name}");
     let field = |path: &str| format!("{at}: {path}");

@@ -20,8 +20,8 @@ pub struct PolicyInput {
     pub warnings: Vec<String>,
 }
 
-/// Every YAML document of `text`, as JSON values.
-fn documents(text: &str, origin: &str) -> Result<Vec<serde_json::Value>, ScenarioError> {
+/// Every YAML document of `text`, as JSON values (empty documents left out).
+pub(crate) fn documents(text: &str, origin: &str) -> Result<Vec<serde_json::Value>, ScenarioError> {
     let mut docs = Vec::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let v = serde_json::Value::deserialize(doc)
