@@ -49,8 +49,10 @@ pub enum Outcome {
 const GRPC_SERVER_ERRORS: [u8; 7] = [2, 4, 8, 12, 13, 14, 15];
 
 impl Outcome {
-    /// The class name: `2xx` … `5xx`, `proxy_503`, `connect_failure`, `timeout`, `reset`,
-    /// `cancelled`, or `grpc_N`.
+    /// The class name (DESIGN.md's outcome classes): `2xx` … `5xx`, `proxy_503` (also for a refused
+    /// connection, which the proxy answers with its own 503), `timeout`, `reset`, `cancelled`, or
+    /// `grpc_N`. `ConnectFailure` stays its own variant because `retry_on: [connect-failure]`
+    /// tells it apart.
     pub fn class(self) -> String {
         match self {
             Outcome::Status(s) => format!("{}xx", (s / 100).clamp(1, 5)),
@@ -63,7 +65,7 @@ impl Outcome {
         match self {
             Outcome::Status(_) | Outcome::Grpc(_) => "",
             Outcome::Proxy503 => "proxy_503",
-            Outcome::ConnectFailure => "connect_failure",
+            Outcome::ConnectFailure => "proxy_503",
             Outcome::Timeout => "timeout",
             Outcome::Reset => "reset",
             Outcome::Cancelled => "cancelled",

@@ -60,6 +60,7 @@ fn classes_and_failures() {
         (Status(404), "4xx", false),
         (Status(500), "5xx", true),
         (Proxy503, "proxy_503", true),
+        (ConnectFailure, "proxy_503", true),
         (Timeout, "timeout", true),
         (Reset, "reset", true),
         (Cancelled, "cancelled", true),
