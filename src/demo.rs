@@ -116,6 +116,12 @@ fn matches(target: &str, v: &Version) -> bool {
     target == v.app || target == format!("{}-{}", v.app, v.version)
 }
 
+/// Checks the mesh file and the flags of `config` as [`start`] would, naming what is wrong in the
+/// file's terms; the mesh when it is good.
+pub(crate) fn check(config: &DemoConfig) -> Result<MeshFile, DemoError> {
+    resolve(config).map(|(mesh, _)| mesh)
+}
+
 fn resolve(config: &DemoConfig) -> Result<(MeshFile, Vec<Version>), DemoError> {
     let (text, origin) = &config.mesh;
     let mesh: MeshFile = serde_yaml_ng::from_str(text).map_err(|e| DemoError(format!("{origin}: {e}")))?;

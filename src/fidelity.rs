@@ -17,8 +17,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
-use meshlens_agent::pool::{ProxyBody, Upstream};
 use meshlens_model::GraphSnapshot;
 use meshlens_sim::engine::Sim;
 use meshlens_sim::scenario::Scenario;
@@ -112,6 +110,31 @@ pub fn scenario_of(mesh: &MeshFile, rate: f64, seconds: f64, overhead: f64) -> R
     Scenario::parse(&text, "the mesh as a scenario").map_err(|e| e.to_string())
 }
 
+/// The demo runs the mesh with no load of its own (the harness drives the entry), any free ports.
+fn demo_config(text: &str, origin: &str, rate: f64) -> demo::DemoConfig {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    demo::DemoConfig {
+        mesh: (text.to_owned(), origin.to_owned()),
+        rate,
+        faults: Vec::new(),
+        delays: Vec::new(),
+        http: any,
+        otlp_grpc: any,
+        otlp_http: any,
+        export_interval: Duration::from_millis(500),
+        load: false,
+    }
+}
+
+/// Checks a case before anything runs: the mesh parses and makes a valid scenario.
+pub fn check_case(text: &str, origin: &str, config: &FidelityConfig) -> Result<(), DemoError> {
+    // The demo's own checks first: they name the field in the mesh file's terms.
+    let mesh = demo::check(&demo_config(text, origin, config.rate))?;
+    scenario_of(&mesh, config.rate, config.duration.as_secs_f64(), 0.0)
+        .map(|_| ())
+        .map_err(|e| DemoError(format!("{origin}: {e}")))
+}
+
 /// Runs the scenario over `seeds` seeds: means of success and percentiles, rates per second.
 pub fn simulate(sc: &Scenario, seeds: u64) -> Side {
     let n = seeds.max(1);
@@ -139,37 +162,19 @@ pub fn simulate(sc: &Scenario, seeds: u64) -> Side {
     side
 }
 
-async fn get_graph(api: SocketAddr, window_s: u64) -> Result<GraphSnapshot, DemoError> {
-    let up = std::sync::Arc::new(Upstream::new(&api.to_string()));
-    let mut req = http::Request::new(ProxyBody::empty());
-    *req.uri_mut() = format!("/api/v1/graph?view=versioned&window={window_s}s")
-        .parse()
-        .map_err(|e| DemoError(format!("graph URL: {e}")))?;
-    req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("127.0.0.1"));
-    let resp = tokio::time::timeout(Duration::from_secs(10), up.send(req, Duration::from_secs(5)))
+/// The versioned graph over the last `window_s` seconds, through the API client the console uses.
+async fn graph_of(api: &str, window_s: u64) -> Result<GraphSnapshot, DemoError> {
+    let client = meshlens_console::Client::new(api).map_err(|e| DemoError(format!("{api}: {e}")))?;
+    client
+        .get(&format!("/api/v1/graph?view=versioned&window={window_s}s"))
         .await
-        .map_err(|_| DemoError("GET /api/v1/graph: no answer in 10 s".into()))?
-        .map_err(|e| DemoError(format!("GET /api/v1/graph: {e:?}")))?;
-    let body = resp.into_body().collect().await.map_err(|e| DemoError(format!("GET /api/v1/graph: {e}")))?.to_bytes();
-    serde_json::from_slice(&body).map_err(|e| DemoError(format!("GET /api/v1/graph: {e}")))
+        .map_err(|e| DemoError(format!("GET /api/v1/graph: {e}")))
 }
 
 /// Runs the mesh on real agents on loopback, with `rate` users' requests a second for `duration`.
 pub async fn run_real(text: &str, origin: &str, rate: f64, duration: Duration) -> Result<Side, DemoError> {
     let mesh: MeshFile = serde_yaml_ng::from_str(text).map_err(|e| DemoError(format!("{origin}: {e}")))?;
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let running = demo::start(demo::DemoConfig {
-        mesh: (text.to_owned(), origin.to_owned()),
-        rate,
-        faults: Vec::new(),
-        delays: Vec::new(),
-        http: any,
-        otlp_grpc: any,
-        otlp_http: any,
-        export_interval: Duration::from_millis(500),
-        load: false,
-    })
-    .await?;
+    let running = demo::start(demo_config(text, origin, rate)).await?;
     let prefix = format!("{}/{}/", mesh.namespace, mesh.entry);
     let entry = running
         .workloads
@@ -189,7 +194,7 @@ pub async fn run_real(text: &str, origin: &str, rate: f64, duration: Duration) -
     .map_err(|e| DemoError(e.to_string()))?;
     // Two export intervals, so the last attempts are in the collector.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let graph = get_graph(running.collector.http_addr, duration.as_secs() + 30).await;
+    let graph = graph_of(&running.api_url(), duration.as_secs() + 30).await;
     running.shutdown().await?;
     let graph = graph?;
     let seconds = duration.as_secs_f64();

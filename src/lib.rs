@@ -774,7 +774,10 @@ async fn fidelity_cmd<W: Write>(a: FidelityArgs, out: &mut W) -> Result<(), CliE
     for path in &a.meshes {
         let text = std::fs::read_to_string(path)
             .map_err(|e| CliError::Config(anyhow::anyhow!("reading {}: {e}", path.display())))?;
-        cases.push((text, path.display().to_string()));
+        let origin = path.display().to_string();
+        // A bad mesh is a config error (exit 2), found before any case runs.
+        fidelity::check_case(&text, &origin, &config).map_err(|e| CliError::Config(e.into()))?;
+        cases.push((text, origin));
     }
     let hop = match a.request_overhead {
         Some(d) => d.as_secs_f64(),
@@ -782,7 +785,7 @@ async fn fidelity_cmd<W: Write>(a: FidelityArgs, out: &mut W) -> Result<(), CliE
     };
     let mut results = Vec::new();
     for (text, origin) in &cases {
-        results.push(fidelity::run_case(text, origin, &config, hop).await.map_err(|e| CliError::Config(e.into()))?);
+        results.push(fidelity::run_case(text, origin, &config, hop).await.map_err(runtime)?);
     }
     match a.output {
         LoadOutput::Json => {

@@ -376,11 +376,13 @@ impl Attempt {
     /// Its outcome class, for the policy core.
     fn class(&self) -> Class {
         match self {
+            // Only a 200 can carry a gRPC status in its headers (a trailers-only answer), so other
+            // answers skip the header look-up.
+            Attempt::Response(r) if r.status() != StatusCode::OK => Class::Status(r.status().as_u16()),
             Attempt::Response(r) => {
-                let grpc = r.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<u8>().ok());
-                match grpc {
-                    Some(code) if r.status() == StatusCode::OK && code != 0 => Class::Grpc(code),
-                    _ => Class::Status(r.status().as_u16()),
+                match r.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<u8>().ok()) {
+                    Some(code) if code != 0 => Class::Grpc(code),
+                    _ => Class::Status(200),
                 }
             }
             Attempt::Failed(kind, _) => match kind {

@@ -190,9 +190,13 @@ impl Route {
     pub fn report(&self, endpoint: &Endpoint, outcome: Outcome, now_ms: u64, counters: &Counters) -> bool {
         let Some(od) = &self.policy.outlier_detection else { return false };
         // The cap counts every endpoint of the service, as Envoy's cluster does.
-        let all = || self.versions.iter().flat_map(|v| &v.endpoints);
-        let total = all().count();
-        let ejected = if outcome.counts_for_ejection() { all().filter(|e| e.ejected(now_ms)).count() } else { 0 };
+        let total = self.versions.iter().map(|v| v.endpoints.len()).sum();
+        // Counted only for a failure: a success never ejects.
+        let ejected = if outcome.counts_for_ejection() {
+            self.versions.iter().flat_map(|v| &v.endpoints).filter(|e| e.ejected(now_ms)).count()
+        } else {
+            0
+        };
         let mut state = endpoint.ejection.lock();
         let reported = state.report(od, outcome, now_ms, ejected, total);
         endpoint.ejected_until_ms.store(state.ejected_until_ms, Relaxed);

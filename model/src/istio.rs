@@ -233,6 +233,10 @@ fn virtual_service(
     }
     let service = service_of(host);
     let routes = doc.pointer("/spec/http").and_then(Value::as_array).cloned().unwrap_or_default();
+    if routes.is_empty() {
+        warnings.push(format!("{at}: spec.http: no HTTP routes; nothing read"));
+        return Ok(());
+    }
     // The route that takes unmatched traffic is the one meshlens models; earlier `match` routes are
     // named in the warnings.
     let Some((k, route)) = routes.iter().enumerate().find(|(_, r)| r.get("match").is_none()) else {

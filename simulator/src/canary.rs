@@ -25,9 +25,8 @@ pub struct Plan {
     /// The canary's weight at each step, percent (Flagger's `stepWeight` up to `maxWeight`, or
     /// its `stepWeights`).
     pub weights: Vec<f64>,
-    /// Seconds per step (Flagger's interval).
-    pub interval: f64,
-    /// Seconds at each weight, one per entry of `weights` (Argo's pauses; else `interval`).
+    /// Seconds at each weight, one per entry of `weights` (Flagger's interval each, or Argo's
+    /// pauses).
     pub durations: Vec<f64>,
     /// Whether checks decide the steps; false for an Argo Rollout, whose analysis queries
     /// cannot run on a simulation: every step is shown, nothing is judged.
@@ -199,7 +198,6 @@ impl Draft {
             baseline,
             canary,
             weights: self.weights,
-            interval: self.interval,
             durations,
             judged: self.judged,
             threshold: self.threshold,
@@ -521,12 +519,12 @@ pub fn simulate(sc: &Scenario, plan: &Plan, seeds: u64) -> Outcome {
     let mut promoted = false;
     // Every check either advances or counts a failure, so this many checks end the plan.
     for check in 0..(plan.weights.len() as u64 + u64::from(plan.threshold)) {
-        let Some(&weight) = plan.weights.get(at) else {
+        let (Some(&weight), Some(&seconds)) = (plan.weights.get(at), plan.durations.get(at)) else {
             promoted = true;
             break;
         };
         let mut s = sc.clone();
-        s.duration = plan.durations.get(at).copied().unwrap_or(plan.interval);
+        s.duration = seconds;
         s.services[plan.service].policy.split =
             vec![(base.clone(), 1.0 - weight / 100.0), (can.clone(), weight / 100.0)];
         let report = crate::report::run_seeds(&s, 1 + check * seeds.max(1), seeds, |_, _| {});
