@@ -184,8 +184,15 @@ pub struct ProfileVersion {
     pub rps: f64,
     /// Users' requests per second (callers without an agent or span of their own).
     pub user_rps: f64,
-    /// Percent of its requests that failed.
+    /// Percent of its requests that failed, as observed (including failures its callees caused).
     pub error_pct: f64,
+    /// Percent of its requests it failed on its own: the observed share less what its calls'
+    /// failures explain, `1 − (1 − observed) / Π (1 − call failure)^(calls per request)`, where a
+    /// call's failure is its final attempt's (failed attempts less the retries they caused). This
+    /// is an estimate: it takes every failed call to fail the request, as an app that propagates a
+    /// callee's 5xx does, and failures to be independent.
+    #[serde(default)]
+    pub own_error_pct: f64,
     /// Its own service time: inbound latency less what its calls take, ms (median and p99).
     pub service_p50_ms: f64,
     /// p99 of the same.
@@ -203,6 +210,16 @@ pub struct ProfileEdge {
     pub calls_per_request: f64,
     /// Calls per second.
     pub rps: f64,
+}
+
+/// The share of requests (percent) a version fails on its own, given the share observed and the
+/// chance that none of its calls fail.
+fn own_error_pct(observed_pct: f64, calls_ok: f64) -> f64 {
+    if calls_ok <= 0.0 {
+        return 0.0;
+    }
+    let ok = (1.0 - observed_pct / 100.0) / calls_ok;
+    ((1.0 - ok) * 100.0).clamp(0.0, 100.0)
 }
 
 impl Profile {
@@ -223,6 +240,8 @@ impl Profile {
             // What its calls take at the median, per request it serves.
             let mut downstream_p50 = 0.0;
             let mut downstream_p99 = 0.0;
+            // The chance that none of its calls fail, per request.
+            let mut calls_ok = 1.0_f64;
             for e in g.edges.iter().filter(|e| e.source == n.id) {
                 // Calls the app makes: first attempts only, since the policy adds the retries again
                 // when the simulator replays them (agents report the retries on their edges).
@@ -235,6 +254,12 @@ impl Profile {
                 let per_request = if n.inbound.rps > 0.0 { e.stats.rps * first / n.inbound.rps } else { 0.0 };
                 downstream_p50 += per_request * lat(|l| l.p50, &e.stats);
                 downstream_p99 += per_request * lat(|l| l.p50, &e.stats);
+                let retries = e.stats.retries.unwrap_or(0);
+                let calls = e.stats.requests.saturating_sub(retries);
+                if calls > 0 {
+                    let failed = e.stats.errors.saturating_sub(retries).min(calls) as f64 / calls as f64;
+                    calls_ok *= (1.0 - failed).powf(per_request);
+                }
                 if g.node(&e.target).is_some_and(|t| t.kind == NodeKind::Workload) {
                     edges.push(ProfileEdge {
                         source: n.id.clone(),
@@ -244,6 +269,7 @@ impl Profile {
                     });
                 }
             }
+            let error_pct = n.inbound.error_pct.unwrap_or(0.0);
             let p50 = (lat(|l| l.p50, &n.inbound) - downstream_p50).max(0.1);
             let p99 = (lat(|l| l.p99, &n.inbound) - downstream_p99).max(p50 * 1.01);
             versions.push(ProfileVersion {
@@ -252,7 +278,8 @@ impl Profile {
                 version: n.version.clone().unwrap_or_else(|| "-".into()),
                 rps: n.inbound.rps,
                 user_rps,
-                error_pct: n.inbound.error_pct.unwrap_or(0.0),
+                error_pct,
+                own_error_pct: own_error_pct(error_pct, calls_ok),
                 service_p50_ms: p50,
                 service_p99_ms: p99,
             });

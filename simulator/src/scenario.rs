@@ -503,7 +503,8 @@ impl ScenarioFile {
 impl Scenario {
     /// A scenario from a running collector's traffic profile, simulated for `duration` seconds:
     /// one service per app (`ns/app`), versions split by their observed rates, each version's own
-    /// service time as a lognormal of the profile's p50 and p99, its error share, and its calls
+    /// service time as a lognormal of the profile's p50 and p99, its own error share (what its
+    /// callees' failures do not explain: the simulator propagates those itself), and its calls
     /// (first attempts per request to each callee app, summed over its versions, rounded); users
     /// arrive (Poisson) at the app that receives the most user traffic. No policy: add one with [`Scenario::with_policy`].
     pub fn from_profile(p: &meshlens_model::api::Profile, duration: f64) -> Result<Self, ScenarioError> {
@@ -541,7 +542,7 @@ impl Scenario {
                     concurrency: 1_000_000,
                     instances: 1,
                     dist: Dist::Lognormal(m.max(1e-6).ln(), (q / m.max(1e-6)).ln() / 2.326_347_874),
-                    error_p: (v.error_pct / 100.0).clamp(0.0, 1.0),
+                    error_p: (v.own_error_pct / 100.0).clamp(0.0, 1.0),
                     calls,
                     parallel: false,
                 });

@@ -522,6 +522,7 @@ fn a_profile_keeps_calls_spread_over_versions_and_leaves_retries_out() {
         rps,
         user_rps,
         error_pct: 0.0,
+        own_error_pct: 0.0,
         service_p50_ms: 5.0,
         service_p99_ms: 20.0,
     };

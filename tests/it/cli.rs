@@ -233,12 +233,14 @@ async fn sim_shows_what_a_retry_budget_does() {
 async fn sim_replays_a_running_collectors_profile() {
     let c = collector().await;
     let (mut front, mut back) = (Vec::new(), Vec::new());
+    // catalog fails one request in four, and frontend passes each failure on to its user.
     for i in 0..40u64 {
         let (root, call, served) = (i * 3 + 1, i * 3 + 2, i * 3 + 3);
-        let ok = vec![kv_int("http.response.status_code", 200)];
-        front.push(span(SpanKind::Server, 9, root, None, 1, 30_000, ok.clone(), false));
-        front.push(span(SpanKind::Client, 9, call, Some(root), 1, 12_000, vec![], false));
-        back.push(span(SpanKind::Server, 9, served, Some(call), 1, 10_000, ok, false));
+        let failed = i % 4 == 0;
+        let code = vec![kv_int("http.response.status_code", if failed { 500 } else { 200 })];
+        front.push(span(SpanKind::Server, 9, root, None, 1, 30_000, code.clone(), failed));
+        front.push(span(SpanKind::Client, 9, call, Some(root), 1, 12_000, code.clone(), failed));
+        back.push(span(SpanKind::Server, 9, served, Some(call), 1, 10_000, code, failed));
     }
     grpc_traces(&c, traces(vec![(resource("", "frontend", "v1"), front), (resource("", "catalog", "v1"), back)]))
         .await
@@ -254,6 +256,11 @@ async fn sim_replays_a_running_collectors_profile() {
         (Some("default/frontend/v1"), Some("default/catalog/v1"))
     );
     assert!((edge["calls_per_request"].as_f64().unwrap() - 1.0).abs() < 0.01, "{edge}");
+    // Both fail a quarter of their requests; only catalog's failures are its own.
+    let catalog = p["versions"].as_array().unwrap().iter().find(|v| v["app"] == "catalog").unwrap();
+    assert!((front["error_pct"].as_f64().unwrap() - 25.0).abs() < 0.5, "{p}");
+    assert!(front["own_error_pct"].as_f64().unwrap() < 0.5, "frontend's failures are catalog's: {p}");
+    assert!((catalog["own_error_pct"].as_f64().unwrap() - 25.0).abs() < 0.5, "{p}");
 
     let o = meshlens(&["sim", "--from", &c.api_url(), "--seeds", "1", "--duration", "20s", "-o", "json"]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -263,4 +270,8 @@ async fn sim_replays_a_running_collectors_profile() {
         |name: &str| rows.iter().find(|row| row["name"] == name).unwrap()["offered_rps"]["median"].as_f64().unwrap();
     let users = rate("users");
     assert!(users > 0.0 && (rate("default/catalog v1") - users).abs() < 0.2 * users, "{r}");
+    // Replayed, the users see catalog's quarter once, not compounded by frontend's own copy of it
+    // (which would be 1 − 0.75² ≈ 44%).
+    let users_ok = rows.iter().find(|row| row["name"] == "users").unwrap()["success_pct"]["median"].as_f64().unwrap();
+    assert!((users_ok - 75.0).abs() < 8.0, "{r}");
 }
