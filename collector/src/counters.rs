@@ -24,6 +24,10 @@ pub struct Counters {
     pub spans_dropped_cardinality: Counter,
     /// Data points of a metric meshlens reads, sent as a type it does not read.
     pub points_unsupported: Counter,
+    /// Data points of HTTP duration metrics without meshlens's mesh attributes (an OpenTelemetry
+    /// SDK's own `http.server.request.duration` and friends, or the old-semconv `http.*.duration`):
+    /// read by no one, since they cannot say which edge they are on.
+    pub points_ignored_sdk: Counter,
     /// Data points dropped because a node, edge or series limit was reached.
     pub points_dropped_cardinality: Counter,
     /// Spans dropped because the pairing store was full.

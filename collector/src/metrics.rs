@@ -1,6 +1,13 @@
 //! Agent metrics to edges: `http.server.request.duration` and `http.client.request.duration`
 //! histograms carrying `meshlens.source.*` / `meshlens.destination.*`, and the retry and timeout sums.
 //!
+//! Only points with those mesh attributes make edges. An OpenTelemetry SDK sends the same metric
+//! names by default (and the old-semconv `http.server.duration` / `http.client.duration`), with no
+//! word of who called whom: a server point cannot tell its caller, a client point names a host at
+//! best. Read as edges they drew phantom `user→X` and `X→unknown` edges and doubled the spans that
+//! already carry the same requests exactly, so they are left to the spans and counted
+//! (`meshlens_collector_data_points_ignored_total{reason="no_mesh_attributes"}`).
+//!
 //! Each request is counted once although both agents of a hop report it: the callee's
 //! (server-side) report is the count, status and latency; the caller's report adds only requests
 //! that the callee never saw — connect failures, and anything at all when the callee has no agent —
@@ -155,6 +162,28 @@ fn bucket_value_us(p: &HistogramDataPoint, i: usize, scale: f64) -> u64 {
     (v.max(0.0) * scale * 1e6) as u64
 }
 
+/// The HTTP duration metrics OpenTelemetry's semantic conventions name, current and old.
+fn is_http_duration(name: &str) -> bool {
+    matches!(name, SERVER_DURATION | CLIENT_DURATION | "http.server.duration" | "http.client.duration")
+}
+
+/// Whether a point carries meshlens's mesh attributes (`meshlens.source.*` or
+/// `meshlens.destination.*`), as a meshlens agent's always do and an SDK's never do.
+fn mesh_point(attrs: &[KeyValue]) -> bool {
+    attrs.iter().any(|kv| kv.key.starts_with(SOURCE_PREFIX) || kv.key.starts_with(DESTINATION_PREFIX))
+}
+
+/// Whether any point of a metric is a mesh point; points without are ignored one by one.
+fn from_mesh(metric: &opentelemetry_proto::tonic::metrics::v1::Metric) -> bool {
+    match &metric.data {
+        Some(Data::Histogram(h)) => h.data_points.iter().any(|p| mesh_point(&p.attributes)),
+        Some(Data::Sum(s)) => s.data_points.iter().any(|p| mesh_point(&p.attributes)),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.iter().any(|p| mesh_point(&p.attributes)),
+        Some(Data::Gauge(g)) => g.data_points.iter().any(|p| mesh_point(&p.attributes)),
+        _ => false,
+    }
+}
+
 impl Engine {
     /// Merges an export of agent metrics at time `now` (Unix seconds).
     pub fn ingest_metrics(&mut self, req: &ExportMetricsServiceRequest, now: f64) {
@@ -167,6 +196,12 @@ impl Engine {
                         "us" | "µs" => 1e-6,
                         _ => 1.0,
                     };
+                    if !from_mesh(metric) {
+                        if pass == Side::Server && is_http_duration(&metric.name) {
+                            self.counters.points_ignored_sdk.add(crate::otlp::point_count(metric) as u64);
+                        }
+                        continue;
+                    }
                     match (metric.name.as_str(), &metric.data, pass) {
                         (SERVER_DURATION, Some(Data::Histogram(h)), Side::Server)
                         | (CLIENT_DURATION, Some(Data::Histogram(h)), Side::Client) => {
@@ -270,6 +305,10 @@ impl Engine {
         scale: f64,
         now: f64,
     ) -> Result<(), LimitHit> {
+        if !mesh_point(&p.attributes) {
+            self.counters.points_ignored_sdk.add(1);
+            return Ok(());
+        }
         if histogram_shape_error(p).is_some() {
             self.counters.points_rejected.add(1);
             return Ok(());
@@ -328,6 +367,9 @@ impl Engine {
         retries: bool,
         now: f64,
     ) -> Result<(), LimitHit> {
+        if !mesh_point(&p.attributes) {
+            return Ok(());
+        }
         let value = match p.value {
             Some(number_data_point::Value::AsInt(i)) => u64::try_from(i).unwrap_or(0),
             Some(number_data_point::Value::AsDouble(d)) if d >= 0.0 => d as u64,

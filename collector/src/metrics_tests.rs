@@ -206,14 +206,22 @@ fn spans_are_not_added_where_metrics_cover_the_edge() {
 
 #[test]
 fn misshapen_or_unreadable_points_are_counted_not_fatal() {
-    use opentelemetry_proto::tonic::metrics::v1::{ExponentialHistogram, Metric, metric::Data};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        ExponentialHistogram, ExponentialHistogramDataPoint, Metric, metric::Data,
+    };
     let mut e = engine();
     let mut bad = hist_point(edge_attrs(A, B, Some(200)), 0, 1, &[1]);
     bad.bucket_counts = vec![1; 40];
     let exp = Metric {
         name: SERVER_DURATION.into(),
         data: Some(Data::ExponentialHistogram(ExponentialHistogram {
-            data_points: vec![Default::default(); 2],
+            data_points: vec![
+                ExponentialHistogramDataPoint {
+                    attributes: edge_attrs(A, B, Some(200)),
+                    ..Default::default()
+                };
+                2
+            ],
             aggregation_temporality: 1,
         })),
         ..Metric::default()
@@ -223,4 +231,42 @@ fn misshapen_or_unreadable_points_are_counted_not_fatal() {
     assert!(graph(&e).edges.is_empty());
     assert_eq!(e.counters.points_rejected.get(), 1);
     assert_eq!(e.counters.points_unsupported.get(), 2);
+}
+
+/// What an OpenTelemetry SDK sends by default beside its spans: the same metric names, no mesh
+/// attributes. No edge, no doubled span counts; counted as ignored.
+#[test]
+fn an_sdks_own_http_metrics_make_no_edge_and_double_nothing() {
+    let mut e = engine();
+    let sdk = |name: &str, status: i64| {
+        let attrs = vec![
+            kv("http.request.method", "GET"),
+            crate::testkit::kv_int("http.response.status_code", status),
+            kv("server.address", "inventory"),
+        ];
+        hist_metric(name, true, vec![hist_point(attrs, start(), 1, &[0, 0, 10])])
+    };
+    let mut old = sdk("http.server.duration", 200);
+    old.unit = "ms".into();
+    e.ingest_metrics(
+        &metrics(vec![
+            (resource("", "frontend", "v1"), vec![sdk(CLIENT_DURATION, 503), old]),
+            (resource("", "inventory", "v1"), vec![sdk(SERVER_DURATION, 200)]),
+        ]),
+        NOW,
+    );
+    assert!(graph(&e).edges.is_empty(), "{:?}", graph(&e).edges);
+    assert_eq!(e.counters.points_ignored_sdk.get(), 3);
+    // The spans of the same requests count once, not hidden behind the metrics.
+    let c = span(SpanKind::Client, 1, 10, Some(1), 0, 1_000, vec![], false);
+    let s = span(SpanKind::Server, 1, 11, Some(10), 0, 1_000, vec![], false);
+    e.ingest_traces(
+        &traces(vec![(resource("", "frontend", "v1"), vec![c]), (resource("", "inventory", "v1"), vec![s])]),
+        NOW,
+    );
+    e.ingest_metrics(&metrics(vec![(resource("", "inventory", "v1"), vec![sdk(SERVER_DURATION, 200)])]), NOW);
+    let g = graph(&e);
+    assert_eq!(g.edges.len(), 1);
+    assert_eq!(g.edge("default/frontend/v1", "default/inventory/v1").unwrap().stats.requests, 1);
+    assert_eq!(e.counters.spans_covered_by_metrics.get(), 0);
 }

@@ -109,6 +109,12 @@ pub fn render(engine: &Engine, hub: &Hub) -> String {
             ("signal=\"data_points\",reason=\"unsupported_type\"", c.points_unsupported.get()),
         ],
     );
+    metric(
+        "data_points_ignored_total",
+        "counter",
+        "Data points that make no edge: HTTP duration metrics without meshlens's mesh attributes (an SDK's own).",
+        &[("reason=\"no_mesh_attributes\"", c.points_ignored_sdk.get())],
+    );
     metric("spans_paired_total", "counter", "Span halves paired into an edge.", &[("", c.spans_paired.get())]);
     metric(
         "spans_expired_total",

@@ -1,5 +1,5 @@
 //! Integration tests of meshlens against real servers on loopback: an in-process collector on
-//! `127.0.0.1:0`, the real binary for restarts and the CLI, the OpenTelemetry Python SDK and a real
+//! `127.0.0.1:0`, the real binary for restarts and the CLI, the OpenTelemetry Python and Node SDKs and a real
 //! Prometheus (both installed by `.ci/test`).
 
 // The whole crate is test code: a failed unwrap is a failed test.
@@ -12,6 +12,7 @@ mod cli;
 mod console;
 mod demo;
 mod fidelity;
+mod node_sdk;
 mod otlp;
 mod prometheus;
 mod python_sdk;
