@@ -44,6 +44,8 @@ pub struct Counters {
     pub unpaired_producer: Counter,
     /// Root SERVER/CONSUMER spans: an edge from `user` or their `peer.service`.
     pub root_server: Counter,
+    /// SERVER/CONSUMER spans without a parent that pair through their links (batch consumers).
+    pub linked_consumer: Counter,
     /// CLIENT spans to a database: a one-span edge.
     pub database_client: Counter,
     /// Spans that are neither CLIENT, SERVER, PRODUCER nor CONSUMER.

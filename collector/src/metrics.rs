@@ -25,10 +25,10 @@
 
 use hashbrown::HashMap;
 use meshlens_model::names::{
-    CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, DESTINATION_PREFIX, ERROR_TYPE, HTTP_STATUS, MTLS, REACHED,
-    SERVER_DURATION, SOURCE_PREFIX,
+    CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, DESTINATION_PREFIX, ERROR_TYPE, GRPC_STATUS, HTTP_STATUS, MTLS,
+    REACHED, SERVER_DURATION, SOURCE_PREFIX,
 };
-use meshlens_model::stats::CodeClass;
+use meshlens_model::stats::{CodeClass, Report, outcome};
 use meshlens_model::{Peer, Workload};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -103,29 +103,20 @@ fn classify(attrs: &[KeyValue]) -> (CodeClass, bool, CalleeCounts) {
     (class, failed, counts)
 }
 
+/// Status class, failure (the one rule of [`outcome`], as for spans) and whether the request
+/// reached the callee.
 fn classify_status(attrs: &[KeyValue]) -> (CodeClass, bool, bool) {
-    match get_int(attrs, HTTP_STATUS) {
-        Some(code) => {
-            let class = CodeClass::from_http(code);
-            (class, class == CodeClass::ServerError, true)
-        }
-        None => {
-            let error = get_str(attrs, ERROR_TYPE).unwrap_or("");
-            if error.is_empty() {
-                (CodeClass::Ok, false, true)
-            } else {
-                let never_reached = matches!(
-                    error,
-                    "connect_failure"
-                        | "connect-failure"
-                        | "connection_refused"
-                        | "no_endpoint"
-                        | "no_healthy_upstream"
-                );
-                (CodeClass::NoResponse, true, !never_reached)
-            }
-        }
+    let (http_status, grpc_code) = (get_int(attrs, HTTP_STATUS), get_int(attrs, GRPC_STATUS));
+    let error = get_str(attrs, ERROR_TYPE).unwrap_or("");
+    if http_status.is_none() && grpc_code.is_none() && !error.is_empty() {
+        let never_reached = matches!(
+            error,
+            "connect_failure" | "connect-failure" | "connection_refused" | "no_endpoint" | "no_healthy_upstream"
+        );
+        return (CodeClass::NoResponse, true, !never_reached);
     }
+    let (class, failed) = outcome(Report { http_status, grpc_code, error: !error.is_empty(), server_side: false });
+    (class, failed, true)
 }
 
 /// Why an explicit-bucket histogram point cannot be read, if it cannot: OTLP wants one more bucket

@@ -135,6 +135,12 @@ pub fn render(engine: &Engine, hub: &Hub) -> String {
         &[("kind=\"root_server\"", c.root_server.get()), ("kind=\"database_client\"", c.database_client.get())],
     );
     metric(
+        "spans_linked_total",
+        "counter",
+        "SERVER/CONSUMER spans without a parent paired through their links (batch consumers).",
+        &[("", c.linked_consumer.get())],
+    );
+    metric(
         "spans_ignored_total",
         "counter",
         "Spans that make no edge.",

@@ -3,19 +3,28 @@
 //! - A CLIENT or PRODUCER span waits under `(trace id, its own span id)`; a SERVER or CONSUMER span
 //!   under `(trace id, its parent span id)`. When both halves are there, the pair is one request on the
 //!   edge from the client's workload to the server's.
-//! - A CLIENT span with `db.system` (or `db.system.name`) is a one-span edge to a database node named by
-//!   `peer.service`, `server.address`, `db.namespace`/`db.name`, `db.system`, in that order.
+//! - A CLIENT span with `db.system` / `db.system.name`, `db.namespace` or `db.name` (the database-name
+//!   attributes Tempo and the connector use, old and new semantic conventions) is a one-span edge to a
+//!   database node named by `peer.service`, `server.address`, `net.peer.name`,
+//!   `network.peer.address`, `db.namespace`/`db.name`, `db.system`, in that order — so the same Redis
+//!   has one name under either convention.
 //! - A root SERVER span (no parent) is called by `user`, or by its `peer.service` when it has one.
+//! - A SERVER or CONSUMER span with no parent but with links (a batch consumer) pairs with each
+//!   CLIENT/PRODUCER span it links to: one request per link, from each producer.
 //! - A CLIENT span whose SERVER never came, once its time to live has passed, is an edge to a virtual
-//!   node named by `peer.service`, `server.address`, `net.peer.name` (or `unknown`).
+//!   node named by `peer.service`, `server.address`, `net.peer.name`, the host of `url.full` /
+//!   `http.url` (or `unknown`); a PRODUCER's by `messaging.destination.name` first.
 //! - A SERVER span whose CLIENT never came is counted as expired, not as an edge.
+//!
+//! Whether a request failed follows the one rule of [`meshlens_model::stats::outcome`]: 5xx, a gRPC
+//! code that is the server's fault, or no answer; a 4xx on a client span marked ERROR is an answer.
 //!
 //! Requests are placed in time when they arrive, not by span timestamps. The store is bounded in size
 //! and time; whatever does not fit is counted.
 
 use hashbrown::HashMap;
 use meshlens_model::Peer;
-use meshlens_model::stats::CodeClass;
+use meshlens_model::stats::{CodeClass, Report, outcome};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
@@ -113,28 +122,23 @@ struct SpanFacts<'a> {
 fn facts(span: &Span, server_side: bool) -> SpanFacts<'_> {
     let attrs = SpanAttrs::scan(&span.attributes);
     let error = span.status.is_some_and(|s| s.code == StatusCode::Error as i32);
-    let class = match attrs.http_status {
-        Some(code) => CodeClass::from_http(code),
-        // A failure with no HTTP status: the server side answered with an error; the client side
-        // may have had no answer at all.
-        None if error && server_side => CodeClass::ServerError,
-        None if error => CodeClass::NoResponse,
-        None => CodeClass::Ok,
-    };
-    let failed = error || class == CodeClass::ServerError;
+    let (class, failed) =
+        outcome(Report { http_status: attrs.http_status, grpc_code: attrs.grpc_code, error, server_side });
     let latency_us = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) / 1000;
     SpanFacts { class, failed, latency_us, attrs }
 }
 
 /// The database a client span calls, named by preference.
 fn db_name<'a>(a: &SpanAttrs<'a>) -> Option<&'a str> {
-    let system = a.db_system?;
-    Some(a.peer_service.or(a.server_address).or(a.db_namespace).or(a.db_name).unwrap_or(system))
+    let db = a.db_namespace.or(a.db_name).or(a.db_system)?;
+    Some(a.peer_service.or(a.server_address).or(a.net_peer_name).or(a.network_peer_address).unwrap_or(db))
 }
 
-/// The virtual peer a lone client span calls: its peer attributes, or `unknown`.
-fn virtual_name<'a>(a: &SpanAttrs<'a>) -> Option<&'a str> {
-    a.peer_service.or(a.server_address).or(a.net_peer_name)
+/// The virtual peer a lone client span calls: its peer attributes, or `unknown`. A producer's is
+/// where it sends to: the destination, not the broker.
+fn virtual_name<'a>(a: &SpanAttrs<'a>, messaging: bool) -> Option<&'a str> {
+    let peer = a.peer_service.or(a.server_address).or(a.net_peer_name).or(a.url_host);
+    if messaging { a.messaging_destination.or(peer).or(a.messaging_system) } else { peer }
 }
 
 impl Engine {
@@ -195,6 +199,9 @@ impl Engine {
                 return self.span_edge(node, target, Protocol::Database, sec, &obs, None, Some(f.latency_us));
             }
         }
+        if !client_side && span.parent_span_id.is_empty() && !span.links.is_empty() {
+            return self.linked_consumer(node, span, &f, messaging, now, sec);
+        }
         if !client_side && span.parent_span_id.is_empty() {
             let source = match a.peer_service {
                 Some(name) => self.named_peer(name, false)?,
@@ -210,7 +217,7 @@ impl Engine {
             self.counters.spans_ignored_kind.add(1);
             return Ok(());
         };
-        let peer = match (client_side, virtual_name(a)) {
+        let peer = match (client_side, virtual_name(a, messaging)) {
             (false, _) => 0,
             (true, Some(name)) => self.named_peer(name, false)?,
             (true, None) => self.peer(&Peer::Unknown)?,
@@ -227,15 +234,57 @@ impl Engine {
                 flags |= bit;
             }
         }
-        let arrived_ms = self.pairing.ms(now);
         let half = Half {
             node,
             peer,
             latency_us: u32::try_from(f.latency_us).unwrap_or(u32::MAX),
-            arrived_ms,
+            arrived_ms: self.pairing.ms(now),
             class: f.class as u8,
             flags,
         };
+        self.pair_half(key, half, sec)
+    }
+
+    /// A batch consumer: one server half per link, each waiting for the producer it names.
+    fn linked_consumer(
+        &mut self,
+        node: u32,
+        span: &Span,
+        f: &SpanFacts<'_>,
+        messaging: bool,
+        now: f64,
+        sec: u64,
+    ) -> Result<(), LimitHit> {
+        let mut flags = 0;
+        for (on, bit) in
+            [(messaging, SIDE_MESSAGING), (f.attrs.grpc, SIDE_GRPC), (f.failed, SIDE_FAILED), (f.attrs.mtls, SIDE_MTLS)]
+        {
+            if on {
+                flags |= bit;
+            }
+        }
+        let half = Half {
+            node,
+            peer: 0,
+            latency_us: u32::try_from(f.latency_us).unwrap_or(u32::MAX),
+            arrived_ms: self.pairing.ms(now),
+            class: f.class as u8,
+            flags,
+        };
+        self.counters.linked_consumer.add(1);
+        for link in &span.links {
+            let Some(key) = PairKey::new(&link.trace_id, &link.span_id) else {
+                self.counters.spans_ignored_kind.add(1);
+                continue;
+            };
+            self.pair_half(key, half, sec)?;
+        }
+        Ok(())
+    }
+
+    /// Pairs a half with its waiting other half, or leaves it waiting.
+    fn pair_half(&mut self, key: PairKey, half: Half, sec: u64) -> Result<(), LimitHit> {
+        let client_side = half.is_client();
         match self.pairing.map.get(&key) {
             Some(other) if other.is_client() != client_side => {
                 let other = *other;

@@ -229,3 +229,156 @@ fn the_node_limit_drops_and_counts() {
     assert_eq!(graph(&e, NOW).edges.len(), 2);
     assert_eq!(e.counters.spans_dropped_cardinality.get(), 8);
 }
+
+/// What SDKs send, across semantic-convention versions: one name for one thing.
+#[test]
+fn databases_are_named_alike_under_old_and_new_conventions() {
+    let mut e = engine();
+    let old = vec![kv("db.system", "redis"), kv("net.peer.name", "cache.local"), kv("db.statement", "GET k")];
+    let new = vec![kv("db.system.name", "redis"), kv("server.address", "cache.local"), kv("db.query.text", "GET k")];
+    let only_name = vec![kv("db.name", "inventory")];
+    let only_ns = vec![kv("db.namespace", "billing"), kv("network.peer.address", "10.1.2.3")];
+    let spans = [old, new, only_name, only_ns]
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| span(SpanKind::Client, 30, 300 + i as u64, Some(1), T0, 1_000, a, false))
+        .collect();
+    e.ingest_traces(&traces(vec![(resource("", "api", ""), spans)]), NOW);
+    let g = graph(&e, NOW);
+    assert_eq!(edge_requests(&g, "default/api", "db:cache.local"), 2);
+    assert_eq!(edge_requests(&g, "default/api", "db:inventory"), 1, "db.name alone is a database (as in Tempo)");
+    assert_eq!(edge_requests(&g, "default/api", "db:10.1.2.3"), 1);
+    assert_eq!(g.edges.len(), 3, "{:?}", g.edges.iter().map(|e| &e.id).collect::<Vec<_>>());
+    assert!(g.edges.iter().all(|x| x.protocol == "database"));
+}
+
+#[test]
+fn an_uninstrumented_callee_is_named_by_its_url_host() {
+    let mut e = engine();
+    let new = span(
+        SpanKind::Client,
+        31,
+        310,
+        Some(1),
+        T0,
+        1_000,
+        vec![kv("url.full", "https://api.stripe.com:443/v1/charges?x=1")],
+        false,
+    );
+    let old = span(
+        SpanKind::Client,
+        31,
+        311,
+        Some(1),
+        T0,
+        1_000,
+        vec![kv("http.url", "http://user@geo.example.org/q")],
+        false,
+    );
+    e.ingest_traces(&traces(vec![(resource("", "shop", ""), vec![new, old])]), NOW);
+    e.expire(NOW + 2.5);
+    let g = graph(&e, NOW + 2.5);
+    assert_eq!(edge_requests(&g, "default/shop", "ext:api.stripe.com"), 1);
+    assert_eq!(edge_requests(&g, "default/shop", "ext:geo.example.org"), 1);
+    assert!(g.edge("default/shop", "unknown").is_none());
+}
+
+#[test]
+fn grpc_status_codes_decide_failure_as_the_conventions_say() {
+    let mut e = engine();
+    let grpc = |code: i64| vec![kv("rpc.system", "grpc"), kv_int("rpc.grpc.status_code", code)];
+    let mut spans = Vec::new();
+    // UNAVAILABLE with the span status UNSET; NOT_FOUND answered (client ERROR per the conventions);
+    // OK; and an HTTP 404 on a client span marked ERROR.
+    for (i, (code, error)) in [(14, false), (5, true), (0, false)].into_iter().enumerate() {
+        let id = 320 + 2 * i as u64;
+        spans.push((
+            span(SpanKind::Client, 32, id, Some(1), T0, 1_000, grpc(code), error),
+            span(SpanKind::Server, 32, id + 1, Some(id), T0, 900, grpc(code), false),
+        ));
+    }
+    let (c, s): (Vec<_>, Vec<_>) = spans.into_iter().unzip();
+    let not_found_http =
+        span(SpanKind::Client, 32, 330, Some(1), T0, 1_000, vec![kv_int("http.response.status_code", 404)], true);
+    let not_found_server =
+        span(SpanKind::Server, 32, 331, Some(330), T0, 900, vec![kv_int("http.response.status_code", 404)], false);
+    e.ingest_traces(
+        &traces(vec![
+            (resource("", "web", ""), c.into_iter().chain([not_found_http]).collect()),
+            (resource("", "users", ""), s.into_iter().chain([not_found_server]).collect()),
+        ]),
+        NOW,
+    );
+    let g = graph(&e, NOW);
+    let st = &g.edge("default/web", "default/users").unwrap().stats;
+    assert_eq!(st.requests, 4);
+    assert_eq!(st.errors, 1, "only UNAVAILABLE failed: {st:?}");
+    assert_eq!((st.codes.c2xx, st.codes.c4xx, st.codes.c5xx, st.codes.none), (1, 2, 1, 0), "{st:?}");
+    assert_eq!(g.edge("default/web", "default/users").unwrap().protocol, "grpc");
+}
+
+/// A batch consumer with no parent, linked to the producers of the messages it takes.
+#[test]
+fn a_batch_consumer_pairs_with_every_producer_it_links_to() {
+    use crate::otlp::lite::TraceRequest;
+    use opentelemetry_proto::tonic::trace::v1::span::Link;
+    let mut e = engine();
+    let producers: Vec<_> = (0..10u64)
+        .map(|i| {
+            span(
+                SpanKind::Producer,
+                40 + i,
+                400 + i,
+                Some(1),
+                T0,
+                500,
+                vec![kv("messaging.system", "kafka"), kv("messaging.destination.name", "events")],
+                false,
+            )
+        })
+        .collect();
+    let mut consumer = span(SpanKind::Consumer, 99, 499, None, T0, 5_000, vec![kv("messaging.system", "kafka")], false);
+    consumer.links = (0..10u64)
+        .map(|i| {
+            let mut trace_id = vec![0u8; 8];
+            trace_id.extend_from_slice(&(40 + i).to_be_bytes());
+            Link { trace_id, span_id: (400 + i).to_be_bytes().to_vec(), ..Link::default() }
+        })
+        .collect();
+    let req = traces(vec![(resource("", "indexer", ""), vec![consumer]), (resource("", "ingest", ""), producers)]);
+    assert_eq!(TraceRequest::from_full(&req).resource_spans[0].scope_spans[0].spans[0].links.len(), 10);
+    e.ingest_traces(&req, NOW);
+    e.expire(NOW + 2.5);
+    let g = graph(&e, NOW + 2.5);
+    assert_eq!(edge_requests(&g, "default/ingest", "default/indexer"), 10);
+    assert_eq!(
+        g.edges.len(),
+        1,
+        "no user→indexer, no ingest→unknown: {:?}",
+        g.edges.iter().map(|e| &e.id).collect::<Vec<_>>()
+    );
+    assert_eq!(g.edges[0].protocol, "messaging");
+}
+
+#[test]
+fn a_producer_with_no_consumer_names_its_destination() {
+    let mut e = engine();
+    let p = span(
+        SpanKind::Producer,
+        50,
+        500,
+        Some(1),
+        T0,
+        500,
+        vec![
+            kv("messaging.system", "rabbitmq"),
+            kv("server.address", "broker.local"),
+            kv("messaging.destination.name", "orders"),
+        ],
+        false,
+    );
+    e.ingest_traces(&traces(vec![(resource("", "shop", ""), vec![p])]), NOW);
+    e.expire(NOW + 2.5);
+    let g = graph(&e, NOW + 2.5);
+    assert_eq!(edge_requests(&g, "default/shop", "ext:orders"), 1);
+}

@@ -60,6 +60,51 @@ impl CodeClass {
     }
 }
 
+/// gRPC status codes that are the server's fault, as OpenTelemetry's semantic conventions mark a
+/// SERVER span failed: UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+pub const GRPC_SERVER_FAULTS: [i64; 6] = [2, 4, 12, 13, 14, 15];
+
+/// What one request's report says, read by [`outcome`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// HTTP status (`http.response.status_code` or `http.status_code`).
+    pub http_status: Option<i64>,
+    /// gRPC status code (`rpc.grpc.status_code`).
+    pub grpc_code: Option<i64>,
+    /// Marked as an error by its sender (a span's status ERROR, a metric point's `error.type`).
+    pub error: bool,
+    /// Reported by the callee (a SERVER/CONSUMER span, a server-side metric), not the caller.
+    pub server_side: bool,
+}
+
+/// The one failure rule, for spans and metrics alike: the status class of a request and whether it
+/// failed. A request failed when the callee answered 5xx, answered a gRPC code that is the
+/// server's fault ([`GRPC_SERVER_FAULTS`]), or never answered. A 4xx, or a gRPC code the caller
+/// caused (NOT_FOUND, INVALID_ARGUMENT, …), is an answer, counted and not a failure, even when a
+/// client span marks it ERROR (as OpenTelemetry's HTTP and gRPC client conventions do) — so spans
+/// and agent metrics give the same traffic the same success rate. gRPC codes are classed like HTTP:
+/// OK as `2xx`, a server fault as `5xx`, any other code as `4xx`.
+pub fn outcome(r: Report) -> (CodeClass, bool) {
+    let grpc = r.grpc_code.map(|c| match c {
+        0 => CodeClass::Ok,
+        c if GRPC_SERVER_FAULTS.contains(&c) => CodeClass::ServerError,
+        _ => CodeClass::ClientError,
+    });
+    let class = match (r.http_status.map(CodeClass::from_http), grpc) {
+        // An HTTP error status says more than a gRPC code that mirrors it; on a 200 the gRPC code
+        // is the answer.
+        (Some(h @ (CodeClass::ServerError | CodeClass::ClientError)), _) => h,
+        (_, Some(g)) => g,
+        (Some(h), None) => h,
+        // No status at all: an error the callee reports is its own answer; the caller's means no
+        // answer came.
+        (None, None) if r.error && r.server_side => CodeClass::ServerError,
+        (None, None) if r.error => CodeClass::NoResponse,
+        (None, None) => CodeClass::Ok,
+    };
+    (class, matches!(class, CodeClass::ServerError | CodeClass::NoResponse))
+}
+
 impl Codes {
     /// Builds codes from a per-class array indexed by [`CodeClass`].
     pub fn from_array(a: [u64; 5]) -> Self {
@@ -179,6 +224,24 @@ impl Default for HealthThresholds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_failure_rule_for_http_grpc_and_bare_errors() {
+        let r =
+            |http_status, grpc_code, error, server_side| outcome(Report { http_status, grpc_code, error, server_side });
+        // A 4xx is an answer, even on a client span marked ERROR.
+        assert_eq!(r(Some(404), None, true, false), (CodeClass::ClientError, false));
+        assert_eq!(r(Some(503), None, false, true), (CodeClass::ServerError, true));
+        // gRPC on a 200: the code is the answer. UNAVAILABLE with the span's status UNSET still fails.
+        assert_eq!(r(Some(200), Some(14), false, false), (CodeClass::ServerError, true));
+        assert_eq!(r(None, Some(5), true, true), (CodeClass::ClientError, false), "NOT_FOUND was answered");
+        assert_eq!(r(None, Some(0), false, false), (CodeClass::Ok, false));
+        assert_eq!(r(None, Some(4), true, false), (CodeClass::ServerError, true), "DEADLINE_EXCEEDED");
+        // No status: the callee's error is its own 5xx; the caller's is no answer.
+        assert_eq!(r(None, None, true, true), (CodeClass::ServerError, true));
+        assert_eq!(r(None, None, true, false), (CodeClass::NoResponse, true));
+        assert_eq!(r(None, None, false, false), (CodeClass::Ok, false));
+    }
 
     #[test]
     fn percentages_add_to_100_and_health_follows_kiali() {

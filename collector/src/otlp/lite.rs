@@ -64,9 +64,23 @@ pub struct Span {
     /// Each attribute as its undecoded `KeyValue` message.
     #[prost(bytes = "bytes", repeated, tag = "9")]
     pub attributes: Vec<Bytes>,
+    /// Links to other spans (a batch consumer's producers).
+    #[prost(message, repeated, tag = "13")]
+    pub links: Vec<Link>,
     /// The status.
     #[prost(message, optional, tag = "15")]
     pub status: Option<Status>,
+}
+
+/// `Span.Link`, lean: whom it links to.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Link {
+    /// 16 bytes.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub trace_id: Bytes,
+    /// 8 bytes.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub span_id: Bytes,
 }
 
 /// `Status`, lean: the code only.
@@ -200,6 +214,16 @@ pub struct SpanAttrs<'a> {
     pub http_status: Option<i64>,
     /// `rpc.grpc.status_code` present, or `rpc.system = grpc`.
     pub grpc: bool,
+    /// `rpc.grpc.status_code`.
+    pub grpc_code: Option<i64>,
+    /// The host of `url.full` (or the older `http.url`), for a callee with no span of its own.
+    pub url_host: Option<&'a str>,
+    /// `network.peer.address` (or the older `net.sock.peer.addr`).
+    pub network_peer_address: Option<&'a str>,
+    /// `messaging.destination.name` (or the older `messaging.destination`).
+    pub messaging_destination: Option<&'a str>,
+    /// `messaging.system`.
+    pub messaging_system: Option<&'a str>,
     /// `meshlens.mtls`.
     pub mtls: bool,
     /// `db.system` or `db.system.name`.
@@ -230,6 +254,11 @@ enum Wanted {
     NetPeerName,
     DbNamespace,
     DbName,
+    Url,
+    NetworkPeerAddress,
+    MessagingDestination,
+    MessagingDestinationOld,
+    MessagingSystem,
 }
 
 const HTTP_STATUS: &[u8] = names::HTTP_STATUS.as_bytes();
@@ -250,8 +279,27 @@ fn wanted(key: &[u8]) -> Option<Wanted> {
         b"net.peer.name" => Wanted::NetPeerName,
         b"db.namespace" => Wanted::DbNamespace,
         b"db.name" => Wanted::DbName,
+        b"url.full" | b"http.url" => Wanted::Url,
+        b"network.peer.address" | b"net.sock.peer.addr" => Wanted::NetworkPeerAddress,
+        b"messaging.destination.name" => Wanted::MessagingDestination,
+        b"messaging.destination" => Wanted::MessagingDestinationOld,
+        b"messaging.system" => Wanted::MessagingSystem,
         _ => return None,
     })
+}
+
+/// The host of an absolute URL (`https://user@api.example.com:8443/x` → `api.example.com`), without
+/// port or user; `None` when there is no scheme or host. IPv6 hosts keep their brackets.
+pub fn url_host(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host_port.starts_with('[') {
+        host_port.split_once(']').map(|(h, _)| &host_port[..=h.len()])?
+    } else {
+        host_port.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
 }
 
 impl<'a> SpanAttrs<'a> {
@@ -283,7 +331,10 @@ impl<'a> SpanAttrs<'a> {
             match which {
                 Wanted::HttpStatus => s.http_status = value.as_int().or(s.http_status),
                 Wanted::HttpStatusOld => s.http_status = s.http_status.or(value.as_int()),
-                Wanted::GrpcStatus => s.grpc = true,
+                Wanted::GrpcStatus => {
+                    s.grpc = true;
+                    s.grpc_code = value.as_int();
+                }
                 Wanted::RpcSystem => s.grpc |= text == Some("grpc"),
                 Wanted::Mtls => {
                     s.mtls = matches!(value, Raw::Bool(true)) || text.is_some_and(|t| t.eq_ignore_ascii_case("true"))
@@ -294,6 +345,11 @@ impl<'a> SpanAttrs<'a> {
                 Wanted::NetPeerName => s.net_peer_name = text,
                 Wanted::DbNamespace => s.db_namespace = text,
                 Wanted::DbName => s.db_name = text,
+                Wanted::Url => s.url_host = text.and_then(url_host).or(s.url_host),
+                Wanted::NetworkPeerAddress => s.network_peer_address = text.or(s.network_peer_address),
+                Wanted::MessagingDestination => s.messaging_destination = text,
+                Wanted::MessagingDestinationOld => s.messaging_destination = s.messaging_destination.or(text),
+                Wanted::MessagingSystem => s.messaging_system = text,
             }
         }
         s
