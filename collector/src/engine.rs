@@ -69,9 +69,10 @@ impl PromHist {
             self.buckets = vec![0; PROM_BUCKETS.len() + 1];
         }
         let i = PROM_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(PROM_BUCKETS.len());
-        self.buckets[i] += n;
+        // Saturating, not wrapping: a wrapped counter would read as a reset to Prometheus.
+        self.buckets[i] = self.buckets[i].saturating_add(n);
         self.sum += secs * n as f64;
-        self.count += n;
+        self.count = self.count.saturating_add(n);
     }
 }
 
@@ -171,9 +172,9 @@ impl EdgeState {
     /// Records requests that arrived at second `sec` into the window and the totals.
     pub fn record(&mut self, sec: u64, obs: &Obs) {
         self.rings.record(sec, obs);
-        self.totals.requests += u64::from(obs.count);
+        self.totals.requests = self.totals.requests.saturating_add(u64::from(obs.count));
         if obs.failed {
-            self.totals.failed += u64::from(obs.count);
+            self.totals.failed = self.totals.failed.saturating_add(u64::from(obs.count));
         }
         self.touch(sec);
     }

@@ -22,12 +22,20 @@ fn peer_labels(peer: &Peer) -> (String, String, String) {
 fn hist(out: &mut String, name: &str, labels: &str, h: &PromHist) {
     let mut cum = 0u64;
     for (i, le) in PROM_BUCKETS.iter().enumerate() {
-        cum += h.buckets.get(i).copied().unwrap_or(0);
+        cum = cum.saturating_add(h.buckets.get(i).copied().unwrap_or(0));
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cum}");
     }
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
     let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+}
+
+/// The servicegraph `connection_type` of an edge, as Tempo labels it: `virtual_node` when one end
+/// has no span of its own (`user`, an `ext:` peer, `unknown` — a lone producer's destination too),
+/// else `database` or `messaging_system` by protocol, empty between two instrumented workloads.
+fn connection_type(engine: &Engine, e: &crate::engine::EdgeState) -> &'static str {
+    let virtual_end = |i: u32| matches!(engine.peer_at(i), Peer::User | Peer::External { .. } | Peer::Unknown);
+    if virtual_end(e.source) || virtual_end(e.target) { "virtual_node" } else { e.protocol.connection_type() }
 }
 
 /// Renders the exposition text.
@@ -42,7 +50,7 @@ pub fn render(engine: &Engine, hub: &Hub) -> String {
             let (s, sv, sn) = peer_labels(engine.peer_at(e.target));
             format!(
                 "client=\"{}\",server=\"{}\",connection_type=\"{}\",client_service_version=\"{}\",server_service_version=\"{}\",client_service_namespace=\"{}\",server_service_namespace=\"{}\"",
-                escape(&c), escape(&s), e.protocol.connection_type(), escape(&cv), escape(&sv), escape(&cn), escape(&sn)
+                escape(&c), escape(&s), connection_type(engine, e), escape(&cv), escape(&sv), escape(&cn), escape(&sn)
             )
         })
         .collect();
@@ -63,6 +71,40 @@ pub fn render(engine: &Engine, hub: &Hub) -> String {
     for (e, l) in engine.edges().iter().zip(&labels) {
         if e.totals.client.count > 0 {
             hist(&mut out, "traces_service_graph_request_client_seconds", l, &e.totals.client);
+        }
+    }
+    for (name, help, by_node) in [
+        (
+            "traces_service_graph_unpaired_spans_total",
+            "Span halves whose other half never came, by the node that sent them.",
+            &engine.pairing.unpaired,
+        ),
+        (
+            "traces_service_graph_dropped_spans_total",
+            "Span halves dropped because the pairing store was full, by the node that sent them.",
+            &engine.pairing.dropped,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let mut rows: Vec<(&u32, &[u64; 2])> = by_node.iter().collect();
+        rows.sort_unstable();
+        for (&node, counts) in rows {
+            let (n, _, ns) = peer_labels(engine.peer_at(node));
+            let (n, ns) = (escape(&n), escape(&ns));
+            if counts[0] > 0 {
+                let _ = writeln!(
+                    out,
+                    "{name}{{client=\"{n}\",client_service_namespace=\"{ns}\",server=\"\"}} {}",
+                    counts[0]
+                );
+            }
+            if counts[1] > 0 {
+                let _ = writeln!(
+                    out,
+                    "{name}{{client=\"\",server=\"{n}\",server_service_namespace=\"{ns}\"}} {}",
+                    counts[1]
+                );
+            }
         }
     }
     let c = &hub.counters;

@@ -77,6 +77,10 @@ impl Half {
 /// queue would cost 28 bytes a half.
 pub struct SpanStore {
     map: HashMap<PairKey, Half>,
+    /// Per node, halves that expired with no other half: `[as client, as server]`.
+    pub unpaired: HashMap<u32, [u64; 2]>,
+    /// Per node, halves dropped because the store was full: `[as client, as server]`.
+    pub dropped: HashMap<u32, [u64; 2]>,
     capacity: usize,
     ttl_ms: u32,
     epoch: f64,
@@ -85,7 +89,14 @@ pub struct SpanStore {
 impl SpanStore {
     /// A store holding at most `capacity` halves for `ttl_secs` each.
     pub fn new(capacity: usize, ttl_secs: f64) -> Self {
-        Self { map: HashMap::new(), capacity, ttl_ms: (ttl_secs * 1000.0) as u32, epoch: f64::NAN }
+        Self {
+            map: HashMap::new(),
+            unpaired: HashMap::new(),
+            dropped: HashMap::new(),
+            capacity,
+            ttl_ms: (ttl_secs * 1000.0) as u32,
+            epoch: f64::NAN,
+        }
     }
 
     fn ms(&mut self, now: f64) -> u32 {
@@ -196,7 +207,17 @@ impl Engine {
                 self.counters.database_client.add(1);
                 let obs =
                     Obs { class: f.class, failed: f.failed, latency_us: Some(f.latency_us), count: 1, mtls: a.mtls };
-                return self.span_edge(node, target, Protocol::Database, sec, &obs, None, Some(f.latency_us));
+                // The span's duration is the database's time too, as Tempo takes it, so that the
+                // documented queries on `..._server_seconds` find database edges.
+                return self.span_edge(
+                    node,
+                    target,
+                    Protocol::Database,
+                    sec,
+                    &obs,
+                    Some(f.latency_us),
+                    Some(f.latency_us),
+                );
             }
         }
         if !client_side && span.parent_span_id.is_empty() && !span.links.is_empty() {
@@ -296,6 +317,7 @@ impl Engine {
             _ => {
                 if self.pairing.map.len() >= self.pairing.capacity && !self.pairing.map.contains_key(&key) {
                     self.counters.spans_dropped_store_full.add(1);
+                    self.pairing.dropped.entry(half.node).or_default()[usize::from(!client_side)] += 1;
                     return Ok(());
                 }
                 self.pairing.map.insert(key, half);
@@ -377,6 +399,7 @@ pub fn expire(engine: &mut Engine, now: f64) {
         engine.pairing.map.extract_if(|_, h| now_ms.saturating_sub(h.arrived_ms) >= ttl).map(|(_, h)| h).collect();
     for half in expired {
         let messaging = half.flags & SIDE_MESSAGING != 0;
+        engine.pairing.unpaired.entry(half.node).or_default()[usize::from(!half.is_client())] += 1;
         if half.is_client() {
             if messaging {
                 engine.counters.unpaired_producer.add(1);

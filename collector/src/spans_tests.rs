@@ -168,6 +168,8 @@ fn lone_server_with_a_parent_expires_without_an_edge() {
     assert_eq!(e.counters.expired_server.get(), 1);
     assert_eq!(e.counters.expired_consumer.get(), 1);
     assert!(e.pairing.is_empty());
+    // Both are the server side of `b`, for `traces_service_graph_unpaired_spans_total{server="b"}`.
+    assert_eq!(e.pairing.unpaired.values().copied().collect::<Vec<_>>(), vec![[0, 2]]);
 }
 
 #[test]
