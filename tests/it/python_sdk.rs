@@ -68,3 +68,102 @@ async fn the_python_sdk_over_grpc_and_http() {
     }
     c.shutdown().await.unwrap();
 }
+
+/// One instrumented Python service (tests/python/sdk_apps.py), listening; its port.
+async fn start_app(
+    role: &str,
+    endpoint: &str,
+    namespace: &str,
+    new_semconv: bool,
+    extra: &[String],
+) -> (tokio::process::Child, u16) {
+    use tokio::io::AsyncBufReadExt;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/sdk_apps.py");
+    let mut cmd = tokio::process::Command::new(tool(
+        "MESHLENS_PYTHON",
+        "/var/tmp/meshlens-venv/bin/python",
+        "the Python venv with the OpenTelemetry SDK",
+    ));
+    cmd.arg(script).args([role, "--endpoint", endpoint, "--namespace", namespace]).args(extra);
+    if new_semconv {
+        cmd.env("OTEL_SEMCONV_STABILITY_OPT_IN", "http");
+    }
+    let mut child = cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the app listens within 30 s")
+        .unwrap()
+        .unwrap_or_default();
+    let port = line.strip_prefix("listening ").and_then(|p| p.trim().parse().ok()).expect("listening PORT");
+    (child, port)
+}
+
+/// flask, requests and grpcio instrumented with their defaults and metrics on, in the old HTTP
+/// conventions (Python's default) and the new: exactly the graph of the spans, gRPC codes read
+/// as the conventions say, the same Redis named alike under both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instrumented_python_apps_with_metrics_on_old_and_new_semconv() {
+    let c = collector().await;
+    let endpoint = format!("http://{}", c.otlp_grpc_addr);
+    let n = 20u64;
+    for (ns, new) in [("old", false), ("new", true)] {
+        let (inventory, inv) = start_app("inventory", &endpoint, ns, new, &[]).await;
+        let (users, usr) = start_app("users", &endpoint, ns, new, &[]).await;
+        let extra = [
+            "--inventory".to_owned(),
+            format!("http://127.0.0.1:{inv}/items"),
+            "--users".to_owned(),
+            format!("127.0.0.1:{usr}"),
+        ];
+        let (web, port) = start_app("web", &endpoint, ns, new, &extra).await;
+        for _ in 0..n {
+            let r = http().get(format!("http://127.0.0.1:{port}/")).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        for mut child in [web, users, inventory] {
+            let _ = std::process::Command::new("kill").arg(child.id().unwrap().to_string()).status();
+            let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+            assert!(status.success(), "{ns}: {status}");
+        }
+    }
+    for ns in ["old", "new"] {
+        let id = |app: &str| format!("{ns}/{app}/v1");
+        wait_edge(&c, "", &id("web"), "db:cache.local", n).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let (_, g) = get_json(&format!("{}/api/v1/graph", c.api_url())).await;
+        let mut got: Vec<(String, String, String, u64, u64, [u64; 3])> = g["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["source"].as_str().unwrap().starts_with(&format!("{ns}/"))
+                    || e["target"].as_str().unwrap().starts_with(&format!("{ns}/"))
+            })
+            .map(|e| {
+                let s = &e["stats"];
+                let code = |k: &str| s["codes"][k].as_u64().unwrap();
+                (
+                    e["source"].as_str().unwrap().to_owned(),
+                    e["target"].as_str().unwrap().to_owned(),
+                    e["protocol"].as_str().unwrap().to_owned(),
+                    s["requests"].as_u64().unwrap(),
+                    s["errors"].as_u64().unwrap(),
+                    [code("2xx"), code("4xx"), code("5xx")],
+                )
+            })
+            .collect();
+        got.sort();
+        let mut want = vec![
+            ("user".to_owned(), id("web"), "http".to_owned(), n, 0, [n, 0, 0]),
+            (id("web"), id("inventory"), "http".to_owned(), n, 0, [n, 0, 0]),
+            // Every 5th call UNAVAILABLE (a failure), every other 4th NOT_FOUND (an answer).
+            (id("web"), id("users"), "grpc".to_owned(), n, 4, [12, 4, 4]),
+            (id("web"), "db:cache.local".to_owned(), "database".to_owned(), n, 0, [n, 0, 0]),
+        ];
+        want.sort();
+        assert_eq!(got, want, "{ns}");
+    }
+    c.shutdown().await.unwrap();
+}
