@@ -61,6 +61,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(0))).await;
             full(200, "slept")
         }
+        // `/jitter/LO/HI`: sleeps a spread of LO..=HI ms, the same sequence every run.
+        "jitter" => {
+            let mut bounds = arg.split('/').map(|v| v.parse::<u64>().unwrap_or(0));
+            let (lo, hi) = (bounds.next().unwrap_or(0), bounds.next().unwrap_or(0));
+            let n = state.hits.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(lo + n.wrapping_mul(7919) % (hi.saturating_sub(lo) + 1))).await;
+            full(200, "jittered")
+        }
         "flaky" => {
             let n: u64 = arg.parse().unwrap_or(0);
             if state.flaky.fetch_add(1, Ordering::SeqCst) < n { full(503, "flaky") } else { full(200, "ok") }
