@@ -1,6 +1,8 @@
 //! The real OpenTelemetry Python SDK (from PyPI, in the venv `.ci/setup` makes) exports a small shop's
 //! traces over OTLP/gRPC and OTLP/HTTP; the graph read back through the API has the right edges,
-//! exact request counts, error rates and latencies.
+//! exact request counts, error rates and latencies. And flask, requests and grpcio instrumented with
+//! their defaults and metrics on (tests/python/sdk_apps.py), in the old and the new HTTP conventions,
+//! give exactly the graph of their spans.
 
 use crate::support::*;
 
