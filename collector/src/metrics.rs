@@ -20,6 +20,8 @@
 //! goes down, or a new start time, is a reset: the new value is the delta). The first point of a
 //! cumulative series counts from zero only if the series started after this collector did;
 //! otherwise it is only remembered, so a restarted collector does not count history twice.
+//! Exponential histograms put each bucket's count at its geometric midpoint; a cumulative series
+//! whose scale drops (as SDKs rescale) has its previous point merged down before the delta.
 //! Explicit-bucket histograms put each bucket's count at the bucket's midpoint (the open-ended last
 //! bucket at the point's `max`, or its lower bound), clamped to the point's `min`/`max`.
 
@@ -33,7 +35,8 @@ use meshlens_model::{Peer, Workload};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, HistogramDataPoint, NumberDataPoint, metric::Data, number_data_point,
+    AggregationTemporality, ExponentialHistogramDataPoint, HistogramDataPoint, NumberDataPoint, metric::Data,
+    number_data_point,
 };
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -51,6 +54,9 @@ struct Prev {
     start: u64,
     count: u64,
     buckets: Vec<u64>,
+    /// For an exponential histogram: its scale and the index of `buckets[1]` (`buckets[0]` is the
+    /// zero bucket).
+    exp: Option<(i32, i32)>,
 }
 
 impl SeriesStore {
@@ -206,6 +212,15 @@ impl Engine {
                                 }
                             }
                         }
+                        (SERVER_DURATION, Some(Data::ExponentialHistogram(h)), Side::Server)
+                        | (CLIENT_DURATION, Some(Data::ExponentialHistogram(h)), Side::Client) => {
+                            let cumulative = h.aggregation_temporality == AggregationTemporality::Cumulative as i32;
+                            for p in &h.data_points {
+                                if self.exp_point(&metric.name, &reporter, p, cumulative, pass, scale, now).is_err() {
+                                    self.counters.points_dropped_cardinality.add(1);
+                                }
+                            }
+                        }
                         (CLIENT_RETRIES | CLIENT_TIMEOUTS, Some(Data::Sum(s)), Side::Client) => {
                             let cumulative = s.aggregation_temporality == AggregationTemporality::Cumulative as i32;
                             let retries = metric.name == CLIENT_RETRIES;
@@ -223,7 +238,9 @@ impl Engine {
                             Side::Server,
                         ) => {
                             let readable = match data {
-                                Data::Histogram(_) => matches!(metric.name.as_str(), SERVER_DURATION | CLIENT_DURATION),
+                                Data::Histogram(_) | Data::ExponentialHistogram(_) => {
+                                    matches!(metric.name.as_str(), SERVER_DURATION | CLIENT_DURATION)
+                                }
                                 Data::Sum(_) => matches!(metric.name.as_str(), CLIENT_RETRIES | CLIENT_TIMEOUTS),
                                 _ => false,
                             };
@@ -279,7 +296,7 @@ impl Engine {
                 if self.series.last.len() >= self.config.max_series {
                     return Err(LimitHit::Series);
                 }
-                self.series.last.insert(key, Prev { start, count, buckets: buckets.to_vec() });
+                self.series.last.insert(key, Prev { start, count, buckets: buckets.to_vec(), exp: None });
                 Ok(started_after_us.then(|| buckets.to_vec()))
             }
         }
@@ -316,9 +333,27 @@ impl Engine {
         if counts.iter().all(|&c| c == 0) {
             return Ok(());
         }
-        let (source, target) = self.ends(reporter, &p.attributes, side)?;
-        let (class, failed, callee_saw_it) = classify(&p.attributes);
-        let mtls = get_bool(&p.attributes, MTLS).unwrap_or(false);
+        let observed: Vec<(u64, u64)> = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, &c)| (bucket_value_us(p, i, scale), c))
+            .collect();
+        self.record_latencies(reporter, &p.attributes, side, &observed, now)
+    }
+
+    /// Records requests of known latencies (`(µs, count)`) from one point on its edge.
+    fn record_latencies(
+        &mut self,
+        reporter: &Workload,
+        attrs: &[KeyValue],
+        side: Side,
+        observed: &[(u64, u64)],
+        now: f64,
+    ) -> Result<(), LimitHit> {
+        let (source, target) = self.ends(reporter, attrs, side)?;
+        let (class, failed, callee_saw_it) = classify(attrs);
+        let mtls = get_bool(attrs, MTLS).unwrap_or(false);
         let sec = now as u64;
         let edge = self.edge_mut(source, target, Protocol::Http)?;
         edge.metrics_seen = true;
@@ -332,11 +367,7 @@ impl Engine {
                 CalleeCounts::Guessed(reached) => !edge.server_metrics_seen || !reached,
             },
         };
-        for (i, &c) in counts.iter().enumerate() {
-            if c == 0 {
-                continue;
-            }
-            let latency_us = bucket_value_us(p, i, scale);
+        for &(latency_us, c) in observed {
             let n = u32::try_from(c).unwrap_or(u32::MAX);
             match side {
                 Side::Server => edge.record_server_latency(latency_us, c),
@@ -347,6 +378,122 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// An exponential histogram point (OTLP's base-2 buckets: bucket `i` holds
+    /// `(base^i, base^(i+1)]`, `base = 2^(2^-scale)`), read at each bucket's geometric midpoint.
+    #[allow(clippy::too_many_arguments)]
+    fn exp_point(
+        &mut self,
+        name: &str,
+        reporter: &Workload,
+        p: &ExponentialHistogramDataPoint,
+        cumulative: bool,
+        side: Side,
+        unit: f64,
+        now: f64,
+    ) -> Result<(), LimitHit> {
+        if !mesh_point(&p.attributes) {
+            self.counters.points_ignored_sdk.add(1);
+            return Ok(());
+        }
+        let positive = p.positive.as_ref();
+        let offset = positive.map_or(0, |b| b.offset);
+        let mut buckets = vec![p.zero_count];
+        buckets.extend(positive.map_or(&[][..], |b| &b.bucket_counts[..]));
+        if !(-10..=20).contains(&p.scale) || buckets.len() > 1 + 16_384 {
+            self.counters.points_rejected.add(1);
+            return Ok(());
+        }
+        let (offset, counts) = if cumulative {
+            let key = series_key(name, reporter, &p.attributes);
+            match self.exp_delta(key, p.start_time_unix_nano, p.count, p.scale, offset, buckets)? {
+                Some(d) => d,
+                None => return Ok(()),
+            }
+        } else {
+            (offset, buckets)
+        };
+        let step = 2f64.powi(-p.scale);
+        let observed: Vec<(u64, u64)> = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(k, &c)| {
+                let secs = match k {
+                    0 => 0.0,
+                    k => 2f64.powf((f64::from(offset) + (k - 1) as f64 + 0.5) * step),
+                };
+                ((secs * unit * 1e6) as u64, c)
+            })
+            .collect();
+        if observed.is_empty() {
+            return Ok(());
+        }
+        self.record_latencies(reporter, &p.attributes, side, &observed, now)
+    }
+
+    /// The delta of a cumulative exponential histogram (`buckets[0]` the zero bucket, the rest from
+    /// index `offset`), or `None` when this point only sets the baseline. SDKs lower a series'
+    /// scale as its range grows; the previous point is then merged down to the new scale (exact:
+    /// a bucket at scale `s` is two at `s + 1`) before subtracting.
+    fn exp_delta(
+        &mut self,
+        key: u64,
+        start: u64,
+        count: u64,
+        scale: i32,
+        offset: i32,
+        buckets: Vec<u64>,
+    ) -> Result<Option<(i32, Vec<u64>)>, LimitHit> {
+        let started_after_us = start >= self.started_unix_nanos;
+        let Some(prev) = self.series.last.get_mut(&key) else {
+            if self.series.last.len() >= self.config.max_series {
+                return Err(LimitHit::Series);
+            }
+            let fresh = started_after_us.then(|| (offset, buckets.clone()));
+            self.series.last.insert(key, Prev { start, count, buckets, exp: Some((scale, offset)) });
+            return Ok(fresh);
+        };
+        let delta = match prev.exp {
+            Some((ps, po)) if prev.start == start && ps >= scale && count >= prev.count => {
+                let shift = (ps - scale) as u32;
+                let base = po >> shift;
+                let mut merged: Vec<u64> = Vec::new();
+                for (k, &c) in prev.buckets.iter().enumerate().skip(1) {
+                    let i = ((po + (k - 1) as i32) >> shift) - base;
+                    let i = i as usize;
+                    if merged.len() <= i {
+                        merged.resize(i + 1, 0);
+                    }
+                    merged[i] += c;
+                }
+                let zero = buckets[0].checked_sub(prev.buckets[0]);
+                let mut d = vec![zero.unwrap_or(u64::MAX)];
+                let mut ok = zero.is_some();
+                for (j, &c) in merged.iter().enumerate() {
+                    let at = base + j as i32 - offset;
+                    let now_c = if at >= 0 { buckets.get(at as usize + 1).copied() } else { None };
+                    ok &= c == 0 || now_c.is_some_and(|n| n >= c);
+                }
+                for (k, &c) in buckets.iter().enumerate().skip(1) {
+                    let j = offset + (k - 1) as i32 - base;
+                    let before = if j >= 0 { merged.get(j as usize).copied().unwrap_or(0) } else { 0 };
+                    d.push(c.saturating_sub(before));
+                }
+                ok.then_some(d)
+            }
+            _ => None,
+        };
+        let delta = match delta {
+            Some(d) => d,
+            None => {
+                self.counters.counter_resets.add(1);
+                buckets.clone()
+            }
+        };
+        *prev = Prev { start, count, buckets, exp: Some((scale, offset)) };
+        Ok(Some((offset, delta)))
     }
 
     fn sum_point(

@@ -206,23 +206,14 @@ fn spans_are_not_added_where_metrics_cover_the_edge() {
 
 #[test]
 fn misshapen_or_unreadable_points_are_counted_not_fatal() {
-    use opentelemetry_proto::tonic::metrics::v1::{
-        ExponentialHistogram, ExponentialHistogramDataPoint, Metric, metric::Data,
-    };
+    use opentelemetry_proto::tonic::metrics::v1::{Gauge, Metric, NumberDataPoint, metric::Data};
     let mut e = engine();
     let mut bad = hist_point(edge_attrs(A, B, Some(200)), 0, 1, &[1]);
     bad.bucket_counts = vec![1; 40];
     let exp = Metric {
         name: SERVER_DURATION.into(),
-        data: Some(Data::ExponentialHistogram(ExponentialHistogram {
-            data_points: vec![
-                ExponentialHistogramDataPoint {
-                    attributes: edge_attrs(A, B, Some(200)),
-                    ..Default::default()
-                };
-                2
-            ],
-            aggregation_temporality: 1,
+        data: Some(Data::Gauge(Gauge {
+            data_points: vec![NumberDataPoint { attributes: edge_attrs(A, B, Some(200)), ..Default::default() }; 2],
         })),
         ..Metric::default()
     };
@@ -269,4 +260,49 @@ fn an_sdks_own_http_metrics_make_no_edge_and_double_nothing() {
     assert_eq!(g.edges.len(), 1);
     assert_eq!(g.edge("default/frontend/v1", "default/inventory/v1").unwrap().stats.requests, 1);
     assert_eq!(e.counters.spans_covered_by_metrics.get(), 0);
+}
+
+/// OTLP exponential histograms, cumulative, as an SDK sends them: the second point at a lower
+/// scale (the SDK rescaled as the range grew) still yields exactly the new requests.
+#[test]
+fn exponential_histograms_are_read_across_a_rescale() {
+    use opentelemetry_proto::tonic::metrics::v1::{
+        ExponentialHistogram, ExponentialHistogramDataPoint, Metric, exponential_histogram_data_point::Buckets,
+        metric::Data,
+    };
+    let point = |scale: i32, offset: i32, counts: Vec<u64>| ExponentialHistogramDataPoint {
+        attributes: edge_attrs(A, B, Some(200)),
+        start_time_unix_nano: start(),
+        time_unix_nano: 1,
+        count: counts.iter().sum(),
+        scale,
+        positive: Some(Buckets { offset, bucket_counts: counts }),
+        ..Default::default()
+    };
+    let send = |e: &mut Engine, p: ExponentialHistogramDataPoint| {
+        let m = Metric {
+            name: SERVER_DURATION.into(),
+            unit: "s".into(),
+            data: Some(Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: vec![p],
+                aggregation_temporality: 2,
+            })),
+            ..Metric::default()
+        };
+        e.ingest_metrics(&metrics(vec![(resource("", "reviews", "v2"), vec![m])]), NOW);
+    };
+    let mut e = engine();
+    // Scale 3 (base 2^(1/8)): index -53 holds (2^(-53/8), 2^(-52/8)] s, about (10.2, 11.1] ms.
+    send(&mut e, point(3, -53, vec![6, 0, 4]));
+    let s = graph(&e).edges[0].stats.clone();
+    assert_eq!(s.requests, 10);
+    let p50 = s.latency_ms.unwrap().p50;
+    assert!((10.2..=11.1).contains(&p50), "{p50}");
+    // Rescaled to 2: the old buckets -53, -51 become -27, -26; 5 more requests at index -26.
+    send(&mut e, point(2, -27, vec![6, 9]));
+    assert_eq!(graph(&e).edges[0].stats.requests, 15, "only the 5 new ones were added");
+    assert_eq!(e.counters.counter_resets.get(), 0);
+    // The same point again adds nothing.
+    send(&mut e, point(2, -27, vec![6, 9]));
+    assert_eq!(graph(&e).edges[0].stats.requests, 15);
 }
