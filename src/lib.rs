@@ -371,7 +371,7 @@ pub struct LoadArgs {
 pub enum StatOutput {
     /// Aligned columns.
     Table,
-    /// Columns plus inbound/outbound rates and 4xx/5xx.
+    /// Columns plus inbound/outbound rates, 4xx/5xx and gRPC codes.
     Wide,
     /// The API's JSON.
     Json,

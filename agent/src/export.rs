@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meshlens_model::Workload;
 use meshlens_model::names::{
-    CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, DESTINATION_PREFIX, ERROR_TYPE, HTTP_STATUS, MTLS, REACHED,
-    SERVER_DURATION, SOURCE_PREFIX,
+    CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, DESTINATION_PREFIX, ERROR_TYPE, GRPC_STATUS, HTTP_STATUS, MTLS,
+    REACHED, SERVER_DURATION, SOURCE_PREFIX,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
@@ -107,6 +107,9 @@ pub fn metrics_request(
             attributes.push(kv(MTLS, Value::BoolValue(t.outcome.mtls)));
             if t.outcome.status != 0 {
                 attributes.push(kv(HTTP_STATUS, Value::IntValue(i64::from(t.outcome.status))));
+            }
+            if let Some(code) = t.outcome.grpc {
+                attributes.push(kv(GRPC_STATUS, Value::IntValue(i64::from(code))));
             }
             if !t.outcome.error.as_str().is_empty() {
                 attributes.push(kv(ERROR_TYPE, s(t.outcome.error.as_str())));

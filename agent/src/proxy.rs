@@ -326,10 +326,11 @@ pub async fn inbound(
         Ok(mut resp) => {
             strip_hop_by_hop(resp.headers_mut());
             let status = resp.status().as_u16();
-            (resp, Outcome::status(status), "")
+            let grpc = grpc_status(&resp);
+            (resp, Outcome::status(status).with_grpc(grpc), "")
         }
         Err((kind, message)) => {
-            let outcome = Outcome { status: 502, error: kind, reached: true, mtls: false };
+            let outcome = Outcome { status: 502, error: kind, reached: true, mtls: false, grpc: None };
             (text_response(StatusCode::BAD_GATEWAY, format!("meshlens agent: {message}\n")), outcome, kind.as_str())
         }
     };
@@ -372,19 +373,30 @@ enum Attempt {
     Failed(ErrorKind, String),
 }
 
+/// The gRPC status of a response, as far as its head tells: the `grpc-status` header of a
+/// trailers-only answer (how gRPC servers answer an error without a message), else OK for a 200
+/// of `content-type: application/grpc…`, whose status comes in trailers the agent does not wait
+/// for (a stream that fails after its first message is counted OK here; the SDK's span has the
+/// true code). `None` for anything not gRPC.
+fn grpc_status<B>(r: &Response<B>) -> Option<u8> {
+    // Only a 200 can carry a gRPC status, so other answers skip the header look-ups.
+    if r.status() != StatusCode::OK {
+        return None;
+    }
+    let header = r.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<u8>().ok());
+    let grpc =
+        r.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    header.or(grpc.then_some(0))
+}
+
 impl Attempt {
     /// Its outcome class, for the policy core.
     fn class(&self) -> Class {
         match self {
-            // Only a 200 can carry a gRPC status in its headers (a trailers-only answer), so other
-            // answers skip the header look-up.
-            Attempt::Response(r) if r.status() != StatusCode::OK => Class::Status(r.status().as_u16()),
-            Attempt::Response(r) => {
-                match r.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<u8>().ok()) {
-                    Some(code) if code != 0 => Class::Grpc(code),
-                    _ => Class::Status(200),
-                }
-            }
+            Attempt::Response(r) => match grpc_status(r) {
+                Some(code) if code != 0 => Class::Grpc(code),
+                _ => Class::Status(r.status().as_u16()),
+            },
             Attempt::Failed(kind, _) => match kind {
                 ErrorKind::Timeout => Class::Timeout,
                 ErrorKind::ConnectFailure => Class::ConnectFailure,
@@ -402,7 +414,8 @@ pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Res
     let rt = shared.runtime.load_full();
     let Some(host) = target_host(&req) else {
         let mut rec = Recorder { metrics: &shared.unknown_service, start, outcome: None };
-        rec.outcome = Some(Outcome { status: 400, error: ErrorKind::NoEndpoint, reached: false, mtls: false });
+        rec.outcome =
+            Some(Outcome { status: 400, error: ErrorKind::NoEndpoint, reached: false, mtls: false, grpc: None });
         return Ok(text_response(
             StatusCode::BAD_REQUEST,
             format!(
@@ -414,7 +427,8 @@ pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Res
     let Some(route) = rt.routes.lookup(host).cloned() else {
         shared.counters.unroutable_unknown_service.add(1);
         let mut rec = Recorder { metrics: &shared.unknown_service, start, outcome: None };
-        rec.outcome = Some(Outcome { status: 502, error: ErrorKind::NoEndpoint, reached: false, mtls: false });
+        rec.outcome =
+            Some(Outcome { status: 502, error: ErrorKind::NoEndpoint, reached: false, mtls: false, grpc: None });
         return Ok(text_response(
             StatusCode::BAD_GATEWAY,
             format!(
@@ -454,7 +468,7 @@ async fn route_request(
         let _rec = Recorder {
             metrics: &version.metrics,
             start,
-            outcome: Some(Outcome { status, error: ErrorKind::None, reached: false, mtls: false }),
+            outcome: Some(Outcome { status, error: ErrorKind::None, reached: false, mtls: false, grpc: None }),
         };
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         return text_response(status, format!("meshlens agent: fault injected for {}\n", route.name));
@@ -494,7 +508,13 @@ async fn route_request(
                 let _rec = Recorder {
                     metrics: &version.metrics,
                     start: Instant::now(),
-                    outcome: Some(Outcome { status: 503, error: ErrorKind::NoEndpoint, reached: false, mtls: false }),
+                    outcome: Some(Outcome {
+                        status: 503,
+                        error: ErrorKind::NoEndpoint,
+                        reached: false,
+                        mtls: false,
+                        grpc: None,
+                    }),
                 };
                 let message = match why {
                     NoEndpoint::NoneConfigured(v) => format!("{} {v} has no endpoints in the config", route.name),
@@ -549,7 +569,7 @@ async fn route_request(
             Some(Err((kind, message))) => Attempt::Failed(kind, message),
         };
         let outcome = match &attempt {
-            Attempt::Response(r) => Outcome::status(r.status().as_u16()),
+            Attempt::Response(r) => Outcome::status(r.status().as_u16()).with_grpc(grpc_status(r)),
             Attempt::Failed(kind, _) => Outcome::failed(*kind, *kind != ErrorKind::ConnectFailure),
         };
         rec.outcome = Some(outcome.with_mtls(endpoint.endpoint().upstream.tls.is_some() && outcome.reached));

@@ -111,22 +111,29 @@ pub struct Outcome {
     pub reached: bool,
     /// Whether the hop was mutual TLS.
     pub mtls: bool,
+    /// The gRPC status code (0–16) of a gRPC response.
+    pub grpc: Option<u8>,
 }
 
 impl Outcome {
     /// A response with `status` from the peer.
     pub fn status(status: u16) -> Self {
-        Self { status, error: ErrorKind::None, reached: true, mtls: false }
+        Self { status, error: ErrorKind::None, reached: true, mtls: false, grpc: None }
     }
 
     /// No response, for `error`; `reached` says whether the peer got the request.
     pub fn failed(error: ErrorKind, reached: bool) -> Self {
-        Self { status: 0, error, reached, mtls: false }
+        Self { status: 0, error, reached, mtls: false, grpc: None }
     }
 
     /// The same outcome, over mutual TLS or not.
     pub fn with_mtls(self, mtls: bool) -> Self {
         Self { mtls, ..self }
+    }
+
+    /// The same outcome with a gRPC status code (codes above 16 are dropped).
+    pub fn with_grpc(self, grpc: Option<u8>) -> Self {
+        Self { grpc: grpc.filter(|&c| c <= 16), ..self }
     }
 
     fn key(self) -> u32 {
@@ -135,12 +142,19 @@ impl Outcome {
             + 1000 * (self.error as u32)
             + 10_000 * u32::from(self.reached)
             + 20_000 * u32::from(self.mtls)
+            + 40_000 * self.grpc.map_or(0, |c| u32::from(c) + 1)
     }
 
     fn from_key(key: u32) -> Self {
         let k = key - 1;
         let error = ErrorKind::ALL.get(((k / 1000) % 10) as usize).copied().unwrap_or(ErrorKind::None);
-        Self { status: (k % 1000) as u16, error, reached: (k / 10_000) % 2 == 1, mtls: k >= 20_000 }
+        Self {
+            status: (k % 1000) as u16,
+            error,
+            reached: (k / 10_000) % 2 == 1,
+            mtls: (k / 20_000) % 2 == 1,
+            grpc: (k / 40_000).checked_sub(1).and_then(|c| u8::try_from(c).ok()),
+        }
     }
 }
 
@@ -379,12 +393,15 @@ mod tests {
         for o in [
             Outcome::status(200),
             Outcome::status(503),
-            Outcome { status: 503, error: ErrorKind::NoEndpoint, reached: false, mtls: false },
+            Outcome { status: 503, error: ErrorKind::NoEndpoint, reached: false, mtls: false, grpc: None },
             Outcome::status(200).with_mtls(true),
             Outcome::failed(ErrorKind::Timeout, false).with_mtls(true),
             Outcome::failed(ErrorKind::Timeout, true),
             Outcome::failed(ErrorKind::Cancelled, true),
             Outcome::failed(ErrorKind::ConnectFailure, false),
+            Outcome::status(200).with_grpc(Some(0)),
+            Outcome::status(200).with_grpc(Some(16)).with_mtls(true),
+            Outcome::status(200).with_grpc(Some(14)),
         ] {
             assert_eq!(Outcome::from_key(o.key()), o);
         }

@@ -87,6 +87,9 @@ pub struct Totals {
     pub server: PromHist,
     /// Client-side latency.
     pub client: PromHist,
+    /// gRPC requests per status code, on edges that carried gRPC.
+    #[serde(default)]
+    pub grpc: Option<[u64; 17]>,
 }
 
 /// The protocol an edge carries.
@@ -175,6 +178,10 @@ impl EdgeState {
         self.totals.requests = self.totals.requests.saturating_add(u64::from(obs.count));
         if obs.failed {
             self.totals.failed = self.totals.failed.saturating_add(u64::from(obs.count));
+        }
+        if let Some(code) = obs.grpc.filter(|&c| c <= 16) {
+            let g = self.totals.grpc.get_or_insert([0; 17]);
+            g[usize::from(code)] = g[usize::from(code)].saturating_add(u64::from(obs.count));
         }
         self.touch(sec);
     }

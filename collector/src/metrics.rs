@@ -354,6 +354,7 @@ impl Engine {
         let (source, target) = self.ends(reporter, attrs, side)?;
         let (class, failed, callee_saw_it) = classify(attrs);
         let mtls = get_bool(attrs, MTLS).unwrap_or(false);
+        let grpc = get_int(attrs, GRPC_STATUS).and_then(|c| u8::try_from(c).ok()).filter(|&c| c <= 16);
         let sec = now as u64;
         let edge = self.edge_mut(source, target, Protocol::Http)?;
         edge.metrics_seen = true;
@@ -374,7 +375,7 @@ impl Engine {
                 Side::Client => edge.record_client_latency(latency_us, c),
             }
             if counts_requests {
-                edge.record(sec, &Obs { class, failed, latency_us: Some(latency_us), count: n, mtls });
+                edge.record(sec, &Obs { class, failed, latency_us: Some(latency_us), count: n, mtls, grpc });
             }
         }
         Ok(())

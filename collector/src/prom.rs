@@ -73,6 +73,12 @@ pub fn render(engine: &Engine, hub: &Hub) -> String {
             hist(&mut out, "traces_service_graph_request_client_seconds", l, &e.totals.client);
         }
     }
+    out.push_str("# HELP meshlens_grpc_requests_total gRPC requests between two nodes by status code (Istio's grpc_response_status).\n# TYPE meshlens_grpc_requests_total counter\n");
+    for (e, l) in engine.edges().iter().zip(&labels) {
+        for (code, n) in e.totals.grpc.iter().flat_map(|g| g.iter().enumerate()).filter(|(_, n)| **n > 0) {
+            let _ = writeln!(out, "meshlens_grpc_requests_total{{{l},grpc_response_status=\"{code}\"}} {n}");
+        }
+    }
     for (name, help, by_node) in [
         (
             "traces_service_graph_unpaired_spans_total",

@@ -64,12 +64,26 @@ pub struct Half {
     arrived_ms: u32,
     class: u8,
     flags: u8,
+    /// The gRPC status code, or [`NO_GRPC`] (in what was padding: still 20 bytes).
+    grpc: u8,
 }
+
+/// No gRPC status on a half.
+const NO_GRPC: u8 = u8::MAX;
 
 impl Half {
     fn is_client(&self) -> bool {
         self.flags & SIDE_CLIENT != 0
     }
+
+    fn grpc(&self) -> Option<u8> {
+        (self.grpc != NO_GRPC).then_some(self.grpc)
+    }
+}
+
+/// A span's gRPC status code as a half stores it.
+fn grpc_code(a: &SpanAttrs<'_>) -> Option<u8> {
+    a.grpc_code.and_then(|c| u8::try_from(c).ok()).filter(|&c| c <= 16)
 }
 
 /// Span halves waiting for their other half. Expiry scans the map once per tick rather than keeping
@@ -205,8 +219,14 @@ impl Engine {
             {
                 let target = self.named_peer(db, true)?;
                 self.counters.database_client.add(1);
-                let obs =
-                    Obs { class: f.class, failed: f.failed, latency_us: Some(f.latency_us), count: 1, mtls: a.mtls };
+                let obs = Obs {
+                    class: f.class,
+                    failed: f.failed,
+                    latency_us: Some(f.latency_us),
+                    count: 1,
+                    mtls: a.mtls,
+                    grpc: None,
+                };
                 // The span's duration is the database's time too, as Tempo takes it, so that the
                 // documented queries on `..._server_seconds` find database edges.
                 return self.span_edge(
@@ -229,7 +249,14 @@ impl Engine {
                 None => self.peer(&Peer::User)?,
             };
             self.counters.root_server.add(1);
-            let obs = Obs { class: f.class, failed: f.failed, latency_us: Some(f.latency_us), count: 1, mtls: a.mtls };
+            let obs = Obs {
+                class: f.class,
+                failed: f.failed,
+                latency_us: Some(f.latency_us),
+                count: 1,
+                mtls: a.mtls,
+                grpc: grpc_code(a),
+            };
             let proto = protocol(messaging, a.grpc);
             return self.span_edge(source, node, proto, sec, &obs, Some(f.latency_us), None);
         }
@@ -262,6 +289,7 @@ impl Engine {
             arrived_ms: self.pairing.ms(now),
             class: f.class as u8,
             flags,
+            grpc: grpc_code(a).unwrap_or(NO_GRPC),
         };
         self.pair_half(key, half, sec)
     }
@@ -291,6 +319,7 @@ impl Engine {
             arrived_ms: self.pairing.ms(now),
             class: f.class as u8,
             flags,
+            grpc: grpc_code(&f.attrs).unwrap_or(NO_GRPC),
         };
         self.counters.linked_consumer.add(1);
         for link in &span.links {
@@ -338,6 +367,7 @@ impl Engine {
             latency_us: Some(u64::from(server.latency_us)),
             count: 1,
             mtls: (client.flags & server.flags) & SIDE_MTLS != 0,
+            grpc: server.grpc().or(client.grpc()),
         };
         let proto = protocol(server.flags & SIDE_MESSAGING != 0, (client.flags | server.flags) & SIDE_GRPC != 0);
         self.span_edge(
@@ -413,6 +443,7 @@ pub fn expire(engine: &mut Engine, now: f64) {
                 latency_us: Some(u64::from(half.latency_us)),
                 count: 1,
                 mtls: half.flags & SIDE_MTLS != 0,
+                grpc: half.grpc(),
             };
             let proto = protocol(messaging, half.flags & SIDE_GRPC != 0);
             if engine.span_edge(half.node, half.peer, proto, sec, &obs, None, Some(u64::from(half.latency_us))).is_err()

@@ -317,6 +317,12 @@ fn grpc_status_codes_decide_failure_as_the_conventions_say() {
     assert_eq!(st.errors, 1, "only UNAVAILABLE failed: {st:?}");
     assert_eq!((st.codes.c2xx, st.codes.c4xx, st.codes.c5xx, st.codes.none), (1, 2, 1, 0), "{st:?}");
     assert_eq!(g.edge("default/web", "default/users").unwrap().protocol, "grpc");
+    let codes: Vec<(String, u64)> = st.grpc_codes.clone().unwrap().into_iter().collect();
+    assert_eq!(
+        codes,
+        [("NOT_FOUND".into(), 1), ("OK".into(), 1), ("UNAVAILABLE".into(), 1)],
+        "the 404 has no gRPC code"
+    );
 }
 
 /// A batch consumer with no parent, linked to the producers of the messages it takes.

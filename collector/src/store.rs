@@ -137,6 +137,12 @@ fn encode_slice(s: &Slice) -> Vec<u8> {
         b.extend_from_slice(&i.to_le_bytes());
         b.extend_from_slice(&c.to_le_bytes());
     }
+    // gRPC codes last, only when there are some: slices written before they existed decode too.
+    if let Some(g) = &s.grpc {
+        for c in g.iter() {
+            b.extend_from_slice(&c.to_le_bytes());
+        }
+    }
     b
 }
 
@@ -162,6 +168,16 @@ fn decode_slice(b: &[u8]) -> Option<Slice> {
         let c = u32_(take(4)?);
         buckets.push((i, c));
     }
+    let grpc = match take(68) {
+        Some(g) => {
+            let mut codes = [0u32; 17];
+            for (c, chunk) in codes.iter_mut().zip(g.chunks_exact(4)) {
+                *c = u32_(chunk);
+            }
+            Some(Box::new(codes))
+        }
+        None => None,
+    };
     Some(Slice {
         epoch,
         requests: v[0],
@@ -171,6 +187,7 @@ fn decode_slice(b: &[u8]) -> Option<Slice> {
         retries: v[8],
         timeouts: v[9],
         hist: SparseHist { buckets, max_us },
+        grpc,
     })
 }
 
@@ -364,5 +381,12 @@ mod tests {
         assert_eq!(decode_slice(&encode_slice(&s)), Some(s.clone()));
         let bytes = encode_slice(&s);
         assert_eq!(decode_slice(&bytes[..bytes.len() - 1]), None);
+        // With gRPC codes; a slice written before them (no trailing codes) still reads.
+        let old = encode_slice(&s);
+        let mut codes = [0u32; 17];
+        codes[14] = 2;
+        s.grpc = Some(Box::new(codes));
+        assert_eq!(decode_slice(&encode_slice(&s)), Some(s.clone()));
+        assert_eq!(decode_slice(&old).unwrap().grpc, None);
     }
 }

@@ -45,12 +45,18 @@ pub struct Slice {
     pub timeouts: u32,
     /// Latency (the callee's when known, else the caller's).
     pub hist: SparseHist,
+    /// gRPC requests per status code, on edges that carry gRPC only (8 bytes elsewhere).
+    pub grpc: Option<Box<[u32; 17]>>,
 }
 
 impl Slice {
     fn reset(&mut self, epoch: u64) {
         let hist = std::mem::take(&mut self.hist);
-        *self = Slice { epoch, hist, ..Slice::default() };
+        let grpc = self.grpc.take().map(|mut g| {
+            *g = [0; 17];
+            g
+        });
+        *self = Slice { epoch, hist, grpc, ..Slice::default() };
         self.hist.clear();
     }
 }
@@ -68,6 +74,8 @@ pub struct Obs {
     pub count: u32,
     /// Carried over mTLS.
     pub mtls: bool,
+    /// The gRPC status code (0–16), when the request carried one.
+    pub grpc: Option<u8>,
 }
 
 /// A ring of slices of one width.
@@ -157,6 +165,10 @@ impl Rings {
             if let Some(l) = obs.latency_us {
                 s.hist.record_n(l, obs.count);
             }
+            if let Some(code) = obs.grpc.filter(|&c| c <= 16) {
+                let g = s.grpc.get_or_insert_with(Box::default);
+                g[usize::from(code)] = g[usize::from(code)].saturating_add(obs.count);
+            }
         }
     }
 
@@ -221,8 +233,18 @@ struct Counts {
     mtls: u64,
     retries: u64,
     timeouts: u64,
+    grpc: Option<[u64; 17]>,
     agent_reported: bool,
     per_step: Vec<(u64, u64)>,
+}
+
+fn add_grpc<T: Copy + Into<u64>>(into: &mut Option<[u64; 17]>, from: Option<&[T; 17]>) {
+    if let Some(from) = from {
+        let into = into.get_or_insert([0; 17]);
+        for (a, &b) in into.iter_mut().zip(from) {
+            *a += b.into();
+        }
+    }
 }
 
 impl Counts {
@@ -236,6 +258,7 @@ impl Counts {
         self.mtls += o.mtls;
         self.retries += o.retries;
         self.timeouts += o.timeouts;
+        add_grpc(&mut self.grpc, o.grpc.as_ref());
         for (a, b) in self.per_step.iter_mut().zip(&o.per_step) {
             a.0 += b.0;
             a.1 += b.1;
@@ -280,6 +303,7 @@ impl<'m> Aggregate<'m> {
             c.mtls += u64::from(s.mtls);
             c.retries += u64::from(s.retries);
             c.timeouts += u64::from(s.timeouts);
+            add_grpc(&mut c.grpc, s.grpc.as_deref());
             let step = &mut c.per_step[(epoch - self.spec.first) as usize];
             step.0 += u64::from(s.requests);
             step.1 += u64::from(s.errors);
@@ -338,6 +362,7 @@ impl<'m> Aggregate<'m> {
             latency_ms: self.merger.latency_ms(),
             retries: c.agent_reported.then_some(c.retries),
             timeouts: c.agent_reported.then_some(c.timeouts),
+            grpc_codes: c.grpc.as_ref().and_then(meshlens_model::stats::grpc_breakdown),
             ..Stats::default()
         };
         stats.set_percentages(c.mtls);
@@ -356,6 +381,7 @@ mod tests {
             latency_us: Some(latency),
             count: 1,
             mtls: false,
+            grpc: None,
         }
     }
 

@@ -21,6 +21,7 @@ fn stats(rps: f64, errors_pct: f64, p50: f64) -> Stats {
         mtls_pct: Some(0.0),
         retries: Some((errors as f64 * 0.9) as u64),
         timeouts: Some(0),
+        grpc_codes: None,
     }
 }
 

@@ -51,14 +51,15 @@ fn table<W: Write>(out: &mut W, header: &[&str], rows: &[Vec<String>]) -> io::Re
     Ok(())
 }
 
-/// `meshlens stat`: one row per workload; `wide` adds inbound/outbound rates and 4xx/5xx.
+/// `meshlens stat`: one row per workload; `wide` adds inbound/outbound rates, 4xx/5xx and the
+/// gRPC codes its callers got.
 pub fn write_stat<W: Write>(out: &mut W, rows: &[WorkloadRow], wide: bool) -> io::Result<()> {
     if rows.is_empty() {
         return writeln!(out, "No traffic in the window.");
     }
     let mut header = vec!["NAMESPACE", "APP", "VERSION", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"];
     if wide {
-        header.extend(["IN_RPS", "OUT_RPS", "OUT_SUCCESS", "4XX", "5XX"]);
+        header.extend(["IN_RPS", "OUT_RPS", "OUT_SUCCESS", "4XX", "5XX", "GRPC"]);
     }
     let body: Vec<Vec<String>> = rows
         .iter()
@@ -81,6 +82,7 @@ pub fn write_stat<W: Write>(out: &mut W, rows: &[WorkloadRow], wide: bool) -> io
                     pct(r.outbound.success_pct),
                     r.inbound.codes.c4xx.to_string(),
                     r.inbound.codes.c5xx.to_string(),
+                    r.inbound.grpc_line().map_or_else(|| "-".to_owned(), |g| g.replace(" · ", ",")),
                 ]);
             }
             row
@@ -260,7 +262,7 @@ mod tests {
                 .lines()
                 .next()
                 .unwrap()
-                .ends_with("IN_RPS    OUT_RPS   OUT_SUCCESS   4XX   5XX")
+                .ends_with("IN_RPS    OUT_RPS   OUT_SUCCESS   4XX   5XX   GRPC")
         );
     }
 

@@ -289,12 +289,16 @@ fn stats_lines(label: &str, s: &Stats) -> Vec<Line<'static>> {
     if s.codes.none > 0 {
         codes.push_str(&format!(" none {}", s.codes.none));
     }
-    vec![
+    let mut lines = vec![
         Line::from(format!("{label:<4}{:>7.2} {:>9} {:>7}", s.rps, pct(s.success_pct), pct(s.error_pct))),
         Line::from(Span::styled(format!("    {codes}"), dim)),
-        Line::from(Span::styled(format!("    rps min {:.2} max {:.2}", s.rps_min, s.rps_max), dim)),
-        Line::from(Span::styled(format!("    p50 {p50} p95 {p95} p99 {p99}"), dim)),
-    ]
+    ];
+    if let Some(grpc) = s.grpc_line() {
+        lines.push(Line::from(Span::styled(format!("    grpc {grpc}"), dim)));
+    }
+    lines.push(Line::from(Span::styled(format!("    rps min {:.2} max {:.2}", s.rps_min, s.rps_max), dim)));
+    lines.push(Line::from(Span::styled(format!("    p50 {p50} p95 {p95} p99 {p99}"), dim)));
+    lines
 }
 
 fn draw_detail(frame: &mut Frame, app: &App, area: Rect) {

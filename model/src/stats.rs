@@ -135,7 +135,7 @@ pub struct LatencyMs {
 pub struct Stats {
     /// Requests in the window.
     pub requests: u64,
-    /// Failed requests: 5xx, no response, or span status ERROR.
+    /// Failed requests: 5xx, no response, or a gRPC server-fault code ([`outcome`]).
     pub errors: u64,
     /// Requests per second over the window.
     pub rps: f64,
@@ -159,6 +159,38 @@ pub struct Stats {
     /// Timeouts an agent saw (edges an agent reported only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub timeouts: Option<u64>,
+    /// gRPC requests per status code name (`OK`, `NOT_FOUND`, `UNAVAILABLE`, …), codes seen only;
+    /// absent when no request carried a gRPC status.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grpc_codes: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+/// gRPC status code names, indexed by code (0–16).
+pub const GRPC_CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The breakdown [`Stats::grpc_codes`] holds, from counts per code; `None` when all are zero.
+pub fn grpc_breakdown(counts: &[u64; 17]) -> Option<std::collections::BTreeMap<String, u64>> {
+    let map: std::collections::BTreeMap<String, u64> =
+        counts.iter().zip(GRPC_CODE_NAMES).filter(|(n, _)| **n > 0).map(|(n, name)| (name.to_owned(), *n)).collect();
+    (!map.is_empty()).then_some(map)
 }
 
 /// Rounds to two decimals, so JSON stays readable and comparisons stable.
@@ -167,6 +199,14 @@ pub fn round2(v: f64) -> f64 {
 }
 
 impl Stats {
+    /// The gRPC codes in one line, most frequent first (`OK 12 · NOT_FOUND 4 · UNAVAILABLE 4`), for
+    /// the console, the web view and `stat`; `None` without gRPC traffic.
+    pub fn grpc_line(&self) -> Option<String> {
+        let mut codes: Vec<(&String, &u64)> = self.grpc_codes.as_ref()?.iter().collect();
+        codes.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        Some(codes.iter().map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>().join(" · "))
+    }
+
     /// Fills `success_pct`, `error_pct` and `mtls_pct` from counts.
     pub fn set_percentages(&mut self, mtls_requests: u64) {
         if self.requests > 0 {
@@ -224,6 +264,16 @@ impl Default for HealthThresholds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_codes_read_in_one_line_most_frequent_first() {
+        let mut counts = [0u64; 17];
+        (counts[0], counts[5], counts[14]) = (12, 4, 4);
+        let s = Stats { grpc_codes: grpc_breakdown(&counts), ..Stats::default() };
+        assert_eq!(s.grpc_line().as_deref(), Some("OK 12 · NOT_FOUND 4 · UNAVAILABLE 4"));
+        assert_eq!(Stats::default().grpc_line(), None);
+        assert_eq!(grpc_breakdown(&[0; 17]), None);
+    }
 
     #[test]
     fn one_failure_rule_for_http_grpc_and_bare_errors() {

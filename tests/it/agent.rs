@@ -188,15 +188,17 @@ async fn h2_and_grpc_pass_through_two_agents() {
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.headers()["x-version"], "HTTP/2.0", "the backend was reached over h2 too");
 
-    // gRPC: a tonic client through both agents to the collector's tonic OTLP server as the app.
+    // gRPC: a tonic client through both agents to the collector's tonic OTLP server as the app;
+    // the agents report to the same collector.
     let c = crate::support::collector().await;
-    let g = agent(&agent_yaml("shop/otlp/v1", c.otlp_grpc_addr, "", "", None)).await;
+    let telemetry = format!("http://{}", c.otlp_grpc_addr);
+    let g = agent(&agent_yaml("shop/otlp/v1", c.otlp_grpc_addr, "", "", Some(&telemetry))).await;
     let caller = agent(&agent_yaml(
         "shop/a/v1",
         "127.0.0.1:9".parse().unwrap(),
         &format!("otlp:\n  versions:\n    v1: ['{}']", g.inbound),
         "",
-        None,
+        Some(&telemetry),
     ))
     .await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", caller.outbound.unwrap()))
@@ -211,6 +213,32 @@ async fn h2_and_grpc_pass_through_two_agents() {
     // tonic fails a call whose grpc-status trailer went missing: this one passed both agents whole.
     client.export(spans).await.expect("gRPC through two agents");
     crate::support::wait_edge(&c, "", "default/productpage/v1", "default/reviews/v2", 10).await;
+    // A method the server does not have: a trailers-only UNIMPLEMENTED, through both agents.
+    let out = caller.outbound.unwrap();
+    let h2c = reqwest::Client::builder().http2_prior_knowledge().resolve("otlp", out).build().unwrap();
+    let r = h2c
+        .post(format!("http://otlp:{}/shop.Nope/Missing", out.port()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), r.headers().get("grpc-status").map(|v| v.to_str().unwrap())), (200, Some("12")));
+    // The agents' own metrics carry the codes: one OK export, one UNIMPLEMENTED — a failure, the
+    // server's fault as OpenTelemetry's conventions class it.
+    let g = crate::support::eventually("the agents' gRPC edge with its codes", 20, || async {
+        let (_, g) = crate::support::get_json(&format!("{}/api/v1/graph", c.api_url())).await;
+        let e = crate::support::edge(&g, "shop/a/v1", "shop/otlp/v1")?;
+        (e["stats"]["grpc_codes"]["UNIMPLEMENTED"] == 1).then(|| e["stats"].clone())
+    })
+    .await;
+    assert_eq!(g["grpc_codes"], serde_json::json!({"OK": 1, "UNIMPLEMENTED": 1}), "{g}");
+    assert_eq!(
+        (g["requests"].as_u64(), g["errors"].as_u64(), g["codes"]["5xx"].as_u64()),
+        (Some(2), Some(1), Some(1)),
+        "{g}"
+    );
 }
 
 fn rss_kib() -> u64 {

@@ -46,7 +46,11 @@ async fn prometheus_scrapes_the_service_graph() {
         vec![kv("url.full", "https://api.stripe.com/v1/charges")],
         false,
     ));
+    let grpc = |code| vec![kv("rpc.system", "grpc"), kv_int("rpc.grpc.status_code", code)];
+    front.push(span(SpanKind::Client, 3, 35, Some(30), 1, 2_000, grpc(14), true));
     let back = vec![span(SpanKind::Consumer, 3, 34, Some(32), 1, 2_000, vec![kv("messaging.system", "kafka")], false)];
+    let users = vec![span(SpanKind::Server, 3, 36, Some(35), 1, 1_500, grpc(14), true)];
+    grpc_traces(&c, traces(vec![(resource("", "users", "v1"), users)])).await.unwrap();
     grpc_traces(&c, traces(vec![(resource("", "frontend", "v1"), front), (resource("", "billing", "v1"), back)]))
         .await
         .unwrap();
@@ -124,6 +128,7 @@ async fn prometheus_scrapes_the_service_graph() {
         ("frontend", "api.stripe.com", "virtual_node", "1"),
         ("frontend", "billing", "messaging_system", "1"),
         ("frontend", "pg.local", "database", "1"),
+        ("frontend", "users", "", "1"),
         ("productpage", "reviews", "", "12"),
         ("user", "frontend", "virtual_node", "1"),
     ];
@@ -137,6 +142,13 @@ async fn prometheus_scrapes_the_service_graph() {
     for s in ["reviews", "pg.local", "billing", "frontend"] {
         assert!(servers.contains(s), "server-side latency of {s}: {p50:?}");
     }
+    // gRPC codes, labelled as Istio's standard metrics label them.
+    let unavailable = q("sum by (client, server) (meshlens_grpc_requests_total{grpc_response_status=\"14\"})").await;
+    assert_eq!(unavailable.len(), 1, "{unavailable:?}");
+    assert_eq!(
+        (unavailable[0]["metric"]["server"].as_str(), unavailable[0]["value"][1].as_str()),
+        (Some("users"), Some("1"))
+    );
     // Grafana's node stats: requests served per node.
     let served = q("sum by (server) (traces_service_graph_request_server_seconds_count)").await;
     assert!(served.iter().any(|r| r["metric"]["server"] == "pg.local" && r["value"][1] == "1"), "{served:?}");

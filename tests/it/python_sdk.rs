@@ -166,6 +166,8 @@ async fn instrumented_python_apps_with_metrics_on_old_and_new_semconv() {
         ];
         want.sort();
         assert_eq!(got, want, "{ns}");
+        let users = &edge(&g, &id("web"), &id("users")).unwrap()["stats"]["grpc_codes"];
+        assert_eq!(users, &serde_json::json!({"OK": 12, "NOT_FOUND": 4, "UNAVAILABLE": 4}), "{ns}");
     }
     c.shutdown().await.unwrap();
 }

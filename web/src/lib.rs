@@ -456,7 +456,11 @@ fn latency(s: &Stats) -> String {
 
 fn codes(s: &Stats) -> String {
     let c = &s.codes;
-    format!("2xx {}  3xx {}  4xx {}  5xx {}  none {}", c.c2xx, c.c3xx, c.c4xx, c.c5xx, c.none)
+    let http = format!("2xx {}  3xx {}  4xx {}  5xx {}  none {}", c.c2xx, c.c3xx, c.c4xx, c.c5xx, c.none);
+    match s.grpc_line() {
+        Some(grpc) => format!("{http}  ·  grpc {grpc}"),
+        None => http,
+    }
 }
 
 #[component]
