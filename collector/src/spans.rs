@@ -153,6 +153,20 @@ fn facts(span: &Span, server_side: bool) -> SpanFacts<'_> {
     SpanFacts { class, failed, latency_us, attrs }
 }
 
+impl SpanFacts<'_> {
+    /// The span as one request on a one-span edge.
+    fn obs(&self) -> Obs {
+        Obs {
+            class: self.class,
+            failed: self.failed,
+            latency_us: Some(self.latency_us),
+            count: 1,
+            mtls: self.attrs.mtls,
+            grpc: grpc_code(&self.attrs),
+        }
+    }
+}
+
 /// The database a client span calls, named by preference.
 fn db_name<'a>(a: &SpanAttrs<'a>) -> Option<&'a str> {
     let db = a.db_namespace.or(a.db_name).or(a.db_system)?;
@@ -219,14 +233,7 @@ impl Engine {
             {
                 let target = self.named_peer(db, true)?;
                 self.counters.database_client.add(1);
-                let obs = Obs {
-                    class: f.class,
-                    failed: f.failed,
-                    latency_us: Some(f.latency_us),
-                    count: 1,
-                    mtls: a.mtls,
-                    grpc: None,
-                };
+                let obs = f.obs();
                 // The span's duration is the database's time too, as Tempo takes it, so that the
                 // documented queries on `..._server_seconds` find database edges.
                 return self.span_edge(
@@ -249,14 +256,7 @@ impl Engine {
                 None => self.peer(&Peer::User)?,
             };
             self.counters.root_server.add(1);
-            let obs = Obs {
-                class: f.class,
-                failed: f.failed,
-                latency_us: Some(f.latency_us),
-                count: 1,
-                mtls: a.mtls,
-                grpc: grpc_code(a),
-            };
+            let obs = f.obs();
             let proto = protocol(messaging, a.grpc);
             return self.span_edge(source, node, proto, sec, &obs, Some(f.latency_us), None);
         }
