@@ -326,12 +326,14 @@ async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-async fn metrics(State(api): ApiState) -> Response {
+async fn metrics(State(api): ApiState, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let format = crate::prom::Format::from_accept(accept);
     let body = {
         let engine = api.hub.engine.lock();
-        crate::prom::render(&engine, &api.hub)
+        crate::prom::render(&engine, &api.hub, format)
     };
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -60,9 +60,33 @@ pub struct PromHist {
     pub sum: f64,
     /// Observations.
     pub count: u64,
+    /// Per bucket, the last request with a trace id that fell in it (OpenMetrics exemplars). Not
+    /// stored: a restart starts without.
+    #[serde(skip)]
+    pub exemplars: Vec<Option<Exemplar>>,
+}
+
+/// A request behind a histogram bucket: its trace, its value and when it arrived.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Exemplar {
+    /// The trace id.
+    pub trace_id: [u8; 16],
+    /// The observed value, seconds.
+    pub secs: f64,
+    /// Arrival, Unix seconds.
+    pub at: f64,
 }
 
 impl PromHist {
+    /// Keeps `trace_id` as the exemplar of the bucket `secs` falls in.
+    pub fn exemplar(&mut self, secs: f64, trace_id: [u8; 16], at: f64) {
+        if self.exemplars.len() != PROM_BUCKETS.len() + 1 {
+            self.exemplars = vec![None; PROM_BUCKETS.len() + 1];
+        }
+        let i = PROM_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(PROM_BUCKETS.len());
+        self.exemplars[i] = Some(Exemplar { trace_id, secs, at });
+    }
+
     /// Records `n` observations of `secs`.
     pub fn record(&mut self, secs: f64, n: u64) {
         if self.buckets.len() != PROM_BUCKETS.len() + 1 {

@@ -375,7 +375,10 @@ impl Engine {
                 Side::Client => edge.record_client_latency(latency_us, c),
             }
             if counts_requests {
-                edge.record(sec, &Obs { class, failed, latency_us: Some(latency_us), count: n, mtls, grpc });
+                edge.record(
+                    sec,
+                    &Obs { class, failed, latency_us: Some(latency_us), count: n, mtls, grpc, trace: None },
+                );
             }
         }
         Ok(())

@@ -19,13 +19,58 @@ fn peer_labels(peer: &Peer) -> (String, String, String) {
     }
 }
 
-fn hist(out: &mut String, name: &str, labels: &str, h: &PromHist) {
-    let mut cum = 0u64;
-    for (i, le) in PROM_BUCKETS.iter().enumerate() {
-        cum = cum.saturating_add(h.buckets.get(i).copied().unwrap_or(0));
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cum}");
+/// Which exposition format `/metrics` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text 0.0.4.
+    Text,
+    /// OpenMetrics 1.0, with exemplars (trace ids) on histogram buckets.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for: OpenMetrics when it names it (as Prometheus's
+    /// scraper does), else the text format.
+    pub fn from_accept(accept: &str) -> Self {
+        if accept.contains("application/openmetrics-text") { Format::OpenMetrics } else { Format::Text }
     }
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+
+    /// Its `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// A metric family's `# HELP` and `# TYPE` lines. OpenMetrics names a counter's family without
+/// its samples' `_total`.
+fn family(out: &mut String, format: Format, name: &str, kind: &str, help: &str) {
+    let name = match (format, kind) {
+        (Format::OpenMetrics, "counter") => name.strip_suffix("_total").unwrap_or(name),
+        _ => name,
+    };
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hist(out: &mut String, format: Format, name: &str, labels: &str, h: &PromHist) {
+    let mut cum = 0u64;
+    for i in 0..=PROM_BUCKETS.len() {
+        let le = PROM_BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
+        cum = cum.saturating_add(h.buckets.get(i).copied().unwrap_or(0));
+        let _ = write!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cum}");
+        if format == Format::OpenMetrics
+            && let Some(Some(x)) = h.exemplars.get(i)
+        {
+            let _ = write!(out, " # {{trace_id=\"{}\"}} {} {:.3}", hex(&x.trace_id), x.secs, x.at);
+        }
+        out.push('\n');
+    }
     let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
 }
@@ -39,9 +84,9 @@ fn connection_type(engine: &Engine, e: &crate::engine::EdgeState) -> &'static st
 }
 
 /// Renders the exposition text.
-pub fn render(engine: &Engine, hub: &Hub) -> String {
+pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
     let mut out = String::with_capacity(4096 + engine.edges().len() * 2048);
-    out.push_str("# HELP traces_service_graph_request_total Requests between two nodes.\n# TYPE traces_service_graph_request_total counter\n");
+    family(&mut out, format, "traces_service_graph_request_total", "counter", "Requests between two nodes.");
     let labels: Vec<String> = engine
         .edges()
         .iter()
@@ -57,23 +102,47 @@ pub fn render(engine: &Engine, hub: &Hub) -> String {
     for (e, l) in engine.edges().iter().zip(&labels) {
         let _ = writeln!(out, "traces_service_graph_request_total{{{l}}} {}", e.totals.requests);
     }
-    out.push_str("# HELP traces_service_graph_request_failed_total Failed requests between two nodes.\n# TYPE traces_service_graph_request_failed_total counter\n");
+    family(
+        &mut out,
+        format,
+        "traces_service_graph_request_failed_total",
+        "counter",
+        "Failed requests between two nodes.",
+    );
     for (e, l) in engine.edges().iter().zip(&labels) {
         let _ = writeln!(out, "traces_service_graph_request_failed_total{{{l}}} {}", e.totals.failed);
     }
-    out.push_str("# HELP traces_service_graph_request_server_seconds Time the server took, seconds.\n# TYPE traces_service_graph_request_server_seconds histogram\n");
+    family(
+        &mut out,
+        format,
+        "traces_service_graph_request_server_seconds",
+        "histogram",
+        "Time the server took, seconds.",
+    );
     for (e, l) in engine.edges().iter().zip(&labels) {
         if e.totals.server.count > 0 {
-            hist(&mut out, "traces_service_graph_request_server_seconds", l, &e.totals.server);
+            hist(&mut out, format, "traces_service_graph_request_server_seconds", l, &e.totals.server);
         }
     }
-    out.push_str("# HELP traces_service_graph_request_client_seconds Time the client saw, seconds.\n# TYPE traces_service_graph_request_client_seconds histogram\n");
+    family(
+        &mut out,
+        format,
+        "traces_service_graph_request_client_seconds",
+        "histogram",
+        "Time the client saw, seconds.",
+    );
     for (e, l) in engine.edges().iter().zip(&labels) {
         if e.totals.client.count > 0 {
-            hist(&mut out, "traces_service_graph_request_client_seconds", l, &e.totals.client);
+            hist(&mut out, format, "traces_service_graph_request_client_seconds", l, &e.totals.client);
         }
     }
-    out.push_str("# HELP meshlens_grpc_requests_total gRPC requests between two nodes by status code (Istio's grpc_response_status).\n# TYPE meshlens_grpc_requests_total counter\n");
+    family(
+        &mut out,
+        format,
+        "meshlens_grpc_requests_total",
+        "counter",
+        "gRPC requests between two nodes by status code (Istio's grpc_response_status).",
+    );
     for (e, l) in engine.edges().iter().zip(&labels) {
         for (code, n) in e.totals.grpc.iter().flat_map(|g| g.iter().enumerate()).filter(|(_, n)| **n > 0) {
             let _ = writeln!(out, "meshlens_grpc_requests_total{{{l},grpc_response_status=\"{code}\"}} {n}");
@@ -91,7 +160,7 @@ pub fn render(engine: &Engine, hub: &Hub) -> String {
             &engine.pairing.dropped,
         ),
     ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        family(&mut out, format, name, "counter", help);
         let mut rows: Vec<(&u32, &[u64; 2])> = by_node.iter().collect();
         rows.sort_unstable();
         for (&node, counts) in rows {
@@ -115,7 +184,7 @@ pub fn render(engine: &Engine, hub: &Hub) -> String {
     }
     let c = &hub.counters;
     let mut metric = |name: &str, kind: &str, help: &str, series: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP meshlens_collector_{name} {help}\n# TYPE meshlens_collector_{name} {kind}");
+        family(&mut out, format, &format!("meshlens_collector_{name}"), kind, help);
         for (labels, v) in series {
             if labels.is_empty() {
                 let _ = writeln!(out, "meshlens_collector_{name} {v}");
@@ -222,5 +291,8 @@ pub fn render(engine: &Engine, hub: &Hub) -> String {
         "Newest revision number.",
         &[("", hub.latest().map(|r| r.revision).unwrap_or(0))],
     );
+    if format == Format::OpenMetrics {
+        out.push_str("# EOF\n");
+    }
     out
 }

@@ -138,6 +138,7 @@ impl SpanStore {
 
 /// What a span says, read once.
 struct SpanFacts<'a> {
+    trace: Option<[u8; 16]>,
     class: CodeClass,
     failed: bool,
     latency_us: u64,
@@ -150,7 +151,7 @@ fn facts(span: &Span, server_side: bool) -> SpanFacts<'_> {
     let (class, failed) =
         outcome(Report { http_status: attrs.http_status, grpc_code: attrs.grpc_code, error, server_side });
     let latency_us = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) / 1000;
-    SpanFacts { class, failed, latency_us, attrs }
+    SpanFacts { trace: span.trace_id.as_ref().try_into().ok(), class, failed, latency_us, attrs }
 }
 
 impl SpanFacts<'_> {
@@ -163,6 +164,7 @@ impl SpanFacts<'_> {
             count: 1,
             mtls: self.attrs.mtls,
             grpc: grpc_code(&self.attrs),
+            trace: self.trace,
         }
     }
 }
@@ -341,7 +343,7 @@ impl Engine {
                 self.pairing.map.remove(&key);
                 let (client, server) = if client_side { (half, other) } else { (other, half) };
                 self.counters.spans_paired.add(2);
-                self.complete_pair(&client, &server, sec)
+                self.complete_pair(&client, &server, key.trace, sec)
             }
             _ => {
                 if self.pairing.map.len() >= self.pairing.capacity && !self.pairing.map.contains_key(&key) {
@@ -355,7 +357,7 @@ impl Engine {
         }
     }
 
-    fn complete_pair(&mut self, client: &Half, server: &Half, sec: u64) -> Result<(), LimitHit> {
+    fn complete_pair(&mut self, client: &Half, server: &Half, trace: [u8; 16], sec: u64) -> Result<(), LimitHit> {
         let failed = (client.flags | server.flags) & SIDE_FAILED != 0;
         let mut class = CodeClass::from_index(usize::from(server.class));
         if failed && class == CodeClass::Ok {
@@ -368,6 +370,7 @@ impl Engine {
             count: 1,
             mtls: (client.flags & server.flags) & SIDE_MTLS != 0,
             grpc: server.grpc().or(client.grpc()),
+            trace: Some(trace),
         };
         let proto = protocol(server.flags & SIDE_MESSAGING != 0, (client.flags | server.flags) & SIDE_GRPC != 0);
         self.span_edge(
@@ -405,6 +408,14 @@ impl Engine {
         if let Some(us) = client_us {
             edge.record_client_latency(us, 1);
         }
+        if let Some(trace) = obs.trace {
+            let t = &mut edge.totals;
+            for (hist, us) in [(&mut t.server, server_us), (&mut t.client, client_us)] {
+                if let Some(us) = us {
+                    hist.exemplar(us as f64 / 1e6, trace, sec as f64);
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -425,9 +436,9 @@ pub fn expire(engine: &mut Engine, now: f64) {
     let now_ms = engine.pairing.ms(now);
     let sec = now as u64;
     let ttl = engine.pairing.ttl_ms;
-    let expired: Vec<Half> =
-        engine.pairing.map.extract_if(|_, h| now_ms.saturating_sub(h.arrived_ms) >= ttl).map(|(_, h)| h).collect();
-    for half in expired {
+    let expired: Vec<(PairKey, Half)> =
+        engine.pairing.map.extract_if(|_, h| now_ms.saturating_sub(h.arrived_ms) >= ttl).collect();
+    for (key, half) in expired {
         let messaging = half.flags & SIDE_MESSAGING != 0;
         engine.pairing.unpaired.entry(half.node).or_default()[usize::from(!half.is_client())] += 1;
         if half.is_client() {
@@ -444,6 +455,7 @@ pub fn expire(engine: &mut Engine, now: f64) {
                 count: 1,
                 mtls: half.flags & SIDE_MTLS != 0,
                 grpc: half.grpc(),
+                trace: Some(key.trace),
             };
             let proto = protocol(messaging, half.flags & SIDE_GRPC != 0);
             if engine.span_edge(half.node, half.peer, proto, sec, &obs, None, Some(u64::from(half.latency_us))).is_err()

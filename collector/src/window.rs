@@ -76,6 +76,8 @@ pub struct Obs {
     pub mtls: bool,
     /// The gRPC status code (0–16), when the request carried one.
     pub grpc: Option<u8>,
+    /// The trace it belongs to, when it came from a span (for exemplars).
+    pub trace: Option<[u8; 16]>,
 }
 
 /// A ring of slices of one width.
@@ -382,6 +384,7 @@ mod tests {
             count: 1,
             mtls: false,
             grpc: None,
+            trace: None,
         }
     }
 

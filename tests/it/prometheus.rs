@@ -76,6 +76,7 @@ async fn prometheus_scrapes_the_service_graph() {
         .arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--enable-feature=exemplar-storage")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -149,6 +150,26 @@ async fn prometheus_scrapes_the_service_graph() {
         (unavailable[0]["metric"]["server"].as_str(), unavailable[0]["value"][1].as_str()),
         (Some("users"), Some("1"))
     );
+    // Scraped as OpenMetrics, the buckets carry exemplars: the trace behind a latency.
+    let exemplars = eventually("an exemplar of the reviews edge", 30, || async {
+        let r = http()
+            .get(format!("http://127.0.0.1:{port}/api/v1/query_exemplars"))
+            .query(&[
+                ("query", "traces_service_graph_request_server_seconds_bucket{server=\"reviews\"}"),
+                ("start", "0"),
+                ("end", "4102444800"),
+            ])
+            .send()
+            .await
+            .ok()?;
+        let body: serde_json::Value = r.json().await.ok()?;
+        let all = body["data"].as_array()?.iter().flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default());
+        let ids: Vec<String> = all.filter_map(|x| x["labels"]["trace_id"].as_str().map(str::to_owned)).collect();
+        (!ids.is_empty()).then_some(ids)
+    })
+    .await;
+    let ours = ["00000000000000000000000000000001", "00000000000000000000000000000002"];
+    assert!(exemplars.iter().all(|id| ours.contains(&id.as_str())), "{exemplars:?}");
     // Grafana's node stats: requests served per node.
     let served = q("sum by (server) (traces_service_graph_request_server_seconds_count)").await;
     assert!(served.iter().any(|r| r["metric"]["server"] == "pg.local" && r["value"][1] == "1"), "{served:?}");
