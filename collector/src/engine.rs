@@ -114,6 +114,9 @@ pub struct Totals {
     /// gRPC requests per status code, on edges that carried gRPC.
     #[serde(default)]
     pub grpc: Option<[u64; 17]>,
+    /// On messaging edges: the time between a producer span's end and its consumer span's start.
+    #[serde(default)]
+    pub messaging: PromHist,
 }
 
 /// The protocol an edge carries.

@@ -139,6 +139,18 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
     family(
         &mut out,
         format,
+        "traces_service_graph_request_messaging_system_seconds",
+        "histogram",
+        "Time between a producer span's end and its consumer span's start, seconds.",
+    );
+    for (e, l) in engine.edges().iter().zip(&labels) {
+        if e.totals.messaging.count > 0 {
+            hist(&mut out, format, "traces_service_graph_request_messaging_system_seconds", l, &e.totals.messaging);
+        }
+    }
+    family(
+        &mut out,
+        format,
         "meshlens_grpc_requests_total",
         "counter",
         "gRPC requests between two nodes by status code (Istio's grpc_response_status).",

@@ -185,11 +185,15 @@ fn self_edges_count() {
 #[test]
 fn producer_and_consumer_pair_as_messaging() {
     let mut e = engine();
+    // Produced (ended) at T0 + 1 ms, consumed from T0 + 6 ms: 5 ms in the queue.
     let p = span(SpanKind::Producer, 8, 80, Some(1), T0, 1_000, vec![], false);
-    let c = span(SpanKind::Consumer, 8, 81, Some(80), T0, 1_000, vec![], false);
-    e.ingest_traces(&traces(vec![(resource("", "pub", ""), vec![p]), (resource("", "sub", ""), vec![c])]), NOW);
+    let c = span(SpanKind::Consumer, 8, 81, Some(80), T0 + 6_000_000, 1_000, vec![], false);
+    e.ingest_traces(&traces(vec![(resource("", "sub", ""), vec![c]), (resource("", "pub", ""), vec![p])]), NOW);
     let g = graph(&e, NOW);
     assert_eq!(g.edge("default/pub", "default/sub").unwrap().protocol, "messaging");
+    let q = &e.edges()[0].totals.messaging;
+    assert_eq!(q.count, 1);
+    assert!((q.sum - 0.005).abs() < 1e-6, "{}", q.sum);
 }
 
 #[test]
@@ -239,7 +243,8 @@ fn databases_are_named_alike_under_old_and_new_conventions() {
     let old = vec![kv("db.system", "redis"), kv("net.peer.name", "cache.local"), kv("db.statement", "GET k")];
     let new = vec![kv("db.system.name", "redis"), kv("server.address", "cache.local"), kv("db.query.text", "GET k")];
     let only_name = vec![kv("db.name", "inventory")];
-    let only_ns = vec![kv("db.namespace", "billing"), kv("network.peer.address", "10.1.2.3")];
+    let only_ns =
+        vec![kv("db.namespace", "billing"), kv("network.peer.address", "10.1.2.3"), kv_int("network.peer.port", 5432)];
     let spans = [old, new, only_name, only_ns]
         .into_iter()
         .enumerate()
@@ -249,7 +254,7 @@ fn databases_are_named_alike_under_old_and_new_conventions() {
     let g = graph(&e, NOW);
     assert_eq!(edge_requests(&g, "default/api", "db:cache.local"), 2);
     assert_eq!(edge_requests(&g, "default/api", "db:inventory"), 1, "db.name alone is a database (as in Tempo)");
-    assert_eq!(edge_requests(&g, "default/api", "db:10.1.2.3"), 1);
+    assert_eq!(edge_requests(&g, "default/api", "db:10.1.2.3:5432"), 1, "an address with its port, as Tempo names it");
     assert_eq!(g.edges.len(), 3, "{:?}", g.edges.iter().map(|e| &e.id).collect::<Vec<_>>());
     assert!(g.edges.iter().all(|x| x.protocol == "database"));
 }

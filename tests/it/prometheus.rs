@@ -48,7 +48,9 @@ async fn prometheus_scrapes_the_service_graph() {
     ));
     let grpc = |code| vec![kv("rpc.system", "grpc"), kv_int("rpc.grpc.status_code", code)];
     front.push(span(SpanKind::Client, 3, 35, Some(30), 1, 2_000, grpc(14), true));
-    let back = vec![span(SpanKind::Consumer, 3, 34, Some(32), 1, 2_000, vec![kv("messaging.system", "kafka")], false)];
+    // Consumed 2 ms after the producer span ended.
+    let back =
+        vec![span(SpanKind::Consumer, 3, 34, Some(32), 3_000_001, 2_000, vec![kv("messaging.system", "kafka")], false)];
     let users = vec![span(SpanKind::Server, 3, 36, Some(35), 1, 1_500, grpc(14), true)];
     grpc_traces(&c, traces(vec![(resource("", "users", "v1"), users)])).await.unwrap();
     grpc_traces(&c, traces(vec![(resource("", "frontend", "v1"), front), (resource("", "billing", "v1"), back)]))
@@ -170,6 +172,10 @@ async fn prometheus_scrapes_the_service_graph() {
     .await;
     let ours = ["00000000000000000000000000000001", "00000000000000000000000000000002"];
     assert!(exemplars.iter().all(|id| ours.contains(&id.as_str())), "{exemplars:?}");
+    let queue = q("sum by (client, server) (traces_service_graph_request_messaging_system_seconds_sum)").await;
+    assert_eq!(queue.len(), 1, "{queue:?}");
+    assert_eq!(queue[0]["metric"]["server"], "billing");
+    assert!((queue[0]["value"][1].as_str().unwrap().parse::<f64>().unwrap() - 0.002).abs() < 1e-6, "{queue:?}");
     // Grafana's node stats: requests served per node.
     let served = q("sum by (server) (traces_service_graph_request_server_seconds_count)").await;
     assert!(served.iter().any(|r| r["metric"]["server"] == "pg.local" && r["value"][1] == "1"), "{served:?}");

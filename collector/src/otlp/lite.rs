@@ -220,6 +220,8 @@ pub struct SpanAttrs<'a> {
     pub url_host: Option<&'a str>,
     /// `network.peer.address` (or the older `net.sock.peer.addr`).
     pub network_peer_address: Option<&'a str>,
+    /// `network.peer.port` (or the older `net.sock.peer.port`).
+    pub network_peer_port: Option<i64>,
     /// `messaging.destination.name` (or the older `messaging.destination`).
     pub messaging_destination: Option<&'a str>,
     /// `messaging.system`.
@@ -256,6 +258,7 @@ enum Wanted {
     DbName,
     Url,
     NetworkPeerAddress,
+    NetworkPeerPort,
     MessagingDestination,
     MessagingDestinationOld,
     MessagingSystem,
@@ -281,6 +284,7 @@ fn wanted(key: &[u8]) -> Option<Wanted> {
         b"db.name" => Wanted::DbName,
         b"url.full" | b"http.url" => Wanted::Url,
         b"network.peer.address" | b"net.sock.peer.addr" => Wanted::NetworkPeerAddress,
+        b"network.peer.port" | b"net.sock.peer.port" => Wanted::NetworkPeerPort,
         b"messaging.destination.name" => Wanted::MessagingDestination,
         b"messaging.destination" => Wanted::MessagingDestinationOld,
         b"messaging.system" => Wanted::MessagingSystem,
@@ -347,6 +351,7 @@ impl<'a> SpanAttrs<'a> {
                 Wanted::DbName => s.db_name = text,
                 Wanted::Url => s.url_host = text.and_then(url_host).or(s.url_host),
                 Wanted::NetworkPeerAddress => s.network_peer_address = text.or(s.network_peer_address),
+                Wanted::NetworkPeerPort => s.network_peer_port = value.as_int().or(s.network_peer_port),
                 Wanted::MessagingDestination => s.messaging_destination = text,
                 Wanted::MessagingDestinationOld => s.messaging_destination = s.messaging_destination.or(text),
                 Wanted::MessagingSystem => s.messaging_system = text,
