@@ -11,7 +11,8 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 
 use crate::counters::Counters;
-use crate::engine::{EdgeState, Engine, unix_now};
+use crate::engine::{Engine, unix_now};
+use crate::graph::EdgeState;
 use crate::store::{EdgeMeta, EdgeRecord, Store, StoreError, StoredRevision};
 use crate::views::snapshots;
 use crate::window::{COARSE_WIDTH, FINE_SLOTS, FINE_WIDTH, Slice};

@@ -1,7 +1,8 @@
 //! The meshlens collector.
 //!
-//! It owns the OTLP receivers (gRPC with tonic, HTTP with axum), the pipeline that turns spans and
-//! agent metrics into edges ([`spans`], [`metrics`]), the windowed stats ([`window`]), the graph views
+//! It owns the OTLP receivers (gRPC with tonic, HTTP with axum), the pipeline ([`pipeline`]) that
+//! turns spans and agent metrics into edges ([`spans`], [`metrics`]) of one bounded [`graph`], the
+//! windowed stats ([`window`]), the graph views
 //! ([`views`]), the revisions and their store ([`hub`], [`store`]), and the HTTP API ([`api`],
 //! [`prom`]). It does not own the shared shapes (those are `meshlens-model`) and knows nothing of the
 //! agent, the console or the web app, which talk to its API.
@@ -16,9 +17,11 @@ pub mod attrs;
 pub mod auth;
 pub mod counters;
 pub mod engine;
+pub mod graph;
 pub mod hub;
 pub mod metrics;
 pub mod otlp;
+pub mod pipeline;
 pub mod prom;
 pub mod spans;
 pub mod store;
@@ -39,7 +42,7 @@ use tokio::task::JoinHandle;
 use crate::counters::Counters;
 use crate::engine::{Engine, EngineConfig, unix_now};
 use crate::hub::Hub;
-use crate::otlp::{Batch, Ingest};
+use crate::otlp::Ingest;
 use crate::store::{Store, StoreError};
 
 /// HTTP/2 flow-control window per OTLP/gRPC stream.
@@ -207,23 +210,8 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
         addr(&api_l, "API", config.http)?,
     );
 
-    let (ingest, mut rx) = Ingest::new(config.max_queue_bytes, config.max_request_bytes, counters.clone());
-    let pipeline_hub = hub.clone();
-    let pipeline = std::thread::Builder::new()
-        .name("meshlens-pipeline".into())
-        .spawn(move || {
-            while let Some(job) = rx.blocking_recv() {
-                let now = unix_now();
-                {
-                    let mut engine = pipeline_hub.engine.lock();
-                    match &job.batch {
-                        Batch::Traces(t) => engine.ingest_lean_traces(t, now),
-                        Batch::Metrics(m) => engine.ingest_metrics(m, now),
-                    }
-                }
-                otlp::done(&pipeline_hub.counters, job.bytes);
-            }
-        })
+    let (ingest, rx) = Ingest::new(config.max_queue_bytes, config.max_request_bytes, counters.clone());
+    let pipeline = pipeline::spawn(hub.clone(), rx)
         .map_err(|e| CollectorError::Config { name: "threads", message: e.to_string() })?;
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -41,13 +41,17 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::attrs::{get_bool, get_int, get_str, prefixed_workload, resource_workload};
-use crate::engine::{Engine, LimitHit, Protocol};
+use crate::graph::{Graph, LimitHit, Protocol};
 use crate::window::Obs;
 
 /// The last cumulative point of each series.
-#[derive(Default)]
 pub struct SeriesStore {
     last: HashMap<u64, Prev>,
+    /// Most series remembered.
+    max_series: usize,
+    /// Unix nanoseconds when this collector process started (cumulative series that started before
+    /// it are not counted from zero).
+    started_unix_nanos: u64,
 }
 
 struct Prev {
@@ -60,6 +64,16 @@ struct Prev {
 }
 
 impl SeriesStore {
+    /// An empty store of at most `max_series` series, for a process started at `started_unix_nanos`.
+    pub fn new(max_series: usize, started_unix_nanos: u64) -> Self {
+        Self { last: HashMap::new(), max_series, started_unix_nanos }
+    }
+
+    /// Merges an export of agent metrics into `graph` at time `now` (Unix seconds).
+    pub fn ingest(&mut self, graph: &mut Graph, req: &ExportMetricsServiceRequest, now: f64) {
+        Merge { g: graph, series: self }.ingest_metrics(req, now);
+    }
+
     /// Series remembered.
     pub fn len(&self) -> usize {
         self.last.len()
@@ -125,23 +139,8 @@ fn classify_status(attrs: &[KeyValue]) -> (CodeClass, bool, bool) {
     (class, failed, true)
 }
 
-/// Why an explicit-bucket histogram point cannot be read, if it cannot: OTLP wants one more bucket
-/// count than bounds (or neither), and bounds strictly increasing.
-pub fn histogram_shape_error(p: &HistogramDataPoint) -> Option<String> {
-    let (counts, bounds) = (p.bucket_counts.len(), p.explicit_bounds.len());
-    if counts != 0 && counts != bounds + 1 {
-        return Some(format!(
-            "{counts} bucket_counts for {bounds} explicit_bounds; there must be one more count than bounds"
-        ));
-    }
-    if !p.explicit_bounds.windows(2).all(|w| w[0] < w[1]) || p.explicit_bounds.iter().any(|b| !b.is_finite()) {
-        return Some("explicit_bounds must be finite and strictly increasing".to_owned());
-    }
-    None
-}
-
 /// Latency value (µs) standing for bucket `i` of an explicit-bucket histogram in seconds; the point's
-/// shape has been checked by [`histogram_shape_error`].
+/// shape has been checked by [`crate::otlp::histogram_shape_error`].
 fn bucket_value_us(p: &HistogramDataPoint, i: usize, scale: f64) -> u64 {
     let bounds = &p.explicit_bounds;
     let lower = match i.checked_sub(1) {
@@ -181,9 +180,15 @@ fn from_mesh(metric: &opentelemetry_proto::tonic::metrics::v1::Metric) -> bool {
     }
 }
 
-impl Engine {
+/// One call's worth of merging: the graph it writes and the series it remembers.
+struct Merge<'a> {
+    g: &'a mut Graph,
+    series: &'a mut SeriesStore,
+}
+
+impl Merge<'_> {
     /// Merges an export of agent metrics at time `now` (Unix seconds).
-    pub fn ingest_metrics(&mut self, req: &ExportMetricsServiceRequest, now: f64) {
+    fn ingest_metrics(&mut self, req: &ExportMetricsServiceRequest, now: f64) {
         for pass in [Side::Server, Side::Client] {
             for rm in &req.resource_metrics {
                 let Some(reporter) = resource_workload(rm.resource.as_ref()) else { continue };
@@ -195,7 +200,7 @@ impl Engine {
                     };
                     if !from_mesh(metric) {
                         if pass == Side::Server && is_http_duration(&metric.name) {
-                            self.counters.points_ignored_sdk.add(crate::otlp::point_count(metric) as u64);
+                            self.g.counters.points_ignored_sdk.add(crate::otlp::point_count(metric) as u64);
                         }
                         continue;
                     }
@@ -208,7 +213,7 @@ impl Engine {
                                     .histogram_point(&metric.name, &reporter, p, cumulative, pass, scale, now)
                                     .is_err()
                                 {
-                                    self.counters.points_dropped_cardinality.add(1);
+                                    self.g.counters.points_dropped_cardinality.add(1);
                                 }
                             }
                         }
@@ -217,7 +222,7 @@ impl Engine {
                             let cumulative = h.aggregation_temporality == AggregationTemporality::Cumulative as i32;
                             for p in &h.data_points {
                                 if self.exp_point(&metric.name, &reporter, p, cumulative, pass, scale, now).is_err() {
-                                    self.counters.points_dropped_cardinality.add(1);
+                                    self.g.counters.points_dropped_cardinality.add(1);
                                 }
                             }
                         }
@@ -226,7 +231,7 @@ impl Engine {
                             let retries = metric.name == CLIENT_RETRIES;
                             for p in &s.data_points {
                                 if self.sum_point(&metric.name, &reporter, p, cumulative, retries, now).is_err() {
-                                    self.counters.points_dropped_cardinality.add(1);
+                                    self.g.counters.points_dropped_cardinality.add(1);
                                 }
                             }
                         }
@@ -245,7 +250,7 @@ impl Engine {
                                 _ => false,
                             };
                             if !readable {
-                                self.counters.points_unsupported.add(crate::otlp::point_count(metric) as u64);
+                                self.g.counters.points_unsupported.add(crate::otlp::point_count(metric) as u64);
                             }
                         }
                         _ => {}
@@ -253,7 +258,7 @@ impl Engine {
                 }
             }
         }
-        self.counters.series.set(self.series.len() as u64);
+        self.g.counters.series.set(self.series.last.len() as u64);
     }
 
     fn ends(&mut self, reporter: &Workload, attrs: &[KeyValue], side: Side) -> Result<(u32, u32), LimitHit> {
@@ -268,12 +273,12 @@ impl Engine {
                 dst.map(Peer::Workload).unwrap_or(Peer::Unknown),
             ),
         };
-        Ok((self.peer(&source)?, self.peer(&target)?))
+        Ok((self.g.peer(&source)?, self.g.peer(&target)?))
     }
 
     /// The delta of a cumulative series, or `None` when this point only sets the baseline.
     fn delta(&mut self, key: u64, start: u64, count: u64, buckets: &[u64]) -> Result<Option<Vec<u64>>, LimitHit> {
-        let started_after_us = start >= self.started_unix_nanos;
+        let started_after_us = start >= self.series.started_unix_nanos;
         match self.series.last.get_mut(&key) {
             Some(prev) => {
                 let reset = prev.start != start
@@ -281,7 +286,7 @@ impl Engine {
                     || prev.buckets.len() != buckets.len()
                     || buckets.iter().zip(&prev.buckets).any(|(c, p)| c < p);
                 let delta = if reset {
-                    self.counters.counter_resets.add(1);
+                    self.g.counters.counter_resets.add(1);
                     buckets.to_vec()
                 } else {
                     buckets.iter().zip(&prev.buckets).map(|(c, p)| c - p).collect()
@@ -293,7 +298,7 @@ impl Engine {
                 Ok(Some(delta))
             }
             None => {
-                if self.series.last.len() >= self.config.max_series {
+                if self.series.last.len() >= self.series.max_series {
                     return Err(LimitHit::Series);
                 }
                 self.series.last.insert(key, Prev { start, count, buckets: buckets.to_vec(), exp: None });
@@ -314,11 +319,11 @@ impl Engine {
         now: f64,
     ) -> Result<(), LimitHit> {
         if !mesh_point(&p.attributes) {
-            self.counters.points_ignored_sdk.add(1);
+            self.g.counters.points_ignored_sdk.add(1);
             return Ok(());
         }
-        if histogram_shape_error(p).is_some() {
-            self.counters.points_rejected.add(1);
+        if crate::otlp::histogram_shape_error(p).is_some() {
+            self.g.counters.points_rejected.add(1);
             return Ok(());
         }
         let counts = if cumulative {
@@ -356,7 +361,7 @@ impl Engine {
         let mtls = get_bool(attrs, MTLS).unwrap_or(false);
         let grpc = get_int(attrs, GRPC_STATUS).and_then(|c| u8::try_from(c).ok()).filter(|&c| c <= 16);
         let sec = now as u64;
-        let edge = self.edge_mut(source, target, Protocol::Http)?;
+        let edge = self.g.edge_mut(source, target, Protocol::Http)?;
         edge.metrics_seen = true;
         let counts_requests = match side {
             Side::Server => {
@@ -398,7 +403,7 @@ impl Engine {
         now: f64,
     ) -> Result<(), LimitHit> {
         if !mesh_point(&p.attributes) {
-            self.counters.points_ignored_sdk.add(1);
+            self.g.counters.points_ignored_sdk.add(1);
             return Ok(());
         }
         let positive = p.positive.as_ref();
@@ -406,7 +411,7 @@ impl Engine {
         let mut buckets = vec![p.zero_count];
         buckets.extend(positive.map_or(&[][..], |b| &b.bucket_counts[..]));
         if !(-10..=20).contains(&p.scale) || buckets.len() > 1 + 16_384 {
-            self.counters.points_rejected.add(1);
+            self.g.counters.points_rejected.add(1);
             return Ok(());
         }
         let (offset, counts) = if cumulative {
@@ -450,9 +455,9 @@ impl Engine {
         offset: i32,
         buckets: Vec<u64>,
     ) -> Result<Option<(i32, Vec<u64>)>, LimitHit> {
-        let started_after_us = start >= self.started_unix_nanos;
+        let started_after_us = start >= self.series.started_unix_nanos;
         let Some(prev) = self.series.last.get_mut(&key) else {
-            if self.series.last.len() >= self.config.max_series {
+            if self.series.last.len() >= self.series.max_series {
                 return Err(LimitHit::Series);
             }
             let fresh = started_after_us.then(|| (offset, buckets.clone()));
@@ -492,7 +497,7 @@ impl Engine {
         let delta = match delta {
             Some(d) => d,
             None => {
-                self.counters.counter_resets.add(1);
+                self.g.counters.counter_resets.add(1);
                 buckets.clone()
             }
         };
@@ -530,7 +535,7 @@ impl Engine {
             return Ok(());
         }
         let (source, target) = self.ends(reporter, &p.attributes, Side::Client)?;
-        let edge = self.edge_mut(source, target, Protocol::Http)?;
+        let edge = self.g.edge_mut(source, target, Protocol::Http)?;
         edge.metrics_seen = true;
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         if retries {

@@ -5,7 +5,8 @@ use std::fmt::Write;
 
 use meshlens_model::Peer;
 
-use crate::engine::{Engine, PROM_BUCKETS, PromHist};
+use crate::engine::Engine;
+use crate::graph::{EdgeState, PROM_BUCKETS, PromHist};
 use crate::hub::Hub;
 
 fn escape(v: &str) -> String {
@@ -78,7 +79,7 @@ fn hist(out: &mut String, format: Format, name: &str, labels: &str, h: &PromHist
 /// The servicegraph `connection_type` of an edge, as Tempo labels it: `virtual_node` when one end
 /// has no span of its own (`user`, an `ext:` peer, `unknown` — a lone producer's destination too),
 /// else `database` or `messaging_system` by protocol, empty between two instrumented workloads.
-fn connection_type(engine: &Engine, e: &crate::engine::EdgeState) -> &'static str {
+fn connection_type(engine: &Engine, e: &EdgeState) -> &'static str {
     let virtual_end = |i: u32| matches!(engine.peer_at(i), Peer::User | Peer::External { .. } | Peer::Unknown);
     if virtual_end(e.source) || virtual_end(e.target) { "virtual_node" } else { e.protocol.connection_type() }
 }

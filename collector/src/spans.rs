@@ -25,12 +25,11 @@
 use hashbrown::HashMap;
 use meshlens_model::Peer;
 use meshlens_model::stats::{CodeClass, Report, outcome};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
 use crate::attrs::resource_workload;
-use crate::engine::{Engine, LimitHit, Protocol};
+use crate::graph::{Graph, LimitHit, Protocol};
 use crate::otlp::lite::{Span, SpanAttrs, TraceRequest};
 use crate::window::Obs;
 
@@ -195,36 +194,50 @@ fn virtual_name<'a>(a: &SpanAttrs<'a>, messaging: bool) -> Option<&'a str> {
     if messaging { a.messaging_destination.or(peer).or(a.messaging_system) } else { peer }
 }
 
-impl Engine {
-    /// Turns an export decoded into the full OTLP types (OTLP/JSON, tests) into edge observations.
-    pub fn ingest_traces(&mut self, req: &ExportTraceServiceRequest, now: f64) {
-        self.ingest_lean_traces(&TraceRequest::from_full(req), now);
+/// One call's worth of pairing: the graph it writes and the store it pairs in.
+struct Pairing<'a> {
+    g: &'a mut Graph,
+    pairing: &'a mut SpanStore,
+}
+
+impl SpanStore {
+    /// Turns an export of spans into edge observations on `graph` at time `now` (Unix seconds).
+    pub fn ingest(&mut self, graph: &mut Graph, req: &TraceRequest, now: f64) {
+        Pairing { g: graph, pairing: self }.ingest_lean_traces(req, now);
     }
 
+    /// Expires halves older than the time to live: a lone client becomes an edge to its virtual
+    /// peer, a lone server is counted as expired.
+    pub fn expire(&mut self, graph: &mut Graph, now: f64) {
+        Pairing { g: graph, pairing: self }.expire(now);
+    }
+}
+
+impl Pairing<'_> {
     /// Turns an export of spans into edge observations at time `now` (Unix seconds).
-    pub fn ingest_lean_traces(&mut self, req: &TraceRequest, now: f64) {
+    fn ingest_lean_traces(&mut self, req: &TraceRequest, now: f64) {
         let sec = now as u64;
         for rs in &req.resource_spans {
             let span_count: usize = rs.scope_spans.iter().map(|s| s.spans.len()).sum();
             let Some(workload) = resource_workload(rs.resource.as_ref()) else {
                 // Rejected at the door already; a request built in-process may still carry one.
-                self.counters.spans_rejected.add(span_count as u64);
+                self.g.counters.spans_rejected.add(span_count as u64);
                 continue;
             };
-            let node = match self.peer(&Peer::Workload(workload)) {
+            let node = match self.g.peer(&Peer::Workload(workload)) {
                 Ok(n) => n,
                 Err(_) => {
-                    self.counters.spans_dropped_cardinality.add(span_count as u64);
+                    self.g.counters.spans_dropped_cardinality.add(span_count as u64);
                     continue;
                 }
             };
             for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
                 if self.ingest_span(node, span, now, sec).is_err() {
-                    self.counters.spans_dropped_cardinality.add(1);
+                    self.g.counters.spans_dropped_cardinality.add(1);
                 }
             }
         }
-        self.counters.store_size.set(self.pairing.len() as u64);
+        self.g.counters.store_size.set(self.pairing.len() as u64);
     }
 
     fn ingest_span(&mut self, node: u32, span: &Span, now: f64, sec: u64) -> Result<(), LimitHit> {
@@ -235,7 +248,7 @@ impl Engine {
             SpanKind::Server => (false, false),
             SpanKind::Consumer => (false, true),
             SpanKind::Internal | SpanKind::Unspecified => {
-                self.counters.spans_ignored_kind.add(1);
+                self.g.counters.spans_ignored_kind.add(1);
                 return Ok(());
             }
         };
@@ -246,8 +259,8 @@ impl Engine {
             && let Some(db) = db_name(a)
         {
             {
-                let target = self.named_peer(&db, true)?;
-                self.counters.database_client.add(1);
+                let target = self.g.named_peer(&db, true)?;
+                self.g.counters.database_client.add(1);
                 let obs = f.obs();
                 // The span's duration is the database's time too, as Tempo takes it, so that the
                 // documented queries on `..._server_seconds` find database edges.
@@ -267,23 +280,23 @@ impl Engine {
         }
         if !client_side && span.parent_span_id.is_empty() {
             let source = match a.peer_service {
-                Some(name) => self.named_peer(name, false)?,
-                None => self.peer(&Peer::User)?,
+                Some(name) => self.g.named_peer(name, false)?,
+                None => self.g.peer(&Peer::User)?,
             };
-            self.counters.root_server.add(1);
+            self.g.counters.root_server.add(1);
             let obs = f.obs();
             let proto = protocol(messaging, a.grpc);
             return self.span_edge(source, node, proto, sec, &obs, Some(f.latency_us), None);
         }
         let key_span = if client_side { &span.span_id } else { &span.parent_span_id };
         let Some(key) = PairKey::new(&span.trace_id, key_span) else {
-            self.counters.spans_ignored_kind.add(1);
+            self.g.counters.spans_ignored_kind.add(1);
             return Ok(());
         };
         let peer = match (client_side, virtual_name(a, messaging)) {
             (false, _) => 0,
-            (true, Some(name)) => self.named_peer(name, false)?,
-            (true, None) => self.peer(&Peer::Unknown)?,
+            (true, Some(name)) => self.g.named_peer(name, false)?,
+            (true, None) => self.g.peer(&Peer::Unknown)?,
         };
         let mut flags = 0;
         for (on, bit) in [
@@ -338,10 +351,10 @@ impl Engine {
             flags,
             grpc: grpc_code(&f.attrs).unwrap_or(NO_GRPC),
         };
-        self.counters.linked_consumer.add(1);
+        self.g.counters.linked_consumer.add(1);
         for link in &span.links {
             let Some(key) = PairKey::new(&link.trace_id, &link.span_id) else {
-                self.counters.spans_ignored_kind.add(1);
+                self.g.counters.spans_ignored_kind.add(1);
                 continue;
             };
             self.pair_half(key, half, messaging.then_some(span.start_time_unix_nano), sec)?;
@@ -361,7 +374,7 @@ impl Engine {
                 let (client, server) = if client_side { (half, other) } else { (other, half) };
                 let (produced, consumed) =
                     if client_side { (queue_time, other_time) } else { (other_time, queue_time) };
-                self.counters.spans_paired.add(2);
+                self.g.counters.spans_paired.add(2);
                 self.complete_pair(&client, &server, key.trace, sec)?;
                 // The time in the queue, when the clocks allow it (Tempo skips a negative gap too).
                 if let (Some(p), Some(c)) = (produced, consumed)
@@ -369,13 +382,13 @@ impl Engine {
                     && server.flags & SIDE_MESSAGING != 0
                 {
                     let proto = protocol(true, false);
-                    self.edge_mut(client.node, server.node, proto)?.totals.messaging.record((c - p) as f64 / 1e9, 1);
+                    self.g.edge_mut(client.node, server.node, proto)?.totals.messaging.record((c - p) as f64 / 1e9, 1);
                 }
                 Ok(())
             }
             _ => {
                 if self.pairing.map.len() >= self.pairing.capacity && !self.pairing.map.contains_key(&key) {
-                    self.counters.spans_dropped_store_full.add(1);
+                    self.g.counters.spans_dropped_store_full.add(1);
                     self.pairing.dropped.entry(half.node).or_default()[usize::from(!client_side)] += 1;
                     return Ok(());
                 }
@@ -426,8 +439,8 @@ impl Engine {
         server_us: Option<u64>,
         client_us: Option<u64>,
     ) -> Result<(), LimitHit> {
-        let counters = self.counters.clone();
-        let edge = self.edge_mut(source, target, proto)?;
+        let counters = self.g.counters.clone();
+        let edge = self.g.edge_mut(source, target, proto)?;
         if edge.metrics_seen {
             counters.spans_covered_by_metrics.add(1);
             return Ok(());
@@ -449,6 +462,50 @@ impl Engine {
         }
         Ok(())
     }
+
+    /// Expires halves older than the store's time to live: a lone client becomes an edge to its virtual
+    /// peer, a lone server is counted as expired.
+    fn expire(&mut self, now: f64) {
+        let now_ms = self.pairing.ms(now);
+        let sec = now as u64;
+        let ttl = self.pairing.ttl_ms;
+        let expired: Vec<(PairKey, Half)> =
+            self.pairing.map.extract_if(|_, h| now_ms.saturating_sub(h.arrived_ms) >= ttl).collect();
+        for (key, half) in expired {
+            self.pairing.times.remove(&key);
+            let messaging = half.flags & SIDE_MESSAGING != 0;
+            self.pairing.unpaired.entry(half.node).or_default()[usize::from(!half.is_client())] += 1;
+            if half.is_client() {
+                if messaging {
+                    self.g.counters.unpaired_producer.add(1);
+                } else {
+                    self.g.counters.unpaired_client.add(1);
+                }
+                let failed = half.flags & SIDE_FAILED != 0;
+                let obs = Obs {
+                    class: CodeClass::from_index(usize::from(half.class)),
+                    failed,
+                    latency_us: Some(u64::from(half.latency_us)),
+                    count: 1,
+                    mtls: half.flags & SIDE_MTLS != 0,
+                    grpc: half.grpc(),
+                    trace: Some(key.trace),
+                };
+                let proto = protocol(messaging, half.flags & SIDE_GRPC != 0);
+                if self
+                    .span_edge(half.node, half.peer, proto, sec, &obs, None, Some(u64::from(half.latency_us)))
+                    .is_err()
+                {
+                    self.g.counters.spans_dropped_cardinality.add(1);
+                }
+            } else if messaging {
+                self.g.counters.expired_consumer.add(1);
+            } else {
+                self.g.counters.expired_server.add(1);
+            }
+        }
+        self.g.counters.store_size.set(self.pairing.len() as u64);
+    }
 }
 
 fn protocol(messaging: bool, grpc: bool) -> Protocol {
@@ -459,48 +516,6 @@ fn protocol(messaging: bool, grpc: bool) -> Protocol {
     } else {
         Protocol::Http
     }
-}
-
-/// Expires halves older than the store's time to live: a lone client becomes an edge to its virtual
-/// peer, a lone server is counted as expired.
-pub fn expire(engine: &mut Engine, now: f64) {
-    let now_ms = engine.pairing.ms(now);
-    let sec = now as u64;
-    let ttl = engine.pairing.ttl_ms;
-    let expired: Vec<(PairKey, Half)> =
-        engine.pairing.map.extract_if(|_, h| now_ms.saturating_sub(h.arrived_ms) >= ttl).collect();
-    for (key, half) in expired {
-        engine.pairing.times.remove(&key);
-        let messaging = half.flags & SIDE_MESSAGING != 0;
-        engine.pairing.unpaired.entry(half.node).or_default()[usize::from(!half.is_client())] += 1;
-        if half.is_client() {
-            if messaging {
-                engine.counters.unpaired_producer.add(1);
-            } else {
-                engine.counters.unpaired_client.add(1);
-            }
-            let failed = half.flags & SIDE_FAILED != 0;
-            let obs = Obs {
-                class: CodeClass::from_index(usize::from(half.class)),
-                failed,
-                latency_us: Some(u64::from(half.latency_us)),
-                count: 1,
-                mtls: half.flags & SIDE_MTLS != 0,
-                grpc: half.grpc(),
-                trace: Some(key.trace),
-            };
-            let proto = protocol(messaging, half.flags & SIDE_GRPC != 0);
-            if engine.span_edge(half.node, half.peer, proto, sec, &obs, None, Some(u64::from(half.latency_us))).is_err()
-            {
-                engine.counters.spans_dropped_cardinality.add(1);
-            }
-        } else if messaging {
-            engine.counters.expired_consumer.add(1);
-        } else {
-            engine.counters.expired_server.add(1);
-        }
-    }
-    engine.counters.store_size.set(engine.pairing.len() as u64);
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use meshlens_model::hist::SparseHist;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Protocol, Totals};
+use crate::graph::{Protocol, Totals};
 use crate::window::{COARSE_SLOTS, COARSE_WIDTH, FINE_SLOTS, FINE_WIDTH, Slice};
 
 const REVISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revisions");

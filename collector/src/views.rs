@@ -16,7 +16,8 @@ use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 
-use crate::engine::{EdgeState, Engine};
+use crate::engine::Engine;
+use crate::graph::EdgeState;
 use crate::window::{Aggregate, EdgeWindow, WindowSpec};
 
 fn view_peer(peer: &Peer, view: View) -> Peer {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::{HistogramDataPoint, metric::Data};
 use tokio::sync::mpsc;
 
 use crate::attrs::resource_workload;
@@ -178,7 +178,7 @@ pub fn reject_unusable_metrics(req: &mut ExportMetricsServiceRequest) -> (i64, S
     let mut misshapen = 0i64;
     for metric in req.resource_metrics.iter_mut().flat_map(|r| &mut r.scope_metrics).flat_map(|s| &mut s.metrics) {
         let Some(Data::Histogram(h)) = &mut metric.data else { continue };
-        h.data_points.retain(|p| match crate::metrics::histogram_shape_error(p) {
+        h.data_points.retain(|p| match histogram_shape_error(p) {
             None => true,
             Some(why) => {
                 if misshapen < 3 {
@@ -194,4 +194,19 @@ pub fn reject_unusable_metrics(req: &mut ExportMetricsServiceRequest) -> (i64, S
     }
     messages.retain(|m| !m.is_empty());
     (rejected + misshapen, messages.join("; "))
+}
+
+/// Why an explicit-bucket histogram point cannot be read, if it cannot: OTLP wants one more bucket
+/// count than bounds (or neither), and bounds strictly increasing.
+pub fn histogram_shape_error(p: &HistogramDataPoint) -> Option<String> {
+    let (counts, bounds) = (p.bucket_counts.len(), p.explicit_bounds.len());
+    if counts != 0 && counts != bounds + 1 {
+        return Some(format!(
+            "{counts} bucket_counts for {bounds} explicit_bounds; there must be one more count than bounds"
+        ));
+    }
+    if !p.explicit_bounds.windows(2).all(|w| w[0] < w[1]) || p.explicit_bounds.iter().any(|b| !b.is_finite()) {
+        return Some("explicit_bounds must be finite and strictly increasing".to_owned());
+    }
+    None
 }
