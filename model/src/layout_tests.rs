@@ -163,3 +163,49 @@ fn labels_are_short() {
     e.stats.error_pct = Some(25.0);
     assert_eq!(edge_label(&e), "0.2/s 25%");
 }
+
+/// Ordering by neighbours' barycentres, namespaces kept together, crosses fewer edges than the id
+/// order it starts from, on a 180-node mesh (the figures against Graphviz are in PERFORMANCE.md).
+#[test]
+fn sweeps_cross_fewer_edges_than_id_order_and_keep_namespaces_together() {
+    let g = crate::synth::mesh(crate::synth::Spec::new(4, 15, 3));
+    let l = layout(&g, edge_label);
+    check(&g, &l);
+    let ours = straight_crossings(&l.segments(&g));
+    // The id order: every box of a column in id order, placed as the layout places them.
+    let mut by_id = l.clone();
+    let mut columns: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, b) in l.boxes.iter().enumerate() {
+        columns.entry(b.column).or_default().push(i);
+    }
+    for members in columns.values() {
+        let mut sorted = members.clone();
+        sorted.sort_by(|&a, &b| l.boxes[a].id.cmp(&l.boxes[b].id));
+        let mut y = 0;
+        for &i in &sorted {
+            let dy = y as i64 - l.boxes[i].y as i64;
+            for n in by_id.nodes.iter_mut() {
+                let p = &l.nodes[n.node];
+                let inside = |b: &BoxPlace| p.x > b.x && p.x < b.x + b.w && p.y > b.y && p.y < b.y + b.h;
+                if inside(&l.boxes[i]) {
+                    n.y = (p.y as i64 + dy) as u32;
+                }
+            }
+            y += l.boxes[i].h + 1;
+        }
+    }
+    let id_order = straight_crossings(&by_id.segments(&g));
+    assert!(ours < id_order, "{ours} crossings against {id_order} in id order");
+    // Within each column a namespace's boxes are contiguous.
+    for members in columns.values() {
+        let mut sorted = members.clone();
+        sorted.sort_by_key(|&i| l.boxes[i].y);
+        let ns: Vec<&str> = sorted.iter().map(|&i| l.boxes[i].id.split('/').next().unwrap_or("")).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for w in ns.windows(2) {
+            if w[0] != w[1] {
+                assert!(seen.insert(w[0]), "namespace {} split in a column: {ns:?}", w[0]);
+            }
+        }
+    }
+}

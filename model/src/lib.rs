@@ -21,6 +21,8 @@ pub mod names;
 pub mod policy;
 pub mod policy_core;
 pub mod stats;
+#[cfg(any(test, feature = "synth"))]
+pub mod synth;
 pub mod time;
 pub mod viewstate;
 
