@@ -20,6 +20,7 @@ pub mod layout;
 pub mod names;
 pub mod policy;
 pub mod policy_core;
+pub mod rng;
 pub mod stats;
 #[cfg(any(test, feature = "synth"))]
 pub mod synth;

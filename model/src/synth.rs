@@ -4,6 +4,7 @@
 //! same [`Spec`] gives the same graph.
 
 use crate::graph::{Edge, GraphSnapshot, Node, NodeKind, View};
+use crate::rng::SplitMix64;
 use crate::stats::{Health, Stats};
 
 /// What to generate.
@@ -28,26 +29,17 @@ impl Spec {
     }
 }
 
-/// SplitMix64: small, fast, deterministic.
-struct Rng(u64);
+/// The model's SplitMix64, with a skewed draw.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.below(n)
     }
 
     /// Skewed toward 0 in `0..n`: the square of a uniform draw, so low indexes are called most.
     fn skewed(&mut self, n: usize) -> usize {
-        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let u = self.0.f64();
         ((u * u * n as f64) as usize).min(n - 1)
     }
 }
@@ -69,7 +61,7 @@ fn node(id: String, namespace: &str, app: &str, version: Option<String>, kind: N
 
 /// A versioned graph as the collector would publish it for `spec`.
 pub fn mesh(spec: Spec) -> GraphSnapshot {
-    let mut rng = Rng(spec.seed);
+    let mut rng = Rng(SplitMix64::new(spec.seed));
     let ns_name = |n: usize| format!("ns{n}");
     let app_name = |a: usize| format!("svc{a}");
     let mut nodes = vec![node("user".into(), "", "user", None, NodeKind::User)];

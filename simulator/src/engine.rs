@@ -20,6 +20,7 @@
 //! is how retries and timeouts overload a service; the callee counts it `cancelled`, and its late
 //! answer is not the call's.
 
+use meshlens_model::rng::SplitMix64;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
@@ -28,26 +29,24 @@ use meshlens_model::policy_core::{self, Ejection, Outcome, Reported, RetryBudget
 
 use crate::scenario::{Dist, Scenario};
 
-/// A small, fast, seedable RNG (SplitMix64).
-pub struct Rng(u64);
+/// A small, fast, seedable RNG: the model's SplitMix64, with the simulator's distributions.
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// Seeded.
     pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
+        Self(SplitMix64::new(seed))
     }
 
+    #[inline]
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
+    #[inline]
     pub fn f64(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.f64()
     }
 
     /// Exponential with `mean`, by the ziggurat (rand_distr's `Exp1`): a table look-up and a
