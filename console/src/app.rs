@@ -530,16 +530,26 @@ impl App {
         None
     }
 
-    /// Whether the detail pane shows on a terminal `width` cells wide: by default only where the
-    /// graph keeps enough room (110 cells and more).
+    /// Whether the detail pane shows on a terminal `width` cells wide. By default only where it
+    /// hides none of the graph: 110 cells and more, and the graph fits beside the pane — or does not
+    /// fit the whole width either, so it scrolls anyway. Opened by hand, the graph narrows and
+    /// scrolls to the selection.
     pub fn detail_visible(&self, width: u16) -> bool {
-        self.show_detail.unwrap_or(width >= 110)
+        self.show_detail.unwrap_or_else(|| {
+            let need = u16::try_from(self.layout.width).unwrap_or(u16::MAX);
+            width >= 110 && (width.saturating_sub(detail_width(width)) >= need || width < need)
+        })
     }
 
     /// Seconds since data last arrived, if any did.
     pub fn staleness(&self) -> Option<f64> {
         Some(self.now?.saturating_duration_since(self.updated?).as_secs_f64())
     }
+}
+
+/// Cells the detail pane takes on a terminal `width` cells wide.
+pub fn detail_width(width: u16) -> u16 {
+    if width >= 120 { 44 } else { 34 }
 }
 
 /// The console's edge label: the layout's, with a lock when the hop was mutually authenticated.

@@ -32,7 +32,7 @@ pub fn draw(frame: &mut Frame, app: &mut App) {
     let [title, body, status] =
         Split::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)]).areas(area);
     draw_title(frame, app, title);
-    let detail_width = if area.width >= 120 { 44 } else { 34 };
+    let detail_width = crate::app::detail_width(area.width);
     let (main, side) = if app.detail_visible(area.width) && app.screen == Screen::Graph {
         let [m, s] = Split::horizontal([Constraint::Min(20), Constraint::Length(detail_width)]).areas(body);
         (m, Some(s))

@@ -120,10 +120,18 @@ struct Item {
 
 /// Lays out `g`; `label` gives each edge's label.
 pub fn layout(g: &GraphSnapshot, label: impl Fn(&Edge) -> String) -> Layout {
-    // Boxes: an app's versions together; any other node alone. Items are sorted by id.
+    // Boxes: an app's versions together; any other node alone. Items are sorted by id. A box is
+    // titled by its app, or `ns/app` where another namespace has an app of that name.
+    let mut namespaces_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for n in g.nodes.iter().filter(|n| n.group.is_some()) {
+        namespaces_of.entry(n.app.as_str()).or_default().insert(n.namespace.as_str());
+    }
     let mut by_id: BTreeMap<String, Item> = BTreeMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
         let (id, title) = match &n.group {
+            Some(group) if namespaces_of.get(n.app.as_str()).is_some_and(|ns| ns.len() > 1) => {
+                (group.clone(), format!("{}/{}", n.namespace, n.app))
+            }
             Some(group) => (group.clone(), n.app.clone()),
             None => (n.id.clone(), String::new()),
         };

@@ -209,3 +209,14 @@ fn sweeps_cross_fewer_edges_than_id_order_and_keep_namespaces_together() {
         }
     }
 }
+
+#[test]
+fn a_box_title_carries_its_namespace_where_the_app_name_is_ambiguous() {
+    let mut g = bookinfo();
+    g.nodes.push(node("c/reviews/v1"));
+    g.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    let l = layout(&g, edge_label);
+    let titles: BTreeSet<&str> = l.boxes.iter().map(|b| b.title.as_str()).collect();
+    assert!(titles.contains("b/reviews") && titles.contains("c/reviews"), "{titles:?}");
+    assert!(titles.contains("productpage"), "unambiguous names stay short: {titles:?}");
+}

@@ -79,3 +79,61 @@ async fn the_console_draws_the_graph_answers_keys_and_reconnects() {
     t.keys(&["q"]);
     eventually("the console to exit", 10, || async { (!t.alive()).then_some(()) }).await;
 }
+
+/// Every box title drawn whole at two terminal sizes: the detail pane, open by default on a wide
+/// terminal, never covers part of the graph. Box titles carry the namespace where two namespaces
+/// have an app of the same name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn box_titles_are_whole_at_120x40_and_200x50() {
+    let bin = tool("MESHLENS_TMUX", "/usr/bin/tmux", "tmux");
+    let c = collector().await;
+    let calls = [
+        (("productpage", "v1"), ("details", "v1")),
+        (("productpage", "v1"), ("reviews", "v1")),
+        (("productpage", "v1"), ("reviews", "v2")),
+        (("productpage", "v1"), ("reviews", "v3")),
+        (("reviews", "v2"), ("ratings", "v1")),
+        (("reviews", "v3"), ("ratings", "v1")),
+    ];
+    // As the demo shows it: users in front, every hop over mTLS (a 🔒 on each label), reviews-v3
+    // failing a fifth of its requests.
+    for (i, (a, b)) in calls.iter().enumerate() {
+        let mut req = pairs(10 + i as u64, *a, *b, 20, 200, 3);
+        for (k, s) in req
+            .resource_spans
+            .iter_mut()
+            .flat_map(|r| r.scope_spans.iter_mut().flat_map(|s| s.spans.iter_mut()))
+            .enumerate()
+        {
+            s.attributes.push(kv_bool("meshlens.mtls", true));
+            if b.1 == "v3" && k % 5 == 0 {
+                s.attributes.retain(|a| a.key != "http.response.status_code");
+                s.attributes.push(kv_int("http.response.status_code", 503));
+            }
+        }
+        grpc_traces(&c, req).await.unwrap();
+    }
+    let roots: Vec<_> = (0..20u64)
+        .map(|i| {
+            span(SpanKind::Server, 99, 5000 + i, None, 1, 30_000, vec![kv_int("http.response.status_code", 200)], false)
+        })
+        .collect();
+    grpc_traces(&c, traces(vec![(resource("", "productpage", "v1"), roots)])).await.unwrap();
+    wait_edge(&c, "", "default/reviews/v3", "default/ratings/v1", 20).await;
+    wait_edge(&c, "", "user", "default/productpage/v1", 20).await;
+    let cmd = format!("{} console --collector {}", env!("CARGO_BIN_EXE_meshlens"), c.api_url());
+    for (w, h) in [(120, 40), (200, 50)] {
+        let t = Tmux { bin: bin.clone(), session: format!("meshlens-titles-{}-{w}", std::process::id()) };
+        t.run(&["new-session", "-d", "-s", &t.session, "-x", &w.to_string(), "-y", &h.to_string(), &cmd]);
+        let screen = t.wait_for("ratings", 20).await;
+        for title in ["productpage", "details", "reviews", "ratings"] {
+            let line = screen
+                .lines()
+                .find(|l| l.contains(&format!("┌{title}")))
+                .unwrap_or_else(|| panic!("{w}x{h}: the title {title} is not drawn whole:\n{screen}"));
+            let after = &line[line.find(&format!("┌{title}")).unwrap()..];
+            assert!(after.contains('┐'), "{w}x{h}: the box of {title} is cut:\n{screen}");
+        }
+        t.keys(&["q"]);
+    }
+}
