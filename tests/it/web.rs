@@ -15,7 +15,12 @@ async fn the_topology_shows_the_graph_follows_it_live_and_renders_names_as_text(
     let modules = tool("MESHLENS_NODE_MODULES", "/var/tmp/meshlens-node/node_modules", "playwright-core (npm)");
     tool("MESHLENS_CHROMIUM", "/usr/bin/chromium", "chromium (Debian)");
     let c = collector().await;
-    grpc_traces(&c, pairs(1, ("frontend", "v1"), ("catalog", "v1"), 30, 200, 8)).await.unwrap();
+    // frontend→catalog over mTLS (its label gets the lock).
+    let mut catalog = pairs(1, ("frontend", "v1"), ("catalog", "v1"), 30, 200, 8);
+    for s in catalog.resource_spans.iter_mut().flat_map(|r| r.scope_spans.iter_mut().flat_map(|s| s.spans.iter_mut())) {
+        s.attributes.push(kv_bool("meshlens.mtls", true));
+    }
+    grpc_traces(&c, catalog).await.unwrap();
     grpc_traces(&c, pairs(2, ("frontend", "v1"), ("payments", "v1"), 20, 500, 20)).await.unwrap();
     grpc_traces(&c, pairs(3, ("frontend", "v1"), ("<img src=x onerror=alert(1)>", "v1"), 5, 200, 3)).await.unwrap();
     wait_edge(&c, "", "default/frontend/v1", "default/payments/v1", 20).await;

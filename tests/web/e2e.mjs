@@ -43,6 +43,12 @@ try {
     await page.waitForSelector(`[data-edge="${id}"]`, { timeout: 5000 }).catch(() => fail(`no edge ${id}`));
   }
   await page.waitForSelector('#live.live', { timeout: 10000 }).catch(() => fail('the live indicator never lit'));
+  // The mTLS edge carries a drawn lock (an SVG shape, not an emoji Debian's chromium cannot draw).
+  await page.waitForSelector('[data-edge="default/frontend/v1->default/catalog/v1"] .lock', { timeout: 5000 })
+    .catch(() => fail('no lock on the mTLS edge'));
+  if (await page.$('[data-edge="default/frontend/v1->default/payments/v1"] .lock')) fail('a lock on a plain edge');
+  const emoji = await page.evaluate(() => /\p{Extended_Pictographic}/u.test(document.querySelector('svg')?.textContent ?? ''));
+  if (emoji) fail('an emoji in the graph text');
 
   // 2. Clicking a node shows the API's numbers for it.
   await page.click('[data-node="default/payments/v1"]');

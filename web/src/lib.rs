@@ -322,7 +322,11 @@ fn Topology(state: RwSignal<ViewState>, graph: RwSignal<Option<GraphSnapshot>>) 
                 let caller_rps: std::collections::HashMap<String, f64> =
                     g.nodes.iter().map(|n| (n.id.clone(), n.outbound.rps)).collect();
                 let label = s.label;
-                let l = layout(&g, |e| label.text(e, caller_rps.get(&e.source).copied().unwrap_or(0.0)));
+                // Two cells before a label on an mTLS edge, where the lock icon goes.
+                let l = layout(&g, |e| {
+                    let text = label.text(e, caller_rps.get(&e.source).copied().unwrap_or(0.0));
+                    if mtls(e) { format!("  {text}") } else { text }
+                });
                 let marks = find_marks(&g, &s);
                 (g, l, marks.0, marks.1, marks.2.is_some() && !s.hide)
             })
@@ -367,6 +371,11 @@ fn Topology(state: RwSignal<ViewState>, graph: RwSignal<Option<GraphSnapshot>>) 
 
 /// Cell size: the layout is in character cells; the SVG scales them.
 const CW: f64 = 8.0;
+
+/// Whether an edge's traffic went over mutual TLS (a lock on its label).
+fn mtls(e: &meshlens_model::Edge) -> bool {
+    e.stats.mtls_pct.is_some_and(|m| m >= 99.5)
+}
 const CH: f64 = 18.0;
 
 fn draw(
@@ -392,15 +401,28 @@ fn draw(
             let id = e.id.clone();
             let is_sel = selected.as_deref() == Some(e.id.as_str());
             let color = if is_sel { "#58a6ff" } else { health_color(e.health) };
-            let lock = e.stats.mtls_pct.is_some_and(|m| m >= 99.5);
-            let label = if lock { format!("🔒 {}", p.label) } else { p.label.clone() };
+            let lock = mtls(e);
             let (lx, ly) = (p.label_at.0 as f64 * CW, p.label_at.1 as f64 * CH + CH / 2.0 - 3.0);
+            // The lock is drawn, not a glyph: Debian's chromium has no emoji font.
+            let lock_icon = lock.then(|| {
+                let t = format!("translate({lx},{})", ly - 9.0);
+                view! {
+                    <g class="lock" transform=t>
+                        <title>"mutual TLS"</title>
+                        <path d="M2.2 4.5 V3 a2.3 2.3 0 0 1 4.6 0 V4.5" fill="none" stroke="#8b949e" stroke-width="1.4" />
+                        <rect x="0.5" y="4.5" width="8" height="6" rx="1.2" fill="#8b949e" />
+                    </g>
+                }
+            });
+            let text_x = if lock { lx + 2.0 * CW } else { lx };
+            let label = p.label.trim_start().to_owned();
             let opacity = dim(edge_marks[p.edge]);
             view! {
-                <g class="edge" data-edge=e.id.clone() opacity=opacity style="cursor:pointer"
+                <g class="edge" data-edge=e.id.clone() data-mtls=lock.to_string() opacity=opacity style="cursor:pointer"
                     on:click=move |ev| { ev.stop_propagation(); let id = id.clone(); state.update(|s| s.selected = Some(id)); }>
                     <polyline points=pts fill="none" stroke=color stroke-width=if is_sel { "2.5" } else { "1.5" } marker-end="url(#arrow)" />
-                    <text x=lx y=ly fill="#d9dee3" font-size="11">{label}</text>
+                    {lock_icon}
+                    <text x=text_x y=ly fill="#d9dee3" font-size="11">{label}</text>
                 </g>
             }
         })
