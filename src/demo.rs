@@ -552,6 +552,18 @@ mod tests {
         assert_eq!(versions.iter().find(|v| v.app == "ratings").unwrap().extra_delay, Duration::from_millis(100));
     }
 
+    /// The real topologies in examples/ are meshes the demo runs: every callee exists, no cycle.
+    #[test]
+    fn the_real_topologies_resolve() {
+        for (file, text, apps) in [
+            ("online-boutique", include_str!("../examples/online-boutique/mesh.yaml"), 11),
+            ("social-network", include_str!("../examples/social-network/mesh.yaml"), 27),
+        ] {
+            let (mesh, versions) = resolve(&config(text, &[], &[])).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!((mesh.apps.len(), versions.len()), (apps, apps), "{file}");
+        }
+    }
+
     #[test]
     fn bad_meshes_and_flags_are_explained() {
         let cases = [

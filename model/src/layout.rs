@@ -3,7 +3,8 @@
 //! through lanes in the gaps between columns, in character cells.
 //!
 //! It is deterministic (the same graph gives the same layout: columns by breadth-first depth from the
-//! callers nothing calls) and reduces crossings the way layered layouts do (Sugiyama; Graphviz `dot`
+//! callers nothing calls, a callee then moved right of any caller in its column unless the call
+//! closes a cycle, as `dot`'s ranks never hold a call) and reduces crossings the way layered layouts do (Sugiyama; Graphviz `dot`
 //! orders its ranks so): boxes in a column are kept together by namespace and, within it, ordered
 //! by the barycentre of their neighbours in the next column, in sweeps down and up the columns. Only
 //! structure moves boxes, never traffic figures, so a live view's boxes stay put while the rates
@@ -187,6 +188,7 @@ pub fn layout(g: &GraphSnapshot, label: impl Fn(&Edge) -> String) -> Layout {
             None => break,
         }
     }
+    separate_calls_within_a_column(&succ, &has_caller, &mut depth);
     let columns = depth.iter().copied().max().map_or(0, |d| d + 1);
     let order = order_columns(&items, g, &depth, columns, &succ, &pred);
 
@@ -294,6 +296,61 @@ pub fn layout(g: &GraphSnapshot, label: impl Fn(&Edge) -> String) -> Layout {
     let width = col_x[columns].max(1);
     let height = next_y.iter().copied().max().unwrap_or(0).saturating_sub(1).max(1);
     Layout { nodes, boxes, edges, width, height }
+}
+
+/// The calls that close a cycle, found by depth-first search from the boxes nothing calls (then
+/// from the rest, in index order).
+fn back_edges(succ: &[BTreeSet<usize>], has_caller: &[bool]) -> BTreeSet<(usize, usize)> {
+    let n = succ.len();
+    // 0 unvisited, 1 on the stack, 2 done.
+    let mut state = vec![0u8; n];
+    let mut back = BTreeSet::new();
+    let starts = (0..n).filter(|&k| !has_caller[k]).chain(0..n);
+    for s in starts {
+        if state[s] != 0 {
+            continue;
+        }
+        state[s] = 1;
+        let mut stack: Vec<(usize, Vec<usize>)> = vec![(s, succ[s].iter().rev().copied().collect())];
+        while let Some((k, next)) = stack.last_mut() {
+            let k = *k;
+            match next.pop() {
+                Some(m) if state[m] == 1 => {
+                    back.insert((k, m));
+                }
+                Some(m) if state[m] == 0 => {
+                    state[m] = 1;
+                    stack.push((m, succ[m].iter().rev().copied().collect()));
+                }
+                Some(_) => {}
+                None => {
+                    state[k] = 2;
+                    stack.pop();
+                }
+            }
+        }
+    }
+    back
+}
+
+/// Moves a callee one column right of a caller in its own column (checkout and the cart it calls,
+/// both one call from the frontend), as often as needed; calls that close a cycle stay.
+fn separate_calls_within_a_column(succ: &[BTreeSet<usize>], has_caller: &[bool], depth: &mut [usize]) {
+    let back = back_edges(succ, has_caller);
+    loop {
+        let mut moved = false;
+        for a in 0..succ.len() {
+            for &b in &succ[a] {
+                if depth[b] == depth[a] && !back.contains(&(a, b)) {
+                    depth[b] = depth[a] + 1;
+                    moved = true;
+                }
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
 }
 
 /// Sweeps over the columns: boxes in each column grouped by namespace (in name order, boxes outside

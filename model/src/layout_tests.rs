@@ -220,3 +220,31 @@ fn a_box_title_carries_its_namespace_where_the_app_name_is_ambiguous() {
     assert!(titles.contains("b/reviews") && titles.contains("c/reviews"), "{titles:?}");
     assert!(titles.contains("productpage"), "unambiguous names stay short: {titles:?}");
 }
+
+/// Online Boutique's shape: the frontend calls checkout and the cart, and checkout calls the cart
+/// too. The cart goes right of checkout, not beside it; a call that closes a cycle may stay.
+#[test]
+fn no_call_runs_within_a_column_unless_it_closes_a_cycle() {
+    let ids = ["user", "o/frontend/v1", "o/checkout/v1", "o/cart/v1", "o/redis/v1", "o/a/v1", "o/b/v1"];
+    let mut nodes: Vec<Node> = ids.iter().map(|i| node(i)).collect();
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut edges = vec![
+        edge("user", "o/frontend/v1", 1.0),
+        edge("o/frontend/v1", "o/checkout/v1", 1.0),
+        edge("o/frontend/v1", "o/cart/v1", 1.0),
+        edge("o/checkout/v1", "o/cart/v1", 1.0),
+        edge("o/cart/v1", "o/redis/v1", 1.0),
+        edge("o/frontend/v1", "o/a/v1", 1.0),
+        edge("o/frontend/v1", "o/b/v1", 1.0),
+        edge("o/a/v1", "o/b/v1", 1.0),
+        edge("o/b/v1", "o/a/v1", 1.0),
+    ];
+    edges.sort_by(|a, b| a.id.cmp(&b.id));
+    let g = GraphSnapshot { nodes, edges, ..GraphSnapshot::default() };
+    let l = layout(&g, edge_label);
+    check(&g, &l);
+    let column = |id: &str| l.nodes[g.nodes.iter().position(|n| n.id == id).unwrap()].column;
+    assert_eq!(["o/frontend/v1", "o/checkout/v1", "o/cart/v1", "o/redis/v1"].map(column), [1, 2, 3, 4]);
+    // a and b call each other: one of the two calls goes forward, the other back.
+    assert_ne!(column("o/a/v1"), column("o/b/v1"));
+}
