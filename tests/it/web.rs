@@ -59,3 +59,67 @@ async fn the_topology_shows_the_graph_follows_it_live_and_renders_names_as_text(
     assert!(result.success() && said.last().map(String::as_str) == Some("OK"), "{said:#?}");
     println!("screenshot: {}", shot.display());
 }
+
+/// A 10-namespace, 300-service mesh (the model's synthetic generator, its spans through OTLP):
+/// the browser opens it legible and pans over it (tests/web/large.mjs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_mesh_opens_legible_and_pans() {
+    use meshlens_model::NodeKind;
+    let node = tool("MESHLENS_NODE", "/usr/bin/node", "Node.js");
+    let modules = tool("MESHLENS_NODE_MODULES", "/var/tmp/meshlens-node/node_modules", "playwright-core (npm)");
+    tool("MESHLENS_CHROMIUM", "/usr/bin/chromium", "chromium (Debian)");
+    let c = collector().await;
+    let g = meshlens_model::synth::mesh(meshlens_model::synth::Spec::new(10, 30, 1));
+    let workload = |id: &str| g.node(id).filter(|n| n.kind == NodeKind::Workload);
+    let mut batches: std::collections::BTreeMap<String, (opentelemetry_proto::tonic::resource::v1::Resource, Vec<_>)> =
+        std::collections::BTreeMap::new();
+    let mut id = 1u64;
+    for e in &g.edges {
+        let (Some(s), Some(t)) = (workload(&e.source), workload(&e.target)) else { continue };
+        let res = |n: &meshlens_model::Node| resource(&n.namespace, &n.app, n.version.as_deref().unwrap_or(""));
+        let client = span(SpanKind::Client, 7, id, Some(1), 1, 2_000, vec![], false);
+        let server = span(
+            SpanKind::Server,
+            7,
+            id + 1,
+            Some(id),
+            1,
+            1_000,
+            vec![kv_int("http.response.status_code", 200)],
+            false,
+        );
+        id += 2;
+        batches.entry(s.id.clone()).or_insert_with(|| (res(s), Vec::new())).1.push(client);
+        batches.entry(t.id.clone()).or_insert_with(|| (res(t), Vec::new())).1.push(server);
+    }
+    grpc_traces(&c, traces(batches.into_values().collect())).await.unwrap();
+    let url = format!("{}/api/v1/graph", c.api_url());
+    eventually("the large mesh in the graph", 30, || async {
+        let (_, g) = get_json(&url).await;
+        (g["nodes"].as_array().map_or(0, Vec::len) >= 300).then_some(())
+    })
+    .await;
+    let shot = std::env::temp_dir().join(format!("meshlens-web-large-{}.png", std::process::id()));
+    let script = modules.parent().unwrap().join("large.mjs");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/web/large.mjs"), &script).unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        tokio::process::Command::new(node)
+            .arg(&script)
+            .arg(format!("{}/", c.api_url()))
+            .arg(&shot)
+            .current_dir(modules.parent().unwrap())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser test finished in time")
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.trim_end().ends_with("OK"),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("screenshot: {}", shot.display());
+}

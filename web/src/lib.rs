@@ -352,8 +352,11 @@ fn Topology(state: RwSignal<ViewState>, graph: RwSignal<Option<GraphSnapshot>>) 
             // Panning and zooming change only the transform attribute, never the drawn graph.
             {move || drawn.get().map(|(g, l, node_marks, edge_marks, highlighting)| {
                 let (w, h) = (l.width as f64 * CW + 40.0, l.height as f64 * CH + 40.0);
+                // Fit to the canvas, but never below a scale where text is legible: a large graph
+                // opens at its top left (its first namespace) at that scale, and pans.
+                let (vw, vh) = legible_extent(w, h);
                 view! {
-                    <svg id="graph" viewBox=format!("0 0 {w} {h}") preserveAspectRatio="xMinYMin meet">
+                    <svg id="graph" viewBox=format!("0 0 {vw} {vh}") preserveAspectRatio="xMinYMin meet">
                         <defs>
                             <marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse">
                                 <path d="M 0 0 L 10 5 L 0 10 z" fill="#7b8794" />
@@ -371,6 +374,25 @@ fn Topology(state: RwSignal<ViewState>, graph: RwSignal<Option<GraphSnapshot>>) 
 
 /// Cell size: the layout is in character cells; the SVG scales them.
 const CW: f64 = 8.0;
+
+/// The smallest font the graph draws (edge labels and box titles), in SVG units.
+const SMALLEST_FONT: f64 = 11.0;
+/// The smallest text, in CSS pixels, the initial view may show.
+const LEGIBLE_PX: f64 = 10.0;
+
+/// The part of a `w` × `h` drawing the SVG shows at first: all of it when it fits the canvas with
+/// text at [`LEGIBLE_PX`] or more, else as much as does (the canvas's size from the window, less the
+/// header and the side panel).
+fn legible_extent(w: f64, h: f64) -> (f64, f64) {
+    let window = web_sys::window();
+    let px = |v: Option<Result<wasm_bindgen::JsValue, wasm_bindgen::JsValue>>, less: f64, or: f64| {
+        v.and_then(|v| v.ok()?.as_f64()).map_or(or, |v| (v - less).max(200.0))
+    };
+    let cw = px(window.as_ref().map(|w| w.inner_width()), 380.0, 1000.0);
+    let ch = px(window.as_ref().map(|w| w.inner_height()), 50.0, 700.0);
+    let most = SMALLEST_FONT / LEGIBLE_PX;
+    (w.min(cw * most), h.min(ch * most))
+}
 
 /// Whether an edge's traffic went over mutual TLS (a lock on its label).
 fn mtls(e: &meshlens_model::Edge) -> bool {
