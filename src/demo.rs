@@ -558,6 +558,7 @@ mod tests {
         for (file, text, apps) in [
             ("online-boutique", include_str!("../examples/online-boutique/mesh.yaml"), 11),
             ("social-network", include_str!("../examples/social-network/mesh.yaml"), 27),
+            ("train-ticket", include_str!("../examples/train-ticket/mesh.yaml"), 42),
         ] {
             let (mesh, versions) = resolve(&config(text, &[], &[])).unwrap_or_else(|e| panic!("{file}: {e}"));
             assert_eq!((mesh.apps.len(), versions.len()), (apps, apps), "{file}");
