@@ -96,13 +96,74 @@ fn drawn_crossings(l: &meshlens_model::layout::Layout) -> usize {
     n
 }
 
+/// A demo mesh file (examples/*/mesh.yaml) as the versioned graph its traffic makes: users to the
+/// entry, and each version's calls to every version of the callee.
+fn from_mesh(path: &str) -> GraphSnapshot {
+    use meshlens_model::graph::{Edge, Node, NodeKind, View};
+    let text = std::fs::read_to_string(path).unwrap();
+    let mesh: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let ns = mesh["namespace"].as_str().unwrap().to_owned();
+    let apps = mesh["apps"].as_mapping().unwrap();
+    let versions = |app: &str| -> Vec<String> {
+        apps[app]["versions"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_owned()).collect()
+    };
+    let node = |id: String, app: &str, version: Option<String>, kind: NodeKind| Node {
+        group: version.as_ref().map(|_| format!("{ns}/{app}")),
+        id,
+        namespace: if kind == NodeKind::User { String::new() } else { ns.clone() },
+        app: app.to_owned(),
+        version,
+        kind,
+        health: meshlens_model::Health::Healthy,
+        inbound: Default::default(),
+        outbound: Default::default(),
+    };
+    let mut nodes = vec![node("user".into(), "user", None, NodeKind::User)];
+    let mut edges = Vec::new();
+    let edge = |s: String, t: String| Edge {
+        id: format!("{s}->{t}"),
+        source: s,
+        target: t,
+        protocol: "http".into(),
+        health: meshlens_model::Health::Healthy,
+        stats: Default::default(),
+    };
+    for (app, spec) in apps {
+        let app = app.as_str().unwrap();
+        for (v, vspec) in spec["versions"].as_mapping().unwrap() {
+            let v = v.as_str().unwrap();
+            let id = format!("{ns}/{app}/{v}");
+            nodes.push(node(id.clone(), app, Some(v.to_owned()), NodeKind::Workload));
+            for callee in vspec["calls"].as_sequence().into_iter().flatten() {
+                let callee = callee.as_str().unwrap();
+                for cv in versions(callee) {
+                    edges.push(edge(id.clone(), format!("{ns}/{callee}/{cv}")));
+                }
+            }
+        }
+    }
+    let entry = mesh["entry"].as_str().unwrap();
+    for v in versions(entry) {
+        edges.push(edge("user".into(), format!("{ns}/{entry}/{v}")));
+    }
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    edges.sort_by(|a, b| a.id.cmp(&b.id));
+    edges.dedup_by(|a, b| a.id == b.id);
+    GraphSnapshot { revision: 1, generated_at: String::new(), window_seconds: 60, view: View::Versioned, nodes, edges }
+}
+
 fn main() {
-    let graphs: Vec<(String, GraphSnapshot)> = vec![
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut graphs: Vec<(String, GraphSnapshot)> = ["bookinfo", "online-boutique", "social-network", "train-ticket"]
+        .iter()
+        .map(|m| ((*m).to_owned(), from_mesh(&format!("{root}/{m}/mesh.yaml"))))
+        .collect();
+    graphs.extend(vec![
         ("1 ns × 8 apps × 2 versions".into(), mesh(Spec::new(1, 8, 2))),
         ("4 ns × 15 apps × 3 versions (180)".into(), mesh(Spec::new(4, 15, 3))),
         ("10 ns × 30 apps × 1 version (300)".into(), mesh(Spec::new(10, 30, 1))),
         ("10 ns × 100 apps × 3 versions (3,000)".into(), mesh(Spec::new(10, 100, 3))),
-    ];
+    ]);
     println!(
         "| graph | nodes | edges | crossings: meshlens | dot | drawn crossings (meshlens) | layout ms: meshlens | dot |"
     );
