@@ -267,6 +267,35 @@ pub fn layout(g: &GraphSnapshot, label: impl Fn(&Edge) -> String) -> Layout {
 
     // Routes: right of the source, along to the lane, up or down, along to the left of the target.
     let gap_start = |c: usize| col_x[c] + col_w[c];
+    // Rows a horizontal run crosses each gap on, so a label moved off its own row does not sit on
+    // another edge's line: a target's row in its gap, a source's row in every gap it runs across,
+    // and a back edge's target row in the gaps it runs back through.
+    let mut crossed: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); columns];
+    for (i, end) in ends.iter().enumerate() {
+        let (Some((s, t)), Some((gap, _, _))) = (*end, route[i]) else { continue };
+        let (ns, nt) = (&nodes[s], &nodes[t]);
+        let (cs, ct) = (ns.column, nt.column);
+        crossed[gap].insert(nt.y);
+        for rows in crossed.iter_mut().take(gap + 1).skip(cs) {
+            rows.insert(ns.y);
+        }
+        for rows in crossed.iter_mut().take(gap).skip(ct) {
+            rows.insert(nt.y);
+        }
+    }
+    // Labels already placed, per gap and side (target side: true), by row.
+    let mut placed: BTreeSet<(usize, bool, u32)> = BTreeSet::new();
+    let mut label_row = |gap: usize, target_side: bool, row: u32| -> u32 {
+        for d in [0i64, 1, -1, 2, -2] {
+            let r = i64::from(row) + d;
+            let Ok(r) = u32::try_from(r) else { continue };
+            if !placed.contains(&(gap, target_side, r)) && (d == 0 || !crossed[gap].contains(&r)) {
+                placed.insert((gap, target_side, r));
+                return r;
+            }
+        }
+        row
+    };
     let mut edges = Vec::with_capacity(g.edges.len());
     for (i, end) in ends.iter().enumerate() {
         let Some((s, t)) = *end else { continue };
@@ -286,10 +315,12 @@ pub fn layout(g: &GraphSnapshot, label: impl Fn(&Edge) -> String) -> Layout {
         let dst = (nt.x.saturating_sub(2), nt.y);
         let points = vec![src, (lane_x, src.1), (lane_x, dst.1), dst];
         // Target-side labels sit right of every lane of the gap, so no lane runs through them.
+        // Two labels at one place (a target with several callers through one gap) move to a free
+        // row nearby.
         let label_at = if source_side {
-            (gap_start(gap) + 1, src.1)
+            (gap_start(gap) + 1, label_row(gap, false, src.1))
         } else {
-            (gap_start(gap) + 2 + src_label[gap] + lanes[gap], dst.1)
+            (gap_start(gap) + 2 + src_label[gap] + lanes[gap], label_row(gap, true, dst.1))
         };
         edges.push(EdgePlace { edge: i, points, label_at, label: edge_labels[i].clone() });
     }

@@ -248,3 +248,47 @@ fn no_call_runs_within_a_column_unless_it_closes_a_cycle() {
     // a and b call each other: one of the two calls goes forward, the other back.
     assert_ne!(column("o/a/v1"), column("o/b/v1"));
 }
+
+/// Two callers of one target through one gap (Online Boutique's frontend and checkout, both calling
+/// the cart): their labels do not overlap.
+#[test]
+fn labels_at_a_shared_target_do_not_overlap() {
+    let ids = ["user", "o/frontend/v1", "o/checkout/v1", "o/cart/v1", "o/currency/v1", "o/ship/v1"];
+    let mut nodes: Vec<Node> = ids.iter().map(|i| node(i)).collect();
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut edges = vec![edge("user", "o/frontend/v1", 1.0), edge("o/frontend/v1", "o/checkout/v1", 1.0)];
+    for t in ["o/cart/v1", "o/currency/v1", "o/ship/v1"] {
+        edges.push(edge("o/frontend/v1", t, 9.8));
+        edges.push(edge("o/checkout/v1", t, 9.8));
+    }
+    edges.sort_by(|a, b| a.id.cmp(&b.id));
+    let g = GraphSnapshot { nodes, edges, ..GraphSnapshot::default() };
+    let l = layout(&g, edge_label);
+    check(&g, &l);
+    let spans: Vec<(u32, u32, u32)> =
+        l.edges.iter().map(|e| (e.label_at.1, e.label_at.0, e.label_at.0 + width(&e.label))).collect();
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            assert!(a.0 != b.0 || a.2 <= b.1 || b.2 <= a.1, "labels {a:?} and {b:?} overlap: {:?}", l.edges);
+        }
+    }
+    // And no label sits on another edge's line (only on its own, or on a free row); edges from one
+    // source share their first run, which is one line.
+    for e in &l.edges {
+        let (x, y) = e.label_at;
+        for other in l.edges.iter().filter(|o| o.edge != e.edge && o.points[0] != e.points[0]) {
+            for w in other.points.windows(2) {
+                let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+                let on_run = y0 == y1 && y0 == y && x0.min(x1) < x + width(&e.label) && x < x0.max(x1);
+                assert!(
+                    !on_run || other.points.last().map(|p| p.1) == Some(y) && e.points.last().map(|p| p.1) == Some(y),
+                    "label of edge {} {:?} lies on edge {}'s run {:?}",
+                    e.edge,
+                    e,
+                    other.edge,
+                    other.points
+                );
+            }
+        }
+    }
+}
