@@ -513,8 +513,9 @@ async fn a_dead_collector_slows_nothing_and_drops_are_counted() {
 
 /// The agents' latency histograms are fine enough that an edge's percentiles in the collector are
 /// within 2% of the true ones: `meshlens load`'s HdrHistogram (3 significant digits) on the same
-/// traffic, through two agents, 100–300 ms spread. The first round's buckets read this p99 at the
-/// 200–300 ms bucket's midpoint, 250 ms (16% low).
+/// traffic, through two agents, 1–3 s spread (long enough that the few milliseconds the load's own
+/// measure adds — two agent hops and its client — stay well inside 2%). The first round's buckets
+/// read this p99 at the 2–3 s bucket's midpoint, 2.5 s (16% low).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edges_percentiles_are_within_two_percent_of_the_true_ones() {
     use meshlens_agent::load::{LoadConfig, run};
@@ -525,27 +526,27 @@ async fn an_edges_percentiles_are_within_two_percent_of_the_true_ones() {
     let services = format!("b:\n  versions:\n    v1: ['{}']", b.inbound);
     let a = agent(&agent_yaml("shop/a/v1", "127.0.0.1:9".parse().unwrap(), &services, "{}", Some(&otlp))).await;
     let report = run(LoadConfig {
-        url: format!("http://{}/jitter/100/300", a.outbound.unwrap()).parse().unwrap(),
-        rate: 100.0,
-        duration: Duration::from_secs(5),
-        connections: 64,
+        url: format!("http://{}/jitter/1000/3000", a.outbound.unwrap()).parse().unwrap(),
+        rate: 50.0,
+        duration: Duration::from_secs(6),
+        connections: 192,
         timeout: Duration::from_secs(5),
         host: Some("b".into()),
     })
     .await
     .unwrap();
-    assert_eq!((report.sent, report.errors), (500, 0), "{report:?}");
+    assert_eq!((report.sent, report.errors), (300, 0), "{report:?}");
     a.shutdown().await;
     b.shutdown().await;
     let url = format!("{}/api/v1/graph", c.api_url());
     let g = eventually("the edge with every request", 20, || async {
         let (_, g) = get_json(&url).await;
-        (edge(&g, "shop/a/v1", "shop/b/v1")?["stats"]["requests"] == 500).then_some(g)
+        (edge(&g, "shop/a/v1", "shop/b/v1")?["stats"]["requests"] == 300).then_some(g)
     })
     .await;
     let lat = &edge(&g, "shop/a/v1", "shop/b/v1").unwrap()["stats"]["latency_ms"];
-    // The service time (from each actual send) is what the callee's agent measured, plus two
-    // loopback hops; at 100 ms and more those are far below 2%.
+    // The service time (from each actual send) is what the callee's agent measured plus the hops
+    // before it (a few milliseconds here): a bucket's ±1.5% leaves room for them within 2%.
     let truth = &report.service_time_ms;
     println!("precision: edge {lat}; load p50 {} ms, p99 {} ms", truth.p50, truth.p99);
     for (name, got, want) in [("p50", &lat["p50"], truth.p50), ("p99", &lat["p99"], truth.p99)] {
