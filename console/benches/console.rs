@@ -1,6 +1,6 @@
 //! Console benchmarks (criterion; `cargo bench -p meshlens-console --features fixture`): the graph
-//! layout plus one frame, for bookinfo and for 1,000 nodes and 3,000 edges (goal < 16 ms, one frame
-//! at 60 Hz). The frame is drawn on ratatui's `TestBackend` at 160×48, so terminal IO is left out.
+//! layout plus one frame, for bookinfo, for 1,000 nodes and 3,000 edges, and for a synthetic
+//! 10,000-node mesh of 10 namespaces (goal < 16 ms, one frame at 60 Hz). The frame is drawn on ratatui's `TestBackend` at 160×48, so terminal IO is left out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -58,7 +58,8 @@ fn large() -> GraphSnapshot {
 
 fn layout_and_frame(c: &mut Criterion) {
     let mut g = c.benchmark_group("layout_and_frame");
-    for (name, graph) in [("bookinfo", bookinfo()), ("1000x3000", large())] {
+    let ten_thousand = meshlens_model::synth::mesh(meshlens_model::synth::Spec::new(10, 334, 3));
+    for (name, graph) in [("bookinfo", bookinfo()), ("1000x3000", large()), ("synth_10000", ten_thousand)] {
         let mut terminal = Terminal::new(TestBackend::new(160, 48)).unwrap();
         let mut app = App::new("http://127.0.0.1:7420");
         g.bench_function(name, |b| {

@@ -130,16 +130,23 @@ fn draw_edge(buf: &mut Buffer, area: Rect, app: &App, k: usize, highlighted: boo
         Style::new().fg(health_color(edge.health))
     };
     let (sx, sy) = (i64::from(app.scroll.0), i64::from(app.scroll.1));
+    // What of the layout is on screen: runs are walked only there, so a frame costs what it shows,
+    // not the size of the mesh.
+    let (vx, vy) = ((sx, sx + i64::from(area.width) - 1), (sy, sy + i64::from(area.height) - 1));
     let pts = &place.points;
     for (seg, w) in pts.windows(2).enumerate() {
         let ((x0, y0), (x1, y1)) = ((i64::from(w[0].0), i64::from(w[0].1)), (i64::from(w[1].0), i64::from(w[1].1)));
         if y0 == y1 {
-            for x in x0.min(x1)..=x0.max(x1) {
-                line_cell(buf, area, x - sx, y0 - sy, '─', style);
+            if (vy.0..=vy.1).contains(&y0) {
+                for x in x0.min(x1).max(vx.0)..=x0.max(x1).min(vx.1) {
+                    line_cell(buf, area, x - sx, y0 - sy, '─', style);
+                }
             }
         } else {
-            for y in y0.min(y1)..=y0.max(y1) {
-                line_cell(buf, area, x0 - sx, y - sy, '│', style);
+            if (vx.0..=vx.1).contains(&x0) {
+                for y in y0.min(y1).max(vy.0)..=y0.max(y1).min(vy.1) {
+                    line_cell(buf, area, x0 - sx, y - sy, '│', style);
+                }
             }
             // Corners where the run turns.
             let down = y1 > y0;
@@ -192,6 +199,9 @@ fn draw_graph(frame: &mut Frame, app: &mut App, area: Rect) {
     }
     for b in &app.layout.boxes {
         let (x, y, w, h) = (i64::from(b.x) - sx, i64::from(b.y) - sy, i64::from(b.w), i64::from(b.h));
+        if x + w < 0 || y + h < 0 || x > i64::from(area.width) || y > i64::from(area.height) {
+            continue;
+        }
         let border = Style::new().fg(Color::Gray);
         for dx in 0..w {
             let ch = match dx {
@@ -214,6 +224,9 @@ fn draw_graph(frame: &mut Frame, app: &mut App, area: Rect) {
     for p in &app.layout.nodes {
         let n = &app.graph.nodes[p.node];
         let (x, y) = (i64::from(p.x) - sx, i64::from(p.y) - sy);
+        if y < 0 || y > i64::from(area.height) || x > i64::from(area.width) || x + i64::from(p.w) < 0 {
+            continue;
+        }
         let style = if Some(p.node) == selected { Style::new().reversed().bold() } else { Style::new() };
         put(buf, area, x, y, "●", Style::new().fg(health_color(n.health)));
         let text = format!(" {:<width$}", p.label, width = (p.w as usize).saturating_sub(2));
