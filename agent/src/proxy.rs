@@ -383,7 +383,11 @@ fn grpc_status<B>(r: &Response<B>) -> Option<u8> {
     if r.status() != StatusCode::OK {
         return None;
     }
-    let header = r.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<u8>().ok());
+    // A `grpc-status` that is not a code is UNKNOWN, as gRPC's clients read it.
+    let header = r
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().ok().and_then(|t| t.trim().parse::<u8>().ok()).filter(|&c| c <= 16).unwrap_or(2));
     let grpc =
         r.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     header.or(grpc.then_some(0))
@@ -653,6 +657,24 @@ fn upstream_failed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_responses_grpc_status_is_read_from_its_head() {
+        let resp = |status: u16, headers: &[(&'static str, &'static str)]| {
+            let mut r = Response::new(());
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            for (k, v) in headers {
+                r.headers_mut().insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            r
+        };
+        assert_eq!(grpc_status(&resp(200, &[("grpc-status", "14")])), Some(14));
+        assert_eq!(grpc_status(&resp(200, &[("content-type", "application/grpc")])), Some(0), "status in trailers");
+        assert_eq!(grpc_status(&resp(200, &[("grpc-status", "banana")])), Some(2), "not a code: UNKNOWN");
+        assert_eq!(grpc_status(&resp(200, &[("grpc-status", "99")])), Some(2), "out of range: UNKNOWN");
+        assert_eq!(grpc_status(&resp(200, &[])), None, "not gRPC");
+        assert_eq!(grpc_status(&resp(503, &[("grpc-status", "14")])), None, "an HTTP error answers first");
+    }
 
     #[test]
     fn hop_by_hop_headers_go_and_te_trailers_stays() {

@@ -410,7 +410,9 @@ impl Merge<'_> {
         let offset = positive.map_or(0, |b| b.offset);
         let mut buckets = vec![p.zero_count];
         buckets.extend(positive.map_or(&[][..], |b| &b.bucket_counts[..]));
-        if !(-10..=20).contains(&p.scale) || buckets.len() > 1 + 16_384 {
+        // The scale OTLP allows, a bounded bucket count, and indexes that fit in i32 to the last.
+        let last_fits = i32::try_from(buckets.len()).ok().and_then(|n| offset.checked_add(n)).is_some();
+        if !(-10..=20).contains(&p.scale) || buckets.len() > 1 + 16_384 || !last_fits {
             self.g.counters.points_rejected.add(1);
             return Ok(());
         }

@@ -305,4 +305,9 @@ fn exponential_histograms_are_read_across_a_rescale() {
     // The same point again adds nothing.
     send(&mut e, point(2, -27, vec![6, 9]));
     assert_eq!(graph(&e).edges[0].stats.requests, 15);
+    // Indexes past i32 (an offset near its end): refused and counted, not a panic or a wrap.
+    let rejected = e.counters.points_rejected.get();
+    send(&mut e, point(2, i32::MAX - 1, vec![1, 1, 1]));
+    assert_eq!(e.counters.points_rejected.get(), rejected + 1);
+    assert_eq!(graph(&e).edges[0].stats.requests, 15);
 }

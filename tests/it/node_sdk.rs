@@ -6,7 +6,6 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::support::*;
@@ -34,23 +33,8 @@ async fn start(role: &str, protocol: &str, endpoint: &str, namespace: &str, call
         .kill_on_drop(true)
         .spawn()
         .expect("node runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("shop.js listens within 30 s")
-        .unwrap()
-        .unwrap_or_default();
-    let port = line.strip_prefix("listening ").and_then(|p| p.trim().parse().ok()).expect("listening PORT");
+    let port = listening_port(&mut child).await;
     (child, port)
-}
-
-/// Stops a service with SIGTERM: the SDK flushes its spans and metrics before the process exits.
-async fn stop(mut child: Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
-    }
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exits").unwrap();
-    assert!(status.success(), "shop.js exited with {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +57,7 @@ async fn the_node_sdk_with_metrics_on_gives_exactly_the_graph_of_its_spans() {
         // Several metric export intervals pass while the SDKs shut down and flush.
         tokio::time::sleep(Duration::from_millis(700)).await;
         for child in [frontend, orders, inventory] {
-            stop(child).await;
+            stop_app(child).await;
         }
     }
     for (_, _, ns) in runs {
@@ -86,14 +70,8 @@ async fn the_node_sdk_with_metrics_on_gives_exactly_the_graph_of_its_spans() {
             let (_, later) = get_json(&format!("{}/api/v1/graph", c.api_url())).await;
             if later.is_null() { g } else { later }
         };
-        let mut got: Vec<(String, String, u64, u64, String)> = g["edges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| {
-                e["source"].as_str().unwrap().starts_with(&format!("{ns}/"))
-                    || e["target"].as_str().unwrap().starts_with(&format!("{ns}/"))
-            })
+        let mut got: Vec<(String, String, u64, u64, String)> = namespace_edges(&g, ns)
+            .into_iter()
             .map(|e| {
                 (
                     e["source"].as_str().unwrap().to_owned(),

@@ -79,7 +79,6 @@ async fn start_app(
     new_semconv: bool,
     extra: &[String],
 ) -> (tokio::process::Child, u16) {
-    use tokio::io::AsyncBufReadExt;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/sdk_apps.py");
     let mut cmd = tokio::process::Command::new(tool(
         "MESHLENS_PYTHON",
@@ -91,13 +90,7 @@ async fn start_app(
         cmd.env("OTEL_SEMCONV_STABILITY_OPT_IN", "http");
     }
     let mut child = cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the app listens within 30 s")
-        .unwrap()
-        .unwrap_or_default();
-    let port = line.strip_prefix("listening ").and_then(|p| p.trim().parse().ok()).expect("listening PORT");
+    let port = listening_port(&mut child).await;
     (child, port)
 }
 
@@ -124,10 +117,8 @@ async fn instrumented_python_apps_with_metrics_on_old_and_new_semconv() {
             assert_eq!(r.status(), 200);
         }
         tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-        for mut child in [web, users, inventory] {
-            let _ = std::process::Command::new("kill").arg(child.id().unwrap().to_string()).status();
-            let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
-            assert!(status.success(), "{ns}: {status}");
+        for child in [web, users, inventory] {
+            stop_app(child).await;
         }
     }
     for ns in ["old", "new"] {
@@ -135,14 +126,8 @@ async fn instrumented_python_apps_with_metrics_on_old_and_new_semconv() {
         wait_edge(&c, "", &id("web"), "db:cache.local", n).await;
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         let (_, g) = get_json(&format!("{}/api/v1/graph", c.api_url())).await;
-        let mut got: Vec<(String, String, String, u64, u64, [u64; 3])> = g["edges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| {
-                e["source"].as_str().unwrap().starts_with(&format!("{ns}/"))
-                    || e["target"].as_str().unwrap().starts_with(&format!("{ns}/"))
-            })
+        let mut got: Vec<(String, String, String, u64, u64, [u64; 3])> = namespace_edges(&g, ns)
+            .into_iter()
             .map(|e| {
                 let s = &e["stats"];
                 let code = |k: &str| s["codes"][k].as_u64().unwrap();

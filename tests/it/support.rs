@@ -164,3 +164,42 @@ pub fn tool(env: &str, default: &str, what: &str) -> std::path::PathBuf {
     assert!(p.exists(), "{} is missing: run .ci/setup (or .ci/test), which installs {what}", p.display());
     p
 }
+
+/// Waits for a test app (tests/node, tests/python) to print `listening PORT` on stdout; its port.
+pub async fn listening_port(child: &mut tokio::process::Child) -> u16 {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the app listens within 30 s")
+        .unwrap()
+        .unwrap_or_default();
+    line.strip_prefix("listening ").and_then(|p| p.trim().parse().ok()).expect("listening PORT")
+}
+
+/// Stops a test app with SIGTERM (its SDK flushes every span and metric point) and asserts it
+/// exited cleanly.
+pub async fn stop_app(mut child: tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+    }
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "the app exited with {status}");
+}
+
+/// The edges of a graph body with an end in namespace `ns`.
+pub fn namespace_edges<'a>(g: &'a Value, ns: &str) -> Vec<&'a Value> {
+    let prefix = format!("{ns}/");
+    g["edges"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| {
+                    [&e["source"], &e["target"]]
+                        .iter()
+                        .any(|end| end.as_str().is_some_and(|id| id.starts_with(&prefix)))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
