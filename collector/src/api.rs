@@ -81,6 +81,7 @@ struct Params {
     view: Option<View>,
     window: Option<u64>,
     namespaces: Vec<String>,
+    collapse: Vec<String>,
     at: Option<At>,
     numbers: Vec<(String, u64)>,
 }
@@ -112,6 +113,12 @@ fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Params, ApiError> {
                     return Err(bad("namespace", "must not be empty"));
                 }
                 p.namespaces.push(value.into_owned());
+            }
+            "collapse" => {
+                if value.is_empty() {
+                    return Err(bad("collapse", "must not be empty: a namespace, or an app as ns/app"));
+                }
+                p.collapse.push(value.into_owned());
             }
             "at" => {
                 p.at = Some(match value.parse::<u64>() {
@@ -167,6 +174,14 @@ fn view_of(rev: &StoredRevision, view: View) -> Result<GraphSnapshot, ApiError> 
 /// The snapshot a read asks for: a stored revision, the latest, or computed live for another window.
 fn resolve(hub: &Hub, p: &Params) -> Result<GraphSnapshot, ApiError> {
     let view = p.view.unwrap_or_default();
+    let collapse = views::Collapse::new(&p.collapse);
+    if !collapse.is_empty() && p.at.is_some() {
+        return Err(bad(
+            "collapse",
+            "a past revision keeps its views' figures, not the histograms a collapsed node's percentiles merge; \
+             collapse the live graph, or read view=namespace at that revision",
+        ));
+    }
     let mut g = if let Some(at) = p.at {
         let rev = stored(hub, at)?;
         if let Some(w) = p.window.filter(|&w| w != rev.window_seconds) {
@@ -182,11 +197,11 @@ fn resolve(hub: &Hub, p: &Params) -> Result<GraphSnapshot, ApiError> {
     } else {
         let window = p.window.unwrap_or(hub.window_secs);
         match hub.latest() {
-            Some(rev) if window == rev.window_seconds => view_of(&rev, view)?,
+            Some(rev) if window == rev.window_seconds && collapse.is_empty() => view_of(&rev, view)?,
             latest => {
                 let mut merger = Merger::default();
                 let engine = hub.engine.lock();
-                let mut g = views::snapshot(&engine, view, window, unix_now(), &mut merger);
+                let mut g = views::collapsed(&engine, view, &collapse, window, unix_now(), &mut merger);
                 g.revision = latest.map(|r| r.revision).unwrap_or(0);
                 g
             }
@@ -198,10 +213,11 @@ fn resolve(hub: &Hub, p: &Params) -> Result<GraphSnapshot, ApiError> {
 
 async fn graph(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     ready(&api.hub)?;
-    let p = parse(q.as_deref(), &["view", "window", "namespace", "at"])?;
+    let p = parse(q.as_deref(), &["view", "window", "namespace", "collapse", "at"])?;
     // The common read — the latest revision, whole mesh — is served from cached bytes.
     if p.at.is_none()
         && p.namespaces.is_empty()
+        && p.collapse.is_empty()
         && p.window.is_none_or(|w| w == api.hub.window_secs)
         && let Some(rev) = api.hub.latest()
     {

@@ -395,3 +395,61 @@ fn a_producer_with_no_consumer_names_its_destination() {
     let g = graph(&e, NOW + 2.5);
     assert_eq!(edge_requests(&g, "default/shop", "ext:orders"), 1);
 }
+
+/// The namespace view and a collapsed namespace merge their members' counts and histograms: the
+/// merged p50 is the p50 of all the requests, not a mean of the members' p50s.
+#[test]
+fn namespace_view_and_collapse_merge_counts_and_histograms() {
+    use crate::views::{Collapse, collapsed};
+    let mut e = engine();
+    let mut id = 100u64;
+    let mut call = |e: &mut Engine, from: (&str, &str, &str), to: (&str, &str, &str), ms: u64, code: i64| {
+        id += 2;
+        let client = span(SpanKind::Client, id, id, None, T0, ms * 1_000, vec![], false);
+        let server = span(
+            SpanKind::Server,
+            id,
+            id + 1,
+            Some(id),
+            T0,
+            ms * 1_000,
+            vec![kv_int("http.response.status_code", code)],
+            false,
+        );
+        e.ingest_traces(
+            &traces(vec![(resource(from.0, from.1, from.2), vec![client]), (resource(to.0, to.1, to.2), vec![server])]),
+            NOW,
+        );
+    };
+    // shop/web calls pay/card (v1 fast, v2 slow and failing), and shop/web calls shop/cart.
+    for _ in 0..30 {
+        call(&mut e, ("shop", "web", "v1"), ("pay", "card", "v1"), 10, 200);
+    }
+    for _ in 0..10 {
+        call(&mut e, ("shop", "web", "v1"), ("pay", "card", "v2"), 100, 503);
+    }
+    for _ in 0..5 {
+        call(&mut e, ("shop", "web", "v1"), ("shop", "cart", "v1"), 20, 200);
+    }
+    let g = snapshot(&e, View::Namespace, 60, NOW, &mut Merger::default());
+    let ids: Vec<&str> = g.nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["ns:pay", "ns:shop"]);
+    assert!(g.nodes.iter().all(|n| n.kind == meshlens_model::graph::NodeKind::Namespace));
+    let cross = g.edge("ns:shop", "ns:pay").unwrap();
+    assert_eq!((cross.stats.requests, cross.stats.errors), (40, 10));
+    let lat = cross.stats.latency_ms.unwrap();
+    assert!((lat.p50 - 10.0).abs() < 0.5 && (lat.p99 - 100.0).abs() < 3.0, "merged from histograms: {lat:?}");
+    assert_eq!(g.edge("ns:shop", "ns:shop").unwrap().stats.requests, 5, "inside a namespace: its self-edge");
+    // Collapse one namespace over the versioned view: the other keeps its versions.
+    let c = collapsed(&e, View::Versioned, &Collapse::new(&["pay"]), 60, NOW, &mut Merger::default());
+    assert_eq!(c.edge("shop/web/v1", "ns:pay").unwrap().stats.requests, 40);
+    assert_eq!(c.edge("shop/web/v1", "shop/cart/v1").unwrap().stats.requests, 5);
+    // Collapse an app: its versions merge into the app node.
+    let a = collapsed(&e, View::Versioned, &Collapse::new(&["pay/card"]), 60, NOW, &mut Merger::default());
+    let card = a.node("pay/card").unwrap();
+    assert_eq!(
+        (card.kind, card.inbound.requests, card.group.clone()),
+        (meshlens_model::graph::NodeKind::App, 40, None)
+    );
+    assert!(a.node("pay/card/v1").is_none());
+}

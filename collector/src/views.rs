@@ -1,9 +1,11 @@
-//! Graph views built from the edge state: `versioned`, `app`, `workload`, `service`.
+//! Graph views built from the edge state: `versioned`, `app`, `workload`, `service`, `namespace`,
+//! and any of them with some namespaces or apps collapsed.
 //!
 //! Raw edges connect peers as reported (workloads with their versions). A view maps each peer to a
-//! view node (dropping versions for `app` and `service`), builds a petgraph of view nodes whose edges
-//! hold the raw edges they merge, and aggregates slices and histograms per view edge and per node
-//! side, so a merged node's percentiles are exact.
+//! view node (dropping versions for `app` and `service`, merging a namespace's workloads for
+//! `namespace` and for a collapsed namespace), builds a petgraph of view nodes whose edges hold the
+//! raw edges they merge, and aggregates slices and histograms per view edge and per node side, so a
+//! merged node's percentiles are exact.
 
 use hashbrown::HashMap;
 use meshlens_model::api::{AppDetail, PeerStats, RatePoint, VersionDetail};
@@ -20,17 +22,76 @@ use crate::engine::Engine;
 use crate::graph::EdgeState;
 use crate::window::{Aggregate, EdgeWindow, WindowSpec};
 
-fn view_peer(peer: &Peer, view: View) -> Peer {
-    match view {
-        View::Versioned | View::Workload => peer.clone(),
-        View::App | View::Service => peer.without_version(),
+/// Namespaces and apps (`ns/app`) drawn as one node each, over any view: what the views' "collapse"
+/// does (`collapse=` on `GET /api/v1/graph`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Collapse {
+    namespaces: hashbrown::HashSet<String>,
+    apps: hashbrown::HashSet<String>,
+}
+
+impl Collapse {
+    /// From a list of namespaces and app ids: an item with a `/` is an app (`ns/app`).
+    pub fn new<S: AsRef<str>>(items: &[S]) -> Self {
+        let mut c = Self::default();
+        for item in items {
+            let item = item.as_ref();
+            if item.contains('/') {
+                c.apps.insert(item.to_owned())
+            } else {
+                c.namespaces.insert(item.to_owned())
+            };
+        }
+        c
+    }
+
+    /// Whether nothing is collapsed.
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty() && self.apps.is_empty()
+    }
+}
+
+/// What a view node stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    /// A peer as the view maps it.
+    Peer(Peer),
+    /// An app collapsed over a view that shows versions.
+    App(Peer),
+    /// A whole namespace.
+    Namespace(String),
+}
+
+impl Key {
+    fn id(&self) -> String {
+        match self {
+            Key::Peer(p) | Key::App(p) => p.id(),
+            Key::Namespace(ns) => format!("ns:{ns}"),
+        }
+    }
+}
+
+fn view_key(peer: &Peer, view: View, collapse: &Collapse) -> Key {
+    match peer {
+        Peer::Workload(w) if view == View::Namespace || collapse.namespaces.contains(&w.namespace) => {
+            Key::Namespace(w.namespace.clone())
+        }
+        Peer::Workload(w)
+            if matches!(view, View::Versioned | View::Workload) && collapse.apps.contains(&w.app_id()) =>
+        {
+            Key::App(peer.without_version())
+        }
+        _ => match view {
+            View::Versioned | View::Workload | View::Namespace => Key::Peer(peer.clone()),
+            View::App | View::Service => Key::Peer(peer.without_version()),
+        },
     }
 }
 
 fn node_kind(peer: &Peer, view: View) -> NodeKind {
     match peer {
         Peer::Workload(_) => match view {
-            View::Versioned | View::Workload => NodeKind::Workload,
+            View::Versioned | View::Workload | View::Namespace => NodeKind::Workload,
             View::App => NodeKind::App,
             View::Service => NodeKind::Service,
         },
@@ -81,20 +142,20 @@ fn merge(windows: &[Option<EdgeWindow>], spec: WindowSpec, members: &[u32], merg
 
 /// A view's graph: view nodes, and per view edge the raw edges it merges.
 struct ViewGraph {
-    graph: DiGraph<Peer, Vec<u32>>,
+    graph: DiGraph<Key, Vec<u32>>,
 }
 
-fn build(engine: &Engine, view: View, spec: &WindowSpec) -> ViewGraph {
-    let mut graph: DiGraph<Peer, Vec<u32>> = DiGraph::new();
-    let mut index: HashMap<Peer, NodeIndex> = HashMap::new();
+fn build(engine: &Engine, view: View, collapse: &Collapse, spec: &WindowSpec) -> ViewGraph {
+    let mut graph: DiGraph<Key, Vec<u32>> = DiGraph::new();
+    let mut index: HashMap<Key, NodeIndex> = HashMap::new();
     let mut node =
-        |graph: &mut DiGraph<Peer, Vec<u32>>, p: Peer| *index.entry(p.clone()).or_insert_with(|| graph.add_node(p));
+        |graph: &mut DiGraph<Key, Vec<u32>>, k: Key| *index.entry(k.clone()).or_insert_with(|| graph.add_node(k));
     for (i, e) in engine.edges().iter().enumerate() {
         if !active(e, spec) {
             continue;
         }
-        let s = node(&mut graph, view_peer(engine.peer_at(e.source), view));
-        let t = node(&mut graph, view_peer(engine.peer_at(e.target), view));
+        let s = node(&mut graph, view_key(engine.peer_at(e.source), view, collapse));
+        let t = node(&mut graph, view_key(engine.peer_at(e.target), view, collapse));
         match graph.find_edge(s, t) {
             Some(ei) => graph[ei].push(i as u32),
             None => {
@@ -105,13 +166,27 @@ fn build(engine: &Engine, view: View, spec: &WindowSpec) -> ViewGraph {
     ViewGraph { graph }
 }
 
-fn side_members(g: &DiGraph<Peer, Vec<u32>>, n: NodeIndex, dir: Direction) -> Vec<u32> {
+fn side_members(g: &DiGraph<Key, Vec<u32>>, n: NodeIndex, dir: Direction) -> Vec<u32> {
     g.edges_directed(n, dir).flat_map(|e| e.weight().iter().copied()).collect()
 }
 
 /// Computes a snapshot of `view` over a `window_secs` window ending at `now`.
 pub fn snapshot(engine: &Engine, view: View, window_secs: u64, now: f64, merger: &mut Merger) -> GraphSnapshot {
-    snapshots(engine, &[view], window_secs, now, merger).pop().unwrap_or_default()
+    collapsed(engine, view, &Collapse::default(), window_secs, now, merger)
+}
+
+/// Computes a snapshot of `view` with `collapse`'s namespaces and apps drawn as one node each.
+pub fn collapsed(
+    engine: &Engine,
+    view: View,
+    collapse: &Collapse,
+    window_secs: u64,
+    now: f64,
+    merger: &mut Merger,
+) -> GraphSnapshot {
+    let spec = WindowSpec::new(now, window_secs, engine.data_since);
+    let windows = edge_windows(engine, spec, merger);
+    view_snapshot(engine, &windows, view, collapse, spec, window_secs, now, merger)
 }
 
 /// Computes snapshots of several views over one window: each edge's slices are summed once and the
@@ -125,20 +200,23 @@ pub fn snapshots(
 ) -> Vec<GraphSnapshot> {
     let spec = WindowSpec::new(now, window_secs, engine.data_since);
     let windows = edge_windows(engine, spec, merger);
-    views.iter().map(|&view| view_snapshot(engine, &windows, view, spec, window_secs, now, merger)).collect()
+    let none = Collapse::default();
+    views.iter().map(|&view| view_snapshot(engine, &windows, view, &none, spec, window_secs, now, merger)).collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn view_snapshot(
     engine: &Engine,
     windows: &[Option<EdgeWindow>],
     view: View,
+    collapse: &Collapse,
     spec: WindowSpec,
     window_secs: u64,
     now: f64,
     merger: &mut Merger,
 ) -> GraphSnapshot {
     let health = engine.config.health;
-    let vg = build(engine, view, &spec);
+    let vg = build(engine, view, collapse, &spec);
     let g = &vg.graph;
     let mut edges = Vec::with_capacity(g.edge_count());
     for e in g.edge_references() {
@@ -161,14 +239,14 @@ fn view_snapshot(
     let live: hashbrown::HashSet<String> = edges.iter().flat_map(|e| [e.source.clone(), e.target.clone()]).collect();
     let mut nodes = Vec::with_capacity(g.node_count());
     for n in g.node_indices() {
-        let peer = &g[n];
-        let id = peer.id();
+        let key = &g[n];
+        let id = key.id();
         if !live.contains(&id) {
             continue;
         }
         let inbound = merge(windows, spec, &side_members(g, n, Direction::Incoming), merger);
         let outbound = merge(windows, spec, &side_members(g, n, Direction::Outgoing), merger);
-        nodes.push(make_node(peer, id, view, inbound, outbound, &health));
+        nodes.push(make_node(key, id, view, inbound, outbound, &health));
     }
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     GraphSnapshot {
@@ -181,7 +259,17 @@ fn view_snapshot(
     }
 }
 
-fn make_node(peer: &Peer, id: String, view: View, inbound: Stats, outbound: Stats, t: &HealthThresholds) -> Node {
+fn make_node(key: &Key, id: String, view: View, inbound: Stats, outbound: Stats, t: &HealthThresholds) -> Node {
+    let health = inbound.health(t).max(outbound.health(t));
+    let (peer, kind) = match key {
+        Key::Namespace(ns) => {
+            let (namespace, app) = (ns.clone(), ns.clone());
+            let kind = NodeKind::Namespace;
+            return Node { id, namespace, app, version: None, kind, group: None, health, inbound, outbound };
+        }
+        Key::App(p) => (p, NodeKind::App),
+        Key::Peer(p) => (p, node_kind(p, view)),
+    };
     let (namespace, app, version) = match peer {
         Peer::Workload(w) => (w.namespace.clone(), w.app.clone(), w.version.clone()),
         other => (String::new(), other.display_name(), None),
@@ -190,8 +278,7 @@ fn make_node(peer: &Peer, id: String, view: View, inbound: Stats, outbound: Stat
         (View::Versioned, Peer::Workload(w)) if w.version.is_some() => Some(w.app_id()),
         _ => None,
     };
-    let health = inbound.health(t).max(outbound.health(t));
-    Node { id, namespace, app, version, kind: node_kind(peer, view), group, health, inbound, outbound }
+    Node { id, namespace, app, version, kind, group, health, inbound, outbound }
 }
 
 /// One app's versions with their inbound and outbound tables and rate series; `None` when the app

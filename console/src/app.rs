@@ -8,6 +8,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use meshlens_model::api::{AppDetail, WorkloadRow, WorkloadsBody};
 use meshlens_model::graph::{GraphSnapshot, RevisionSummary, View};
 use meshlens_model::layout::{Layout, edge_label, layout};
+use meshlens_model::viewstate::{collapse_item, expand_namespace};
 
 /// Stats windows the `w` key cycles through.
 pub const WINDOWS: [&str; 5] = ["30s", "1m", "5m", "15m", "1h"];
@@ -76,6 +77,10 @@ pub enum Action {
     ToggleView,
     /// Only the selected node and its neighbours, or everything.
     ToggleFocus,
+    /// The namespace view ↔ the versioned view.
+    ToggleNamespaces,
+    /// Collapse the selected node's namespace into one node, or expand a collapsed one.
+    Collapse,
     /// Next stats window.
     CycleWindow,
     /// Open the revisions list.
@@ -127,6 +132,8 @@ pub enum Command {
         window: String,
         /// A revision, or live.
         at: Option<u64>,
+        /// Namespaces and apps drawn as one node each.
+        collapse: Vec<String>,
     },
     /// The revisions list.
     Revisions,
@@ -164,8 +171,10 @@ pub struct App {
     pub selected: Option<String>,
     /// The selected outbound edge of the selected node, by index among its outbound edges.
     pub selected_edge: Option<usize>,
-    /// Versioned or app view.
+    /// Versioned, app or namespace view.
     pub view: View,
+    /// Namespaces and apps (`ns/app`) collapsed into one node each.
+    pub collapse: Vec<String>,
     /// Focus on the selection's neighbourhood.
     pub focus: bool,
     /// Index into [`WINDOWS`].
@@ -217,6 +226,7 @@ impl App {
             selected: None,
             selected_edge: None,
             view: View::Versioned,
+            collapse: Vec::new(),
             focus: false,
             window: 1,
             at: None,
@@ -239,12 +249,17 @@ impl App {
 
     /// The refresh for the current settings.
     pub fn refresh(&self) -> Command {
-        Command::Refresh { view: self.view, window: WINDOWS[self.window].to_owned(), at: self.at }
+        Command::Refresh {
+            view: self.view,
+            window: WINDOWS[self.window].to_owned(),
+            at: self.at,
+            collapse: self.collapse.clone(),
+        }
     }
 
     fn detail_command(&self) -> Option<Command> {
         let node = self.graph.node(self.selected.as_deref()?)?;
-        if node.namespace.is_empty() {
+        if node.namespace.is_empty() || node.kind == meshlens_model::NodeKind::Namespace {
             return None;
         }
         Some(Command::Detail {
@@ -296,15 +311,7 @@ impl App {
             && let Some(sel) = self.selected.clone()
             && g.node(&sel).is_some()
         {
-            let keep: std::collections::BTreeSet<String> = g
-                .edges
-                .iter()
-                .filter(|e| e.source == sel || e.target == sel)
-                .flat_map(|e| [e.source.clone(), e.target.clone()])
-                .chain([sel.clone()])
-                .collect();
-            g.nodes.retain(|n| keep.contains(&n.id));
-            g.edges.retain(|e| keep.contains(&e.source) && keep.contains(&e.target));
+            g.retain_hops(&sel, 1);
         }
         self.layout = layout(&g, label);
         self.graph = g;
@@ -428,6 +435,24 @@ impl App {
             Action::ToggleView => {
                 self.view = if self.view == View::App { View::Versioned } else { View::App };
                 self.selected = None;
+                return Some(self.refresh());
+            }
+            Action::ToggleNamespaces => {
+                self.view = if self.view == View::Namespace { View::Versioned } else { View::Namespace };
+                self.collapse.clear();
+                self.selected = None;
+                return Some(self.refresh());
+            }
+            Action::Collapse => {
+                let node = self.selected.as_deref().and_then(|id| self.full_graph.node(id)).cloned()?;
+                if node.kind == meshlens_model::NodeKind::Namespace {
+                    expand_namespace(&mut self.view, &mut self.collapse, &node.namespace, &self.full_graph);
+                    self.selected = None;
+                } else if !node.namespace.is_empty() {
+                    self.selected = Some(collapse_item(&mut self.collapse, &node.namespace));
+                } else {
+                    return None;
+                }
                 return Some(self.refresh());
             }
             Action::ToggleFocus => {
@@ -588,6 +613,8 @@ pub fn key_action(key: KeyEvent, app: &App) -> Option<Action> {
         KeyCode::Char('>') => Action::Pan(10, 0),
         KeyCode::Char('a') => Action::ToggleView,
         KeyCode::Char('f') => Action::ToggleFocus,
+        KeyCode::Char('n') => Action::ToggleNamespaces,
+        KeyCode::Char('c') => Action::Collapse,
         KeyCode::Char('w') => Action::CycleWindow,
         KeyCode::Char('r') => Action::OpenRevisions,
         KeyCode::Char('L') => Action::Live,

@@ -58,6 +58,39 @@ fn edges_of_the_selection_can_be_picked() {
 }
 
 #[test]
+fn a_namespace_collapses_and_expands() {
+    let mut app = loaded();
+    app.update(Action::Move(Dir::Right));
+    let refresh = |collapse: &[&str], view| Command::Refresh {
+        view,
+        window: "1m".into(),
+        at: None,
+        collapse: collapse.iter().map(|c| c.to_string()).collect(),
+    };
+    assert_eq!(app.update(Action::Collapse), Some(refresh(&["bookinfo"], View::Versioned)));
+    assert_eq!(app.selected.as_deref(), Some("ns:bookinfo"), "the collapsed namespace stays selected");
+    // The collector answers with the namespace as one node; `c` on it expands it again.
+    let mut g = bookinfo();
+    let mut ns = g.nodes.iter().find(|n| n.namespace == "bookinfo").unwrap().clone();
+    (ns.id, ns.app, ns.version, ns.group, ns.kind) =
+        ("ns:bookinfo".into(), "bookinfo".into(), None, None, meshlens_model::NodeKind::Namespace);
+    g.nodes.retain(|n| n.namespace != "bookinfo");
+    g.nodes.push(ns);
+    g.edges = vec![meshlens_model::Edge {
+        id: "user->ns:bookinfo".into(),
+        target: "ns:bookinfo".into(),
+        ..g.edges[0].clone()
+    }];
+    app.update(Action::Graph(Box::new(g)));
+    assert_eq!(app.selected.as_deref(), Some("ns:bookinfo"));
+    assert_eq!(app.update(Action::Collapse), Some(refresh(&[], View::Versioned)));
+    assert_eq!(app.update(Action::ToggleNamespaces), Some(refresh(&[], View::Namespace)));
+    let key = |c: KeyCode| KeyEvent::new(c, KeyModifiers::NONE);
+    assert_eq!(key_action(key(KeyCode::Char('c')), &app), Some(Action::Collapse));
+    assert_eq!(key_action(key(KeyCode::Char('n')), &app), Some(Action::ToggleNamespaces));
+}
+
+#[test]
 fn focus_keeps_the_neighbourhood() {
     let mut app = loaded();
     app.update(Action::Move(Dir::Right));
@@ -77,11 +110,11 @@ fn view_and_window_changes_ask_for_a_refresh() {
     let mut app = loaded();
     assert_eq!(
         app.update(Action::ToggleView),
-        Some(Command::Refresh { view: View::App, window: "1m".into(), at: None })
+        Some(Command::Refresh { view: View::App, window: "1m".into(), at: None, collapse: vec![] })
     );
     assert_eq!(
         app.update(Action::CycleWindow),
-        Some(Command::Refresh { view: View::App, window: "5m".into(), at: None })
+        Some(Command::Refresh { view: View::App, window: "5m".into(), at: None, collapse: vec![] })
     );
     for _ in 0..3 {
         app.update(Action::CycleWindow);
@@ -100,13 +133,13 @@ fn an_older_revision_can_be_shown_and_left() {
     app.update(Action::Move(Dir::Down));
     assert_eq!(
         app.update(Action::PickRevision),
-        Some(Command::Refresh { view: View::Versioned, window: "1m".into(), at: Some(41) })
+        Some(Command::Refresh { view: View::Versioned, window: "1m".into(), at: Some(41), collapse: vec![] })
     );
     assert_eq!(app.overlay, Overlay::None);
     assert_eq!(app.update(Action::Published(43)), None, "pinned: live updates do not move it");
     assert_eq!(
         app.update(Action::Live),
-        Some(Command::Refresh { view: View::Versioned, window: "1m".into(), at: None })
+        Some(Command::Refresh { view: View::Versioned, window: "1m".into(), at: None, collapse: vec![] })
     );
     assert!(app.update(Action::Published(44)).is_some());
 }

@@ -117,9 +117,18 @@ impl Client {
         self.get(&q).await
     }
 
-    /// `/api/v1/graph` at a revision (`None`: the latest).
-    pub async fn graph_at(&self, view: View, window: &str, at: Option<u64>) -> Result<GraphSnapshot, ClientError> {
+    /// `/api/v1/graph` at a revision (`None`: the latest), with namespaces or apps collapsed.
+    pub async fn graph_at(
+        &self,
+        view: View,
+        window: &str,
+        at: Option<u64>,
+        collapse: &[String],
+    ) -> Result<GraphSnapshot, ClientError> {
         let mut q = format!("/api/v1/graph?view={view}&window={}", enc(window));
+        for c in collapse {
+            q.push_str(&format!("&collapse={}", enc(c)));
+        }
         if let Some(at) = at {
             q.push_str(&format!("&at={at}"));
         }

@@ -24,8 +24,9 @@ pub async fn run(
         // Fetches run side by side; each answer is applied when it arrives.
         tokio::spawn(async move {
             let result = match cmd {
-                Command::Refresh { view, window, at } => {
-                    let (g, w) = tokio::join!(client.graph_at(view, &window, at), client.workloads(&window, &[]));
+                Command::Refresh { view, window, at, collapse } => {
+                    let (g, w) =
+                        tokio::join!(client.graph_at(view, &window, at, &collapse), client.workloads(&window, &[]));
                     if let Ok(w) = w {
                         let _ = actions.send(Action::Workloads(Box::new(w)));
                     }

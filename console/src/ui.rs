@@ -410,12 +410,14 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
 }
 
 /// The keys, as `?` shows them.
-pub const KEYS: [(&str, &str); 17] = [
+pub const KEYS: [(&str, &str); 19] = [
     ("←↑↓→ hjkl", "move along the graph (callers, callees, same column)"),
     ("e", "select the next outbound edge of the node"),
     ("Enter / d", "show / toggle the detail pane"),
     ("a", "collapse versions (app view) / expand"),
     ("f", "focus on the node's neighbourhood / everything"),
+    ("n", "namespace view (a large mesh at a glance) / versioned"),
+    ("c", "collapse the node's namespace / expand a namespace"),
     ("PgUp PgDn < >", "scroll the graph"),
     ("w", "next window: 30s 1m 5m 15m 1h"),
     ("r", "revisions; Enter shows one"),

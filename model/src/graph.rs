@@ -23,11 +23,14 @@ pub enum View {
     /// One node per service. meshlens names a service by `service.name`, so this is the app graph
     /// with service nodes.
     Service,
+    /// One node per namespace (`ns:NAME`), the apps of each merged; peers outside the mesh stay as
+    /// they are. Edges inside a namespace are its self-edge. The first view of a large mesh.
+    Namespace,
 }
 
 impl View {
     /// All views, in API order.
-    pub const ALL: [View; 4] = [View::Versioned, View::App, View::Workload, View::Service];
+    pub const ALL: [View; 5] = [View::Versioned, View::App, View::Workload, View::Service, View::Namespace];
 
     /// The query-string name.
     pub fn as_str(self) -> &'static str {
@@ -36,6 +39,7 @@ impl View {
             View::App => "app",
             View::Workload => "workload",
             View::Service => "service",
+            View::Namespace => "namespace",
         }
     }
 }
@@ -52,7 +56,7 @@ impl FromStr for View {
         View::ALL
             .into_iter()
             .find(|v| v.as_str() == s)
-            .ok_or_else(|| format!("unknown view {s:?}: expected versioned, app, workload or service"))
+            .ok_or_else(|| format!("unknown view {s:?}: expected versioned, app, workload, service or namespace"))
     }
 }
 
@@ -74,6 +78,8 @@ pub enum NodeKind {
     Database,
     /// A callee nothing is known about.
     Unknown,
+    /// A namespace, its workloads merged (the namespace view, or a collapsed namespace).
+    Namespace,
 }
 
 /// A node of a snapshot.
@@ -158,6 +164,34 @@ impl GraphSnapshot {
         let touched: std::collections::HashSet<&str> =
             self.edges.iter().flat_map(|e| [e.source.as_str(), e.target.as_str()]).collect();
         self.nodes.retain(|n| inside.contains(&n.id) || touched.contains(n.id.as_str()));
+    }
+}
+
+impl GraphSnapshot {
+    /// Keeps `id` and what lies within `hops` calls of it, either way (focus on a node's
+    /// neighbourhood); keeps everything when `id` is not in the graph.
+    pub fn retain_hops(&mut self, id: &str, hops: u32) {
+        if self.node(id).is_none() {
+            return;
+        }
+        let mut near: std::collections::HashSet<String> = std::collections::HashSet::from([id.to_owned()]);
+        let mut frontier = vec![id.to_owned()];
+        for _ in 0..hops {
+            let mut next = Vec::new();
+            for e in &self.edges {
+                for (a, b) in [(&e.source, &e.target), (&e.target, &e.source)] {
+                    if frontier.contains(a) && near.insert(b.clone()) {
+                        next.push(b.clone());
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            frontier = next;
+        }
+        self.nodes.retain(|n| near.contains(&n.id));
+        self.edges.retain(|e| near.contains(&e.source) && near.contains(&e.target));
     }
 }
 
@@ -338,6 +372,26 @@ mod tests {
         g.retain_namespaces(&["x".to_owned()]);
         assert_eq!(g.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(g.edges.len(), 1);
+    }
+
+    #[test]
+    fn focus_keeps_k_hops_either_way() {
+        let chain = || GraphSnapshot {
+            nodes: ["a", "b", "c", "d", "e"].iter().map(|i| node(i, "x")).collect(),
+            edges: vec![edge("a", "b"), edge("b", "c"), edge("c", "d"), edge("d", "e")],
+            ..GraphSnapshot::default()
+        };
+        let ids = |g: &GraphSnapshot| g.nodes.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+        let mut one = chain();
+        one.retain_hops("c", 1);
+        assert_eq!(ids(&one), ["b", "c", "d"]);
+        assert_eq!(one.edges.len(), 2);
+        let mut two = chain();
+        two.retain_hops("c", 2);
+        assert_eq!(ids(&two), ["a", "b", "c", "d", "e"]);
+        let mut none = chain();
+        none.retain_hops("zz", 1);
+        assert_eq!(none.nodes.len(), 5, "an unknown id keeps everything");
     }
 
     #[test]

@@ -124,15 +124,14 @@ pub fn layout(g: &GraphSnapshot, label: impl Fn(&Edge) -> String) -> Layout {
     // Boxes: an app's versions together; any other node alone. Items are sorted by id. A box is
     // titled by its app, or `ns/app` where another namespace has an app of that name.
     let mut namespaces_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for n in g.nodes.iter().filter(|n| n.group.is_some()) {
+    for n in g.nodes.iter().filter(|n| !n.namespace.is_empty() && n.kind != crate::graph::NodeKind::Namespace) {
         namespaces_of.entry(n.app.as_str()).or_default().insert(n.namespace.as_str());
     }
+    let ambiguous = |n: &Node| namespaces_of.get(n.app.as_str()).is_some_and(|ns| ns.len() > 1);
     let mut by_id: BTreeMap<String, Item> = BTreeMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
         let (id, title) = match &n.group {
-            Some(group) if namespaces_of.get(n.app.as_str()).is_some_and(|ns| ns.len() > 1) => {
-                (group.clone(), format!("{}/{}", n.namespace, n.app))
-            }
+            Some(group) if ambiguous(n) => (group.clone(), format!("{}/{}", n.namespace, n.app)),
             Some(group) => (group.clone(), n.app.clone()),
             None => (n.id.clone(), String::new()),
         };
@@ -193,7 +192,15 @@ pub fn layout(g: &GraphSnapshot, label: impl Fn(&Edge) -> String) -> Layout {
     let order = order_columns(&items, g, &depth, columns, &succ, &pred);
 
     // Box sizes and column widths.
-    let labels: Vec<String> = g.nodes.iter().map(node_label).collect();
+    // A lone node's row carries its namespace where another namespace has an app of that name.
+    let labels: Vec<String> = g
+        .nodes
+        .iter()
+        .map(|n| match &n.group {
+            None if n.kind != crate::graph::NodeKind::Namespace && ambiguous(n) => format!("{}/{}", n.namespace, n.app),
+            _ => node_label(n),
+        })
+        .collect();
     let inner: Vec<u32> = items
         .iter()
         .map(|it| it.nodes.iter().map(|&n| width(&labels[n]) + 2).chain([width(&it.title)]).max().unwrap_or(1))
@@ -324,9 +331,92 @@ pub fn layout(g: &GraphSnapshot, label: impl Fn(&Edge) -> String) -> Layout {
         };
         edges.push(EdgePlace { edge: i, points, label_at, label: edge_labels[i].clone() });
     }
+    drop_overlapping_labels(g, &mut edges);
     let width = col_x[columns].max(1);
     let height = next_y.iter().copied().max().unwrap_or(0).saturating_sub(1).max(1);
     Layout { nodes, boxes, edges, width, height }
+}
+
+/// Where labels would still overlap (many callers of one target through one gap, more than the
+/// free rows nearby), the busier edge keeps its label and the other's is left empty: a label is
+/// drawn whole or not at all. Views show the figure elsewhere (the web on hover, both in the panel).
+fn drop_overlapping_labels(g: &GraphSnapshot, edges: &mut [EdgePlace]) {
+    let mut order: Vec<usize> = (0..edges.len()).collect();
+    order.sort_by(|&a, &b| {
+        g.edges[edges[b].edge].stats.rps.total_cmp(&g.edges[edges[a].edge].stats.rps).then(a.cmp(&b))
+    });
+    let mut taken: BTreeMap<u32, Vec<(u32, u32)>> = BTreeMap::new();
+    for k in order {
+        let e = &mut edges[k];
+        let (x, y) = e.label_at;
+        let span = (x, x + width(&e.label));
+        let row = taken.entry(y).or_default();
+        if row.iter().any(|&(a, b)| span.0 <= b && a <= span.1) {
+            e.label.clear();
+        } else {
+            row.push(span);
+        }
+    }
+}
+
+/// Boxes in a strongly connected set at least this large may call each other within a column.
+const KNOT: usize = 6;
+
+/// Each box's strongly connected component and the components' sizes (Kosaraju, iterative).
+fn strong_components(succ: &[BTreeSet<usize>]) -> (Vec<usize>, Vec<usize>) {
+    let n = succ.len();
+    let mut pred: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (a, bs) in succ.iter().enumerate() {
+        for &b in bs {
+            pred[b].push(a);
+        }
+    }
+    // First pass: finish order.
+    let mut seen = vec![false; n];
+    let mut finished = Vec::with_capacity(n);
+    for s in 0..n {
+        if seen[s] {
+            continue;
+        }
+        seen[s] = true;
+        let mut stack: Vec<(usize, Vec<usize>)> = vec![(s, succ[s].iter().copied().collect())];
+        while let Some((k, next)) = stack.last_mut() {
+            let k = *k;
+            match next.pop() {
+                Some(m) if !seen[m] => {
+                    seen[m] = true;
+                    stack.push((m, succ[m].iter().copied().collect()));
+                }
+                Some(_) => {}
+                None => {
+                    finished.push(k);
+                    stack.pop();
+                }
+            }
+        }
+    }
+    // Second pass, on the reversed graph in reverse finish order.
+    let mut component = vec![usize::MAX; n];
+    let mut size = Vec::new();
+    for &s in finished.iter().rev() {
+        if component[s] != usize::MAX {
+            continue;
+        }
+        let c = size.len();
+        size.push(0);
+        let mut stack = vec![s];
+        component[s] = c;
+        while let Some(k) = stack.pop() {
+            size[c] += 1;
+            for &m in &pred[k] {
+                if component[m] == usize::MAX {
+                    component[m] = c;
+                    stack.push(m);
+                }
+            }
+        }
+    }
+    (component, size)
 }
 
 /// The calls that close a cycle, found by depth-first search from the boxes nothing calls (then
@@ -368,11 +458,15 @@ fn back_edges(succ: &[BTreeSet<usize>], has_caller: &[bool]) -> BTreeSet<(usize,
 /// both one call from the frontend), as often as needed; calls that close a cycle stay.
 fn separate_calls_within_a_column(succ: &[BTreeSet<usize>], has_caller: &[bool], depth: &mut [usize]) {
     let back = back_edges(succ, has_caller);
+    let (component, size) = strong_components(succ);
+    // Inside a large knot of mutual calls every order runs some calls backwards; stacking the knot
+    // in the columns breadth-first search gave it keeps it compact instead of a chain one box wide.
+    let knotted = |a: usize, b: usize| component[a] == component[b] && size[component[a]] >= KNOT;
     loop {
         let mut moved = false;
         for a in 0..succ.len() {
             for &b in &succ[a] {
-                if depth[b] == depth[a] && !back.contains(&(a, b)) {
+                if depth[b] == depth[a] && !back.contains(&(a, b)) && !knotted(a, b) {
                     depth[b] = depth[a] + 1;
                     moved = true;
                 }

@@ -85,6 +85,17 @@ fn check(g: &GraphSnapshot, l: &Layout) {
             }
         }
     }
+    let labels: Vec<(u32, u32, u32)> = l
+        .edges
+        .iter()
+        .filter(|p| !p.label.is_empty())
+        .map(|p| (p.label_at.1, p.label_at.0, p.label_at.0 + p.label.chars().count() as u32))
+        .collect();
+    for (i, a) in labels.iter().enumerate() {
+        for b in &labels[i + 1..] {
+            assert!(a.0 != b.0 || a.2 < b.1 || b.2 < a.1, "labels overlap: {a:?} {b:?}");
+        }
+    }
 }
 
 #[test]
@@ -219,6 +230,22 @@ fn a_box_title_carries_its_namespace_where_the_app_name_is_ambiguous() {
     let titles: BTreeSet<&str> = l.boxes.iter().map(|b| b.title.as_str()).collect();
     assert!(titles.contains("b/reviews") && titles.contains("c/reviews"), "{titles:?}");
     assert!(titles.contains("productpage"), "unambiguous names stay short: {titles:?}");
+}
+
+/// In the app view nodes stand alone, with no box title: their rows carry the namespace instead.
+#[test]
+fn a_lone_node_row_carries_its_namespace_where_the_app_name_is_ambiguous() {
+    let app = |id: &str| {
+        let (ns, a) = id.split_once('/').unwrap_or(("", id));
+        Node { namespace: ns.into(), app: a.into(), kind: NodeKind::App, ..node(id) }
+    };
+    let nodes = vec![app("b/reviews"), app("c/reviews"), app("c/web")];
+    let edges = vec![edge("c/web", "b/reviews", 1.0), edge("c/web", "c/reviews", 1.0)];
+    let g =
+        GraphSnapshot { revision: 1, generated_at: String::new(), window_seconds: 60, view: View::App, nodes, edges };
+    let l = layout(&g, edge_label);
+    let rows: BTreeSet<&str> = l.nodes.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(rows, BTreeSet::from(["b/reviews", "c/reviews", "web"]));
 }
 
 /// Online Boutique's shape: the frontend calls checkout and the cart, and checkout calls the cart

@@ -97,6 +97,10 @@ pub struct ViewState {
     pub label: EdgeLabel,
     /// Selected node or edge id.
     pub selected: Option<String>,
+    /// Namespaces and apps (`ns/app`) drawn as one node each.
+    pub collapse: Vec<String>,
+    /// Show only what lies within this many calls of the selected node (0: everything).
+    pub focus: u32,
 }
 
 impl Default for ViewState {
@@ -111,6 +115,8 @@ impl Default for ViewState {
             revision: None,
             label: EdgeLabel::Rps,
             selected: None,
+            collapse: Vec::new(),
+            focus: 0,
         }
     }
 }
@@ -183,6 +189,12 @@ impl ViewState {
         if let Some(s) = &self.selected {
             parts.push(format!("selected={}", encode(s)));
         }
+        for c in &self.collapse {
+            parts.push(format!("collapse={}", encode(c)));
+        }
+        if self.focus > 0 {
+            parts.push(format!("focus={}", self.focus));
+        }
         parts.join("&")
     }
 
@@ -202,6 +214,8 @@ impl ViewState {
                 "revision" => s.revision = v.parse().ok(),
                 "label" => s.label = EdgeLabel::parse(&v).unwrap_or_default(),
                 "selected" if !v.is_empty() => s.selected = Some(v),
+                "collapse" if !v.is_empty() => s.collapse.push(v),
+                "focus" => s.focus = v.parse::<u32>().unwrap_or(0).min(MAX_FOCUS_HOPS),
                 _ => {}
             }
         }
@@ -214,12 +228,56 @@ impl ViewState {
         for ns in &self.namespaces {
             q.push_str(&format!("&namespace={}", encode(ns)));
         }
+        for c in &self.collapse {
+            q.push_str(&format!("&collapse={}", encode(c)));
+        }
         if let Some(r) = self.revision {
             q.push_str(&format!("&at={r}"));
         }
         q
     }
+
+    /// Expands a namespace (see [`expand_namespace`]) and clears the selection.
+    pub fn expand(&mut self, namespace: &str, g: &crate::graph::GraphSnapshot) {
+        expand_namespace(&mut self.view, &mut self.collapse, namespace, g);
+        self.selected = None;
+    }
+
+    /// Collapses a namespace, or an app given as `ns/app`, into one node, selects it and unfocuses.
+    pub fn collapse(&mut self, item: &str) {
+        self.selected = Some(collapse_item(&mut self.collapse, item));
+        self.focus = 0;
+    }
 }
+
+/// Expands a namespace: in the namespace view, that is the versioned view with every other
+/// namespace of `g` collapsed; elsewhere the namespace and its apps leave the collapsed list. The
+/// console and the web both call this.
+pub fn expand_namespace(view: &mut View, collapse: &mut Vec<String>, namespace: &str, g: &crate::graph::GraphSnapshot) {
+    if *view == View::Namespace {
+        *view = View::Versioned;
+        *collapse = g
+            .nodes
+            .iter()
+            .filter(|n| n.kind == crate::graph::NodeKind::Namespace && n.namespace != namespace)
+            .map(|n| n.namespace.clone())
+            .collect();
+    } else {
+        collapse.retain(|c| c != namespace && !c.starts_with(&format!("{namespace}/")));
+    }
+}
+
+/// Adds a namespace, or an app given as `ns/app`, to the collapsed list; returns the id of the node
+/// it becomes (`ns:NAME`, or the app's id).
+pub fn collapse_item(collapse: &mut Vec<String>, item: &str) -> String {
+    if !collapse.iter().any(|c| c == item) {
+        collapse.push(item.to_owned());
+    }
+    if item.contains('/') { item.to_owned() } else { format!("ns:{item}") }
+}
+
+/// The widest focus: beyond a few hops a neighbourhood is most of a mesh.
+pub const MAX_FOCUS_HOPS: u32 = 5;
 
 #[cfg(test)]
 mod tests {
@@ -237,11 +295,13 @@ mod tests {
             revision: Some(42),
             label: EdgeLabel::P99,
             selected: Some("shop/reviews/v3".into()),
+            collapse: vec!["pay".into(), "shop/cart".into()],
+            focus: 2,
         };
         let q = s.to_query();
         assert_eq!(
             q,
-            "view=app&window=15m&namespace=shop&namespace=bookinfo&find=version+%3D+v3+and+error+%3E+0&hide=1&revision=42&label=p99&selected=shop/reviews/v3"
+            "view=app&window=15m&namespace=shop&namespace=bookinfo&find=version+%3D+v3+and+error+%3E+0&hide=1&revision=42&label=p99&selected=shop/reviews/v3&collapse=pay&collapse=shop/cart&focus=2"
         );
         assert_eq!(ViewState::from_query(&format!("?{q}")), s);
         assert_eq!(ViewState::from_query(""), ViewState::default());
@@ -250,7 +310,40 @@ mod tests {
             ViewState::from_query("view=nope&revision=x&label=?&find=a%2"),
             ViewState { find: "a%2".into(), ..ViewState::default() }
         );
-        assert_eq!(s.graph_query(), "view=app&window=15m&namespace=shop&namespace=bookinfo&at=42");
+        assert_eq!(
+            s.graph_query(),
+            "view=app&window=15m&namespace=shop&namespace=bookinfo&collapse=pay&collapse=shop/cart&at=42"
+        );
+    }
+
+    #[test]
+    fn expand_from_the_namespace_view_collapses_the_others() {
+        use crate::graph::{GraphSnapshot, Node, NodeKind};
+        let ns = |n: &str| Node {
+            id: format!("ns:{n}"),
+            namespace: n.into(),
+            app: n.into(),
+            version: None,
+            kind: NodeKind::Namespace,
+            group: None,
+            health: crate::stats::Health::Healthy,
+            inbound: Default::default(),
+            outbound: Default::default(),
+        };
+        let g = GraphSnapshot { nodes: vec![ns("a"), ns("b"), ns("c")], ..GraphSnapshot::default() };
+        let mut s = ViewState { view: View::Namespace, ..ViewState::default() };
+        s.expand("b", &g);
+        assert_eq!((s.view, s.collapse.clone()), (View::Versioned, vec!["a".to_owned(), "c".to_owned()]));
+        s.collapse("b/web");
+        s.expand("a", &g);
+        assert_eq!(s.collapse, ["c", "b/web"]);
+        s.collapse("a");
+        assert_eq!(
+            (s.collapse.clone(), s.selected.clone()),
+            (vec!["c".into(), "b/web".into(), "a".into()], Some("ns:a".into()))
+        );
+        s.expand("b", &g);
+        assert_eq!(s.collapse, ["c", "a"], "expanding a namespace expands its apps");
     }
 
     #[test]

@@ -61,9 +61,10 @@ async fn the_topology_shows_the_graph_follows_it_live_and_renders_names_as_text(
 }
 
 /// A 10-namespace, 300-service mesh (the model's synthetic generator, its spans through OTLP):
-/// the browser opens it legible and pans over it (tests/web/large.mjs).
+/// the browser opens it as namespaces, expands, focuses and collapses, and draws every service
+/// legibly and pans over it (tests/web/large.mjs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_mesh_opens_legible_and_pans() {
+async fn a_large_mesh_opens_as_namespaces_expands_and_pans() {
     use meshlens_model::NodeKind;
     let node = tool("MESHLENS_NODE", "/usr/bin/node", "Node.js");
     let modules = tool("MESHLENS_NODE_MODULES", "/var/tmp/meshlens-node/node_modules", "playwright-core (npm)");

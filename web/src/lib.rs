@@ -5,8 +5,10 @@
 //! health colours, switchable edge labels, a lock on mTLS edges, pan and zoom; a side panel shows
 //! Kiali's tables for the clicked node or edge; find/hide takes the expression language of
 //! `meshlens_model::find`; live updates come from the SSE stream; a slider steps through revisions;
-//! the URL holds the whole view (`meshlens_model::viewstate`). Every label is text, never markup, so
-//! names from span data cannot run anything.
+//! the URL holds the whole view (`meshlens_model::viewstate`). A large mesh opens as namespaces
+//! (the collector's `namespace` view); a namespace expands into its apps and collapses back, and
+//! focus keeps a node's k-hop neighbourhood. Every label is text, never markup, so names from span
+//! data cannot run anything.
 
 use futures_util::StreamExt;
 use gloo_net::eventsource::futures::EventSource;
@@ -14,9 +16,9 @@ use gloo_net::http::Request;
 use leptos::prelude::*;
 use meshlens_model::api::{AppDetail, WorkloadRow, WorkloadsBody};
 use meshlens_model::find;
-use meshlens_model::graph::{GraphSnapshot, RevisionsBody, View};
-use meshlens_model::layout::{Layout, layout};
-use meshlens_model::viewstate::{EdgeLabel, Page, ViewState, format_ms};
+use meshlens_model::graph::{GraphSnapshot, Node, NodeKind, RevisionsBody, View};
+use meshlens_model::layout::{self, Layout, layout};
+use meshlens_model::viewstate::{EdgeLabel, MAX_FOCUS_HOPS, Page, ViewState, format_ms};
 use meshlens_model::{Health, Stats};
 use wasm_bindgen::prelude::*;
 
@@ -89,9 +91,23 @@ fn set_url(state: &ViewState) {
     }
 }
 
+fn initial_search() -> String {
+    web_sys::window().and_then(|w| w.location().search().ok()).unwrap_or_default()
+}
+
 fn initial_state() -> ViewState {
-    let search = web_sys::window().and_then(|w| w.location().search().ok()).unwrap_or_default();
-    ViewState::from_query(&search)
+    ViewState::from_query(&initial_search())
+}
+
+/// A graph with more nodes than this, over more than one namespace, opens in the namespace view
+/// (unless the URL names a view): beyond it the first view of every node is a wall of boxes.
+const LARGE_MESH: usize = 120;
+
+/// Whether `g` is a mesh to open as namespaces.
+fn is_large(g: &GraphSnapshot) -> bool {
+    let namespaces: std::collections::HashSet<&str> =
+        g.nodes.iter().filter(|n| !n.namespace.is_empty()).map(|n| n.namespace.as_str()).collect();
+    g.nodes.len() > LARGE_MESH && namespaces.len() > 1
 }
 
 /// The page.
@@ -106,6 +122,8 @@ pub fn App() -> impl IntoView {
     let need_token = RwSignal::new(false);
     let live = RwSignal::new(false);
     let version = RwSignal::new(0u64);
+    // Until the first graph arrives: whether a large one switches to the namespace view.
+    let auto_namespaces = RwSignal::new(!initial_search().contains("view="));
 
     // Fetch whenever what is shown changes, or a new revision is published (`version`).
     Effect::new(move |_| {
@@ -115,6 +133,13 @@ pub fn App() -> impl IntoView {
         leptos::task::spawn_local(async move {
             match get::<GraphSnapshot>(&format!("/api/v1/graph?{}", s.graph_query())).await {
                 Ok(g) => {
+                    if auto_namespaces.get_untracked() {
+                        auto_namespaces.set(false);
+                        if s.view != View::Namespace && is_large(&g) {
+                            state.update(|s| s.view = View::Namespace);
+                            return;
+                        }
+                    }
                     graph.set(Some(g));
                     error.set(None);
                     need_token.set(false);
@@ -136,7 +161,7 @@ pub fn App() -> impl IntoView {
         let s = state.get();
         let Some(sel) = s.selected.clone() else { return };
         let Some(node) = graph.with(|g| g.as_ref().and_then(|g| g.node(&sel).cloned())) else { return };
-        if node.namespace.is_empty() {
+        if node.namespace.is_empty() || node.kind == NodeKind::Namespace {
             return;
         }
         leptos::task::spawn_local(async move {
@@ -167,12 +192,14 @@ pub fn App() -> impl IntoView {
         es.close();
     });
 
+    // The page alone decides what is mounted: any other change of the state updates in place.
+    let page = Memo::new(move |_| state.with(|s| s.page));
     view! {
         <Header state=state live=live revisions=revisions />
         {move || need_token.get().then(|| view! { <TokenPrompt /> })}
         {move || error.get().map(|e| view! { <div class="error" id="error">{e}</div> })}
         <main>
-            {move || match state.with(|s| s.page) {
+            {move || match page.get() {
                 Page::Graph => view! {
                     <Topology state=state graph=graph />
                     <Panel state=state graph=graph detail=detail />
@@ -296,8 +323,17 @@ fn find_marks(g: &GraphSnapshot, s: &ViewState) -> (Vec<bool>, Vec<bool>, Option
     (nodes, edges, expr)
 }
 
-/// The graph to draw: with find in hide mode, what matches is left out.
+/// The graph to draw: with find in hide mode, what matches is left out; with focus, only the
+/// selected node's neighbourhood.
 fn shown(g: &GraphSnapshot, s: &ViewState) -> GraphSnapshot {
+    let mut out = hide_found(g, s);
+    if let Some(sel) = s.selected.as_deref().filter(|_| s.focus > 0) {
+        out.retain_hops(sel, s.focus);
+    }
+    out
+}
+
+fn hide_found(g: &GraphSnapshot, s: &ViewState) -> GraphSnapshot {
     let (nodes, _, expr) = find_marks(g, s);
     if !s.hide || expr.is_none() {
         return g.clone();
@@ -314,8 +350,14 @@ fn shown(g: &GraphSnapshot, s: &ViewState) -> GraphSnapshot {
 fn Topology(state: RwSignal<ViewState>, graph: RwSignal<Option<GraphSnapshot>>) -> impl IntoView {
     let pan = RwSignal::new((0.0f64, 0.0f64, 1.0f64));
     let drag = RwSignal::new(None::<(i32, i32)>);
+    // What the drawing depends on: selecting a node redraws nothing unless focus follows it (the
+    // highlight of the selection updates in place).
+    let drawing_key = Memo::new(move |_| {
+        state.with(|s| (s.find.clone(), s.hide, s.label, s.focus, s.selected.clone().filter(|_| s.focus > 0)))
+    });
     let drawn = Memo::new(move |_| {
-        let s = state.get();
+        drawing_key.track();
+        let s = state.get_untracked();
         graph.with(|g| {
             g.as_ref().map(|g| {
                 let g = shown(g, &s);
@@ -332,8 +374,23 @@ fn Topology(state: RwSignal<ViewState>, graph: RwSignal<Option<GraphSnapshot>>) 
             })
         })
     });
+    // Double-clicking a namespace expands it.
+    let expand_at = move |ev: web_sys::MouseEvent| {
+        let node = ev
+            .target()
+            .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
+            .and_then(|el| el.closest("[data-node]").ok().flatten())
+            .and_then(|el| el.get_attribute("data-node"));
+        let Some(ns) = node.as_deref().and_then(|id| id.strip_prefix("ns:")).map(str::to_owned) else { return };
+        graph.with_untracked(|g| {
+            if let Some(g) = g {
+                state.update(|s| s.expand(&ns, g))
+            }
+        });
+    };
     view! {
         <div id="canvas"
+            on:dblclick=expand_at
             on:mousedown=move |ev: web_sys::MouseEvent| drag.set(Some((ev.client_x(), ev.client_y())))
             on:mouseup=move |_| drag.set(None)
             on:mouseleave=move |_| drag.set(None)
@@ -408,7 +465,7 @@ fn draw(
     highlighting: bool,
     state: RwSignal<ViewState>,
 ) -> impl IntoView + use<> {
-    let selected = state.with_untracked(|s| s.selected.clone());
+    let picked = move |id: &str| state.with(|s| s.selected.as_deref() == Some(id));
     let dim = |marked: bool| if highlighting && !marked { "0.25" } else { "1" };
     let edges = l
         .edges
@@ -421,8 +478,9 @@ fn draw(
                 .map(|(x, y)| format!("{},{} ", *x as f64 * CW, *y as f64 * CH + CH / 2.0))
                 .collect();
             let id = e.id.clone();
-            let is_sel = selected.as_deref() == Some(e.id.as_str());
-            let color = if is_sel { "#58a6ff" } else { health_color(e.health) };
+            let (sel_id, health) = (e.id.clone(), e.health);
+            let is_sel = move || picked(&sel_id);
+            let color = { let is_sel = is_sel.clone(); move || if is_sel() { "#58a6ff" } else { health_color(health) } };
             let lock = mtls(e);
             let (lx, ly) = (p.label_at.0 as f64 * CW, p.label_at.1 as f64 * CH + CH / 2.0 - 3.0);
             // The lock is drawn, not a glyph: Debian's chromium has no emoji font.
@@ -438,11 +496,13 @@ fn draw(
             });
             let text_x = if lock { lx + 2.0 * CW } else { lx };
             let label = p.label.trim_start().to_owned();
+            let tip = format!("{} → {}: {}", e.source, e.target, layout::edge_label(e));
             let opacity = dim(edge_marks[p.edge]);
             view! {
                 <g class="edge" data-edge=e.id.clone() data-mtls=lock.to_string() opacity=opacity style="cursor:pointer"
                     on:click=move |ev| { ev.stop_propagation(); let id = id.clone(); state.update(|s| s.selected = Some(id)); }>
-                    <polyline points=pts fill="none" stroke=color stroke-width=if is_sel { "2.5" } else { "1.5" } marker-end="url(#arrow)" />
+                    <title>{tip}</title>
+                    <polyline points=pts fill="none" stroke=color stroke-width=move || if is_sel() { "2.5" } else { "1.5" } marker-end="url(#arrow)" />
                     {lock_icon}
                     <text x=text_x y=ly fill="#d9dee3" font-size="11">{label}</text>
                 </g>
@@ -469,12 +529,15 @@ fn draw(
             let n = &g.nodes[p.node];
             let (x, y) = (p.x as f64 * CW, p.y as f64 * CH);
             let id = n.id.clone();
-            let is_sel = selected.as_deref() == Some(n.id.as_str());
+            let sel_id = n.id.clone();
+            let is_sel = move || picked(&sel_id);
+            let class = if n.kind == NodeKind::Namespace { "node namespace" } else { "node" };
             view! {
-                <g class="node" data-node=n.id.clone() opacity=dim(node_marks[p.node]) style="cursor:pointer"
+                <g class=class data-node=n.id.clone() opacity=dim(node_marks[p.node]) style="cursor:pointer"
                     on:click=move |ev| { ev.stop_propagation(); let id = id.clone(); state.update(|s| s.selected = Some(id)); }>
                     <rect x=x y=y + 2.0 width=p.w as f64 * CW height=CH - 4.0 rx="3"
-                        fill=if is_sel { "#1f3a5f" } else { "transparent" } stroke=if is_sel { "#58a6ff" } else { "none" } />
+                        fill={ let is_sel = is_sel.clone(); move || if is_sel() { "#1f3a5f" } else { "transparent" } }
+                        stroke=move || if is_sel() { "#58a6ff" } else { "none" } />
                     <circle cx=x + 7.0 cy=y + CH / 2.0 r="5" fill=health_color(n.health) />
                     <text x=x + 16.0 y=y + CH / 2.0 + 4.0 fill="#d9dee3" font-size="12">{p.label.clone()}</text>
                 </g>
@@ -519,7 +582,13 @@ fn Panel(
                 let sel = state.with(|s| s.selected.clone());
                 graph.with(|g| {
                     let g = g.as_ref()?;
-                    let sel = sel?;
+                    let Some(sel) = sel else {
+                        let namespaces = state.with(|s| s.view == View::Namespace);
+                        return namespaces.then(|| view! {
+                            <p id="panel-hint" class="dim">"Each box is a namespace, its traffic merged. Double-click one, \
+                                or select it and press expand, to see its apps."</p>
+                        }.into_any());
+                    };
                     if let Some(n) = g.node(&sel) {
                         let name = match &n.version { Some(v) => format!("{} {v}", n.app), None => n.app.clone() };
                         let (mut retries, mut timeouts) = (0, 0);
@@ -530,9 +599,11 @@ fn Panel(
                         let chart = detail.with(|d| d.as_ref().filter(|d| d.app == n.app && d.namespace == n.namespace)
                             .and_then(|d| d.versions.iter().find(|v| v.version == n.version).or(d.versions.first()))
                             .map(|v| v.rate_series.iter().map(|p| p.rps).collect::<Vec<f64>>()));
+                        let actions = node_actions(state, graph, n);
                         Some(view! {
                             <h3 id="panel-title">{name}</h3>
                             <div class="dim">{n.namespace.clone()}" "{format!("{:?}", n.health).to_lowercase()}</div>
+                            {actions}
                             <h4>"HTTP requests per second"</h4>
                             <table id="panel-table"><tr><th></th><th>"Total"</th><th>"%Success"</th><th>"%Error"</th></tr>
                                 {stats_rows("In", &n.inbound)}{stats_rows("Out", &n.outbound)}</table>
@@ -559,6 +630,52 @@ fn Panel(
                 })
             }}
         </aside>
+    }
+}
+
+/// The selected node's buttons: expand or collapse its namespace or app, focus on its neighbourhood.
+fn node_actions(state: RwSignal<ViewState>, graph: RwSignal<Option<GraphSnapshot>>, n: &Node) -> impl IntoView + use<> {
+    let (ns, app_id, id) = (n.namespace.clone(), format!("{}/{}", n.namespace, n.app), n.id.clone());
+    let focus = state.with_untracked(|s| s.focus);
+    let collapsed_app = state.with_untracked(|s| s.collapse.contains(&n.id));
+    let expand = {
+        let ns = ns.clone();
+        move |_| {
+            state.update(|s| {
+                graph.with_untracked(|g| {
+                    if let Some(g) = g {
+                        s.expand(&ns, g)
+                    }
+                })
+            })
+        }
+    };
+    let namespace = match n.kind {
+        NodeKind::Namespace => Some(view! { <button id="expand" on:click=expand>"expand"</button> }.into_any()),
+        _ if ns.is_empty() => None,
+        _ => {
+            let ns2 = ns.clone();
+            Some(view! { <button id="collapse-ns" on:click=move |_| state.update(|s| s.collapse(&ns2))>"collapse "{ns.clone()}</button> }.into_any())
+        }
+    };
+    let app = if collapsed_app {
+        let id = id.clone();
+        Some(view! { <button id="expand-app" on:click=move |_| state.update(|s| { s.collapse.retain(|c| *c != id); s.selected = None; })>"expand versions"</button> }.into_any())
+    } else {
+        n.group.is_some().then(|| {
+            let a = app_id.clone();
+            view! { <button id="collapse-app" on:click=move |_| state.update(|s| s.collapse(&a))>"collapse versions"</button> }.into_any()
+        })
+    };
+    let more = if focus == 0 { "focus".to_owned() } else { format!("{} hops", focus + 1) };
+    let unfocus = (focus > 0)
+        .then(|| view! { <button id="unfocus" on:click=move |_| state.update(|s| s.focus = 0)>"everything"</button> });
+    view! {
+        <div id="panel-actions">
+            {namespace}{app}
+            <button id="focus" title="only what lies within this many calls" on:click=move |_| state.update(|s| s.focus = (s.focus + 1).min(MAX_FOCUS_HOPS))>{more}</button>
+            {unfocus}
+        </div>
     }
 }
 
