@@ -81,7 +81,7 @@ pub struct AuthzRuleSpec {
     /// Methods; any when empty.
     #[serde(default)]
     pub methods: Vec<String>,
-    /// Path prefixes; any when empty.
+    /// Path prefixes, matched against the normalised path (`agent/src/normalize.rs`); any when empty.
     #[serde(default)]
     pub paths: Vec<String>,
 }
@@ -142,7 +142,7 @@ impl AuthzRule {
                 Some(prefix) => !source.is_empty() && source.starts_with(prefix),
                 None => f == source,
             });
-        from && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+        from && (self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
             && (self.paths.is_empty() || self.paths.iter().any(|p| path.starts_with(p.as_str())))
     }
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod counters;
 pub mod export;
 pub mod load;
+pub mod normalize;
 pub mod pool;
 pub mod proxy;
 pub mod route;
@@ -308,7 +309,8 @@ async fn serve(
         tokio::spawn(async move {
             let _token = token;
             let Some((tls, strict)) = tls else {
-                return serve_io(TokioIo::new(stream), peer, shared, builder, side, Arc::default(), stop).await;
+                let info = Arc::new(proxy::ConnInfo::plain(peer.ip()));
+                return serve_io(TokioIo::new(stream), peer, shared, builder, side, info, stop).await;
             };
             if !strict {
                 // Permissive: a TLS handshake starts with a handshake record (0x16); anything else
@@ -316,7 +318,8 @@ async fn serve(
                 let mut first = [0u8; 1];
                 match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
                     Ok(Ok(1)) if first[0] != 0x16 => {
-                        return serve_io(TokioIo::new(stream), peer, shared, builder, side, Arc::default(), stop).await;
+                        let info = Arc::new(proxy::ConnInfo::plain(peer.ip()));
+                        return serve_io(TokioIo::new(stream), peer, shared, builder, side, info, stop).await;
                     }
                     Ok(Ok(1)) => {}
                     _ => return,
@@ -327,7 +330,7 @@ async fn serve(
                 Ok(Ok(tls_stream)) => {
                     let id = tls::peer_id(tls_stream.get_ref().1);
                     let td = shared.runtime.load().config.tls.as_ref().map(|t| t.trust_domain.clone());
-                    let info = proxy::ConnInfo::mtls(id, td.as_deref().unwrap_or(tls::TRUST_DOMAIN));
+                    let info = proxy::ConnInfo::mtls(id, td.as_deref().unwrap_or(tls::TRUST_DOMAIN), peer.ip());
                     serve_io(TokioIo::new(tls_stream), peer, shared, builder, side, Arc::new(info), stop).await;
                 }
                 Ok(Err(e)) => {

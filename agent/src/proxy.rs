@@ -9,6 +9,7 @@
 //! budget and the whole-request timeout allow. Bodies over [`MAX_REPLAY`] stream once and are not
 //! retried. Each attempt is recorded once on the outbound side, each request once on the inbound side.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -25,6 +26,7 @@ use std::collections::HashMap;
 
 use crate::config::{AgentConfig, RateLimit};
 use crate::counters::Counters;
+use crate::normalize::normalize_path;
 use crate::pool::{ProxyBody, SendError, Upstream};
 use crate::route::{NoEndpoint, Route, Routes, VersionRoute, now_ms};
 use crate::telemetry::{Direction, ErrorKind, Outcome, PeerMetrics, Registry};
@@ -101,15 +103,28 @@ pub struct ConnInfo {
     pub mtls: bool,
     /// `ns/app` of the caller's SPIFFE id, worked out once per connection.
     pub peer_app: Option<Arc<str>>,
+    /// The caller's IP address, as text: whom a rate limit counts when no certificate says.
+    pub remote: Arc<str>,
 }
 
 impl ConnInfo {
     /// A mutual TLS connection from the caller with SPIFFE id `peer` (if it showed one).
-    pub fn mtls(peer: Option<String>, trust_domain: &str) -> Self {
+    pub fn mtls(peer: Option<String>, trust_domain: &str, remote: std::net::IpAddr) -> Self {
         let peer_app =
             peer.as_deref().and_then(|p| workload_of(p, trust_domain)).map(|(ns, app)| format!("{ns}/{app}").into());
-        Self { mtls: peer.is_some(), peer: peer.map(Into::into), peer_app }
+        Self { mtls: peer.is_some(), peer: peer.map(Into::into), peer_app, remote: remote.to_string().into() }
     }
+
+    /// A plaintext connection from `remote`.
+    pub fn plain(remote: std::net::IpAddr) -> Self {
+        Self { remote: remote.to_string().into(), ..Self::default() }
+    }
+}
+
+/// Whether a version from `x-meshlens-source` is one: 1 to 63 of `A-Z a-z 0-9 . _ -` (a
+/// Kubernetes label value's characters), so a header cannot put markup or paths on the graph.
+fn valid_version(v: &str) -> bool {
+    (1..=63).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Callers tracked by the rate limiter; past it the oldest state is dropped.
@@ -250,6 +265,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Replaces the request target's path, keeping its query.
+fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), http::Error> {
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(target.parse()?);
+    *req.uri_mut() = Uri::from_parts(parts)?;
+    Ok(())
+}
+
 fn span_for(ctx: &TraceContext) -> Option<(TraceContext, SystemTime)> {
     ctx.sampled.then(|| (*ctx, SystemTime::now()))
 }
@@ -269,7 +296,7 @@ pub async fn inbound(
     // the certificate's `ns/app` was worked out when the connection was accepted.
     let source: &str = match conn.peer_app.as_deref() {
         Some(app) => match claimed.strip_prefix(app).and_then(|rest| rest.strip_prefix('/')) {
-            Some(version) if !version.is_empty() && !version.contains('/') => claimed,
+            Some(version) if valid_version(version) => claimed,
             _ => app,
         },
         None => claimed,
@@ -282,6 +309,21 @@ pub async fn inbound(
     let mut rec = Recorder { metrics: &metrics, start, outcome: None };
     let identity = conn.peer.as_deref().unwrap_or("");
     if let Some(authz) = &rt.config.authz {
+        // Rules see the path normalised, and the app receives what the rules saw.
+        match normalize_path(req.uri().path()) {
+            Ok(Cow::Borrowed(_)) => {}
+            Ok(Cow::Owned(normal)) => {
+                if let Err(e) = set_path(&mut req, &normal) {
+                    rec.outcome = Some(Outcome::status(400).with_mtls(conn.mtls));
+                    return Ok(text_response(StatusCode::BAD_REQUEST, format!("meshlens agent: {e}\n")));
+                }
+            }
+            Err(e) => {
+                shared.counters.authz_denied.add(1);
+                rec.outcome = Some(Outcome::status(400).with_mtls(conn.mtls));
+                return Ok(text_response(StatusCode::BAD_REQUEST, format!("meshlens agent: {e}\n")));
+            }
+        }
         let (rule, allow) = authz.decide(identity, req.method().as_str(), req.uri().path());
         if !allow {
             shared.counters.authz_denied.add(1);
@@ -295,7 +337,8 @@ pub async fn inbound(
         }
     }
     if let Some(limit) = &rt.config.rate_limit {
-        let caller = if identity.is_empty() { source } else { identity };
+        // A header is anyone's to write: without a certificate the caller is its address.
+        let caller = if identity.is_empty() { &conn.remote } else { identity };
         if let Err(wait) = shared.take_token(caller, limit) {
             shared.counters.rate_limited.add(1);
             rec.outcome = Some(Outcome::status(429).with_mtls(conn.mtls));

@@ -357,3 +357,72 @@ async fn the_collector_with_a_token_answers_401_without_it() {
     })
     .await;
 }
+
+/// Sends one HTTP/1.1 request as written (no client normalises it) and returns the status code.
+async fn raw_status(addr: std::net::SocketAddr, method: &str, target: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {target} HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+/// Authorization on the path as the app would read it: every spelling of a denied prefix is
+/// denied, an encoded slash is refused, methods match in any case, and what passes reaches the
+/// app normalised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authz_sees_the_normalised_path_and_methods_in_any_case() {
+    let backend = Backend::start().await;
+    let authz = "authz:\n  default: allow\n  rules:\n    - {action: deny, paths: ['/status']}\n    - {action: deny, methods: [DELETE], paths: ['/ok']}\n";
+    let mut y = agent_yaml("shop/b/v1", backend.addr, "", "", None);
+    y.push_str(authz);
+    let b = agent(&y).await;
+    for target in [
+        "/status/200",
+        "/%73tatus/200",
+        "//status/200",
+        "/./status/200",
+        "/x/../status/200",
+        "/%2e/status/200",
+        "/%2E%2E/status/200",
+    ] {
+        assert_eq!(raw_status(b.inbound, "GET", target).await, 403, "{target}");
+    }
+    for target in ["/x%2F..%2Fstatus/200", "/%5cstatus/200", "/st%zzatus"] {
+        assert_eq!(raw_status(b.inbound, "GET", target).await, 400, "{target}");
+    }
+    for method in ["DELETE", "delete", "Delete"] {
+        assert_eq!(raw_status(b.inbound, method, "/ok").await, 403, "{method}");
+    }
+    assert_eq!(backend.hits(), 0, "nothing denied reached the app");
+    // Allowed, and the app gets the normalised path (`/ok`, which it answers 200; the raw
+    // `/a/../ok` would be its 404).
+    assert_eq!(raw_status(b.inbound, "GET", "/a/../ok").await, 200);
+    assert_eq!(raw_status(b.inbound, "GET", "/ok?x=/../status").await, 200, "the query is not the path");
+    assert_eq!(backend.hits(), 2);
+}
+
+/// Without mTLS the `x-meshlens-source` header is anyone's to write: a caller that rotates it is
+/// still one caller (its address) to the rate limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotating_source_header_does_not_escape_the_rate_limit() {
+    let backend = Backend::start().await;
+    let mut y = agent_yaml("shop/b/v1", backend.addr, "", "", None);
+    y.push_str("rate_limit: {requests_per_second: 5, burst: 5}\n");
+    let b = agent(&y).await;
+    let client = reqwest::Client::new();
+    let mut ok = 0;
+    for i in 0..50 {
+        let r = client
+            .get(format!("http://{}/ok", b.inbound))
+            .header("x-meshlens-source", format!("shop/caller{i}/v1"))
+            .send()
+            .await
+            .unwrap();
+        ok += usize::from(r.status() == 200);
+    }
+    assert!((5..=8).contains(&ok), "{ok} of 50 passed");
+    assert_eq!(b.counters.rate_limited.get() as usize, 50 - ok);
+}
