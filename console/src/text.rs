@@ -5,6 +5,7 @@ use std::io::{self, Write};
 
 use meshlens_model::Stats;
 use meshlens_model::api::WorkloadRow;
+use meshlens_model::escape::{self, dot as quote};
 use meshlens_model::graph::{GraphSnapshot, NodeKind};
 
 fn pct(v: Option<f64>) -> String {
@@ -23,8 +24,12 @@ fn ms(s: &Stats, f: impl Fn(&meshlens_model::LatencyMs) -> f64) -> String {
 /// the model, shared with the web view).
 pub use meshlens_model::viewstate::format_ms;
 
-/// Writes rows as aligned columns.
+/// Writes rows as aligned columns; every cell is escaped for the terminal (names come from span
+/// data: no escape sequence or newline of theirs reaches it).
 fn table<W: Write>(out: &mut W, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|r| r.iter().map(|c| escape::terminal(c).into_owned()).collect()).collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -116,10 +121,6 @@ pub fn write_graph_table<W: Write>(out: &mut W, g: &GraphSnapshot) -> io::Result
     table(out, &["SOURCE", "TARGET", "PROTOCOL", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P99", "MTLS"], &rows)
 }
 
-fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
 /// `meshlens graph -o dot`: Graphviz, one cluster per app in the versioned view.
 pub fn write_dot<W: Write>(out: &mut W, g: &GraphSnapshot) -> io::Result<()> {
     writeln!(out, "digraph meshlens {{")?;
@@ -163,7 +164,7 @@ pub fn write_dot<W: Write>(out: &mut W, g: &GraphSnapshot) -> io::Result<()> {
 pub fn write_mermaid<W: Write>(out: &mut W, g: &GraphSnapshot) -> io::Result<()> {
     let ids: std::collections::BTreeMap<&str, String> =
         g.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), format!("n{i}"))).collect();
-    let text = |s: &str| s.replace('"', "#quot;");
+    let text = escape::mermaid;
     writeln!(out, "flowchart LR")?;
     let mut groups: std::collections::BTreeMap<&str, Vec<&meshlens_model::Node>> = Default::default();
     for n in &g.nodes {

@@ -94,7 +94,8 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
 
 fn put(buf: &mut Buffer, area: Rect, x: i64, y: i64, s: &str, style: Style) {
     let mut cx = x;
-    for ch in s.chars() {
+    // Cells take characters as given; a name's control characters must not reach the terminal.
+    for ch in meshlens_model::escape::terminal(s).chars() {
         let w = if (ch as u32) >= 0x1F000 { 2 } else { 1 };
         if cx >= 0 && y >= 0 && cx < i64::from(area.width) && y < i64::from(area.height) {
             let pos = (area.x + cx as u16, area.y + y as u16);

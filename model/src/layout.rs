@@ -99,13 +99,15 @@ pub fn edge_label(e: &Edge) -> String {
     }
 }
 
-/// The text of a node's row: its version inside an app box, its name otherwise.
+/// The text of a node's row: its version inside an app box, its name otherwise; escaped for the
+/// terminal (`crate::escape`), so widths are what the console draws.
 pub fn node_label(n: &Node) -> String {
-    match (&n.group, &n.version) {
-        (Some(_), Some(v)) => v.clone(),
-        _ if n.namespace.is_empty() => n.id.clone(),
-        _ => n.app.clone(),
-    }
+    let text = match (&n.group, &n.version) {
+        (Some(_), Some(v)) => v,
+        _ if n.namespace.is_empty() => &n.id,
+        _ => &n.app,
+    };
+    crate::escape::terminal(text).into_owned()
 }
 
 /// Cells a label takes in a terminal: pictographs (the console's 🔒) take two.
@@ -197,7 +199,9 @@ pub fn layout(g: &GraphSnapshot, label: impl Fn(&Edge) -> String) -> Layout {
         .nodes
         .iter()
         .map(|n| match &n.group {
-            None if n.kind != crate::graph::NodeKind::Namespace && ambiguous(n) => format!("{}/{}", n.namespace, n.app),
+            None if n.kind != crate::graph::NodeKind::Namespace && ambiguous(n) => {
+                crate::escape::terminal(&format!("{}/{}", n.namespace, n.app)).into_owned()
+            }
             _ => node_label(n),
         })
         .collect();

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod counter;
+pub mod escape;
 pub mod find;
 pub mod graph;
 pub mod hist;

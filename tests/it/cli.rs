@@ -275,3 +275,39 @@ async fn sim_replays_a_running_collectors_profile() {
     let users_ok = rows.iter().find(|row| row["name"] == "users").unwrap()["success_pct"]["median"].as_f64().unwrap();
     assert!((users_ok - 75.0).abs() < 8.0, "{r}");
 }
+
+/// A service named with escape sequences and a newline (anyone who can send a span names it):
+/// `stat`, `graph -o table`, DOT and Mermaid print it escaped, and no control byte reaches stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_escape_sequences_print_escaped() {
+    let c = collector().await;
+    let evil = "evil\u{1b}[2J\u{1b}]52;c;aGk=\u{7}\nfake   row";
+    grpc_traces(&c, pairs(1, ("web", "v1"), (evil, "v1"), 5, 200, 5)).await.unwrap();
+    let url = c.api_url();
+    eventually("the edge", 20, || async {
+        let (_, g) = get_json(&format!("{url}/api/v1/graph")).await;
+        (g["edges"].as_array().map_or(0, Vec::len) == 1).then_some(())
+    })
+    .await;
+    for args in [
+        vec!["stat", "--collector", &url],
+        vec!["graph", "--collector", &url, "-o", "table"],
+        vec!["graph", "--collector", &url, "-o", "dot"],
+        vec!["graph", "--collector", &url, "-o", "mermaid"],
+    ] {
+        let o = meshlens(&args).await;
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        let text = stdout(&o);
+        assert!(!text.bytes().any(|b| b == 0x1b || b == 0x07), "{args:?} printed a control byte: {text:?}");
+        assert!(!text.lines().any(|l| l.starts_with("fake")), "{args:?}: the newline made a row: {text}");
+        assert!(
+            text.contains("\\x1b[2J") || text.contains("\\\\x1b[2J") || text.contains("\\x1b#91;2J"),
+            "{args:?}: {text}"
+        );
+        if args.last() == Some(&"mermaid") {
+            assert!(!text.contains("%%") && text.lines().all(|l| l.matches('"').count() % 2 == 0), "{text}");
+        }
+    }
+    let o = meshlens(&["stat", "--collector", &url]).await;
+    assert_eq!(stdout(&o).lines().count(), 3, "a header and two rows: {}", stdout(&o));
+}
