@@ -14,6 +14,10 @@ pub struct Counters {
     pub spans_rejected: Counter,
     /// Data points rejected at the door.
     pub points_rejected: Counter,
+    /// Resources refused, and peer names read as unknown, for a name over `MAX_NAME_BYTES`.
+    pub names_too_long: Counter,
+    /// Spans refused for ids of the wrong length, or all zero.
+    pub spans_bad_ids: Counter,
     /// Export requests refused because the ingest queue was full.
     pub requests_refused_queue_full: Counter,
     /// Export requests that could not be decoded.

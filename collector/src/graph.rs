@@ -251,7 +251,12 @@ impl Graph {
     }
 
     /// Interns an external (`database: false`) or database peer by name.
+    /// A name over `MAX_NAME_BYTES` is the unknown peer, counted.
     pub fn named_peer(&mut self, name: &str, database: bool) -> Result<u32, LimitHit> {
+        if name.len() > meshlens_model::identity::MAX_NAME_BYTES {
+            self.counters.names_too_long.add(1);
+            return self.peer(&Peer::Unknown);
+        }
         if let Some(&i) = self.named[usize::from(database)].get(name) {
             return Ok(i);
         }

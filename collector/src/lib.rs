@@ -194,7 +194,16 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     };
     let hub = Arc::new(Hub::new(engine, store, window, config.retain_revisions)?);
 
-    let token = config.token.as_deref().filter(|t| !t.is_empty()).map(Arc::<str>::from);
+    if let Some(t) = &config.token {
+        let b64token = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
+        if t.is_empty() || !t.chars().all(b64token) {
+            return Err(CollectorError::Config {
+                name: "token",
+                message: "a bearer token is one or more of A-Z a-z 0-9 - . _ ~ + / = (RFC 6750), with no spaces".into(),
+            });
+        }
+    }
+    let token = config.token.as_deref().map(Arc::<str>::from);
     let grpc_l = bind("OTLP/gRPC", config.otlp_grpc, token.is_some()).await?;
     let http_l = bind("OTLP/HTTP", config.otlp_http, token.is_some()).await?;
     let api_l = bind("API", config.http, token.is_some()).await?;

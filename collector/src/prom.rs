@@ -215,8 +215,20 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
     metric(
         "rejected_total",
         "counter",
-        "Items rejected at the door (partial success): resource without service.name.",
+        "Items rejected at the door (partial success): resource without service.name, or with a name too long.",
         &[("signal=\"spans\"", c.spans_rejected.get()), ("signal=\"data_points\"", c.points_rejected.get())],
+    );
+    metric(
+        "names_too_long_total",
+        "counter",
+        "Resources refused, and peer names read as unknown, for a name over 253 bytes.",
+        &[("", c.names_too_long.get())],
+    );
+    metric(
+        "spans_bad_ids_total",
+        "counter",
+        "Spans refused for a trace id that is not 16 bytes or a span id that is not 8, or all zero.",
+        &[("", c.spans_bad_ids.get())],
     );
     metric(
         "refused_requests_total",

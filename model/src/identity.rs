@@ -20,6 +20,11 @@ pub struct Workload {
     pub version: Option<String>,
 }
 
+/// The longest namespace, app, version or peer name the collector keeps, in bytes: a DNS name's
+/// limit, and Kubernetes' for object names. Longer names are refused at the door and counted
+/// (`meshlens_collector_names_too_long_total`), so no export can make one node cost megabytes.
+pub const MAX_NAME_BYTES: usize = 253;
+
 impl Workload {
     /// Builds a workload from OTLP resource attributes; `None` when `service.name` is missing or empty.
     pub fn from_resource(namespace: Option<&str>, name: Option<&str>, version: Option<&str>) -> Option<Self> {

@@ -67,6 +67,14 @@ async fn errors_are_one_line_with_the_right_exit_code() {
     let o = meshlens(&["collector", "--in-memory", "--http", "0.0.0.0:0"]).await;
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("beyond loopback the collector needs a token"));
+    // A token of spaces is no token: refused, and it does not open 0.0.0.0.
+    let o = meshlens(&["collector", "--in-memory", "--token", "   ", "--http", "0.0.0.0:0"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("invalid setting token"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = meshlens(&["collector", "--in-memory", "--window", "soon"]).await;
     assert_eq!(o.status.code(), Some(2));
     let o = meshlens(&["--help"]).await;

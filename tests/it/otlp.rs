@@ -178,7 +178,7 @@ async fn a_hundred_thousand_service_names_hit_a_counted_limit() {
         let resources = (0..5000u64)
             .map(|i| {
                 let name = format!("svc-{}", batch * 5000 + i);
-                (resource("", &name, ""), vec![span(SpanKind::Server, batch, i + 1, None, 1, 1, vec![], false)])
+                (resource("", &name, ""), vec![span(SpanKind::Server, batch + 1, i + 1, None, 1, 1, vec![], false)])
             })
             .collect();
         let r = http_traces(&c, &traces(resources)).await;
@@ -318,4 +318,72 @@ async fn a_histogram_point_of_the_wrong_shape_is_rejected_and_the_rest_lands() {
     let g = wait_edge(&c, "", "default/x", "default/y", 1).await;
     assert!(edge(&g, "default/a/v1", "default/c/v1").is_none() && edge(&g, "default/a/v1", "default/d/v1").is_none());
     c.shutdown().await.unwrap();
+}
+
+/// A 1 MB service name (and a 1 MB peer.service) is refused at the door with a partial success
+/// that says why, counted, and never reaches the graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_name_is_refused_and_counted() {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let c = collector().await;
+    let huge = "n".repeat(1 << 20);
+    let mut req = pairs(1, ("a", "v1"), ("b", "v1"), 3, 200, 1);
+    req.resource_spans[1].resource = Some(resource("", &huge, "v1"));
+    let r = http_traces(&c, &req).await;
+    assert_eq!(r.status(), 200);
+    let body =
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse::decode(r.bytes().await.unwrap())
+            .unwrap();
+    let ps = body.partial_success.expect("partial success");
+    assert_eq!(ps.rejected_spans, 3);
+    assert!(
+        ps.error_message.contains("longer than 253 bytes") && ps.error_message.contains("resource index 1"),
+        "{}",
+        ps.error_message
+    );
+    assert!(ps.error_message.len() < 500, "the message does not echo the name");
+
+    // A client span naming a 1 MB peer: the unknown peer, counted.
+    let client = span(SpanKind::Client, 9, 90, None, 1, 1_000, vec![kv("peer.service", &huge)], false);
+    grpc_traces(&c, traces(vec![(resource("", "a", "v1"), vec![client])])).await.unwrap();
+    let text = eventually("the counter", 20, || async {
+        let text = http().get(format!("{}/metrics", c.api_url())).send().await.unwrap().text().await.unwrap();
+        (prom_value(&text, "meshlens_collector_names_too_long_total") == Some(2.0)).then_some(text)
+    })
+    .await;
+    assert!(text.contains("meshlens_collector_rejected_total{signal=\"spans\"} 3"), "{text}");
+    let (_, g) = get_json(&format!("{}/api/v1/graph", c.api_url())).await;
+    assert!(g["nodes"].as_array().unwrap().iter().all(|n| n["id"].as_str().unwrap().len() < 300), "{g}");
+}
+
+/// Trace and span ids of the wrong length (or all zero), in JSON as in protobuf, are refused with a
+/// partial success and counted; the valid span of the same export is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_of_the_wrong_length_are_refused() {
+    let c = collector().await;
+    let span = |trace: &str, id: &str| {
+        json!({"traceId": trace, "spanId": id, "name": "GET /", "kind": 2,
+        "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712660500000000"})
+    };
+    let body = json!({"resourceSpans": [{
+    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "a"}}]},
+    "scopeSpans": [{"spans": [
+        span("", "eee19b7ec3c1b174"),
+        span("5b", "eee19b7ec3c1b174"),
+        span("5b8efff798038103d269b633813fc60c0d", "eee19b7ec3c1b174"),
+        span("00000000000000000000000000000000", "eee19b7ec3c1b174"),
+        span("5b8efff798038103d269b633813fc60c", "ee"),
+        span("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"),
+    ]}]}]});
+    let r = post(&c, "/v1/traces", "application/json", false, serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(answer["partialSuccess"]["rejectedSpans"], json!(5), "{answer}");
+    assert!(
+        answer["partialSuccess"]["errorMessage"].as_str().unwrap().contains("trace_id must be 16 bytes"),
+        "{answer}"
+    );
+    let text = http().get(format!("{}/metrics", c.api_url())).send().await.unwrap().text().await.unwrap();
+    assert_eq!(prom_value(&text, "meshlens_collector_spans_bad_ids_total"), Some(5.0), "{text}");
+    assert_eq!(prom_value(&text, "meshlens_collector_received_total{signal=\"spans\"}"), Some(1.0), "{text}");
 }

@@ -92,7 +92,8 @@ try {
   }, target);
   await page.click(`[data-node="${target}"] text`);
   await page.click('#focus');
-  await until('focus did not narrow the graph', (n) => document.querySelectorAll('[data-node]').length === n, near.length);
+  await page.waitForFunction((n) => document.querySelectorAll('[data-node]').length === n, near.length, { timeout: 30000 })
+    .catch(async () => fail(`focus on ${target} did not narrow the graph to ${near}: drawn ${(await drawn()).map((n) => n.id)} (at ${page.url()})`));
   const focused = (await drawn()).map((n) => n.id).sort();
   if (JSON.stringify(focused) !== JSON.stringify(near)) await fail(`focus on ${target} kept ${focused}, not ${near}`);
   await page.click('#unfocus');

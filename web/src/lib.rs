@@ -126,12 +126,21 @@ pub fn App() -> impl IntoView {
     let auto_namespaces = RwSignal::new(!initial_search().contains("view="));
 
     // Fetch whenever what is shown changes, or a new revision is published (`version`).
+    // Each fetch takes a generation number; an answer is applied only if no fetch started after it,
+    // so an older view's graph never overwrites a newer one's.
+    let generation = RwSignal::new(0u64);
     Effect::new(move |_| {
         let s = state.get();
         version.track();
         set_url(&s);
+        let mine = generation.get_untracked() + 1;
+        generation.set(mine);
         leptos::task::spawn_local(async move {
-            match get::<GraphSnapshot>(&format!("/api/v1/graph?{}", s.graph_query())).await {
+            let answer = get::<GraphSnapshot>(&format!("/api/v1/graph?{}", s.graph_query())).await;
+            if generation.get_untracked() != mine {
+                return;
+            }
+            match answer {
                 Ok(g) => {
                     if auto_namespaces.get_untracked() {
                         auto_namespaces.set(false);

@@ -16,8 +16,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::metrics::v1::{HistogramDataPoint, metric::Data};
 use tokio::sync::mpsc;
 
-use crate::attrs::resource_workload;
+use crate::attrs::{get_str, resource_workload};
 use crate::counters::Counters;
+use meshlens_model::identity::MAX_NAME_BYTES;
 
 /// How long a refused exporter is told to wait.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -90,7 +91,7 @@ impl Ingest {
     /// Validates, queues and answers a trace export: `(rejected spans, message)` for the partial
     /// success, or [`QueueFull`].
     pub fn accept_traces(&self, mut req: lite::TraceRequest, bytes: usize) -> Result<(i64, String), QueueFull> {
-        let (rejected, message) = reject_unidentified_traces(&mut req);
+        let (rejected, message) = reject_unidentified_traces(&mut req, &self.counters);
         self.counters.spans_rejected.add(rejected as u64);
         let spans: usize = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
         if spans > 0 {
@@ -106,7 +107,7 @@ impl Ingest {
         mut req: ExportMetricsServiceRequest,
         bytes: usize,
     ) -> Result<(i64, String), QueueFull> {
-        let (rejected, message) = reject_unusable_metrics(&mut req);
+        let (rejected, message) = reject_unusable_metrics(&mut req, &self.counters);
         self.counters.points_rejected.add(rejected as u64);
         let points: usize =
             req.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics).map(point_count).sum();
@@ -130,51 +131,121 @@ pub fn point_count(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> usize
     }
 }
 
-fn describe(rejected: i64, what: &str, indexes: &[usize]) -> String {
-    if rejected == 0 {
-        return String::new();
-    }
-    let shown: Vec<String> = indexes.iter().take(5).map(|i| i.to_string()).collect();
-    format!(
-        "{rejected} {what} rejected: resource without service.name (resource index {}{})",
-        shown.join(", "),
-        if indexes.len() > 5 { ", ..." } else { "" }
-    )
+/// Why a resource's items are refused at the door.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    NoName,
+    TooLong,
 }
 
-/// Removes resources without `service.name`; returns the spans rejected and the message.
-pub fn reject_unidentified_traces(req: &mut lite::TraceRequest) -> (i64, String) {
-    let mut rejected = 0i64;
-    let mut indexes = Vec::new();
+impl Refusal {
+    fn reason(self) -> String {
+        match self {
+            Refusal::NoName => "resource without service.name".to_owned(),
+            Refusal::TooLong => {
+                format!("service.name, service.namespace or service.version longer than {MAX_NAME_BYTES} bytes")
+            }
+        }
+    }
+}
+
+/// Whether a resource names a workload meshlens can keep.
+fn check_resource(
+    resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>,
+    counters: &Counters,
+) -> Result<(), Refusal> {
+    let attrs = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+    let long = ["service.name", "service.namespace", "service.version"]
+        .iter()
+        .any(|k| get_str(attrs, k).is_some_and(|v| v.len() > MAX_NAME_BYTES));
+    if long {
+        counters.names_too_long.add(1);
+        return Err(Refusal::TooLong);
+    }
+    resource_workload(resource).map(|_| ()).ok_or(Refusal::NoName)
+}
+
+fn describe(what: &str, refused: &[(Refusal, usize, i64)]) -> String {
+    let mut parts = Vec::new();
+    for why in [Refusal::NoName, Refusal::TooLong] {
+        let of: Vec<&(Refusal, usize, i64)> = refused.iter().filter(|r| r.0 == why).collect();
+        if of.is_empty() {
+            continue;
+        }
+        let n: i64 = of.iter().map(|r| r.2).sum();
+        let shown: Vec<String> = of.iter().take(5).map(|r| r.1.to_string()).collect();
+        parts.push(format!(
+            "{n} {what} rejected: {} (resource index {}{})",
+            why.reason(),
+            shown.join(", "),
+            if of.len() > 5 { ", ..." } else { "" }
+        ));
+    }
+    parts.join("; ")
+}
+
+/// Removes resources without `service.name` or with a name over [`MAX_NAME_BYTES`]; returns the
+/// spans rejected and the message.
+pub fn reject_unidentified_traces(req: &mut lite::TraceRequest, counters: &Counters) -> (i64, String) {
+    let mut refused = Vec::new();
     let mut i = 0usize;
     req.resource_spans.retain(|rs| {
-        let keep = resource_workload(rs.resource.as_ref()).is_some();
-        if !keep {
-            rejected += rs.scope_spans.iter().map(|s| s.spans.len() as i64).sum::<i64>();
-            indexes.push(i);
+        let check = check_resource(rs.resource.as_ref(), counters);
+        if let Err(why) = check {
+            refused.push((why, i, rs.scope_spans.iter().map(|s| s.spans.len() as i64).sum::<i64>()));
         }
         i += 1;
-        keep
+        check.is_ok()
     });
-    (rejected, describe(rejected, "spans", &indexes))
+    let mut rejected: i64 = refused.iter().map(|r| r.2).sum();
+    let mut message = describe("spans", &refused);
+    let bad_ids = reject_bad_ids(req);
+    if bad_ids > 0 {
+        rejected += bad_ids;
+        counters.spans_bad_ids.add(bad_ids as u64);
+        if !message.is_empty() {
+            message.push_str("; ");
+        }
+        message.push_str(&format!(
+            "{bad_ids} spans rejected: trace_id must be 16 bytes and span_id 8, neither all zero, and parent_span_id empty or 8 bytes"
+        ));
+    }
+    (rejected, message)
+}
+
+/// Removes spans whose ids OTLP does not allow (W3C trace context: a 16-byte trace id and an
+/// 8-byte span id, neither all zero); returns how many.
+fn reject_bad_ids(req: &mut lite::TraceRequest) -> i64 {
+    let valid = |id: &[u8], len: usize| id.len() == len && id.iter().any(|&b| b != 0);
+    let mut bad = 0i64;
+    for ss in req.resource_spans.iter_mut().flat_map(|r| &mut r.scope_spans) {
+        ss.spans.retain(|s| {
+            let ok = valid(&s.trace_id, 16)
+                && valid(&s.span_id, 8)
+                && (s.parent_span_id.is_empty() || s.parent_span_id.len() == 8);
+            bad += i64::from(!ok);
+            ok
+        });
+    }
+    bad
 }
 
 /// Removes resources without `service.name`, and histogram points whose buckets do not match their
 /// bounds; returns the data points rejected and a message naming each reason.
-pub fn reject_unusable_metrics(req: &mut ExportMetricsServiceRequest) -> (i64, String) {
-    let mut rejected = 0i64;
-    let mut indexes = Vec::new();
+pub fn reject_unusable_metrics(req: &mut ExportMetricsServiceRequest, counters: &Counters) -> (i64, String) {
+    let mut refused = Vec::new();
     let mut i = 0usize;
     req.resource_metrics.retain(|rm| {
-        let keep = resource_workload(rm.resource.as_ref()).is_some();
-        if !keep {
-            rejected += rm.scope_metrics.iter().flat_map(|s| &s.metrics).map(point_count).sum::<usize>() as i64;
-            indexes.push(i);
+        let check = check_resource(rm.resource.as_ref(), counters);
+        if let Err(why) = check {
+            let points = rm.scope_metrics.iter().flat_map(|s| &s.metrics).map(point_count).sum::<usize>() as i64;
+            refused.push((why, i, points));
         }
         i += 1;
-        keep
+        check.is_ok()
     });
-    let mut messages = vec![describe(rejected, "data points", &indexes)];
+    let rejected: i64 = refused.iter().map(|r| r.2).sum();
+    let mut messages = vec![describe("data points", &refused)];
     let mut misshapen = 0i64;
     for metric in req.resource_metrics.iter_mut().flat_map(|r| &mut r.scope_metrics).flat_map(|s| &mut s.metrics) {
         let Some(Data::Histogram(h)) = &mut metric.data else { continue };
