@@ -115,6 +115,10 @@ pub struct CollectorArgs {
     /// How many revisions the store keeps.
     #[arg(long, value_name = "N", default_value_t = 3600)]
     pub retain_revisions: u64,
+    /// Most SSE subscribers (`/api/v1/stream`: consoles, browsers) at once; past it a new one gets
+    /// 503, counted as meshlens_collector_sse_refused_total.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_sse_subscribers: usize,
     /// Most nodes tracked; data about further nodes is dropped and counted.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_nodes: usize,
@@ -538,6 +542,7 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
         retain_revisions: a.retain_revisions,
         max_request_bytes: a.max_request_mib << 20,
         token: a.token.clone(),
+        max_sse_subscribers: a.max_sse_subscribers,
         ..CollectorConfig::default()
     };
     if !(0.0..=100.0).contains(&a.degraded_error_pct)

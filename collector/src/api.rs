@@ -44,6 +44,9 @@ pub enum ApiError {
     /// The collector is starting.
     #[error("collector is not ready yet")]
     NotReady,
+    /// A limit on concurrent use is reached; try again later.
+    #[error("{0}")]
+    Busy(String),
     /// Something broke inside.
     #[error("internal error")]
     Internal(String),
@@ -55,6 +58,7 @@ impl IntoResponse for ApiError {
             ApiError::BadParameter(_) => (StatusCode::BAD_REQUEST, "bad_parameter"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "API request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -143,6 +147,8 @@ pub struct Api {
     hub: Arc<Hub>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     cache: Mutex<Option<(u64, View, Bytes)>>,
+    subscribers: Arc<tokio::sync::Semaphore>,
+    max_sse_subscribers: usize,
 }
 
 fn ready(hub: &Hub) -> Result<(), ApiError> {
@@ -321,6 +327,14 @@ async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     ready(&api.hub)?;
     let p = parse(q.as_deref(), &["view", "namespace"])?;
+    // One permit per open stream, held until the stream ends.
+    let Ok(permit) = api.subscribers.clone().try_acquire_owned() else {
+        api.hub.counters.sse_refused.add(1);
+        return Err(ApiError::Busy(format!(
+            "{} SSE subscribers are connected, the limit (--max-sse-subscribers); poll /api/v1/graph or try again later",
+            api.max_sse_subscribers
+        )));
+    };
     let view = p.view.unwrap_or_default();
     let namespaces = p.namespaces;
     let rx = api.hub.events.subscribe();
@@ -329,7 +343,10 @@ async fn stream(
     let ns = namespaces.clone();
     let initial = tokio_stream::iter(first.and_then(|r| sse_event(&r, view, &ns)).map(Ok));
     let updates = BroadcastStream::new(rx).filter_map(move |item| match item {
-        Ok(rev) if rev.revision > first_rev => sse_event(&rev, view, &namespaces).map(Ok),
+        Ok(rev) if rev.revision > first_rev => {
+            let _held = &permit;
+            sse_event(&rev, view, &namespaces).map(Ok)
+        }
         // A slow subscriber that lagged gets the next revision; the graph is a full snapshot.
         _ => None,
     });
@@ -382,8 +399,9 @@ async fn not_found() -> ApiError {
 }
 
 /// The API router.
-pub fn router(hub: Arc<Hub>, shutdown: tokio::sync::watch::Receiver<bool>) -> Router {
-    let api = Arc::new(Api { hub, shutdown, cache: Mutex::new(None) });
+pub fn router(hub: Arc<Hub>, shutdown: tokio::sync::watch::Receiver<bool>, max_sse_subscribers: usize) -> Router {
+    let subscribers = Arc::new(tokio::sync::Semaphore::new(max_sse_subscribers));
+    let api = Arc::new(Api { hub, shutdown, cache: Mutex::new(None), subscribers, max_sse_subscribers });
     Router::new()
         .route("/api/v1/graph", get(graph))
         .route("/api/v1/revisions", get(revisions))

@@ -18,6 +18,8 @@ pub struct Counters {
     pub names_too_long: Counter,
     /// Spans refused for ids of the wrong length, or all zero.
     pub spans_bad_ids: Counter,
+    /// SSE subscriptions refused at the subscriber limit.
+    pub sse_refused: Counter,
     /// Export requests refused because the ingest queue was full.
     pub requests_refused_queue_full: Counter,
     /// Export requests that could not be decoded.

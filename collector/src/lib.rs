@@ -75,6 +75,8 @@ pub struct CollectorConfig {
     pub engine: EngineConfig,
     /// A bearer token every client must present (API, `/metrics`, OTLP); required beyond loopback.
     pub token: Option<String>,
+    /// Most SSE subscribers (`/api/v1/stream`) at once; past it a new one is answered 503.
+    pub max_sse_subscribers: usize,
 }
 
 impl Default for CollectorConfig {
@@ -91,6 +93,7 @@ impl Default for CollectorConfig {
             max_queue_bytes: 256 << 20,
             engine: EngineConfig::default(),
             token: None,
+            max_sse_subscribers: 1024,
         }
     }
 }
@@ -258,7 +261,7 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     tasks.push(tokio::spawn(async move {
         axum::serve(http_l, otlp_router).with_graceful_shutdown(sig).await.map_err(|e| format!("OTLP/HTTP server: {e}"))
     }));
-    let api_router = guard(api::router(hub.clone(), shutdown.subscribe()));
+    let api_router = guard(api::router(hub.clone(), shutdown.subscribe(), config.max_sse_subscribers));
     let sig = signal();
     tasks.push(tokio::spawn(async move {
         axum::serve(api_l, api_router).with_graceful_shutdown(sig).await.map_err(|e| format!("API server: {e}"))

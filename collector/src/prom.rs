@@ -225,6 +225,12 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
         &[("", c.names_too_long.get())],
     );
     metric(
+        "sse_refused_total",
+        "counter",
+        "SSE subscriptions refused because --max-sse-subscribers were connected.",
+        &[("", c.sse_refused.get())],
+    );
+    metric(
         "spans_bad_ids_total",
         "counter",
         "Spans refused for a trace id that is not 16 bytes or a span id that is not 8, or all zero.",

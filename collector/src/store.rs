@@ -50,6 +50,15 @@ pub enum StoreError {
         /// The cause.
         source: Box<redb::Error>,
     },
+    /// The store file exists but is empty: truncated, or not written by meshlens. Starting fresh
+    /// over it would pass the loss of all history in silence.
+    #[error(
+        "store {path} is empty (0 bytes): it was truncated or never written; move it away to start a new store, or restore it from a backup"
+    )]
+    Empty {
+        /// The database file.
+        path: PathBuf,
+    },
     /// A stored record did not decode.
     #[error("store holds a corrupt {what} record: {detail}")]
     Corrupt {
@@ -64,7 +73,7 @@ fn io<E: Into<redb::Error>>(action: &'static str) -> impl FnOnce(E) -> StoreErro
     move |e| StoreError::Io { action, source: Box::new(e.into()) }
 }
 
-/// A published revision as stored: all four views.
+/// A published revision as stored: all five views.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StoredRevision {
     /// The revision number.
@@ -202,6 +211,9 @@ impl Store {
     pub fn open(dir: &Path, retain_revisions: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: dir.to_owned(), source })?;
         let path = dir.join("meshlens.redb");
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::Empty { path });
+        }
         let db = Database::create(&path).map_err(|e| StoreError::Open { path: path.clone(), source: Box::new(e) })?;
         Self::init(db, retain_revisions)
     }

@@ -267,3 +267,27 @@ async fn the_api_keeps_to_its_openapi_document() {
     assert!(out.status.success(), "schemathesis found problems:\n{report}\n{}", String::from_utf8_lossy(&out.stderr));
     c.shutdown().await.unwrap();
 }
+
+/// SSE subscribers are capped: past the limit a new one is answered 503 saying so, counted; a
+/// closed stream frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_subscribers_are_capped_and_a_closed_stream_frees_its_place() {
+    let c = collector_with(|cfg| cfg.max_sse_subscribers = 2).await;
+    let url = format!("{}/api/v1/stream", c.api_url());
+    let first = http().get(&url).send().await.unwrap();
+    let second = http().get(&url).send().await.unwrap();
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    let third = http().get(&url).send().await.unwrap();
+    assert_eq!(third.status(), 503);
+    let body: serde_json::Value = third.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "busy");
+    assert!(body["error"]["message"].as_str().unwrap().contains("--max-sse-subscribers"), "{body}");
+    // The API itself keeps answering.
+    assert_eq!(get_json(&format!("{}/api/v1/revisions", c.api_url())).await.0, 200);
+    drop(first);
+    eventually("a place freed", 10, || async { (http().get(&url).send().await.ok()?.status() == 200).then_some(()) })
+        .await;
+    let text = http().get(format!("{}/metrics", c.api_url())).send().await.unwrap().text().await.unwrap();
+    assert!(prom_value(&text, "meshlens_collector_sse_refused_total").unwrap() >= 1.0, "{text}");
+    drop(second);
+}

@@ -387,3 +387,18 @@ async fn ids_of_the_wrong_length_are_refused() {
     assert_eq!(prom_value(&text, "meshlens_collector_spans_bad_ids_total"), Some(5.0), "{text}");
     assert_eq!(prom_value(&text, "meshlens_collector_received_total{signal=\"spans\"}"), Some(1.0), "{text}");
 }
+
+/// A gzip body of two members (as `cat a.gz b.gz` makes, and RFC 1952 allows) is read whole: the
+/// spans of both members count, not only the first's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_of_a_concatenated_gzip_body_is_read() {
+    let c = collector().await;
+    // Two encoded exports concatenated are one export holding both (protobuf appends repeated fields).
+    let mut body = gzip(&pairs(1, ("a", "v1"), ("b", "v1"), 3, 200, 1).encode_to_vec());
+    body.extend(gzip(&pairs(2, ("a", "v1"), ("c", "v1"), 4, 200, 1).encode_to_vec()));
+    let r = post(&c, "/v1/traces", "application/x-protobuf", true, body).await;
+    assert_eq!(r.status(), 200);
+    let text = http().get(format!("{}/metrics", c.api_url())).send().await.unwrap().text().await.unwrap();
+    assert_eq!(prom_value(&text, "meshlens_collector_received_total{signal=\"spans\"}"), Some(14.0), "{text}");
+    wait_edge(&c, "", "default/a/v1", "default/c/v1", 4).await;
+}

@@ -119,3 +119,21 @@ async fn in_memory_keeps_nothing() {
     assert_eq!(revs["latest"], 0);
     c.shutdown().await.unwrap();
 }
+
+/// A store file truncated to nothing is not taken for a new store: the collector refuses to start
+/// and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_store_file_is_refused_not_started_over() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("meshlens.redb"), b"").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshlens"))
+        .args(["collector", "--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is empty (0 bytes)") && err.contains("move it away"), "{err}");
+    assert_eq!(std::fs::metadata(dir.path().join("meshlens.redb")).unwrap().len(), 0, "left as found");
+}

@@ -124,7 +124,7 @@ async fn read(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Raw, R
         None | Some("identity") | Some("") => raw,
         Some("gzip") => {
             let mut out = Vec::new();
-            let mut dec = flate2::read::GzDecoder::new(&raw[..]).take(cap as u64 + 1);
+            let mut dec = flate2::read::MultiGzDecoder::new(&raw[..]).take(cap as u64 + 1);
             if let Err(e) = dec.read_to_end(&mut out) {
                 ingest.counters.requests_malformed.add(1);
                 return Err(error(StatusCode::BAD_REQUEST, enc, 3, format!("gzip body is truncated or corrupt: {e}")));
