@@ -76,8 +76,73 @@ pub async fn require_token(State(token): State<Arc<str>>, mut req: Request, next
     r
 }
 
+/// Whether a `Host` value names this machine's loopback: `localhost` (or a name under it), or a
+/// loopback IP literal, with any port.
+pub fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The middleware without a token (where the collector listens on loopback only): a request whose
+/// `Host` is not a loopback name is answered 403, so a web page whose name re-resolves to
+/// 127.0.0.1 (DNS rebinding) cannot read the API or write spans. Requests with no `Host` (not a
+/// browser) pass.
+pub async fn require_loopback_host(req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    match host {
+        Some(h) if !loopback_host(&h) => {
+            let shown: String = h.chars().take(100).collect();
+            let body = serde_json::json!({"error": {"code": "forbidden_host", "message": format!(
+                "Host {shown:?} is not a loopback name: without --token the collector answers only localhost, 127.0.0.1 and [::1] (a guard against DNS rebinding); set --token to serve other names")}});
+            (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn loopback_hosts() {
+        use super::loopback_host;
+        for h in [
+            "localhost",
+            "localhost:7420",
+            "127.0.0.1:7420",
+            "127.5.6.7",
+            "[::1]:7420",
+            "[::1]",
+            "app.localhost",
+            "LOCALHOST.",
+        ] {
+            assert!(loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.com",
+            "evil.com:7420",
+            "10.0.0.1:7420",
+            "[2001:db8::1]:80",
+            "localhost.evil.com",
+            "127.0.0.1.nip.io",
+            "",
+        ] {
+            assert!(!loopback_host(h), "{h}");
+        }
+    }
+
     #[test]
     fn compares_whole_tokens() {
         use super::constant_time_eq as eq;

@@ -212,7 +212,7 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     let api_l = bind("API", config.http, token.is_some()).await?;
     let guard = |r: axum::Router| match &token {
         Some(t) => r.layer(axum::middleware::from_fn_with_state(t.clone(), auth::require_token)),
-        None => r,
+        None => r.layer(axum::middleware::from_fn(auth::require_loopback_host)),
     };
     let addr =
         |l: &TcpListener, what, a| l.local_addr().map_err(|source| CollectorError::Bind { what, addr: a, source });

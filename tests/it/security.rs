@@ -426,3 +426,40 @@ async fn a_rotating_source_header_does_not_escape_the_rate_limit() {
     assert!((5..=8).contains(&ok), "{ok} of 50 passed");
     assert_eq!(b.counters.rate_limited.get() as usize, 50 - ok);
 }
+
+/// Without a token the collector listens on loopback only, and answers only loopback `Host` names:
+/// a page whose name re-resolves to 127.0.0.1 (DNS rebinding) is refused on the API and on
+/// OTLP/HTTP. With a token, the token is the guard and any name is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_only_loopback_host_names_are_served() {
+    let c = crate::support::collector().await;
+    let get = |host: &'static str| {
+        let url = format!("{}/api/v1/revisions", c.api_url());
+        async move { crate::support::http().get(url).header("host", host).send().await.unwrap() }
+    };
+    let r = get("evil.example:7420").await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("DNS rebinding"));
+    for ok in ["localhost:7420", "127.0.0.1", "[::1]:7420"] {
+        assert_eq!(get(ok).await.status(), 200, "{ok}");
+    }
+    let otlp = crate::support::http()
+        .post(format!("http://{}/v1/traces", c.otlp_http_addr))
+        .header("host", "evil.example")
+        .header("content-type", "application/x-protobuf")
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(otlp.status(), 403);
+
+    let t = crate::support::collector_with(|cfg| cfg.token = Some("s3cret".into())).await;
+    let r = crate::support::http()
+        .get(format!("{}/api/v1/revisions", t.api_url()))
+        .header("host", "meshlens.example.com")
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
