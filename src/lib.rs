@@ -119,6 +119,19 @@ pub struct CollectorArgs {
     /// 503, counted as meshlens_collector_sse_refused_total.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_sse_subscribers: usize,
+    /// Most connections open at once on each HTTP listener (OTLP/HTTP, API); past it a new one is
+    /// closed at once, counted as meshlens_collector_connections_refused_total.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers; a slower one is disconnected.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: std::time::Duration,
+    /// Time an OTLP/HTTP upload has to deliver its whole body (then 408).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: std::time::Duration,
+    /// MiB of OTLP/HTTP bodies read at once across all connections (then 503 with Retry-After).
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub max_inflight_mib: usize,
     /// Most nodes tracked; data about further nodes is dropped and counted.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_nodes: usize,
@@ -543,6 +556,10 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
         max_request_bytes: a.max_request_mib << 20,
         token: a.token.clone(),
         max_sse_subscribers: a.max_sse_subscribers,
+        max_connections: a.max_connections,
+        header_read_timeout: a.header_read_timeout,
+        body_read_timeout: a.body_read_timeout,
+        max_inflight_bytes: a.max_inflight_mib << 20,
         ..CollectorConfig::default()
     };
     if !(0.0..=100.0).contains(&a.degraded_error_pct)

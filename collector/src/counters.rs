@@ -20,6 +20,14 @@ pub struct Counters {
     pub spans_bad_ids: Counter,
     /// SSE subscriptions refused at the subscriber limit.
     pub sse_refused: Counter,
+    /// Connections closed at once because the listener had `max_connections` open.
+    pub connections_refused: Counter,
+    /// Connections that ended with an error (headers not sent in time, a broken peer).
+    pub connection_errors: Counter,
+    /// OTLP/HTTP uploads whose body did not arrive within the body read timeout (408).
+    pub bodies_timed_out: Counter,
+    /// OTLP/HTTP uploads refused because the in-flight byte budget was spent (503).
+    pub requests_refused_inflight: Counter,
     /// Export requests refused because the ingest queue was full.
     pub requests_refused_queue_full: Counter,
     /// Export requests that could not be decoded.

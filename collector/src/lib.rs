@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
 pub mod prom;
+pub mod serve;
 pub mod spans;
 pub mod store;
 pub mod testkit;
@@ -77,6 +78,15 @@ pub struct CollectorConfig {
     pub token: Option<String>,
     /// Most SSE subscribers (`/api/v1/stream`) at once; past it a new one is answered 503.
     pub max_sse_subscribers: usize,
+    /// Most connections open at once on each HTTP listener (OTLP/HTTP, API).
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (HTTP/1), on both HTTP listeners.
+    pub header_read_timeout: Duration,
+    /// Time an OTLP/HTTP upload has to deliver its whole body; past it the answer is 408.
+    pub body_read_timeout: Duration,
+    /// Bytes of OTLP/HTTP bodies being read at once, across all connections (by Content-Length,
+    /// or the request cap when there is none); past it an upload is answered 503.
+    pub max_inflight_bytes: usize,
 }
 
 impl Default for CollectorConfig {
@@ -94,6 +104,10 @@ impl Default for CollectorConfig {
             engine: EngineConfig::default(),
             token: None,
             max_sse_subscribers: 1024,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_inflight_bytes: 256 << 20,
         }
     }
 }
@@ -222,7 +236,11 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
         addr(&api_l, "API", config.http)?,
     );
 
-    let (ingest, rx) = Ingest::new(config.max_queue_bytes, config.max_request_bytes, counters.clone());
+    let uploads = otlp::UploadLimits {
+        body_read_timeout: config.body_read_timeout,
+        max_inflight_bytes: config.max_inflight_bytes,
+    };
+    let (ingest, rx) = Ingest::new(config.max_queue_bytes, config.max_request_bytes, uploads, counters.clone());
     let pipeline = pipeline::spawn(hub.clone(), rx)
         .map_err(|e| CollectorError::Config { name: "threads", message: e.to_string() })?;
 
@@ -256,15 +274,19 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
             .await
             .map_err(|e| format!("OTLP/gRPC server: {e}"))
     }));
+    let limits = serve::ListenerLimits {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
+    };
     let otlp_router = guard(otlp::http::router(ingest));
-    let sig = signal();
+    let (c, quit) = (counters.clone(), shutdown.subscribe());
     tasks.push(tokio::spawn(async move {
-        axum::serve(http_l, otlp_router).with_graceful_shutdown(sig).await.map_err(|e| format!("OTLP/HTTP server: {e}"))
+        serve::serve(http_l, otlp_router, limits, c, quit).await.map_err(|e| format!("OTLP/HTTP server: {e}"))
     }));
     let api_router = guard(api::router(hub.clone(), shutdown.subscribe(), config.max_sse_subscribers));
-    let sig = signal();
+    let (c, quit) = (counters.clone(), shutdown.subscribe());
     tasks.push(tokio::spawn(async move {
-        axum::serve(api_l, api_router).with_graceful_shutdown(sig).await.map_err(|e| format!("API server: {e}"))
+        serve::serve(api_l, api_router, limits, c, quit).await.map_err(|e| format!("API server: {e}"))
     }));
     hub.ready.store(true, Ordering::Release);
     tracing::info!(%otlp_grpc_addr, %otlp_http_addr, %http_addr, "collector ready");

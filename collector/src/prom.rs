@@ -225,6 +225,27 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
         &[("", c.names_too_long.get())],
     );
     metric(
+        "connections_refused_total",
+        "counter",
+        "Connections closed at once because an HTTP listener had --max-connections open.",
+        &[("", c.connections_refused.get())],
+    );
+    metric(
+        "connection_errors_total",
+        "counter",
+        "HTTP connections that ended with an error (headers not sent within --header-read-timeout, a broken peer).",
+        &[("", c.connection_errors.get())],
+    );
+    metric(
+        "uploads_refused_total",
+        "counter",
+        "OTLP/HTTP uploads answered 408 (body not whole within --body-read-timeout) or 503 (in-flight byte budget spent).",
+        &[
+            ("reason=\"body_timeout\"", c.bodies_timed_out.get()),
+            ("reason=\"inflight_budget\"", c.requests_refused_inflight.get()),
+        ],
+    );
+    metric(
         "sse_refused_total",
         "counter",
         "SSE subscriptions refused because --max-sse-subscribers were connected.",

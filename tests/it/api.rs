@@ -291,3 +291,54 @@ async fn sse_subscribers_are_capped_and_a_closed_stream_frees_its_place() {
     assert!(prom_value(&text, "meshlens_collector_sse_refused_total").unwrap() >= 1.0, "{text}");
     drop(second);
 }
+
+/// Slowloris: a client that sends its headers a byte at a time is disconnected at the header read
+/// timeout, counted, while others are served; and past `max_connections` a new connection is
+/// closed at once, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_and_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = collector_with(|cfg| {
+        cfg.header_read_timeout = std::time::Duration::from_millis(800);
+        cfg.max_connections = 4;
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(c.http_addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nx-slow: ").await.unwrap();
+    let dripping = async {
+        for _ in 0..50 {
+            if slow.write_all(b"a").await.is_err() {
+                return true;
+            }
+            let mut buf = [0u8; 256];
+            // A read that returns means the collector answered or closed.
+            if let Ok(r) = tokio::time::timeout(std::time::Duration::from_millis(200), slow.read(&mut buf)).await {
+                let text = String::from_utf8_lossy(&buf[..r.unwrap_or(0)]).into_owned();
+                assert!(!text.contains("200 OK"), "{text}");
+                return true;
+            }
+        }
+        false
+    };
+    assert!(dripping.await, "the collector cut the slow client off (within 10 s of dripping)");
+    let text = http().get(format!("{}/metrics", c.api_url())).send().await.unwrap().text().await.unwrap();
+    assert!(prom_value(&text, "meshlens_collector_connection_errors_total").unwrap() >= 1.0, "{text}");
+
+    // Four idle connections take every slot; a fifth is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(c.http_addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut fifth = tokio::net::TcpStream::connect(c.http_addr).await.unwrap();
+    let _ = fifth.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await;
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), fifth.read_to_end(&mut out)).await;
+    assert!(closed.is_ok() && !String::from_utf8_lossy(&out).contains("200"), "{out:?}");
+    drop(idle);
+    let text = eventually("a slot again", 10, || async {
+        http().get(format!("{}/metrics", c.api_url())).send().await.ok()?.text().await.ok()
+    })
+    .await;
+    assert!(prom_value(&text, "meshlens_collector_connections_refused_total").unwrap() >= 1.0, "{text}");
+}

@@ -402,3 +402,51 @@ async fn every_member_of_a_concatenated_gzip_body_is_read() {
     assert_eq!(prom_value(&text, "meshlens_collector_received_total{signal=\"spans\"}"), Some(14.0), "{text}");
     wait_edge(&c, "", "default/a/v1", "default/c/v1", 4).await;
 }
+
+/// Uploads that stall are bounded: the in-flight byte budget admits as many as it holds (here two
+/// 50 MiB uploads of a 100 MiB budget) and answers the rest 503 at once; an admitted upload whose
+/// body does not arrive within the body read timeout is answered 408; then exports flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_are_bounded_by_the_inflight_budget_and_time_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = collector_with(|cfg| {
+        cfg.max_inflight_bytes = 100 << 20;
+        cfg.body_read_timeout = std::time::Duration::from_secs(3);
+        cfg.max_request_bytes = 64 << 20;
+    })
+    .await;
+    // Each sends its headers; a refused one is answered at once, an admitted one then sends 1 MiB
+    // of its 50 MiB and stalls.
+    let mut answers = Vec::new();
+    let mut admitted = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(c.otlp_http_addr).await.unwrap();
+        let head = format!(
+            "POST /v1/traces HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+            50 << 20
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 512];
+        match tokio::time::timeout(std::time::Duration::from_millis(300), s.read(&mut buf)).await {
+            Ok(n) => answers
+                .push(String::from_utf8_lossy(&buf[..n.unwrap_or(0)]).split("\r\n").next().unwrap_or("").to_owned()),
+            Err(_) => {
+                s.write_all(&vec![0u8; 1 << 20]).await.unwrap();
+                admitted.push(s);
+            }
+        }
+    }
+    for mut s in admitted {
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), s.read(&mut buf)).await.unwrap().unwrap_or(0);
+        answers.push(String::from_utf8_lossy(&buf[..n]).split("\r\n").next().unwrap_or("").to_owned());
+    }
+    let refused = answers.iter().filter(|a| a.contains(" 503 ")).count();
+    let timed_out = answers.iter().filter(|a| a.contains(" 408 ")).count();
+    assert_eq!((refused, timed_out), (18, 2), "{answers:?}");
+    let text = http().get(format!("{}/metrics", c.api_url())).send().await.unwrap().text().await.unwrap();
+    assert_eq!(prom_value(&text, "meshlens_collector_uploads_refused_total{reason=\"inflight_budget\"}"), Some(18.0));
+    assert_eq!(prom_value(&text, "meshlens_collector_uploads_refused_total{reason=\"body_timeout\"}"), Some(2.0));
+    // The budget is given back: a real export goes through.
+    assert_eq!(http_traces(&c, &pairs(1, ("a", "v1"), ("b", "v1"), 2, 200, 1)).await.status(), 200);
+}

@@ -63,6 +63,8 @@ struct Decoded<T> {
 struct Raw {
     data: Bytes,
     enc: Encoding,
+    /// Its share of the in-flight byte budget, given back when the body is parsed.
+    _budget: tokio::sync::OwnedSemaphorePermit,
 }
 
 async fn decode<T: Message + Default + DeserializeOwned>(
@@ -114,9 +116,32 @@ async fn read(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Raw, R
         ingest.counters.requests_too_large.add(1);
         error(StatusCode::PAYLOAD_TOO_LARGE, enc, 8, format!("request body is larger than the {cap}-byte cap"))
     };
-    let raw: Bytes = match axum::body::to_bytes(body, cap).await {
-        Ok(b) => b,
-        Err(_) => return Err(too_large(ingest)),
+    // The in-flight budget: what this body will hold while it arrives, by its Content-Length (the
+    // cap when it declares none, or more than the cap, which is refused below anyway).
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .map_or(cap, |n| n.min(cap));
+    let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let Ok(budget) = ingest.inflight.clone().try_acquire_many_owned(kib) else {
+        ingest.counters.requests_refused_inflight.add(1);
+        let msg = format!(
+            "the collector is reading its limit of {} bytes of uploads at once; retry later",
+            ingest.uploads.max_inflight_bytes
+        );
+        let mut r = error(StatusCode::SERVICE_UNAVAILABLE, enc, 14, msg);
+        r.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        return Err(r);
+    };
+    let raw: Bytes = match tokio::time::timeout(ingest.uploads.body_read_timeout, axum::body::to_bytes(body, cap)).await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return Err(too_large(ingest)),
+        Err(_) => {
+            ingest.counters.bodies_timed_out.add(1);
+            let msg = format!("the body did not arrive within {:?}", ingest.uploads.body_read_timeout);
+            return Err(error(StatusCode::REQUEST_TIMEOUT, enc, 4, msg));
+        }
     };
     let gzip =
         headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_ascii_lowercase());
@@ -144,7 +169,7 @@ async fn read(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Raw, R
             ));
         }
     };
-    Ok(Raw { data, enc })
+    Ok(Raw { data, enc, _budget: budget })
 }
 
 fn queue_full(enc: Encoding) -> Response {

@@ -51,10 +51,23 @@ pub fn done(counters: &Counters, bytes: usize) {
     counters.queue_batches.sub(1);
 }
 
+/// Limits on OTLP/HTTP uploads while their bodies arrive.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadLimits {
+    /// Time a body has to arrive whole.
+    pub body_read_timeout: std::time::Duration,
+    /// Bytes being read at once across all uploads.
+    pub max_inflight_bytes: usize,
+}
+
 /// The sending side of the ingest queue, shared by all receivers.
 pub struct Ingest {
     tx: mpsc::UnboundedSender<Job>,
     max_bytes: usize,
+    /// Limits on uploads being read.
+    pub uploads: UploadLimits,
+    /// The in-flight byte budget, in KiB permits.
+    pub inflight: Arc<tokio::sync::Semaphore>,
     /// Size cap of one export after decompression.
     pub max_request_bytes: usize,
     /// Shared counters.
@@ -66,10 +79,13 @@ impl Ingest {
     pub fn new(
         max_bytes: usize,
         max_request_bytes: usize,
+        uploads: UploadLimits,
         counters: Arc<Counters>,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Job>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Arc::new(Self { tx, max_bytes, max_request_bytes, counters }), rx)
+        let kib = (uploads.max_inflight_bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let inflight = Arc::new(tokio::sync::Semaphore::new(kib));
+        (Arc::new(Self { tx, max_bytes, uploads, inflight, max_request_bytes, counters }), rx)
     }
 
     /// Queues a batch, or refuses it when the byte budget is spent.

@@ -1,0 +1,89 @@
+//! The collector's HTTP listeners (OTLP/HTTP and the API), served by hand on hyper so every
+//! connection is bounded: at most `max_connections` at once per listener (past it a new
+//! connection is closed at once and counted), request headers read within `header_read_timeout`
+//! (slowloris: a byte every few seconds is closed at the deadline, counted), and HTTP/2 connections
+//! pinged so a dead peer's is dropped. On shutdown each connection finishes its requests and closes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::counters::Counters;
+
+/// Limits of one listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerLimits {
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers.
+    pub header_read_timeout: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ListenerLimits,
+    counters: Arc<Counters>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            () = async { let _ = shutdown.wait_for(|&s| s).await; } => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, most likely: back off briefly rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            counters.connections_refused.add(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (builder, router, counters, mut stop) =
+            (builder.clone(), router.clone(), counters.clone(), shutdown.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(router));
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = async { let _ = stop.wait_for(|&s| s).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                counters.connection_errors.add(1);
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    // Let open requests finish, within reason.
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), async { while connections.join_next().await.is_some() {} }).await;
+    Ok(())
+}
