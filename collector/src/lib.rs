@@ -50,6 +50,8 @@ use crate::store::{Store, StoreError};
 pub const GRPC_STREAM_WINDOW: u32 = 2 << 20;
 /// HTTP/2 flow-control window per OTLP/gRPC connection.
 pub const GRPC_CONNECTION_WINDOW: u32 = 8 << 20;
+/// Most OTLP/gRPC exports one connection may be sending at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+pub const GRPC_MAX_STREAMS: u32 = 16;
 
 /// How a collector runs.
 #[derive(Clone, Debug)]
@@ -261,12 +263,19 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
         }
     };
     let mut tasks = Vec::new();
+    let body_read_timeout = config.body_read_timeout;
     let grpc_routes = tonic::service::Routes::from(guard(otlp::grpc::router(ingest.clone()).into_axum_router()));
     let sig = signal();
     tasks.push(tokio::spawn(async move {
         // Exports are large (a 512-span batch is 50-250 KB); HTTP/2's default 64 KiB windows would cost
         // several round trips per export.
         tonic::transport::Server::builder()
+            // A stalled export is cut off like an OTLP/HTTP upload, and one connection holds at
+            // most GRPC_MAX_STREAMS exports being received.
+            .timeout(body_read_timeout)
+            .max_concurrent_streams(Some(GRPC_MAX_STREAMS))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
             .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
             .add_routes(grpc_routes)

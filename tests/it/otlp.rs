@@ -450,3 +450,61 @@ async fn stalled_uploads_are_bounded_by_the_inflight_budget_and_time_out() {
     // The budget is given back: a real export goes through.
     assert_eq!(http_traces(&c, &pairs(1, ("a", "v1"), ("b", "v1"), 2, 200, 1)).await.status(), 200);
 }
+
+/// Stalled OTLP/gRPC exports (a message declared 60 MiB, 1 MiB sent, then nothing) on one
+/// connection: the server allows 16 at once on it and ends each at the body read timeout with
+/// DEADLINE_EXCEEDED or CANCELLED, not holding them for ever; a real export then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_grpc_streams_are_cut_off() {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    let c = collector_with(|cfg| cfg.body_read_timeout = std::time::Duration::from_secs(2)).await;
+    let tcp = tokio::net::TcpStream::connect(c.otlp_grpc_addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut holds = Vec::new();
+    let mut pending = Vec::new();
+    for _ in 0..20 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<bytes::Bytes>, std::convert::Infallible>>(4);
+        let mut first = vec![0u8];
+        first.extend_from_slice(&(60u32 << 20).to_be_bytes());
+        first.extend(vec![0u8; 1 << 20]);
+        tx.send(Ok(Frame::data(first.into()))).await.unwrap();
+        holds.push(tx);
+        let body = StreamBody::new(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|f| (f, rx))
+        })));
+        let req = hyper::Request::post(format!(
+            "http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            c.otlp_grpc_addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+        sender.ready().await.unwrap();
+        pending.push(tokio::spawn(sender.send_request(req)));
+    }
+    let mut statuses = Vec::new();
+    for p in pending {
+        let resp =
+            tokio::time::timeout(std::time::Duration::from_secs(20), p).await.expect("answered in time").unwrap();
+        let status = match resp {
+            Ok(r) => {
+                let head = r.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+                let trailers = r.into_body().collect().await.ok().and_then(|b| b.trailers().cloned());
+                head.or_else(|| trailers.and_then(|t| t.get("grpc-status").map(|v| v.to_str().unwrap().to_owned())))
+                    .unwrap_or_default()
+            }
+            Err(e) => format!("reset: {e}"),
+        };
+        statuses.push(status);
+    }
+    drop(holds);
+    // DEADLINE_EXCEEDED (4) or CANCELLED (1) from the timeout; never OK.
+    assert!(statuses.iter().all(|s| s == "4" || s == "1" || s.starts_with("reset")), "{statuses:?}");
+    grpc_traces(&c, pairs(1, ("a", "v1"), ("b", "v1"), 2, 200, 1)).await.unwrap();
+}
