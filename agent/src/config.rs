@@ -225,6 +225,12 @@ pub struct LimitsSpec {
     pub header_read_timeout: Option<String>,
     /// Connecting to an endpoint gives up after this; 1s when absent.
     pub connect_timeout: Option<String>,
+    /// A request to a service whose policy sets no `timeout` gives up after this (504, as the
+    /// policy's timeout does); 15s when absent, Envoy's route default; `0s` waits for ever.
+    pub default_timeout: Option<String>,
+    /// Most connections open at once on each listener; past it a new one is closed at once and
+    /// counted. 10000 when absent.
+    pub max_connections: Option<usize>,
 }
 
 /// One called service as written.
@@ -285,6 +291,10 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Connect timeout to endpoints.
     pub connect_timeout: Duration,
+    /// The timeout of a request whose policy sets none; `None` waits for ever.
+    pub default_timeout: Option<Duration>,
+    /// Most connections open at once per listener.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -293,6 +303,8 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
+            default_timeout: Some(Duration::from_secs(15)),
+            max_connections: 10_000,
         }
     }
 }
@@ -457,6 +469,17 @@ impl AgentFile {
                         d.header_read_timeout,
                     )?,
                     connect_timeout: dur("limits.connect_timeout", l.connect_timeout.as_deref(), d.connect_timeout)?,
+                    default_timeout: match l.default_timeout.as_deref() {
+                        None => d.default_timeout,
+                        Some(t) => {
+                            Some(parse_duration(t).map_err(|e| invalid("limits.default_timeout", e.to_string()))?)
+                                .filter(|t| !t.is_zero())
+                        }
+                    },
+                    max_connections: match l.max_connections.unwrap_or(d.max_connections) {
+                        0 => return Err(invalid("limits.max_connections", "must be at least 1")),
+                        n => n,
+                    },
                 }
             }
         };

@@ -61,12 +61,18 @@ pub struct Counters {
     pub tls_handshake_errors: Counter,
     /// Certificate rotations picked up.
     pub cert_reloads: Counter,
+    /// Requests answered 400 before routing: Host headers against RFC 9112.
+    pub bad_requests: Counter,
+    /// Connections closed at once because the listener had `max_connections` open.
+    pub connections_refused: Counter,
+    /// Connections closed because their first byte did not come within the header read timeout.
+    pub idle_connections_closed: Counter,
 }
 
 /// Prometheus text of the counters and the per-peer request metrics.
 pub fn render(c: &Counters, registry: &Registry) -> String {
     let mut out = String::new();
-    let counters: [(&str, &str, &Counter); 25] = [
+    let counters: [(&str, &str, &Counter); 28] = [
         ("authz_denied_total", "Inbound requests denied by authorization.", &c.authz_denied),
         ("rate_limited_total", "Inbound requests over the rate limit.", &c.rate_limited),
         ("tls_handshake_errors_total", "Inbound TLS handshakes that failed.", &c.tls_handshake_errors),
@@ -74,6 +80,17 @@ pub fn render(c: &Counters, registry: &Registry) -> String {
         ("inbound_connections_total", "Inbound connections accepted.", &c.inbound_connections),
         ("outbound_connections_total", "Outbound connections accepted from the app.", &c.outbound_connections),
         ("connection_errors_total", "Connections ended by a protocol error.", &c.connection_errors),
+        ("bad_requests_total", "Requests answered 400 for their Host headers (RFC 9112).", &c.bad_requests),
+        (
+            "connections_refused_total",
+            "Connections closed at once: the listener's max_connections were open.",
+            &c.connections_refused,
+        ),
+        (
+            "idle_connections_closed_total",
+            "Connections that sent nothing within the header read timeout.",
+            &c.idle_connections_closed,
+        ),
         (
             "unroutable_unknown_service_total",
             "Requests for a service not in the config.",

@@ -280,6 +280,7 @@ async fn serve(
         .max_buf_size(limits.max_header_bytes);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -306,24 +307,30 @@ async fn serve(
             Side::Outbound => None,
         };
         let timeout = limits.header_read_timeout;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared.counters.connections_refused.add(1);
+            drop(stream);
+            continue;
+        };
         tokio::spawn(async move {
             let _token = token;
+            let _slot = slot;
+            // A connection that sends nothing is closed at the header read timeout (hyper's own
+            // timeout starts only once a request begins).
+            let mut first = [0u8; 1];
+            if !matches!(tokio::time::timeout(timeout, stream.peek(&mut first)).await, Ok(Ok(1))) {
+                shared.counters.idle_connections_closed.add(1);
+                return;
+            }
             let Some((tls, strict)) = tls else {
                 let info = Arc::new(proxy::ConnInfo::plain(peer.ip()));
                 return serve_io(TokioIo::new(stream), peer, shared, builder, side, info, stop).await;
             };
-            if !strict {
-                // Permissive: a TLS handshake starts with a handshake record (0x16); anything else
-                // is plaintext HTTP.
-                let mut first = [0u8; 1];
-                match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
-                    Ok(Ok(1)) if first[0] != 0x16 => {
-                        let info = Arc::new(proxy::ConnInfo::plain(peer.ip()));
-                        return serve_io(TokioIo::new(stream), peer, shared, builder, side, info, stop).await;
-                    }
-                    Ok(Ok(1)) => {}
-                    _ => return,
-                }
+            // Permissive: a TLS handshake starts with a handshake record (0x16); anything else is
+            // plaintext HTTP.
+            if !strict && first[0] != 0x16 {
+                let info = Arc::new(proxy::ConnInfo::plain(peer.ip()));
+                return serve_io(TokioIo::new(stream), peer, shared, builder, side, info, stop).await;
             }
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {

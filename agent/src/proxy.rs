@@ -242,6 +242,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        // `Connection: host` would strip the target's name: Host is end-to-end, never hop-by-hop.
+        .filter(|n| n != header::HOST)
         .collect();
     for name in named {
         headers.remove(name);
@@ -262,6 +264,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Why a request's `Host` headers break RFC 9112 §3.2: an HTTP/1.1 request carries exactly one;
+/// any request at most one (two would let the agent route by one and the app read the other).
+fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    match (req.version(), hosts) {
+        (_, n) if n > 1 => Some("a request may carry one Host header, not several (RFC 9112 section 3.2)"),
+        (Version::HTTP_11, 0) => Some("an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)"),
+        _ => None,
     }
 }
 
@@ -289,6 +302,10 @@ pub async fn inbound(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let rt = shared.runtime.load();
+    if let Some(why) = host_problem(&req) {
+        shared.counters.bad_requests.add(1);
+        return Ok(text_response(StatusCode::BAD_REQUEST, format!("meshlens agent: {why}\n")));
+    }
     let header = req.headers_mut().remove(&SOURCE);
     let claimed = header.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
     // With a certificate, the caller is who the certificate says (the header may add the version of
@@ -459,6 +476,10 @@ impl Attempt {
 pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let rt = shared.runtime.load_full();
+    if let Some(why) = host_problem(&req) {
+        shared.counters.bad_requests.add(1);
+        return Ok(text_response(StatusCode::BAD_REQUEST, format!("meshlens agent: {why}\n")));
+    }
     let Some(host) = target_host(&req) else {
         let mut rec = Recorder { metrics: &shared.unknown_service, start, outcome: None };
         rec.outcome =
@@ -543,7 +564,7 @@ async fn route_request(
         (None, Some(body))
     };
 
-    let deadline = policy.timeout.map(|t| start + t);
+    let deadline = policy.timeout.or(rt.config.limits.default_timeout).map(|t| start + t);
     let max_retries = policy.retries.as_ref().map_or(0, |r| r.attempts);
     let mut retry = 0u32;
     loop {

@@ -554,3 +554,69 @@ async fn an_edges_percentiles_are_within_two_percent_of_the_true_ones() {
         assert!((got - want).abs() <= 0.02 * want, "{name}: edge {got} ms, load {want} ms ({lat})");
     }
 }
+
+/// RFC 9112's Host rules (400 for an HTTP/1.1 request with none, any request with two), a
+/// `Connection: host` that does not strip the target's name, a connection that sends nothing
+/// closed at the header read timeout, and past `max_connections` a new one closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_rules_idle_connections_and_the_connection_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start().await;
+    let y = agent_yaml("shop/b/v1", backend.addr, "", "", None).replace(
+        "limits: {header_read_timeout: 500ms, max_header_bytes: 16384}",
+        "limits: {header_read_timeout: 500ms, max_header_bytes: 16384, max_connections: 3}",
+    );
+    let b = agent(&y).await;
+    async fn send(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    let none = send(b.inbound, b"GET /ok HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    assert!(none.starts_with("HTTP/1.1 400") && none.contains("needs a Host header"), "{none}");
+    let two = send(b.inbound, b"GET /ok HTTP/1.1\r\nhost: b\r\nhost: evil\r\nconnection: close\r\n\r\n").await;
+    assert!(two.starts_with("HTTP/1.1 400") && two.contains("not several"), "{two}");
+    let hop = send(b.inbound, b"GET /headers HTTP/1.1\r\nhost: b\r\nconnection: host, close\r\n\r\n").await;
+    assert!(hop.starts_with("HTTP/1.1 200") && hop.contains("\"host\""), "Host survives Connection: host: {hop}");
+    assert_eq!(backend.hits(), 1);
+    assert_eq!(b.counters.bad_requests.get(), 2);
+
+    // Nothing sent: closed after the 500 ms header read timeout.
+    let mut quiet = tokio::net::TcpStream::connect(b.inbound).await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), quiet.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "an idle connection is closed");
+    assert!(b.counters.idle_connections_closed.get() >= 1);
+
+    // Three connections that have begun a request hold every slot; a fourth is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(b.inbound).await.unwrap();
+        s.write_all(b"GET /sleep/3000 HTTP/1.1\r\nhost: b\r\n\r\n").await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = send(b.inbound, b"GET /ok HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n").await;
+    assert!(refused.is_empty(), "{refused}");
+    assert_eq!(b.counters.connections_refused.get(), 1);
+    drop(held);
+}
+
+/// With no timeout in its policy, a request to a backend that never answers ends at the agent's
+/// default timeout with 504, as a policy timeout does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_timeout_bounds_a_request_with_no_policy_timeout() {
+    let backend = Backend::start().await;
+    let b = callee("v1", &backend, None).await;
+    let services = format!("b:\n  versions:\n    v1: ['{}']", b.inbound);
+    let y = agent_yaml("shop/a/v1", "127.0.0.1:9".parse().unwrap(), &services, "", None).replace(
+        "limits: {header_read_timeout: 500ms, max_header_bytes: 16384}",
+        "limits: {header_read_timeout: 500ms, max_header_bytes: 16384, default_timeout: 300ms}",
+    );
+    let a = agent(&y).await;
+    let (status, body) = App::via(&a).get("b", "/sleep/5000").await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(a.counters.request_timeouts.get(), 1);
+}
