@@ -253,9 +253,16 @@ async fn revisions(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<R
     if !(1..=10_000).contains(&limit) {
         return Err(bad("limit", "must be between 1 and 10000"));
     }
-    let list = api.hub.store.revisions_after(since, limit as usize).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Store reads block: off the async threads, so a long list never holds up ingest or /healthz.
+    let hub = api.hub.clone();
+    let list = tokio::task::spawn_blocking(move || hub.store.revisions_after(since, limit as usize))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let latest = api.hub.latest().map(|r| r.revision).unwrap_or(0);
-    Ok(Json(RevisionsBody { latest, oldest: api.hub.oldest(), revisions: list }))
+    // The cursor of the next page, when this one stopped short of the latest.
+    let next = list.last().map(|r| r.revision).filter(|&r| list.len() as u64 == limit && r < latest);
+    Ok(Json(RevisionsBody { latest, oldest: api.hub.oldest(), revisions: list, next }))
 }
 
 async fn diff(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<DiffBody>, ApiError> {

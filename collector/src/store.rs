@@ -19,6 +19,9 @@ use crate::graph::{Protocol, Totals};
 use crate::window::{COARSE_SLOTS, COARSE_WIDTH, FINE_SLOTS, FINE_WIDTH, Slice};
 
 const REVISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revisions");
+/// Per revision its summary (time and topology changes) as JSON, so listing revisions reads a few
+/// hundred bytes each, not every view.
+const SUMMARIES: TableDefinition<u64, &[u8]> = TableDefinition::new("revision_summaries");
 const EDGES: TableDefinition<u32, &[u8]> = TableDefinition::new("edges");
 const SLOTS: TableDefinition<(u32, u8, u64), &[u8]> = TableDefinition::new("slots");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -229,6 +232,7 @@ impl Store {
     fn init(db: Database, retain_revisions: u64) -> Result<Self, StoreError> {
         let tx = db.begin_write().map_err(io("begin"))?;
         tx.open_table(REVISIONS).map_err(io("create tables"))?;
+        tx.open_table(SUMMARIES).map_err(io("create tables"))?;
         tx.open_table(EDGES).map_err(io("create tables"))?;
         tx.open_table(SLOTS).map_err(io("create tables"))?;
         tx.open_table(META).map_err(io("create tables"))?;
@@ -292,6 +296,13 @@ impl Store {
                 if keep_from > 0 {
                     t.retain_in(..keep_from, |_, _| false).map_err(io("prune revisions"))?;
                 }
+                let mut sums = tx.open_table(SUMMARIES).map_err(io("open summaries"))?;
+                let summary = serde_json::to_vec(&summary_of(rev))
+                    .map_err(|e| StoreError::Corrupt { what: "summary", detail: e.to_string() })?;
+                sums.insert(rev.revision, summary.as_slice()).map_err(io("write summary"))?;
+                if keep_from > 0 {
+                    sums.retain_in(..keep_from, |_, _| false).map_err(io("prune summaries"))?;
+                }
             }
             let mut et = tx.open_table(EDGES).map_err(io("open edges"))?;
             let mut st = tx.open_table(SLOTS).map_err(io("open slots"))?;
@@ -328,18 +339,28 @@ impl Store {
     /// Summaries of the revisions after `since`, oldest first, at most `limit`.
     pub fn revisions_after(&self, since: u64, limit: usize) -> Result<Vec<RevisionSummary>, StoreError> {
         let tx = self.db.begin_read().map_err(io("begin read"))?;
+        let sums = tx.open_table(SUMMARIES).map_err(io("open summaries"))?;
         let t = tx.open_table(REVISIONS).map_err(io("open revisions"))?;
         let mut out = Vec::new();
         for item in t.range(since.saturating_add(1)..).map_err(io("read revisions"))?.take(limit) {
-            let (_, v) = item.map_err(io("read revisions"))?;
-            let r = parse_revision(v.value())?;
-            out.push(RevisionSummary {
-                revision: r.revision,
-                generated_at: meshlens_model::time::format_rfc3339_ms(r.generated_at_ms),
-                changes: r.changes,
-            });
+            let (k, v) = item.map_err(io("read revisions"))?;
+            // Stores written before the summaries table read the whole revision, once.
+            let summary = match sums.get(k.value()).map_err(io("read summary"))? {
+                Some(s) => serde_json::from_slice(s.value())
+                    .map_err(|e| StoreError::Corrupt { what: "summary", detail: e.to_string() })?,
+                None => summary_of(&parse_revision(v.value())?),
+            };
+            out.push(summary);
         }
         Ok(out)
+    }
+}
+
+fn summary_of(r: &StoredRevision) -> RevisionSummary {
+    RevisionSummary {
+        revision: r.revision,
+        generated_at: meshlens_model::time::format_rfc3339_ms(r.generated_at_ms),
+        changes: r.changes.clone(),
     }
 }
 

@@ -252,6 +252,9 @@ pub struct RevisionsBody {
     pub oldest: u64,
     /// Revisions after `since`, oldest first.
     pub revisions: Vec<RevisionSummary>,
+    /// Pass as `since` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
 }
 
 /// How one node or edge's stats changed between two revisions.

@@ -342,3 +342,33 @@ async fn slow_headers_are_cut_off_and_connections_are_capped() {
     .await;
     assert!(prom_value(&text, "meshlens_collector_connections_refused_total").unwrap() >= 1.0, "{text}");
 }
+
+/// `/api/v1/revisions` pages: `limit` entries and a `next` cursor until the last page, which has
+/// none; the pages together are every revision once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_are_listed_in_pages_with_a_cursor() {
+    let c = collector().await;
+    for (i, callee) in ["b", "c", "d", "e", "f"].iter().enumerate() {
+        grpc_traces(&c, pairs(i as u64 + 1, ("a", "v1"), (callee, "v1"), 1, 200, 1)).await.unwrap();
+        wait_edge(&c, "", "default/a/v1", &format!("default/{callee}/v1"), 1).await;
+    }
+    let (_, all) = get_json(&format!("{}/api/v1/revisions", c.api_url())).await;
+    let latest = all["latest"].as_u64().unwrap();
+    assert!(latest >= 5 && all.get("next").is_none(), "{all}");
+    let (mut since, mut seen) = (0u64, Vec::<u64>::new());
+    loop {
+        let (status, page) = get_json(&format!("{}/api/v1/revisions?since={since}&limit=2", c.api_url())).await;
+        assert_eq!(status, 200);
+        let revs: Vec<u64> =
+            page["revisions"].as_array().unwrap().iter().map(|r| r["revision"].as_u64().unwrap()).collect();
+        assert!(revs.len() <= 2);
+        seen.extend(&revs);
+        match page["next"].as_u64() {
+            Some(n) => since = n,
+            None => break,
+        }
+    }
+    let expected: Vec<u64> =
+        all["revisions"].as_array().unwrap().iter().map(|r| r["revision"].as_u64().unwrap()).collect();
+    assert_eq!(seen, expected);
+}
