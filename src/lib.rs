@@ -132,6 +132,20 @@ pub struct CollectorArgs {
     /// MiB of OTLP/HTTP bodies read at once across all connections (then 503 with Retry-After).
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub max_inflight_mib: usize,
+    /// Serve TLS (1.3) on all three listeners with this certificate chain (PEM), issued by the mesh
+    /// CA: `meshlens ca issue --dir ca --workload meshlens/collector` (its name is
+    /// collector.meshlens.mesh). Needs --tls-key and --tls-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The mesh CA (PEM): client certificates it issued (the agents') are verified when presented.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// Refuse clients without a certificate from --tls-ca (mutual TLS for every client).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_require_client_cert: bool,
     /// Most nodes tracked; data about further nodes is dropped and counted.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_nodes: usize,
@@ -576,6 +590,17 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
         meshlens_model::HealthThresholds { degraded_pct: a.degraded_error_pct, failing_pct: a.failing_error_pct };
     config.engine.max_nodes = a.max_nodes;
     config.engine.max_edges = a.max_edges;
+    if let (Some(cert), Some(key), Some(ca)) = (&a.tls_cert, &a.tls_key, &a.tls_ca) {
+        let tls = meshlens_agent::tls::MeshTls::load(
+            cert,
+            key,
+            ca,
+            meshlens_agent::tls::TRUST_DOMAIN,
+            a.tls_require_client_cert,
+        )
+        .map_err(|e| CliError::Config(anyhow::anyhow!("--tls-cert/--tls-key/--tls-ca: {e}")))?;
+        config.tls = Some(tls.server.clone());
+    }
     let mut running = meshlens_collector::start(config).await.map_err(|e| match e {
         meshlens_collector::CollectorError::NotLoopback { .. } | meshlens_collector::CollectorError::Config { .. } => {
             CliError::Config(e.into())

@@ -22,6 +22,8 @@ pub struct Counters {
     pub sse_refused: Counter,
     /// Connections closed at once because the listener had `max_connections` open.
     pub connections_refused: Counter,
+    /// TLS handshakes that failed or did not finish within the header read timeout.
+    pub tls_handshake_errors: Counter,
     /// Connections that ended with an error (headers not sent in time, a broken peer).
     pub connection_errors: Counter,
     /// OTLP/HTTP uploads whose body did not arrive within the body read timeout (408).

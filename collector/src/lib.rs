@@ -27,6 +27,7 @@ pub mod serve;
 pub mod spans;
 pub mod store;
 pub mod testkit;
+pub mod tls;
 pub mod views;
 pub mod window;
 
@@ -89,6 +90,8 @@ pub struct CollectorConfig {
     /// Bytes of OTLP/HTTP bodies being read at once, across all connections (by Content-Length,
     /// or the request cap when there is none); past it an upload is answered 503.
     pub max_inflight_bytes: usize,
+    /// TLS on all three listeners (see [`tls`]); plaintext when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for CollectorConfig {
@@ -110,6 +113,7 @@ impl Default for CollectorConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             max_inflight_bytes: 256 << 20,
+            tls: None,
         }
     }
 }
@@ -228,7 +232,10 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     let api_l = bind("API", config.http, token.is_some()).await?;
     let guard = |r: axum::Router| match &token {
         Some(t) => r.layer(axum::middleware::from_fn_with_state(t.clone(), auth::require_token)),
-        None => r.layer(axum::middleware::from_fn(auth::require_loopback_host)),
+        // Over TLS a rebound name fails the handshake's name check, so the Host guard is for
+        // plaintext only.
+        None if config.tls.is_none() => r.layer(axum::middleware::from_fn(auth::require_loopback_host)),
+        None => r,
     };
     let addr =
         |l: &TcpListener, what, a| l.local_addr().map_err(|source| CollectorError::Bind { what, addr: a, source });
@@ -266,10 +273,11 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     let body_read_timeout = config.body_read_timeout;
     let grpc_routes = tonic::service::Routes::from(guard(otlp::grpc::router(ingest.clone()).into_axum_router()));
     let sig = signal();
+    let grpc_tls = config.tls.clone().map(|t| (t, config.header_read_timeout, counters.clone(), shutdown.subscribe()));
     tasks.push(tokio::spawn(async move {
         // Exports are large (a 512-span batch is 50-250 KB); HTTP/2's default 64 KiB windows would cost
         // several round trips per export.
-        tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             // A stalled export is cut off like an OTLP/HTTP upload, and one connection holds at
             // most GRPC_MAX_STREAMS exports being received.
             .timeout(body_read_timeout)
@@ -278,19 +286,27 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
             .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
-            .add_routes(grpc_routes)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_l), sig)
-            .await
-            .map_err(|e| format!("OTLP/gRPC server: {e}"))
+            .add_routes(grpc_routes);
+        match grpc_tls {
+            None => {
+                server.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_l), sig).await
+            }
+            Some((tls, timeout, counters, stop)) => {
+                server.serve_with_incoming_shutdown(tls::incoming(grpc_l, tls, timeout, counters, stop), sig).await
+            }
+        }
+        .map_err(|e| format!("OTLP/gRPC server: {e}"))
     }));
     let limits = serve::ListenerLimits {
         max_connections: config.max_connections,
         header_read_timeout: config.header_read_timeout,
+        tls: config.tls.clone(),
     };
     let otlp_router = guard(otlp::http::router(ingest));
+    let otlp_limits = limits.clone();
     let (c, quit) = (counters.clone(), shutdown.subscribe());
     tasks.push(tokio::spawn(async move {
-        serve::serve(http_l, otlp_router, limits, c, quit).await.map_err(|e| format!("OTLP/HTTP server: {e}"))
+        serve::serve(http_l, otlp_router, otlp_limits, c, quit).await.map_err(|e| format!("OTLP/HTTP server: {e}"))
     }));
     let api_router = guard(api::router(hub.clone(), shutdown.subscribe(), config.max_sse_subscribers));
     let (c, quit) = (counters.clone(), shutdown.subscribe());

@@ -231,6 +231,12 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
         &[("", c.connections_refused.get())],
     );
     metric(
+        "tls_handshake_errors_total",
+        "counter",
+        "TLS handshakes that failed (a plaintext client, an unknown CA, no certificate where one is required) or were late.",
+        &[("", c.tls_handshake_errors.get())],
+    );
+    metric(
         "connection_errors_total",
         "counter",
         "HTTP connections that ended with an error (headers not sent within --header-read-timeout, a broken peer).",

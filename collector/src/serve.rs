@@ -16,12 +16,14 @@ use tokio::sync::{Semaphore, watch};
 use crate::counters::Counters;
 
 /// Limits of one listener.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ListenerLimits {
     /// Most connections open at once.
     pub max_connections: usize,
-    /// Time a client has to send a request's headers.
+    /// Time a client has to send a request's headers (and to finish a TLS handshake).
     pub header_read_timeout: Duration,
+    /// TLS, when the listener serves it.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Serves `router` on `listener` until `shutdown` turns true.
@@ -63,22 +65,16 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (builder, router, counters, mut stop) =
-            (builder.clone(), router.clone(), counters.clone(), shutdown.clone());
+        let (builder, router, counters, stop) = (builder.clone(), router.clone(), counters.clone(), shutdown.clone());
+        let (tls, timeout) = (limits.tls.clone().map(tokio_rustls::TlsAcceptor::from), limits.header_read_timeout);
         connections.spawn(async move {
             let _permit = permit;
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(router));
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = async { let _ = stop.wait_for(|&s| s).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                counters.connection_errors.add(1);
-                tracing::debug!(error = %e, "connection ended with an error");
+            match tls {
+                None => connection(&builder, TokioIo::new(stream), router, &counters, stop).await,
+                Some(acceptor) => match crate::tls::accept(&acceptor, stream, timeout).await {
+                    Some(s) => connection(&builder, TokioIo::new(s), router, &counters, stop).await,
+                    None => counters.tls_handshake_errors.add(1),
+                },
             }
         });
     }
@@ -86,4 +82,29 @@ pub async fn serve(
     let _ =
         tokio::time::timeout(Duration::from_secs(5), async { while connections.join_next().await.is_some() {} }).await;
     Ok(())
+}
+
+/// Serves one connection until it ends, or finishes its requests once `stop` turns true.
+async fn connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    router: axum::Router,
+    counters: &Counters,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(router));
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = async { let _ = stop.wait_for(|&s| s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        counters.connection_errors.add(1);
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }

@@ -3,8 +3,11 @@
 //! code, all on loopback.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
 
 use meshlens_agent::tls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -462,4 +465,120 @@ async fn without_a_token_only_loopback_host_names_are_served() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// TLS on the collector's listeners, with a certificate from the mesh CA: the API and OTLP/HTTP
+/// answer over TLS (HTTP/1.1), OTLP/gRPC takes an export over TLS (HTTP/2), and a plaintext client
+/// gets no answer on any of them; with client certificates required, a client without one is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_serves_tls_from_the_mesh_ca() {
+    let ca = Ca::new();
+    let server = tls::issue(
+        &ca.path,
+        "meshlens",
+        "collector",
+        "collector",
+        SystemTime::now() - Duration::from_secs(60),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let mesh = tls::MeshTls::load(&server.cert, &server.key, &ca.ca(), tls::TRUST_DOMAIN, false).unwrap();
+    let c = crate::support::collector_with(|cfg| cfg.tls = Some(mesh.server.clone())).await;
+    // The client: an agent's pair from the same CA (its verifier checks the collector's chain).
+    let (cert, key) = ca.leaf("a");
+    let client = tls::MeshTls::load(&cert, &key, &ca.ca(), tls::TRUST_DOMAIN, false).unwrap();
+    let name = tls::server_name("meshlens", "collector").unwrap();
+    let over_tls = |addr: std::net::SocketAddr, request: Vec<u8>| {
+        let (config, name) = (client.client_h1.clone(), name.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut s = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+            s.write_all(&request).await.unwrap();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let api = over_tls(
+        c.http_addr,
+        b"GET /api/v1/revisions HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(api.starts_with("HTTP/1.1 200"), "{api}");
+    let export = prost::Message::encode_to_vec(&crate::support::pairs(1, ("a", "v1"), ("b", "v1"), 2, 200, 1));
+    let mut post = format!(
+        "POST /v1/traces HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        export.len()
+    )
+    .into_bytes();
+    post.extend(&export);
+    let otlp = over_tls(c.otlp_http_addr, post).await;
+    assert!(otlp.starts_with("HTTP/1.1 200"), "{otlp}");
+    // OTLP/gRPC over TLS, HTTP/2.
+    let tcp = tokio::net::TcpStream::connect(c.otlp_grpc_addr).await.unwrap();
+    let s = tokio_rustls::TlsConnector::from(client.client_h2.clone()).connect(name.clone(), tcp).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(s))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    framed.extend(&export);
+    let req = hyper::Request::post(
+        "https://collector.meshlens.mesh/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    )
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(http_body_util::Full::new(bytes::Bytes::from(framed)))
+    .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let head = resp.headers().clone();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+    let status = body.trailers().and_then(|t| t.get("grpc-status")).or(head.get("grpc-status")).cloned();
+    assert_eq!(status.as_ref().map(|s| s.to_str().unwrap()), Some("0"), "{head:?} {:?}", body.trailers());
+    // Both exports (OTLP/HTTP's and OTLP/gRPC's) reached the graph, read over TLS too.
+    let get_graph = b"GET /api/v1/graph HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n".to_vec();
+    eventually("both exports on the edge", 20, || async {
+        let answer = over_tls(c.http_addr, get_graph.clone()).await;
+        let body: serde_json::Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1)?).ok()?;
+        (edge(&body, "default/a/v1", "default/b/v1")?["stats"]["requests"] == 4).then_some(())
+    })
+    .await;
+    // Plaintext gets nothing on any listener, and is counted.
+    for addr in [c.http_addr, c.otlp_http_addr] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /api/v1/revisions HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        assert!(!String::from_utf8_lossy(&out).contains("200 OK"));
+    }
+    assert!(c.hub.counters.tls_handshake_errors.get() >= 2);
+
+    // Client certificates required: a client with none is refused.
+    let strict = tls::MeshTls::load(&server.cert, &server.key, &ca.ca(), tls::TRUST_DOMAIN, true).unwrap();
+    let s = crate::support::collector_with(|cfg| cfg.tls = Some(strict.server.clone())).await;
+    let anonymous = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates({
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls::pki_types::CertificateDer::pem_file_iter(ca.ca()).unwrap() {
+                roots.add(c.unwrap()).unwrap();
+            }
+            roots
+        })
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(s.http_addr).await.unwrap();
+    let refused = match tokio_rustls::TlsConnector::from(Arc::new(anonymous)).connect(name, tcp).await {
+        Err(_) => true,
+        Ok(mut st) => {
+            let _ = st.write_all(b"GET /api/v1/revisions HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), st.read_to_end(&mut out)).await;
+            !String::from_utf8_lossy(&out).contains("200 OK")
+        }
+    };
+    assert!(refused, "a client without a certificate is refused");
 }
