@@ -203,7 +203,9 @@ pub struct ListenSpec {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySpec {
-    /// OTLP/gRPC endpoint of the collector, `http://host:4317`.
+    /// OTLP/gRPC endpoint of the collector, `http://host:4317`, or `https://host:4317` for a
+    /// collector serving TLS from the mesh CA: the agent then presents its mesh certificate and
+    /// checks the collector's is the CA's `meshlens/collector`.
     pub collector: String,
     /// Metrics export interval; 5s when absent.
     pub interval: Option<String>,
@@ -427,10 +429,19 @@ impl AgentFile {
             None => None,
             Some(t) => {
                 let uri: http::Uri = t.collector.parse().map_err(|_| invalid("telemetry.collector", "not a URL"))?;
-                if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
                     return Err(invalid(
                         "telemetry.collector",
-                        format!("{:?} must be an http:// URL of the collector's OTLP/gRPC port", t.collector),
+                        format!(
+                            "{:?} must be an http:// or https:// URL of the collector's OTLP/gRPC port",
+                            t.collector
+                        ),
+                    ));
+                }
+                if uri.scheme_str() == Some("https") && self.tls.is_none() {
+                    return Err(invalid(
+                        "telemetry.collector",
+                        "an https:// collector is reached with the agent's mesh certificate: add a tls: block",
                     ));
                 }
                 let sampling = t.sampling.unwrap_or(0.01);

@@ -242,13 +242,38 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-/// A lazily connecting channel to the collector: export never blocks start-up.
-pub fn channel(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+/// A lazily connecting channel to the collector: export never blocks start-up. An `https://`
+/// endpoint is reached over TLS with `tls`, the agent's mesh pair, and the collector must show the
+/// mesh CA's certificate for `meshlens/collector`.
+pub fn channel(endpoint: &str, tls: Option<Arc<crate::tls::MeshTls>>) -> Result<Channel, tonic::transport::Error> {
+    let plain = endpoint.strip_prefix("https://").map(|rest| format!("http://{rest}"));
+    let e = tonic::transport::Endpoint::from_shared(plain.clone().unwrap_or_else(|| endpoint.to_owned()))?
         .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(5))
-        .connect_lazy())
+        .timeout(Duration::from_secs(5));
+    match (plain, tls) {
+        (Some(_), Some(tls)) => {
+            let connector = tower::service_fn(move |uri: http::Uri| {
+                let config = tls.client_h2.clone();
+                async move {
+                    let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+                    let tcp = tokio::net::TcpStream::connect(authority).await?;
+                    tcp.set_nodelay(true)?;
+                    let name = crate::tls::server_name(COLLECTOR_NS, COLLECTOR_APP).map_err(std::io::Error::other)?;
+                    let s = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                }
+            });
+            Ok(e.connect_with_connector_lazy(connector))
+        }
+        _ => Ok(e.connect_lazy()),
+    }
 }
+
+/// The identity a TLS collector's certificate must carry (`meshlens ca issue --workload
+/// meshlens/collector`).
+pub const COLLECTOR_NS: &str = "meshlens";
+/// See [`COLLECTOR_NS`].
+pub const COLLECTOR_APP: &str = "collector";
 
 /// Exports the metrics every `interval` until `stop` turns true, then once more.
 pub async fn metrics_loop(

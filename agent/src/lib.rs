@@ -168,10 +168,14 @@ pub async fn start(config: AgentConfig, options: Options) -> Result<Running, Age
     let (export_stop, export_stop_rx) = watch::channel(false);
     let (drain_token, drained) = mpsc::channel::<()>(1);
     let telemetry = config.telemetry.clone();
+    let mesh_tls = match &config.tls {
+        Some(t) => Some(Arc::new(tls::MeshTls::load(&t.cert, &t.key, &t.ca, &t.trust_domain, t.strict)?)),
+        None => None,
+    };
     let mut exporters = Vec::new();
     let (span_tx, channel) = match &telemetry {
         Some(t) => {
-            let channel = export::channel(&t.collector)?;
+            let channel = export::channel(&t.collector, mesh_tls.clone())?;
             let (tx, rx) = mpsc::channel(t.span_queue);
             exporters.push(tokio::spawn(export::spans_loop(
                 channel.clone(),
@@ -197,10 +201,6 @@ pub async fn start(config: AgentConfig, options: Options) -> Result<Running, Age
     };
     let admin_addr = local(&admin_l, "admin", config.admin_listen)?;
 
-    let mesh_tls = match &config.tls {
-        Some(t) => Some(Arc::new(tls::MeshTls::load(&t.cert, &t.key, &t.ca, &t.trust_domain, t.strict)?)),
-        None => None,
-    };
     let shared =
         Arc::new(Shared::new(config, counters.clone(), SpanSink::new(span_tx, counters.clone()), mesh_tls.clone()));
     if let (Some(t), Some(channel)) = (&telemetry, channel) {

@@ -582,3 +582,40 @@ async fn the_collector_serves_tls_from_the_mesh_ca() {
     };
     assert!(refused, "a client without a certificate is refused");
 }
+
+/// Agents export to a TLS collector that requires client certificates (`https://` in
+/// `telemetry.collector`): each presents its mesh certificate, and spans and metrics arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_export_to_a_tls_collector_with_their_mesh_certificates() {
+    let ca = Ca::new();
+    let server = tls::issue(
+        &ca.path,
+        "meshlens",
+        "collector",
+        "collector",
+        SystemTime::now() - Duration::from_secs(60),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let mesh = tls::MeshTls::load(&server.cert, &server.key, &ca.ca(), tls::TRUST_DOMAIN, true).unwrap();
+    let c = crate::support::collector_with(|cfg| cfg.tls = Some(mesh.server.clone())).await;
+    let otlp = format!("https://{}", c.otlp_grpc_addr);
+    let backend = Backend::start().await;
+    let b = callee_tls(&backend, &ca.leaf("b"), &ca.ca(), "strict", "", Some(&otlp)).await;
+    let a = caller_tls(b.inbound, &ca.leaf("a"), &ca.ca(), Some(&otlp)).await;
+    let app = App::via(&a);
+    for _ in 0..5 {
+        assert_eq!(app.get("b", "/ok").await.0, 200);
+    }
+    let counters = c.hub.counters.clone();
+    eventually("spans and metrics over TLS", 20, || async {
+        (counters.spans_received.get() >= 10 && counters.points_received.get() > 0).then_some(())
+    })
+    .await;
+    assert_eq!(a.counters.export_failures.get() + b.counters.export_failures.get(), 0);
+    assert_eq!(counters.tls_handshake_errors.get(), 0);
+    // Without a tls: block an https collector is a config error that says what to add.
+    let y = agent_yaml("shop/a/v1", backend.addr, "", "", Some(&otlp));
+    let e = meshlens_agent::config::AgentConfig::parse(&y, "test.yaml").unwrap_err().to_string();
+    assert!(e.contains("add a tls: block"), "{e}");
+}
