@@ -467,13 +467,9 @@ async fn without_a_token_only_loopback_host_names_are_served() {
     assert_eq!(r.status(), 200);
 }
 
-/// TLS on the collector's listeners, with a certificate from the mesh CA: the API and OTLP/HTTP
-/// answer over TLS (HTTP/1.1), OTLP/gRPC takes an export over TLS (HTTP/2), and a plaintext client
-/// gets no answer on any of them; with client certificates required, a client without one is
-/// refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_collector_serves_tls_from_the_mesh_ca() {
-    let ca = Ca::new();
+/// A collector serving TLS with the mesh CA's `meshlens/collector` certificate (client
+/// certificates required or not), and that certificate's files.
+async fn tls_collector(ca: &Ca, require_client_cert: bool) -> (meshlens_collector::Running, tls::Issued) {
     let server = tls::issue(
         &ca.path,
         "meshlens",
@@ -483,8 +479,18 @@ async fn the_collector_serves_tls_from_the_mesh_ca() {
         Duration::from_secs(3600),
     )
     .unwrap();
-    let mesh = tls::MeshTls::load(&server.cert, &server.key, &ca.ca(), tls::TRUST_DOMAIN, false).unwrap();
-    let c = crate::support::collector_with(|cfg| cfg.tls = Some(mesh.server.clone())).await;
+    let mesh = tls::MeshTls::load(&server.cert, &server.key, &ca.ca(), tls::TRUST_DOMAIN, require_client_cert).unwrap();
+    (crate::support::collector_with(|cfg| cfg.tls = Some(mesh.server.clone())).await, server)
+}
+
+/// TLS on the collector's listeners, with a certificate from the mesh CA: the API and OTLP/HTTP
+/// answer over TLS (HTTP/1.1), OTLP/gRPC takes an export over TLS (HTTP/2), and a plaintext client
+/// gets no answer on any of them; with client certificates required, a client without one is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_serves_tls_from_the_mesh_ca() {
+    let ca = Ca::new();
+    let (c, server) = tls_collector(&ca, false).await;
     // The client: an agent's pair from the same CA (its verifier checks the collector's chain).
     let (cert, key) = ca.leaf("a");
     let client = tls::MeshTls::load(&cert, &key, &ca.ca(), tls::TRUST_DOMAIN, false).unwrap();
@@ -588,17 +594,7 @@ async fn the_collector_serves_tls_from_the_mesh_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_export_to_a_tls_collector_with_their_mesh_certificates() {
     let ca = Ca::new();
-    let server = tls::issue(
-        &ca.path,
-        "meshlens",
-        "collector",
-        "collector",
-        SystemTime::now() - Duration::from_secs(60),
-        Duration::from_secs(3600),
-    )
-    .unwrap();
-    let mesh = tls::MeshTls::load(&server.cert, &server.key, &ca.ca(), tls::TRUST_DOMAIN, true).unwrap();
-    let c = crate::support::collector_with(|cfg| cfg.tls = Some(mesh.server.clone())).await;
+    let (c, _) = tls_collector(&ca, true).await;
     let otlp = format!("https://{}", c.otlp_grpc_addr);
     let backend = Backend::start().await;
     let b = callee_tls(&backend, &ca.leaf("b"), &ca.ca(), "strict", "", Some(&otlp)).await;
