@@ -279,6 +279,11 @@ pub enum CaCommand {
         /// How long the certificate is valid.
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
         ttl: std::time::Duration,
+        /// Another name the certificate is valid for (repeatable): an IP address or a DNS name, for
+        /// clients that check names the usual way — e.g. `--san 127.0.0.1 --san collector.example`
+        /// for a collector. Every certificate is also valid for APP.NS.mesh.
+        #[arg(long, value_name = "NAME")]
+        san: Vec<String>,
     },
 }
 
@@ -608,12 +613,13 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
         other => CliError::Runtime(other.into()),
     })?;
     let data = if a.in_memory { "in memory (--in-memory)".to_owned() } else { a.data_dir.display().to_string() };
+    let scheme = if a.tls_cert.is_some() { "https" } else { "http" };
     writeln!(
         out,
-        "meshlens collector\n  OTLP/gRPC   {}\n  OTLP/HTTP   http://{}\n  API and UI  {}\n  data        {data}\nCtrl-C stops it.",
+        "meshlens collector\n  OTLP/gRPC   {}\n  OTLP/HTTP   {scheme}://{}\n  API and UI  {scheme}://{}\n  data        {data}\nCtrl-C stops it.",
         running.otlp_grpc_addr,
         running.otlp_http_addr,
-        running.api_url()
+        running.http_addr
     )
     .and_then(|()| out.flush())
     .map_err(runtime)?;
@@ -758,14 +764,15 @@ fn ca<W: Write>(c: CaCommand, out: &mut W) -> Result<(), CliError> {
             )
             .map_err(runtime)
         }
-        CaCommand::Issue { dir, workload, ttl } => {
+        CaCommand::Issue { dir, workload, ttl, san } => {
             let parts: Vec<&str> = workload.split('/').collect();
             let (ns, app) = match parts.as_slice() {
                 [ns, app] | [ns, app, _] if !ns.is_empty() && !app.is_empty() => (*ns, *app),
                 _ => return Err(CliError::Config(anyhow::anyhow!("--workload {workload}: expected NS/APP/VERSION"))),
             };
             let stem = parts.join("-");
-            let issued = tls::issue(&dir, ns, app, &stem, std::time::SystemTime::now(), ttl).map_err(config)?;
+            let issued =
+                tls::issue_with_names(&dir, ns, app, &stem, std::time::SystemTime::now(), ttl, &san).map_err(config)?;
             writeln!(
                 out,
                 "{}\n  certificate {}\n  key         {}\n  valid for   {ttl:?}",

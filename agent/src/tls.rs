@@ -122,6 +122,21 @@ pub fn issue(
     not_before: SystemTime,
     ttl: Duration,
 ) -> Result<Issued, TlsError> {
+    issue_with_names(dir, namespace, app, file_stem, not_before, ttl, &[])
+}
+
+/// [`issue`], with more subject names: each an IP address or a DNS name, for clients that check
+/// names the usual way (curl, the OpenTelemetry SDKs, browsers reaching a collector). Every leaf
+/// also carries the DNS name `APP.NS.mesh`, the name agents dial.
+pub fn issue_with_names(
+    dir: &Path,
+    namespace: &str,
+    app: &str,
+    file_stem: &str,
+    not_before: SystemTime,
+    ttl: Duration,
+    names: &[String],
+) -> Result<Issued, TlsError> {
     let trust_domain = ca_trust_domain(dir)?;
     let ca_cert = read(&dir.join("ca.pem"))?;
     let ca_key = read(&dir.join("ca.key"))?;
@@ -129,9 +144,23 @@ pub fn issue(
     let issuer = rcgen::Issuer::new(ca_params(&trust_domain)?, ca_key);
     let id = spiffe_id(&trust_domain, namespace, app);
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| err("leaf parameters", e))?;
-    params.subject_alt_names = vec![rcgen::SanType::URI(
-        rcgen::string::Ia5String::try_from(id.clone()).map_err(|e| err(format!("SPIFFE id {id}"), e))?,
-    )];
+    let dns = |n: &str| {
+        rcgen::string::Ia5String::try_from(n.to_owned())
+            .map(rcgen::SanType::DnsName)
+            .map_err(|e| err(format!("subject name {n:?}"), e))
+    };
+    params.subject_alt_names = vec![
+        rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from(id.clone()).map_err(|e| err(format!("SPIFFE id {id}"), e))?,
+        ),
+        dns(&format!("{app}.{namespace}.mesh"))?,
+    ];
+    for n in names {
+        params.subject_alt_names.push(match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => dns(n)?,
+        });
+    }
     params.distinguished_name.push(rcgen::DnType::CommonName, format!("{namespace}/{app}"));
     params.extended_key_usages =
         vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];

@@ -467,16 +467,30 @@ async fn without_a_token_only_loopback_host_names_are_served() {
     assert_eq!(r.status(), 200);
 }
 
+/// A TLS client that trusts the mesh CA, verifies names as WebPKI does, and shows no certificate.
+fn anonymous_client(ca: &Ca) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca.ca()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 /// A collector serving TLS with the mesh CA's `meshlens/collector` certificate (client
 /// certificates required or not), and that certificate's files.
 async fn tls_collector(ca: &Ca, require_client_cert: bool) -> (meshlens_collector::Running, tls::Issued) {
-    let server = tls::issue(
+    let server = tls::issue_with_names(
         &ca.path,
         "meshlens",
         "collector",
         "collector",
         SystemTime::now() - Duration::from_secs(60),
         Duration::from_secs(3600),
+        &["127.0.0.1".to_owned()],
     )
     .unwrap();
     let mesh = tls::MeshTls::load(&server.cert, &server.key, &ca.ca(), tls::TRUST_DOMAIN, require_client_cert).unwrap();
@@ -552,6 +566,16 @@ async fn the_collector_serves_tls_from_the_mesh_ca() {
         (edge(&body, "default/a/v1", "default/b/v1")?["stats"]["requests"] == 4).then_some(())
     })
     .await;
+    // A client that checks names the usual way (WebPKI, as curl and the SDKs do) and shows no
+    // certificate reaches https://127.0.0.1 (the certificate names it, `--san 127.0.0.1`).
+    let standard = Arc::new(anonymous_client(&ca));
+    let tcp = tokio::net::TcpStream::connect(c.http_addr).await.unwrap();
+    let ip = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut st = tokio_rustls::TlsConnector::from(standard.clone()).connect(ip, tcp).await.unwrap();
+    st.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), st.read_to_end(&mut out)).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
     // Plaintext gets nothing on any listener, and is counted.
     for addr in [c.http_addr, c.otlp_http_addr] {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -565,17 +589,7 @@ async fn the_collector_serves_tls_from_the_mesh_ca() {
     // Client certificates required: a client with none is refused.
     let strict = tls::MeshTls::load(&server.cert, &server.key, &ca.ca(), tls::TRUST_DOMAIN, true).unwrap();
     let s = crate::support::collector_with(|cfg| cfg.tls = Some(strict.server.clone())).await;
-    let anonymous = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates({
-            let mut roots = rustls::RootCertStore::empty();
-            for c in rustls::pki_types::CertificateDer::pem_file_iter(ca.ca()).unwrap() {
-                roots.add(c.unwrap()).unwrap();
-            }
-            roots
-        })
-        .with_no_client_auth();
+    let anonymous = anonymous_client(&ca);
     let tcp = tokio::net::TcpStream::connect(s.http_addr).await.unwrap();
     let refused = match tokio_rustls::TlsConnector::from(Arc::new(anonymous)).connect(name, tcp).await {
         Err(_) => true,
