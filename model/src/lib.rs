@@ -18,6 +18,7 @@ pub mod hist;
 pub mod identity;
 pub mod istio;
 pub mod layout;
+pub mod mutate;
 pub mod names;
 pub mod policy;
 pub mod policy_core;

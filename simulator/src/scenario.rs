@@ -636,3 +636,30 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
     }
     found
 }
+
+#[cfg(test)]
+mod fuzz_tests {
+    use super::Scenario;
+
+    /// Fuzz test, bounded by count: mutants of the example scenarios parse to a scenario or a
+    /// `ScenarioError` with its line, never a panic.
+    #[test]
+    fn mutated_scenarios_never_panic() {
+        let seeds: Vec<Vec<u8>> = [
+            include_str!("../../examples/sim/canary.yaml"),
+            include_str!("../../examples/sim/retry-storm.yaml"),
+            include_str!("../../examples/sim/budget.yaml"),
+            include_str!("../../examples/fidelity/split-outlier.yaml"),
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        let mut m = meshlens_model::mutate::Mutator::new(&seeds, 5);
+        let mut ok = 0;
+        for _ in 0..5_000 {
+            let text = String::from_utf8_lossy(&m.next_input()).into_owned();
+            ok += usize::from(Scenario::parse(&text, "fuzz.yaml").is_ok());
+        }
+        assert!(ok > 0 && ok < 5_000, "{ok} of the mutants parse");
+    }
+}

@@ -297,3 +297,6 @@ pub fn histogram_shape_error(p: &HistogramDataPoint) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod fuzz_tests;
