@@ -62,6 +62,14 @@ impl<'a> Mutator<'a> {
     }
 }
 
+/// Feeds `rounds` mutants of the text `seeds` (as text, invalid UTF-8 replaced) to `parses`, which
+/// says whether one parsed; returns how many did. For the text formats' fuzz tests.
+pub fn count_parsed(seeds: &[&str], seed: u64, rounds: usize, mut parses: impl FnMut(&str) -> bool) -> usize {
+    let seeds: Vec<Vec<u8>> = seeds.iter().map(|s| s.as_bytes().to_vec()).collect();
+    let mut m = Mutator::new(&seeds, seed);
+    (0..rounds).filter(|_| parses(&String::from_utf8_lossy(&m.next_input()))).count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -645,21 +645,13 @@ mod fuzz_tests {
     /// `ScenarioError` with its line, never a panic.
     #[test]
     fn mutated_scenarios_never_panic() {
-        let seeds: Vec<Vec<u8>> = [
+        let seeds = [
             include_str!("../../examples/sim/canary.yaml"),
             include_str!("../../examples/sim/retry-storm.yaml"),
             include_str!("../../examples/sim/budget.yaml"),
             include_str!("../../examples/fidelity/split-outlier.yaml"),
-        ]
-        .iter()
-        .map(|s| s.as_bytes().to_vec())
-        .collect();
-        let mut m = meshlens_model::mutate::Mutator::new(&seeds, 5);
-        let mut ok = 0;
-        for _ in 0..5_000 {
-            let text = String::from_utf8_lossy(&m.next_input()).into_owned();
-            ok += usize::from(Scenario::parse(&text, "fuzz.yaml").is_ok());
-        }
+        ];
+        let ok = meshlens_model::mutate::count_parsed(&seeds, 5, 5_000, |t| Scenario::parse(t, "fuzz.yaml").is_ok());
         assert!(ok > 0 && ok < 5_000, "{ok} of the mutants parse");
     }
 }
