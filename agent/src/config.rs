@@ -189,6 +189,22 @@ pub struct InboundSpec {
     pub listen: String,
     /// The local app, `host:port`.
     pub app: String,
+    /// Whether a caller without a certificate may name itself in `x-meshlens-source`: `trust`
+    /// (the default; the graph shows such edges with `mtls_pct` below 100) or `ignore` (the caller
+    /// is unknown unless its certificate says who it is).
+    #[serde(default)]
+    pub source_header: SourceHeader,
+}
+
+/// `inbound.source_header`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceHeader {
+    /// Taken at its word from a caller without a certificate.
+    #[default]
+    Trust,
+    /// Dropped from a caller without a certificate.
+    Ignore,
 }
 
 /// A listener.
@@ -331,6 +347,8 @@ pub struct AgentConfig {
     pub inbound_listen: SocketAddr,
     /// The local app, `host:port`.
     pub app: String,
+    /// Whether a certificate-less caller's `x-meshlens-source` is believed.
+    pub source_header: SourceHeader,
     /// Outbound listener.
     pub outbound_listen: Option<SocketAddr>,
     /// Admin listener.
@@ -621,6 +639,7 @@ impl AgentFile {
             workload,
             inbound_listen,
             app,
+            source_header: self.inbound.source_header,
             outbound_listen,
             admin_listen,
             telemetry,

@@ -316,6 +316,7 @@ pub async fn inbound(
             Some(version) if valid_version(version) => claimed,
             _ => app,
         },
+        None if rt.config.source_header == crate::config::SourceHeader::Ignore => "",
         None => claimed,
     };
     let metrics = if source.is_empty() {

@@ -629,3 +629,38 @@ async fn agents_export_to_a_tls_collector_with_their_mesh_certificates() {
     let e = meshlens_agent::config::AgentConfig::parse(&y, "test.yaml").unwrap_err().to_string();
     assert!(e.contains("add a tls: block"), "{e}");
 }
+
+/// `inbound.source_header: ignore`: a caller without a certificate cannot name itself; its
+/// requests count as from an unknown caller, and the forged name never reaches the graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ignored_source_header_puts_no_forged_caller_on_the_graph() {
+    let c = crate::support::collector().await;
+    let otlp = format!("http://{}", c.otlp_grpc_addr);
+    let backend = Backend::start().await;
+    let y = agent_yaml("shop/b/v1", backend.addr, "", "", Some(&otlp))
+        .replace(&format!("app: '{}'}}", backend.addr), &format!("app: '{}', source_header: ignore}}", backend.addr));
+    assert!(y.contains("source_header: ignore"), "{y}");
+    let b = agent(&y).await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let r = client
+            .get(format!("http://{}/ok", b.inbound))
+            .header("x-meshlens-source", "shop/forged/v1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let g = eventually("the requests on the graph", 20, || async {
+        let (_, g) = get_json(&format!("{}/api/v1/graph", c.api_url())).await;
+        let into_b: u64 = g["edges"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["target"] == "shop/b/v1")
+            .map(|e| e["stats"]["requests"].as_u64().unwrap_or(0))
+            .sum();
+        (into_b == 3).then_some(g)
+    })
+    .await;
+    assert!(!g.to_string().contains("forged"), "{g}");
+}
