@@ -64,8 +64,13 @@ impl IntoResponse for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
+        let busy = matches!(self, ApiError::Busy(_));
         let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message: self.to_string() } };
-        (status, Json(body)).into_response()
+        let mut r = (status, Json(body)).into_response();
+        if busy {
+            r.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+        }
+        r
     }
 }
 

@@ -81,7 +81,7 @@ pub struct CollectorConfig {
     pub token: Option<String>,
     /// Most SSE subscribers (`/api/v1/stream`) at once; past it a new one is answered 503.
     pub max_sse_subscribers: usize,
-    /// Most connections open at once on each HTTP listener (OTLP/HTTP, API).
+    /// Most connections open at once on each listener (OTLP/gRPC, OTLP/HTTP, API).
     pub max_connections: usize,
     /// Time a client has to send a request's headers (HTTP/1), on both HTTP listeners.
     pub header_read_timeout: Duration,
@@ -273,7 +273,13 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     let body_read_timeout = config.body_read_timeout;
     let grpc_routes = tonic::service::Routes::from(guard(otlp::grpc::router(ingest.clone()).into_axum_router()));
     let sig = signal();
-    let grpc_tls = config.tls.clone().map(|t| (t, config.header_read_timeout, counters.clone(), shutdown.subscribe()));
+    let grpc_conns = (
+        config.tls.clone(),
+        config.header_read_timeout,
+        config.max_connections,
+        counters.clone(),
+        shutdown.subscribe(),
+    );
     tasks.push(tokio::spawn(async move {
         // Exports are large (a 512-span batch is 50-250 KB); HTTP/2's default 64 KiB windows would cost
         // several round trips per export.
@@ -287,15 +293,14 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
             .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
             .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
             .add_routes(grpc_routes);
-        match grpc_tls {
-            None => {
-                server.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_l), sig).await
-            }
-            Some((tls, timeout, counters, stop)) => {
-                server.serve_with_incoming_shutdown(tls::incoming(grpc_l, tls, timeout, counters, stop), sig).await
-            }
-        }
-        .map_err(|e| format!("OTLP/gRPC server: {e}"))
+        let (tls_config, timeout, max_connections, counters, stop) = grpc_conns;
+        server
+            .serve_with_incoming_shutdown(
+                tls::incoming(grpc_l, tls_config, timeout, max_connections, counters, stop),
+                sig,
+            )
+            .await
+            .map_err(|e| format!("OTLP/gRPC server: {e}"))
     }));
     let limits = serve::ListenerLimits {
         max_connections: config.max_connections,

@@ -15,39 +15,66 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-/// A TLS connection, as tonic's server takes one.
-pub struct TlsIo(tokio_rustls::server::TlsStream<TcpStream>);
+/// One accepted OTLP/gRPC connection, plain or TLS, as tonic's server takes it; it holds its slot
+/// of the listener's `max_connections` until it closes.
+pub struct GrpcConn {
+    io: GrpcIo,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
 
-impl tonic::transport::server::Connected for TlsIo {
+enum GrpcIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl tonic::transport::server::Connected for GrpcConn {
     type ConnectInfo = ();
     fn connect_info(&self) {}
 }
 
-impl AsyncRead for TlsIo {
+impl AsyncRead for GrpcConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        match &mut self.io {
+            GrpcIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            GrpcIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
     }
 }
 
-impl AsyncWrite for TlsIo {
+impl AsyncWrite for GrpcConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        match &mut self.io {
+            GrpcIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            GrpcIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        match &mut self.io {
+            GrpcIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            GrpcIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        match &mut self.io {
+            GrpcIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            GrpcIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        match &mut self.io {
+            GrpcIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            GrpcIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
     }
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        match &self.io {
+            GrpcIo::Plain(s) => s.is_write_vectored(),
+            GrpcIo::Tls(s) => s.is_write_vectored(),
+        }
     }
 }
 
@@ -67,17 +94,20 @@ pub async fn accept(
     }
 }
 
-/// The TLS connections of `listener`, for tonic's `serve_with_incoming`: each handshake runs in
-/// its own task, within `timeout`; failures are counted and dropped.
+/// The connections of the OTLP/gRPC `listener`, for tonic's `serve_with_incoming`: at most
+/// `max_connections` open (past it a new one is closed at once, counted, as on the HTTP
+/// listeners); with `tls`, each handshake runs in its own task within `timeout`, failures counted.
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     timeout: Duration,
+    max_connections: usize,
     counters: Arc<crate::counters::Counters>,
     mut shutdown: watch::Receiver<bool>,
-) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsIo>> {
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<GrpcConn>> {
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -88,11 +118,22 @@ pub fn incoming(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let (tx, acceptor, counters) = (tx.clone(), acceptor.clone(), counters.clone());
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                counters.connections_refused.add(1);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let Some(acceptor) = acceptor.clone() else {
+                if tx.send(Ok(GrpcConn { io: GrpcIo::Plain(stream), _slot: slot })).await.is_err() {
+                    break;
+                }
+                continue;
+            };
+            let (tx, counters) = (tx.clone(), counters.clone());
             tokio::spawn(async move {
                 match accept(&acceptor, stream, timeout).await {
                     Some(s) => {
-                        let _ = tx.send(Ok(TlsIo(s))).await;
+                        let _ = tx.send(Ok(GrpcConn { io: GrpcIo::Tls(Box::new(s)), _slot: slot })).await;
                     }
                     None => counters.tls_handshake_errors.add(1),
                 }

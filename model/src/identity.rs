@@ -25,10 +25,15 @@ pub struct Workload {
 /// (`meshlens_collector_names_too_long_total`), so no export can make one node cost megabytes.
 pub const MAX_NAME_BYTES: usize = 253;
 
+/// The app a `service.name` names: trimmed, `None` when missing or empty (such a resource is refused).
+pub fn app_name(service_name: Option<&str>) -> Option<&str> {
+    service_name.map(str::trim).filter(|n| !n.is_empty())
+}
+
 impl Workload {
     /// Builds a workload from OTLP resource attributes; `None` when `service.name` is missing or empty.
     pub fn from_resource(namespace: Option<&str>, name: Option<&str>, version: Option<&str>) -> Option<Self> {
-        let app = name.map(str::trim).filter(|n| !n.is_empty())?;
+        let app = app_name(name)?;
         let namespace = namespace.map(str::trim).filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE);
         Some(Self { namespace: namespace.to_owned(), app: app.to_owned(), version: normalize_version(version) })
     }

@@ -279,6 +279,7 @@ async fn sse_subscribers_are_capped_and_a_closed_stream_frees_its_place() {
     assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
     let third = http().get(&url).send().await.unwrap();
     assert_eq!(third.status(), 503);
+    assert_eq!(third.headers()["retry-after"], "5");
     let body: serde_json::Value = third.json().await.unwrap();
     assert_eq!(body["error"]["code"], "busy");
     assert!(body["error"]["message"].as_str().unwrap().contains("--max-sse-subscribers"), "{body}");
@@ -329,7 +330,7 @@ async fn slow_headers_are_cut_off_and_connections_are_capped() {
     for _ in 0..4 {
         idle.push(tokio::net::TcpStream::connect(c.http_addr).await.unwrap());
     }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The listener accepts in arrival order (the kernel's queue), so the four hold their slots first.
     let mut fifth = tokio::net::TcpStream::connect(c.http_addr).await.unwrap();
     let _ = fifth.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await;
     let mut out = Vec::new();

@@ -404,8 +404,9 @@ async fn every_member_of_a_concatenated_gzip_body_is_read() {
 }
 
 /// Uploads that stall are bounded: the in-flight byte budget admits as many as it holds (here two
-/// 50 MiB uploads of a 100 MiB budget) and answers the rest 503 at once; an admitted upload whose
-/// body does not arrive within the body read timeout is answered 408; then exports flow again.
+/// uploads declaring 50 MiB of a 100 MiB budget) and answers the rest 503 at once; an admitted
+/// upload whose body does not arrive within the body read timeout is answered 408; then exports
+/// flow again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_uploads_are_bounded_by_the_inflight_budget_and_time_out() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -415,10 +416,9 @@ async fn stalled_uploads_are_bounded_by_the_inflight_budget_and_time_out() {
         cfg.max_request_bytes = 64 << 20;
     })
     .await;
-    // Each sends its headers; a refused one is answered at once, an admitted one then sends 1 MiB
-    // of its 50 MiB and stalls.
-    let mut answers = Vec::new();
-    let mut admitted = Vec::new();
+    // Each declares 50 MiB, sends its headers and stalls. No timing decides who is admitted: the
+    // collector's own counter says when it has answered the 18 the budget cannot hold.
+    let mut stalled = Vec::new();
     for _ in 0..20 {
         let mut s = tokio::net::TcpStream::connect(c.otlp_http_addr).await.unwrap();
         let head = format!(
@@ -426,17 +426,13 @@ async fn stalled_uploads_are_bounded_by_the_inflight_budget_and_time_out() {
             50 << 20
         );
         s.write_all(head.as_bytes()).await.unwrap();
-        let mut buf = vec![0u8; 512];
-        match tokio::time::timeout(std::time::Duration::from_millis(300), s.read(&mut buf)).await {
-            Ok(n) => answers
-                .push(String::from_utf8_lossy(&buf[..n.unwrap_or(0)]).split("\r\n").next().unwrap_or("").to_owned()),
-            Err(_) => {
-                s.write_all(&vec![0u8; 1 << 20]).await.unwrap();
-                admitted.push(s);
-            }
-        }
+        stalled.push(s);
     }
-    for mut s in admitted {
+    let counters = c.hub.counters.clone();
+    eventually("18 uploads refused", 20, || async { (counters.requests_refused_inflight.get() == 18).then_some(()) })
+        .await;
+    let mut answers = Vec::new();
+    for mut s in stalled {
         let mut buf = vec![0u8; 512];
         let n = tokio::time::timeout(std::time::Duration::from_secs(20), s.read(&mut buf)).await.unwrap().unwrap_or(0);
         answers.push(String::from_utf8_lossy(&buf[..n]).split("\r\n").next().unwrap_or("").to_owned());
@@ -507,4 +503,26 @@ async fn stalled_grpc_streams_are_cut_off() {
     // DEADLINE_EXCEEDED (4) or CANCELLED (1) from the timeout; never OK.
     assert!(statuses.iter().all(|s| s == "4" || s == "1" || s.starts_with("reset")), "{statuses:?}");
     grpc_traces(&c, pairs(1, ("a", "v1"), ("b", "v1"), 2, 200, 1)).await.unwrap();
+}
+
+/// The OTLP/gRPC listener is capped like the HTTP ones: past `max_connections` a new connection is
+/// closed at once and counted; when one closes, exports connect again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connections_are_capped() {
+    use tokio::io::AsyncReadExt;
+    let c = collector_with(|cfg| cfg.max_connections = 2).await;
+    let held = [
+        tokio::net::TcpStream::connect(c.otlp_grpc_addr).await.unwrap(),
+        tokio::net::TcpStream::connect(c.otlp_grpc_addr).await.unwrap(),
+    ];
+    let mut third = tokio::net::TcpStream::connect(c.otlp_grpc_addr).await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), third.read_to_end(&mut out)).await;
+    assert!(closed.is_ok() && out.is_empty(), "the third connection is closed at once");
+    assert_eq!(c.hub.counters.connections_refused.get(), 1);
+    drop(held);
+    eventually("an export once a slot is free", 20, || async {
+        grpc_traces(&c, pairs(1, ("a", "v1"), ("b", "v1"), 1, 200, 1)).await.ok()
+    })
+    .await;
 }

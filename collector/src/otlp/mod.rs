@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::metrics::v1::{HistogramDataPoint, metric::Data};
 use tokio::sync::mpsc;
 
-use crate::attrs::{get_str, resource_workload};
+use crate::attrs::get_str;
 use crate::counters::Counters;
 use meshlens_model::identity::MAX_NAME_BYTES;
 
@@ -178,7 +178,8 @@ fn check_resource(
         counters.names_too_long.add(1);
         return Err(Refusal::TooLong);
     }
-    resource_workload(resource).map(|_| ()).ok_or(Refusal::NoName)
+    // The workload's one refusal, checked without building it (no allocation per resource).
+    meshlens_model::identity::app_name(get_str(attrs, "service.name")).map(|_| ()).ok_or(Refusal::NoName)
 }
 
 fn describe(what: &str, refused: &[(Refusal, usize, i64)]) -> String {
