@@ -119,8 +119,8 @@ pub struct CollectorArgs {
     /// 503, counted as meshlens_collector_sse_refused_total.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_sse_subscribers: usize,
-    /// Most connections open at once on each HTTP listener (OTLP/HTTP, API); past it a new one is
-    /// closed at once, counted as meshlens_collector_connections_refused_total.
+    /// Most connections open at once on each listener (OTLP/gRPC, OTLP/HTTP, API); past it a new
+    /// one is closed at once, counted as meshlens_collector_connections_refused_total.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections: usize,
     /// Time a client has to send a request's headers; a slower one is disconnected.

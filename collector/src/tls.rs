@@ -2,8 +2,9 @@
 //! rustls `ServerConfig`; the `meshlens collector --tls-*` flags build one from the mesh CA the
 //! agents use (`meshlens ca`), with client certificates verified when presented and, optionally,
 //! required — as Linkerd's and Istio's control planes take their proxies' certificates. The HTTP
-//! listeners handshake in [`crate::serve`]; the gRPC one takes its connections from [`incoming`],
-//! which handshakes each in its own task so a slow client holds up no other.
+//! listeners handshake in [`crate::serve`]; the gRPC one takes its connections, plain or TLS, from
+//! [`incoming`], which caps them and handshakes each in its own task so a slow client holds up no
+//! other.
 
 use std::io;
 use std::pin::Pin;
