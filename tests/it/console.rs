@@ -13,8 +13,10 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// Runs tmux on this session's own server (`-L`): tests run side by side, and a server shared
+    /// between them exits under one test when the other's last session ends.
     fn run(&self, args: &[&str]) -> String {
-        let o = Command::new(&self.bin).args(args).output().unwrap();
+        let o = Command::new(&self.bin).arg("-L").arg(&self.session).args(args).output().unwrap();
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
@@ -28,22 +30,42 @@ impl Tmux {
         self.run(&args);
     }
 
+    /// Waits for `what` on the screen; on a timeout the panic shows the last screen drawn.
     async fn wait_for(&self, what: &str, secs: u64) -> String {
-        eventually(&format!("{what:?} on the console"), secs, || async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
             let s = self.screen();
-            s.contains(what).then_some(s)
-        })
-        .await
+            if s.contains(what) {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {secs}s waiting for {what:?} on the console; it shows:\n{s}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     fn alive(&self) -> bool {
-        Command::new(&self.bin).args(["has-session", "-t", &self.session]).status().unwrap().success()
+        Command::new(&self.bin)
+            .arg("-L")
+            .arg(&self.session)
+            .args(["has-session", "-t", &self.session])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
     }
 }
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new(&self.bin).args(["kill-session", "-t", &self.session]).status();
+        let _ = Command::new(&self.bin)
+            .arg("-L")
+            .arg(&self.session)
+            .args(["kill-server"])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
