@@ -100,7 +100,8 @@ pub struct CollectorArgs {
     /// API, /metrics and web UI listen address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7420")]
     pub http: SocketAddr,
-    /// Directory of the embedded store (revisions, window stats).
+    /// Directory of the embedded store (revisions, window stats) and the write-ahead log
+    /// (DIR/wal/): an export is answered only once it is on disk, so kill -9 loses nothing answered.
     #[arg(long, value_name = "DIR", default_value = "meshlens-data", conflicts_with = "in_memory")]
     pub data_dir: PathBuf,
     /// Keep nothing on disk.

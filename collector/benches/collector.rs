@@ -181,50 +181,56 @@ fn ingest(c: &mut Criterion) {
         })
     });
 
-    let collector = rt.block_on(start(CollectorConfig::ephemeral())).unwrap();
-    let url = format!("http://{}", collector.otlp_grpc_addr);
-    let channels: Vec<tonic::transport::Channel> = rt.block_on(async {
-        let mut out = Vec::new();
-        for _ in 0..4 {
-            let ep = tonic::transport::Endpoint::from_shared(url.clone())
-                .unwrap()
-                .initial_stream_window_size(meshlens_collector::GRPC_STREAM_WINDOW)
-                .initial_connection_window_size(meshlens_collector::GRPC_CONNECTION_WINDOW);
-            out.push(ep.connect().await.unwrap());
-        }
-        out
-    });
-    let counters = collector.hub.counters.clone();
+    // The same exports into an in-memory collector and into one with a data directory, whose
+    // write-ahead log makes every batch durable (group commit, one fdatasync) before the answer.
+    let wal_dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let durable = CollectorConfig { data_dir: Some(wal_dir.path().to_owned()), ..CollectorConfig::ephemeral() };
     let mut seq = 1_000_000u64;
-    for (name, real) in [("grpc_512", false), ("grpc_512_realistic", true)] {
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let reqs: Vec<bytes::Bytes> =
-                    (0..iters).map(|i| bytes::Bytes::from(batch_with(seq + i, real).encode_to_vec())).collect();
-                seq += iters;
-                let target = counters.spans_paired.get() + iters * BATCH;
-                let start = Instant::now();
-                rt.block_on(async {
-                    let mut lanes: Vec<Vec<bytes::Bytes>> = vec![Vec::new(); channels.len()];
-                    for (i, r) in reqs.into_iter().enumerate() {
-                        lanes[i % channels.len()].push(r);
-                    }
-                    let sends = lanes.into_iter().zip(channels.iter().cloned()).map(|(lane, ch)| async move {
-                        for r in lane {
-                            export_raw(ch.clone(), r).await;
+    for (config, suffix) in [(CollectorConfig::ephemeral(), ""), (durable, "_wal")] {
+        let collector = rt.block_on(start(config)).unwrap();
+        let url = format!("http://{}", collector.otlp_grpc_addr);
+        let channels: Vec<tonic::transport::Channel> = rt.block_on(async {
+            let mut out = Vec::new();
+            for _ in 0..4 {
+                let ep = tonic::transport::Endpoint::from_shared(url.clone())
+                    .unwrap()
+                    .initial_stream_window_size(meshlens_collector::GRPC_STREAM_WINDOW)
+                    .initial_connection_window_size(meshlens_collector::GRPC_CONNECTION_WINDOW);
+                out.push(ep.connect().await.unwrap());
+            }
+            out
+        });
+        let counters = collector.hub.counters.clone();
+        for (name, real) in [("grpc_512", false), ("grpc_512_realistic", true)] {
+            g.bench_function(format!("{name}{suffix}"), |b| {
+                b.iter_custom(|iters| {
+                    let reqs: Vec<bytes::Bytes> =
+                        (0..iters).map(|i| bytes::Bytes::from(batch_with(seq + i, real).encode_to_vec())).collect();
+                    seq += iters;
+                    let target = counters.spans_paired.get() + iters * BATCH;
+                    let start = Instant::now();
+                    rt.block_on(async {
+                        let mut lanes: Vec<Vec<bytes::Bytes>> = vec![Vec::new(); channels.len()];
+                        for (i, r) in reqs.into_iter().enumerate() {
+                            lanes[i % channels.len()].push(r);
+                        }
+                        let sends = lanes.into_iter().zip(channels.iter().cloned()).map(|(lane, ch)| async move {
+                            for r in lane {
+                                export_raw(ch.clone(), r).await;
+                            }
+                        });
+                        futures_util::future::join_all(sends).await;
+                        while counters.spans_paired.get() < target {
+                            tokio::task::yield_now().await;
                         }
                     });
-                    futures_util::future::join_all(sends).await;
-                    while counters.spans_paired.get() < target {
-                        tokio::task::yield_now().await;
-                    }
-                });
-                start.elapsed()
-            })
-        });
+                    start.elapsed()
+                })
+            });
+        }
+        rt.block_on(collector.shutdown()).unwrap();
     }
     g.finish();
-    rt.block_on(collector.shutdown()).unwrap();
 }
 
 /// An engine holding `nodes` workloads and `edges` busy edges, with traffic in the last `secs`.

@@ -86,4 +86,12 @@ pub struct Counters {
     pub revisions_published: Counter,
     /// Store writes that failed.
     pub store_errors: Counter,
+    /// Bytes appended to the write-ahead log.
+    pub wal_bytes: Counter,
+    /// Group commits of the write-ahead log (one `fdatasync` each).
+    pub wal_syncs: Counter,
+    /// Exports refused because the write-ahead log could not be written.
+    pub wal_errors: Counter,
+    /// Gauge: write-ahead log segments on disk.
+    pub wal_segments: Counter,
 }

@@ -62,6 +62,8 @@ pub struct Engine {
     pub series: SeriesStore,
     /// Unix seconds since when this state holds data (collector start, or restored data).
     pub data_since: f64,
+    /// The last write-ahead log batch applied (the pipeline moves it; each tick stores it).
+    pub applied: crate::wal::Checkpoint,
 }
 
 impl Engine {
@@ -74,6 +76,7 @@ impl Engine {
             config,
             counters,
             data_since: now,
+            applied: crate::wal::Checkpoint::default(),
         }
     }
 

@@ -218,6 +218,10 @@ pub struct Graph {
     named: [HashMap<Box<str>, u32>; 2],
     edges: Vec<EdgeState>,
     edge_index: HashMap<(u32, u32), u32>,
+    /// Warm replay of the write-ahead log ([`crate::wal::replay`]): what the writers record goes to
+    /// `scratch`, since the store already counts it; only their own state (halves, series) is rebuilt.
+    pub warm: bool,
+    scratch: EdgeState,
 }
 
 impl Graph {
@@ -232,6 +236,8 @@ impl Graph {
             named: [HashMap::new(), HashMap::new()],
             edges: Vec::new(),
             edge_index: HashMap::new(),
+            warm: false,
+            scratch: EdgeState::new(0, 0, Protocol::Http),
         }
     }
 
@@ -274,6 +280,14 @@ impl Graph {
 
     /// The edge between two peers, created on first use.
     pub fn edge_mut(&mut self, source: u32, target: u32, protocol: Protocol) -> Result<&mut EdgeState, LimitHit> {
+        if self.warm {
+            self.scratch = EdgeState::new(source, target, protocol);
+            if let Some(&i) = self.edge_index.get(&(source, target)) {
+                let e = &self.edges[i as usize];
+                (self.scratch.metrics_seen, self.scratch.server_metrics_seen) = (e.metrics_seen, e.server_metrics_seen);
+            }
+            return Ok(&mut self.scratch);
+        }
         let i = match self.edge_index.get(&(source, target)) {
             Some(&i) => i,
             None => {

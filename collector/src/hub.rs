@@ -2,8 +2,8 @@
 //! the four views, publishes a revision when the graph changed, writes the tick to the store and
 //! announces the revision to SSE subscribers.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use meshlens_model::graph::{GraphSnapshot, TopologyChanges, View};
 use meshlens_model::hist::Merger;
@@ -15,6 +15,7 @@ use crate::engine::{Engine, unix_now};
 use crate::graph::EdgeState;
 use crate::store::{EdgeMeta, EdgeRecord, Store, StoreError, StoredRevision};
 use crate::views::snapshots;
+use crate::wal::Checkpoint;
 use crate::window::{COARSE_WIDTH, FINE_SLOTS, FINE_WIDTH, Slice};
 
 /// Everything the API and the publisher share.
@@ -37,6 +38,10 @@ pub struct Hub {
     /// Ready once the store is loaded and the listeners are bound.
     pub ready: AtomicBool,
     retain_revisions: u64,
+    /// The write-ahead log checkpoint in the store.
+    checkpoint: Mutex<Checkpoint>,
+    /// Where the log's writer reads the checkpoint, to delete what is no longer needed.
+    wal_checkpoint: OnceLock<Arc<Mutex<Checkpoint>>>,
 }
 
 fn graph_key(g: &GraphSnapshot) -> String {
@@ -89,7 +94,20 @@ impl Hub {
             window_secs,
             ready: AtomicBool::new(false),
             retain_revisions,
+            checkpoint: Mutex::new(loaded.checkpoint),
+            wal_checkpoint: OnceLock::new(),
         })
+    }
+
+    /// The write-ahead log checkpoint the store holds.
+    pub fn stored_checkpoint(&self) -> Checkpoint {
+        *self.checkpoint.lock()
+    }
+
+    /// Connects the log's writer: each stored tick moves its checkpoint.
+    pub fn attach_wal(&self, checkpoint: Arc<Mutex<Checkpoint>>) {
+        *checkpoint.lock() = self.stored_checkpoint();
+        let _ = self.wal_checkpoint.set(checkpoint);
     }
 
     /// The newest revision.
@@ -116,12 +134,12 @@ impl Hub {
 
     /// One tick at `now`: returns the new revision if one was published.
     pub fn tick(&self, now: f64, merger: &mut Merger) -> Result<Option<Arc<StoredRevision>>, StoreError> {
-        let (views, records, data_since) = {
+        let (views, records, data_since, applied) = {
             let mut engine = self.engine.lock();
             engine.expire(now);
             let views = snapshots(&engine, &View::ALL, self.window_secs, now, merger);
             let records = dirty_records(&mut engine, now as u64);
-            (views, records, engine.data_since)
+            (views, records, engine.data_since, engine.applied.seq)
         };
         let key = graph_key(&views[0]);
         let mut published = None;
@@ -149,11 +167,25 @@ impl Hub {
             }
         }
         // An idle tick writes nothing (no transaction, no fsync).
-        if (published.is_some() || !records.is_empty())
-            && let Err(e) = self.store.write_tick(published.as_deref(), &records, now as u64, data_since as u64)
-        {
-            self.counters.store_errors.add(1);
-            return Err(e);
+        let checkpoint = Checkpoint { seq: applied, at: now };
+        if published.is_some() || !records.is_empty() || applied != self.stored_checkpoint().seq {
+            if let Err(e) =
+                self.store.write_tick(published.as_deref(), &records, now as u64, data_since as u64, checkpoint)
+            {
+                self.counters.store_errors.add(1);
+                // What was not written is written by the next tick that works.
+                let mut engine = self.engine.lock();
+                for r in &records {
+                    engine.edges_mut()[r.index as usize].dirty_from = Some(0);
+                }
+                return Err(e);
+            }
+            if applied > 0 {
+                *self.checkpoint.lock() = checkpoint;
+                if let Some(wal) = self.wal_checkpoint.get() {
+                    *wal.lock() = checkpoint;
+                }
+            }
         }
         if let Some(rec) = &published {
             // Only a stored revision counts as published: after a failed write the next tick tries again.

@@ -8,7 +8,9 @@
 //! agent, the console or the web app, which talk to its API.
 //!
 //! Tasks and threads: each receiver is a tokio task that decodes, validates and queues; one pipeline
-//! thread applies queued batches to the [`engine::Engine`] under its lock; one publisher thread ticks
+//! thread applies queued batches to the [`engine::Engine`] under its lock — with a data directory,
+//! the write-ahead log's thread ([`wal`]) makes each batch durable first, and the receivers answer
+//! only then; one publisher thread ticks
 //! (default 1 s): expire, compute views, publish a revision if the graph changed, write the store,
 //! notify SSE subscribers. See docs/ARCHITECTURE.md.
 
@@ -29,6 +31,7 @@ pub mod store;
 pub mod testkit;
 pub mod tls;
 pub mod views;
+pub mod wal;
 pub mod window;
 
 use std::net::SocketAddr;
@@ -160,6 +163,9 @@ pub enum CollectorError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The write-ahead log could not be read or started.
+    #[error(transparent)]
+    Wal(#[from] wal::WalError),
     /// A setting is out of range.
     #[error("invalid setting {name}: {message}")]
     Config {
@@ -249,7 +255,31 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
         body_read_timeout: config.body_read_timeout,
         max_inflight_bytes: config.max_inflight_bytes,
     };
-    let (ingest, rx) = Ingest::new(config.max_queue_bytes, config.max_request_bytes, uploads, counters.clone());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sink = match &config.data_dir {
+        Some(dir) => {
+            let (dir, hub2, ttl) = (dir.join("wal"), hub.clone(), config.engine.pairing_ttl_secs);
+            let recovered = tokio::task::spawn_blocking(move || {
+                let mut engine = hub2.engine.lock();
+                wal::replay(&dir, hub2.stored_checkpoint(), &mut engine)
+            })
+            .await
+            .map_err(|e| CollectorError::Config { name: "data-dir", message: e.to_string() })??;
+            if recovered.replayed + recovered.warmed + recovered.torn > 0 {
+                tracing::info!(
+                    replayed = recovered.replayed,
+                    warmed = recovered.warmed,
+                    torn = recovered.torn,
+                    "write-ahead log replayed"
+                );
+            }
+            let (wal, thread) = wal::Wal::start(recovered, ttl, tx, counters.clone())?;
+            hub.attach_wal(thread.checkpoint);
+            otlp::Sink::Log(wal)
+        }
+        None => otlp::Sink::Direct(tx),
+    };
+    let ingest = Ingest::new(config.max_queue_bytes, config.max_request_bytes, uploads, counters.clone(), sink);
     let pipeline = pipeline::spawn(hub.clone(), rx)
         .map_err(|e| CollectorError::Config { name: "threads", message: e.to_string() })?;
 

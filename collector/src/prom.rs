@@ -343,6 +343,20 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
         &[("", c.revisions_published.get())],
     );
     metric("store_errors_total", "counter", "Store writes that failed.", &[("", c.store_errors.get())]);
+    metric("wal_bytes_total", "counter", "Bytes appended to the write-ahead log.", &[("", c.wal_bytes.get())]);
+    metric(
+        "wal_syncs_total",
+        "counter",
+        "Group commits of the write-ahead log (one fdatasync each).",
+        &[("", c.wal_syncs.get())],
+    );
+    metric(
+        "wal_errors_total",
+        "counter",
+        "Exports refused because the write-ahead log could not be written.",
+        &[("", c.wal_errors.get())],
+    );
+    metric("wal_segments", "gauge", "Write-ahead log segments on disk.", &[("", c.wal_segments.get())]);
     metric(
         "latest_revision",
         "gauge",

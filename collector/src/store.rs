@@ -133,6 +133,8 @@ pub struct Loaded {
     pub edges: Vec<StoredEdge>,
     /// When the data began (Unix seconds).
     pub data_since: Option<u64>,
+    /// The write-ahead log checkpoint the stored state includes.
+    pub checkpoint: crate::wal::Checkpoint,
 }
 
 fn encode_slice(s: &Slice) -> Vec<u8> {
@@ -271,22 +273,31 @@ impl Store {
         }
         let meta = tx.open_table(META).map_err(io("open meta"))?;
         let data_since = meta.get("data_since").map_err(io("read meta"))?.map(|v| v.value());
-        Ok(Loaded { latest, index, edges, data_since })
+        let seq = meta.get("wal_seq").map_err(io("read meta"))?.map(|v| v.value()).unwrap_or(0);
+        let at_ms = meta.get("wal_at_ms").map_err(io("read meta"))?.map(|v| v.value()).unwrap_or(0);
+        let checkpoint = crate::wal::Checkpoint { seq, at: at_ms as f64 / 1000.0 };
+        Ok(Loaded { latest, index, edges, data_since, checkpoint })
     }
 
-    /// Writes one tick: an optional new revision and the edges that changed.
+    /// Writes one tick: an optional new revision, the edges that changed, and the write-ahead log
+    /// checkpoint they include.
     pub fn write_tick(
         &self,
         revision: Option<&StoredRevision>,
         edges: &[EdgeRecord],
         now_sec: u64,
         data_since: u64,
+        checkpoint: crate::wal::Checkpoint,
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io("begin write"))?;
         {
             let mut meta = tx.open_table(META).map_err(io("open meta"))?;
             if meta.get("data_since").map_err(io("read meta"))?.is_none() {
                 meta.insert("data_since", data_since).map_err(io("write meta"))?;
+            }
+            if checkpoint.seq > 0 {
+                meta.insert("wal_seq", checkpoint.seq).map_err(io("write meta"))?;
+                meta.insert("wal_at_ms", (checkpoint.at * 1000.0) as u64).map_err(io("write meta"))?;
             }
             if let Some(rev) = revision {
                 let mut t = tx.open_table(REVISIONS).map_err(io("open revisions"))?;

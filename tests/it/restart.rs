@@ -7,6 +7,9 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+
 use crate::support::*;
 
 struct Proc {
@@ -16,6 +19,10 @@ struct Proc {
 }
 
 async fn spawn(data_dir: &std::path::Path) -> Proc {
+    spawn_ticking(data_dir, "100ms").await
+}
+
+async fn spawn_ticking(data_dir: &std::path::Path, tick: &str) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_meshlens"))
         .args([
             "collector",
@@ -26,7 +33,7 @@ async fn spawn(data_dir: &std::path::Path) -> Proc {
             "--http",
             "127.0.0.1:0",
             "--tick",
-            "100ms",
+            tick,
         ])
         .arg("--data-dir")
         .arg(data_dir)
@@ -136,4 +143,48 @@ async fn an_emptied_store_file_is_refused_not_started_over() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("is empty (0 bytes)") && err.contains("move it away"), "{err}");
     assert_eq!(std::fs::metadata(dir.path().join("meshlens.redb")).unwrap().len(), 0, "left as found");
+}
+
+/// Acknowledged means durable: a burst of exports answered 200 and the process killed at once
+/// (before any tick stores them) loses nothing; a request whose client half was stored by a tick
+/// before the kill and whose server half came after it is still paired after the restart (the warm
+/// replay rebuilds the waiting halves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_right_after_the_answer_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = spawn_ticking(dir.path(), "1s").await;
+    // 100 client halves, then a marker pair; once the marker is in a revision, a tick has stored
+    // a checkpoint past the halves (the pipeline applies in order).
+    let split = pairs(5, ("x", "v1"), ("y", "v1"), 100, 200, 2);
+    let (clients, servers) = (split.resource_spans[0].clone(), split.resource_spans[1].clone());
+    export(&first, ExportTraceServiceRequest { resource_spans: vec![clients] }).await;
+    export(&first, pairs(6, ("m", "v1"), ("n", "v1"), 1, 200, 1)).await;
+    graph_with(&first.api, "default/m/v1", "default/n/v1", 1).await;
+    // The server halves and a burst of 3,000 spans in 12 concurrent exports, then SIGKILL as soon as
+    // the last answer is in: the next tick is up to a second away.
+    let mut burst = vec![ExportTraceServiceRequest { resource_spans: vec![servers] }];
+    burst.extend((0..12).map(|i| pairs(100 + i, ("c", "v1"), ("d", "v1"), 125, 200, 3)));
+    let grpc = first.grpc.clone();
+    let sends = burst.into_iter().map(|req| {
+        let grpc = grpc.clone();
+        tokio::spawn(async move {
+            let mut client = TraceServiceClient::connect(grpc).await.unwrap();
+            client.export(req).await.unwrap();
+        })
+    });
+    for s in futures_util::future::join_all(sends).await {
+        s.unwrap();
+    }
+    first.child.kill().await.unwrap();
+
+    let second = spawn_ticking(dir.path(), "100ms").await;
+    let g = graph_with(&second.api, "default/c/v1", "default/d/v1", 1500).await;
+    let count = |a: &str, b: &str| edge(&g, a, b).map(|e| e["stats"]["requests"].as_u64().unwrap_or(0));
+    assert_eq!(count("default/c/v1", "default/d/v1"), Some(1500), "every acknowledged pair is back");
+    let g = graph_with(&second.api, "default/x/v1", "default/y/v1", 100).await;
+    let count = |a: &str, b: &str| edge(&g, a, b).map(|e| e["stats"]["requests"].as_u64().unwrap_or(0));
+    assert_eq!(count("default/x/v1", "default/y/v1"), Some(100), "halves across the checkpoint pair");
+    assert_eq!(count("default/m/v1", "default/n/v1"), Some(1), "what the store held is not counted twice");
+    let (_, m) = (200, http().get(format!("{}/metrics", second.api)).send().await.unwrap().text().await.unwrap());
+    assert!(m.contains("meshlens_collector_wal_segments "), "{m}");
 }

@@ -23,12 +23,12 @@ use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{Ingest, QueueFull, RETRY_AFTER, lite};
+use super::{Ingest, RETRY_AFTER, Refused, lite};
 
-fn unavailable(_: QueueFull) -> Status {
+fn unavailable(why: Refused) -> Status {
     Status::with_error_details(
         tonic::Code::Unavailable,
-        "ingest queue is full; retry later",
+        why.message(),
         ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
     )
 }
@@ -56,7 +56,7 @@ impl tonic::server::UnaryService<lite::TraceRequest> for ExportTraces {
         Box::pin(async move {
             let req = request.into_inner();
             let bytes = req.encoded_len();
-            let (rejected, message) = ingest.accept_traces(req, bytes).map_err(unavailable)?;
+            let (rejected, message) = ingest.accept_traces(req, bytes).await.map_err(unavailable)?;
             let partial_success = (rejected > 0)
                 .then_some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message });
             Ok(Response::new(ExportTraceServiceResponse { partial_success }))
@@ -117,7 +117,7 @@ impl MetricsService for Metrics {
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         let req = request.into_inner();
         let bytes = req.encoded_len();
-        let (rejected, message) = self.0.accept_metrics(req, bytes).map_err(unavailable)?;
+        let (rejected, message) = self.0.accept_metrics(req, bytes).await.map_err(unavailable)?;
         let partial_success = (rejected > 0)
             .then_some(ExportMetricsPartialSuccess { rejected_data_points: rejected, error_message: message });
         Ok(Response::new(ExportMetricsServiceResponse { partial_success }))

@@ -22,7 +22,7 @@ use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Ingest, RETRY_AFTER, lite};
+use super::{Ingest, RETRY_AFTER, Refused, lite};
 
 /// `google.rpc.Status`, the body of an OTLP/HTTP error.
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -172,8 +172,12 @@ async fn read(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Raw, R
     Ok(Raw { data, enc, _budget: budget })
 }
 
-fn queue_full(enc: Encoding) -> Response {
-    let mut r = error(StatusCode::TOO_MANY_REQUESTS, enc, 14, "ingest queue is full; retry later".to_owned());
+fn refused(enc: Encoding, why: Refused) -> Response {
+    let status = match why {
+        Refused::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+        Refused::Log => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut r = error(status, enc, 14, why.message().to_owned());
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
     r
 }
@@ -190,13 +194,13 @@ async fn traces(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
         Ok(d) => d,
         Err(r) => return r,
     };
-    match ingest.accept_traces(d.msg, d.bytes) {
+    match ingest.accept_traces(d.msg, d.bytes).await {
         Ok((rejected, message)) => {
             let partial_success = (rejected > 0)
                 .then_some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message });
             reply(StatusCode::OK, d.enc, &ExportTraceServiceResponse { partial_success })
         }
-        Err(_) => queue_full(d.enc),
+        Err(why) => refused(d.enc, why),
     }
 }
 
@@ -205,13 +209,13 @@ async fn metrics(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bo
         Ok(d) => d,
         Err(r) => return r,
     };
-    match ingest.accept_metrics(d.msg, d.bytes) {
+    match ingest.accept_metrics(d.msg, d.bytes).await {
         Ok((rejected, message)) => {
             let partial_success = (rejected > 0)
                 .then_some(ExportMetricsPartialSuccess { rejected_data_points: rejected, error_message: message });
             reply(StatusCode::OK, d.enc, &ExportMetricsServiceResponse { partial_success })
         }
-        Err(_) => queue_full(d.enc),
+        Err(why) => refused(d.enc, why),
     }
 }
 

@@ -1,9 +1,11 @@
 //! OTLP receivers and the bounded ingest queue between them and the pipeline.
 //!
 //! Receivers decode, reject what cannot be identified (a resource without `service.name`: an OTLP
-//! partial success), and hand the rest to the queue. The queue is bounded in encoded bytes; when it is
-//! full, an export is refused as retryable (HTTP 429 with `Retry-After`, gRPC `UNAVAILABLE` with
-//! `RetryInfo`) and counted, so memory stays bounded and nothing acknowledged is dropped.
+//! partial success), and hand the rest to the queue — through the write-ahead log ([`crate::wal`])
+//! when the collector has a data directory, so an answer means the batch is on disk. The queue is
+//! bounded in encoded bytes; when it is full, an export is refused as retryable (HTTP 429 with
+//! `Retry-After`, gRPC `UNAVAILABLE` with `RetryInfo`) and counted, so memory stays bounded and
+//! nothing acknowledged is dropped. A log that cannot be written refuses exports the same way (503).
 
 pub mod grpc;
 pub mod http;
@@ -37,11 +39,39 @@ pub struct Job {
     pub batch: Batch,
     /// Encoded size.
     pub bytes: usize,
+    /// Its write-ahead log sequence number (0 without a log).
+    pub seq: u64,
+    /// When the log made it durable (Unix seconds); the pipeline places it in time there, as a
+    /// replay does. `None` without a log: placed when applied.
+    pub at: Option<f64>,
 }
 
-/// The queue is full: retry later.
+/// An export refused as retryable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueFull;
+pub enum Refused {
+    /// The queue's byte budget is spent: retry later.
+    QueueFull,
+    /// The write-ahead log could not be written: nothing was acknowledged.
+    Log,
+}
+
+impl Refused {
+    /// The message an exporter sees.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refused::QueueFull => "ingest queue is full; retry later",
+            Refused::Log => "the write-ahead log cannot be written; retry later",
+        }
+    }
+}
+
+/// Where accepted batches go: straight to the pipeline, or through the write-ahead log.
+pub enum Sink {
+    /// In memory only (`--in-memory`).
+    Direct(mpsc::UnboundedSender<Job>),
+    /// Durable before the answer.
+    Log(crate::wal::Wal),
+}
 
 /// Called by the pipeline when a job is done. The queue's accounting is the `queue_bytes` and
 /// `queue_batches` gauges themselves, so the pipeline needs only the counters, not a sender (which
@@ -62,7 +92,7 @@ pub struct UploadLimits {
 
 /// The sending side of the ingest queue, shared by all receivers.
 pub struct Ingest {
-    tx: mpsc::UnboundedSender<Job>,
+    sink: Sink,
     max_bytes: usize,
     /// Limits on uploads being read.
     pub uploads: UploadLimits,
@@ -75,60 +105,62 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// A queue holding at most `max_bytes` of encoded exports.
+    /// A queue holding at most `max_bytes` of encoded exports, feeding `sink`.
     pub fn new(
         max_bytes: usize,
         max_request_bytes: usize,
         uploads: UploadLimits,
         counters: Arc<Counters>,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Job>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        sink: Sink,
+    ) -> Arc<Self> {
         let kib = (uploads.max_inflight_bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let inflight = Arc::new(tokio::sync::Semaphore::new(kib));
-        (Arc::new(Self { tx, max_bytes, uploads, inflight, max_request_bytes, counters }), rx)
+        Arc::new(Self { sink, max_bytes, uploads, inflight, max_request_bytes, counters })
     }
 
-    /// Queues a batch, or refuses it when the byte budget is spent.
-    pub fn submit(&self, batch: Batch, bytes: usize) -> Result<(), QueueFull> {
+    /// Queues a batch (durably, with a log), or refuses it when the byte budget is spent or the log
+    /// cannot be written.
+    pub async fn submit(&self, batch: Batch, bytes: usize) -> Result<(), Refused> {
         let bytes = bytes.max(1);
         let prev = self.counters.queue_bytes.fetch_add(bytes as u64);
         if prev + bytes as u64 > self.max_bytes as u64 && prev > 0 {
             self.counters.queue_bytes.sub(bytes as u64);
             self.counters.requests_refused_queue_full.add(1);
-            return Err(QueueFull);
+            return Err(Refused::QueueFull);
         }
         self.counters.queue_batches.add(1);
-        self.tx.send(Job { batch, bytes }).map_err(|_| {
-            done(&self.counters, bytes);
-            QueueFull
-        })
+        let sent = match &self.sink {
+            Sink::Direct(tx) => tx.send(Job { batch, bytes, seq: 0, at: None }).map_err(|_| Refused::QueueFull),
+            Sink::Log(wal) => wal.append(batch, bytes).await.map_err(|_| Refused::Log),
+        };
+        sent.inspect_err(|_| done(&self.counters, bytes))
     }
 
     /// Validates, queues and answers a trace export: `(rejected spans, message)` for the partial
-    /// success, or [`QueueFull`].
-    pub fn accept_traces(&self, mut req: lite::TraceRequest, bytes: usize) -> Result<(i64, String), QueueFull> {
+    /// success, or why it was refused.
+    pub async fn accept_traces(&self, mut req: lite::TraceRequest, bytes: usize) -> Result<(i64, String), Refused> {
         let (rejected, message) = reject_unidentified_traces(&mut req, &self.counters);
         self.counters.spans_rejected.add(rejected as u64);
         let spans: usize = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
         if spans > 0 {
-            self.submit(Batch::Traces(req), bytes)?;
+            self.submit(Batch::Traces(req), bytes).await?;
             self.counters.spans_received.add(spans as u64);
         }
         Ok((rejected, message))
     }
 
     /// Validates, queues and answers a metrics export.
-    pub fn accept_metrics(
+    pub async fn accept_metrics(
         &self,
         mut req: ExportMetricsServiceRequest,
         bytes: usize,
-    ) -> Result<(i64, String), QueueFull> {
+    ) -> Result<(i64, String), Refused> {
         let (rejected, message) = reject_unusable_metrics(&mut req, &self.counters);
         self.counters.points_rejected.add(rejected as u64);
         let points: usize =
             req.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics).map(point_count).sum();
         if points > 0 {
-            self.submit(Batch::Metrics(req), bytes)?;
+            self.submit(Batch::Metrics(req), bytes).await?;
             self.counters.points_received.add(points as u64);
         }
         Ok((rejected, message))
