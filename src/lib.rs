@@ -153,6 +153,11 @@ pub struct CollectorArgs {
     /// Most edges tracked.
     #[arg(long, value_name = "N", default_value_t = 50_000)]
     pub max_edges: usize,
+    /// Nodes and edges with no traffic for this long are evicted (from memory and the store), so a
+    /// flood of junk names cannot hold --max-nodes/--max-edges for good. At least --window; windows
+    /// longer than it (?window=) no longer show what was evicted.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub idle_retention: std::time::Duration,
     /// Size cap of one OTLP export after decompression, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub max_request_mib: usize,
@@ -596,6 +601,7 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
         meshlens_model::HealthThresholds { degraded_pct: a.degraded_error_pct, failing_pct: a.failing_error_pct };
     config.engine.max_nodes = a.max_nodes;
     config.engine.max_edges = a.max_edges;
+    config.engine.idle_retention_secs = a.idle_retention.as_secs();
     if let (Some(cert), Some(key), Some(ca)) = (&a.tls_cert, &a.tls_key, &a.tls_ca) {
         let tls = meshlens_agent::tls::MeshTls::load(
             cert,

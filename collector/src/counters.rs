@@ -78,6 +78,10 @@ pub struct Counters {
     pub store_size: Counter,
     /// Gauge: nodes known.
     pub nodes: Counter,
+    /// Nodes evicted after no traffic for the idle retention.
+    pub nodes_evicted: Counter,
+    /// Edges evicted after no traffic for the idle retention.
+    pub edges_evicted: Counter,
     /// Gauge: edges known.
     pub edges: Counter,
     /// Gauge: metric series tracked for delta conversion.

@@ -31,6 +31,9 @@ pub struct EngineConfig {
     pub pairing_ttl_secs: f64,
     /// Most cumulative metric series remembered for delta conversion.
     pub max_series: usize,
+    /// Nodes and edges with no traffic for this long are evicted (seconds; at least the window and
+    /// the pairing time-to-live).
+    pub idle_retention_secs: u64,
     /// Health thresholds.
     pub health: HealthThresholds,
 }
@@ -43,6 +46,7 @@ impl Default for EngineConfig {
             pairing_capacity: 1_000_000,
             pairing_ttl_secs: 5.0,
             max_series: 200_000,
+            idle_retention_secs: 3600,
             health: HealthThresholds::default(),
         }
     }
@@ -82,6 +86,7 @@ impl Engine {
 
     /// Turns an export of spans into edge observations at time `now` (Unix seconds).
     pub fn ingest_lean_traces(&mut self, req: &TraceRequest, now: f64) {
+        self.graph.now_sec = now as u64;
         self.pairing.ingest(&mut self.graph, req, now);
     }
 
@@ -92,12 +97,25 @@ impl Engine {
 
     /// Merges an export of agent metrics at time `now` (Unix seconds).
     pub fn ingest_metrics(&mut self, req: &ExportMetricsServiceRequest, now: f64) {
+        self.graph.now_sec = now as u64;
         self.series.ingest(&mut self.graph, req, now);
     }
 
     /// Expires span halves that waited too long.
     pub fn expire(&mut self, now: f64) {
+        self.graph.now_sec = now as u64;
         self.pairing.expire(&mut self.graph, now);
+    }
+
+    /// Evicts nodes and edges idle for the retention; returns how edge indices moved, for the store
+    /// (see [`crate::graph::Evicted`]).
+    pub fn evict_idle(&mut self, now: f64) -> Vec<(u32, Option<u32>)> {
+        let cutoff = (now as u64).saturating_sub(self.config.idle_retention_secs);
+        let ev = self.graph.evict_idle(cutoff);
+        if !ev.nodes_removed.is_empty() {
+            self.pairing.remap_nodes(&ev);
+        }
+        ev.edge_moves
     }
 
     /// The peer at an index.

@@ -205,6 +205,30 @@ pub enum LimitHit {
     Series,
 }
 
+/// What an eviction pass changed.
+#[derive(Debug, Default)]
+pub struct Evicted {
+    /// For the store, in the order done: the edge at `.0` is gone, and the one that was at `.1`
+    /// (then the last) now sits there.
+    pub edge_moves: Vec<(u32, Option<u32>)>,
+    /// Peer indices that changed: old → new.
+    pub node_moves: HashMap<u32, u32>,
+    /// Peers removed (their old indices, as removed).
+    pub nodes_removed: Vec<u32>,
+}
+
+impl Evicted {
+    /// The index a surviving peer has now.
+    pub fn node(&self, old: u32) -> u32 {
+        self.node_moves.get(&old).copied().unwrap_or(old)
+    }
+
+    /// Whether the pass changed anything.
+    pub fn is_empty(&self) -> bool {
+        self.edge_moves.is_empty() && self.nodes_removed.is_empty()
+    }
+}
+
 /// Peers and edges, bounded.
 pub struct Graph {
     /// Shared counters (node and edge gauges; the writers count what they drop here too).
@@ -212,6 +236,11 @@ pub struct Graph {
     max_nodes: usize,
     max_edges: usize,
     peers: Vec<Peer>,
+    /// Per peer, the last second (Unix) it was looked up: a writer interns both ends of whatever it
+    /// records, and a span half's nodes before the half, so an idle peer has no half waiting.
+    peer_seen: Vec<u64>,
+    /// The second of the newest lookup, so the hot path stamps without reading a clock.
+    pub now_sec: u64,
     peer_index: HashMap<Peer, u32>,
     /// External and database peers by name, looked up with a borrowed `&str` so the span hot path
     /// does not build a `Peer` (a `String`) to find one it already knows.
@@ -232,6 +261,8 @@ impl Graph {
             max_nodes,
             max_edges,
             peers: Vec::new(),
+            peer_seen: Vec::new(),
+            now_sec: 0,
             peer_index: HashMap::new(),
             named: [HashMap::new(), HashMap::new()],
             edges: Vec::new(),
@@ -244,6 +275,7 @@ impl Graph {
     /// Interns a peer, or refuses when the node limit is reached.
     pub fn peer(&mut self, peer: &Peer) -> Result<u32, LimitHit> {
         if let Some(&i) = self.peer_index.get(peer) {
+            self.peer_seen[i as usize] = self.now_sec;
             return Ok(i);
         }
         if self.peers.len() >= self.max_nodes {
@@ -252,6 +284,7 @@ impl Graph {
         let i = self.peers.len() as u32;
         self.peer_index.insert(peer.clone(), i);
         self.peers.push(peer.clone());
+        self.peer_seen.push(self.now_sec);
         self.counters.nodes.set(self.peers.len() as u64);
         Ok(i)
     }
@@ -264,6 +297,7 @@ impl Graph {
             return self.peer(&Peer::Unknown);
         }
         if let Some(&i) = self.named[usize::from(database)].get(name) {
+            self.peer_seen[i as usize] = self.now_sec;
             return Ok(i);
         }
         let peer =
@@ -322,6 +356,9 @@ impl Graph {
     pub fn restore_edge(&mut self, source: &Peer, target: &Peer, edge: EdgeState) -> Result<u32, LimitHit> {
         let s = self.peer(source)?;
         let t = self.peer(target)?;
+        for i in [s, t] {
+            self.peer_seen[i as usize] = self.peer_seen[i as usize].max(edge.last_sec);
+        }
         if self.edges.len() >= self.max_edges {
             return Err(LimitHit::Edges);
         }
@@ -332,8 +369,157 @@ impl Graph {
         Ok(i)
     }
 
+    /// Evicts edges with no traffic since `cutoff_sec` and peers no edge uses and no writer looked up
+    /// since then, so data from a flood (or services long gone) does not hold the caps for good.
+    /// Indices are compacted by swap-removal: see [`Evicted`] for what moved.
+    pub fn evict_idle(&mut self, cutoff_sec: u64) -> Evicted {
+        let mut out = Evicted::default();
+        let dead: Vec<usize> = (0..self.edges.len()).filter(|&i| self.edges[i].last_sec < cutoff_sec).collect();
+        for &i in dead.iter().rev() {
+            let e = self.edges.swap_remove(i);
+            self.edge_index.remove(&(e.source, e.target));
+            let last = self.edges.len();
+            if i < last {
+                let m = &self.edges[i];
+                self.edge_index.insert((m.source, m.target), i as u32);
+                out.edge_moves.push((i as u32, Some(last as u32)));
+            } else {
+                out.edge_moves.push((i as u32, None));
+            }
+        }
+        let mut used = vec![false; self.peers.len()];
+        for e in &self.edges {
+            used[e.source as usize] = true;
+            used[e.target as usize] = true;
+        }
+        let dead: Vec<usize> = (0..self.peers.len()).filter(|&i| !used[i] && self.peer_seen[i] < cutoff_sec).collect();
+        if !dead.is_empty() {
+            // `origin[position]` = the index the peer there had before this pass.
+            let mut origin: Vec<u32> = (0..self.peers.len() as u32).collect();
+            for &j in dead.iter().rev() {
+                let p = self.peers.swap_remove(j);
+                self.peer_seen.swap_remove(j);
+                origin.swap_remove(j);
+                self.peer_index.remove(&p);
+                match &p {
+                    Peer::External { name } => drop(self.named[0].remove(name.as_str())),
+                    Peer::Database { name } => drop(self.named[1].remove(name.as_str())),
+                    _ => {}
+                }
+                out.nodes_removed.push(j as u32);
+            }
+            for (pos, &was) in origin.iter().enumerate() {
+                if pos as u32 != was {
+                    out.node_moves.insert(was, pos as u32);
+                }
+            }
+            for (pos, p) in self.peers.iter().enumerate() {
+                if out.node_moves.contains_key(&origin[pos]) {
+                    self.peer_index.insert(p.clone(), pos as u32);
+                    match p {
+                        Peer::External { name } => drop(self.named[0].insert(name.as_str().into(), pos as u32)),
+                        Peer::Database { name } => drop(self.named[1].insert(name.as_str().into(), pos as u32)),
+                        _ => {}
+                    }
+                }
+            }
+            if !out.node_moves.is_empty() {
+                self.edge_index.clear();
+                for (i, e) in self.edges.iter_mut().enumerate() {
+                    e.source = out.node(e.source);
+                    e.target = out.node(e.target);
+                    self.edge_index.insert((e.source, e.target), i as u32);
+                }
+            }
+        }
+        self.counters.nodes.set(self.peers.len() as u64);
+        self.counters.edges.set(self.edges.len() as u64);
+        self.counters.nodes_evicted.add(out.nodes_removed.len() as u64);
+        self.counters.edges_evicted.add(out.edge_moves.len() as u64);
+        out
+    }
+
     /// Bytes of memory the windowed stats hold (rings and histograms), for the memory benchmark.
     pub fn window_heap_bytes(&self) -> usize {
         self.edges.iter().map(|e| e.rings.fine.heap_bytes() + e.rings.coarse.heap_bytes()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshlens_model::Workload;
+
+    fn w(app: &str) -> Peer {
+        Peer::Workload(Workload { namespace: "default".into(), app: app.into(), version: None })
+    }
+
+    /// After an eviction pass every index agrees: the peer index, the edge index and the edges' ends.
+    fn consistent(g: &Graph) {
+        assert_eq!(g.peers.len(), g.peer_index.len());
+        for (i, p) in g.peers.iter().enumerate() {
+            assert_eq!(g.peer_index[p], i as u32, "{p:?}");
+        }
+        assert_eq!(g.edges.len(), g.edge_index.len());
+        for (i, e) in g.edges.iter().enumerate() {
+            assert_eq!(g.edge_index[&(e.source, e.target)], i as u32);
+        }
+    }
+
+    #[test]
+    fn idle_nodes_and_edges_are_evicted_and_indices_stay_consistent() {
+        let mut g = Graph::new(Arc::new(Counters::default()), 100, 100);
+        // Old traffic at second 10 among a..f (and a database), new traffic at 100 between x and y.
+        g.now_sec = 10;
+        let old: Vec<u32> = ["a", "b", "c", "d", "e", "f"].iter().map(|n| g.peer(&w(n)).unwrap()).collect();
+        let db = g.named_peer("redis", true).unwrap();
+        for pair in old.windows(2) {
+            g.edge_mut(pair[0], pair[1], Protocol::Http).unwrap().touch(10);
+        }
+        g.edge_mut(old[0], db, Protocol::Http).unwrap().touch(10);
+        g.now_sec = 100;
+        let (x, y) = (g.peer(&w("x")).unwrap(), g.peer(&w("y")).unwrap());
+        g.edge_mut(x, y, Protocol::Http).unwrap().touch(100);
+        // "b" is looked up again at 100 (a half waiting, say): it stays although its edges go.
+        g.peer(&w("b")).unwrap();
+        let ev = g.evict_idle(50);
+        consistent(&g);
+        assert_eq!(ev.edge_moves.len(), 6);
+        assert_eq!(g.edges.len(), 1);
+        let names: Vec<String> = g.peers.iter().map(|p| p.id()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        for keep in ["default/x", "default/y", "default/b"] {
+            assert!(names.iter().any(|n| n == keep), "{keep} in {names:?}");
+        }
+        let e = &g.edges[0];
+        assert_eq!((g.peer_at(e.source).id(), g.peer_at(e.target).id()), ("default/x".into(), "default/y".into()));
+        // The freed names are new peers again, and the database's name lookup was cleared.
+        assert!(g.named[1].is_empty());
+        let db2 = g.named_peer("redis", true).unwrap();
+        assert_eq!(g.peer_at(db2).id(), "db:redis");
+        consistent(&g);
+        // The moves, replayed on the old edge list, give the new one (what the store does).
+        let mut before: Vec<u32> = (0..7).collect();
+        for &(gone, from) in &ev.edge_moves {
+            if let Some(f) = from {
+                before[gone as usize] = before[f as usize];
+            }
+            before.truncate(before.len() - 1);
+        }
+        assert_eq!(before, vec![6]);
+    }
+
+    #[test]
+    fn a_full_graph_takes_new_nodes_once_the_old_are_evicted() {
+        let mut g = Graph::new(Arc::new(Counters::default()), 5, 10);
+        g.now_sec = 1;
+        for i in 0..5 {
+            g.peer(&w(&format!("junk{i}"))).unwrap();
+        }
+        g.now_sec = 100;
+        assert_eq!(g.peer(&w("real")), Err(LimitHit::Nodes));
+        g.evict_idle(50);
+        assert!(g.peer(&w("real")).is_ok());
+        assert_eq!(g.counters.nodes_evicted.get(), 5);
     }
 }

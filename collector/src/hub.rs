@@ -42,6 +42,9 @@ pub struct Hub {
     checkpoint: Mutex<Checkpoint>,
     /// Where the log's writer reads the checkpoint, to delete what is no longer needed.
     wal_checkpoint: OnceLock<Arc<Mutex<Checkpoint>>>,
+    /// Edge evictions done in memory and not yet in the store (a failed write keeps them for the
+    /// next; see [`crate::graph::Evicted`]).
+    pending_moves: Mutex<Vec<(u32, Option<u32>)>>,
 }
 
 fn graph_key(g: &GraphSnapshot) -> String {
@@ -96,6 +99,7 @@ impl Hub {
             retain_revisions,
             checkpoint: Mutex::new(loaded.checkpoint),
             wal_checkpoint: OnceLock::new(),
+            pending_moves: Mutex::new(Vec::new()),
         })
     }
 
@@ -134,12 +138,17 @@ impl Hub {
 
     /// One tick at `now`: returns the new revision if one was published.
     pub fn tick(&self, now: f64, merger: &mut Merger) -> Result<Option<Arc<StoredRevision>>, StoreError> {
-        let (views, records, data_since, applied) = {
+        let (views, records, data_since, applied, moves) = {
             let mut engine = self.engine.lock();
             engine.expire(now);
+            let moves = {
+                let mut pending = self.pending_moves.lock();
+                pending.extend(engine.evict_idle(now));
+                pending.clone()
+            };
             let views = snapshots(&engine, &View::ALL, self.window_secs, now, merger);
             let records = dirty_records(&mut engine, now as u64);
-            (views, records, engine.data_since, engine.applied.seq)
+            (views, records, engine.data_since, engine.applied.seq, moves)
         };
         let key = graph_key(&views[0]);
         let mut published = None;
@@ -168,10 +177,9 @@ impl Hub {
         }
         // An idle tick writes nothing (no transaction, no fsync).
         let checkpoint = Checkpoint { seq: applied, at: now };
-        if published.is_some() || !records.is_empty() || applied != self.stored_checkpoint().seq {
-            if let Err(e) =
-                self.store.write_tick(published.as_deref(), &records, now as u64, data_since as u64, checkpoint)
-            {
+        if published.is_some() || !records.is_empty() || !moves.is_empty() || applied != self.stored_checkpoint().seq {
+            let (rev, since) = (published.as_deref(), data_since as u64);
+            if let Err(e) = self.store.write_tick(rev, &records, now as u64, since, checkpoint, &moves) {
                 self.counters.store_errors.add(1);
                 // What was not written is written by the next tick that works.
                 let mut engine = self.engine.lock();
@@ -180,6 +188,8 @@ impl Hub {
                 }
                 return Err(e);
             }
+            // Written: the store's edge indices match memory again.
+            self.pending_moves.lock().drain(..moves.len());
             if applied > 0 {
                 *self.checkpoint.lock() = checkpoint;
                 if let Some(wal) = self.wal_checkpoint.get() {

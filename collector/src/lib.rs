@@ -206,6 +206,17 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     if !(window::MIN_WINDOW_SECS..=window::MAX_WINDOW_SECS).contains(&window) {
         return Err(CollectorError::Config { name: "window", message: "must be between 10s and 1h".into() });
     }
+    if config.engine.idle_retention_secs < window
+        || (config.engine.idle_retention_secs as f64) < config.engine.pairing_ttl_secs + 2.0
+    {
+        return Err(CollectorError::Config {
+            name: "idle-retention",
+            message: format!(
+                "{}s is shorter than the window ({window}s) or a span half's time to live ({}s)",
+                config.engine.idle_retention_secs, config.engine.pairing_ttl_secs
+            ),
+        });
+    }
     if config.tick < Duration::from_millis(10) {
         return Err(CollectorError::Config { name: "tick", message: "must be at least 10ms".into() });
     }

@@ -334,6 +334,12 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
     metric("queue_depth", "gauge", "Export batches waiting in the ingest queue.", &[("", c.queue_batches.get())]);
     metric("store_size", "gauge", "Span halves waiting to be paired.", &[("", c.store_size.get())]);
     metric("nodes", "gauge", "Nodes tracked.", &[("", c.nodes.get())]);
+    metric(
+        "evicted_total",
+        "counter",
+        "Nodes and edges evicted after no traffic for the idle retention.",
+        &[("kind=\"node\"", c.nodes_evicted.get()), ("kind=\"edge\"", c.edges_evicted.get())],
+    );
     metric("edges", "gauge", "Edges tracked.", &[("", c.edges.get())]);
     metric("series", "gauge", "Cumulative metric series tracked.", &[("", c.series.get())]);
     metric(

@@ -133,6 +133,21 @@ impl SpanStore {
         self.map.is_empty()
     }
 
+    /// Follows an eviction's peer moves (no half refers to an evicted peer: a peer is evicted only
+    /// after the retention, which is longer than a half's time to live).
+    pub fn remap_nodes(&mut self, ev: &crate::graph::Evicted) {
+        if !ev.node_moves.is_empty() {
+            for h in self.map.values_mut() {
+                h.node = ev.node(h.node);
+                h.peer = ev.node(h.peer);
+            }
+        }
+        for m in [&mut self.unpaired, &mut self.dropped] {
+            let old = std::mem::take(m);
+            m.extend(old.into_iter().filter(|(k, _)| !ev.nodes_removed.contains(k)).map(|(k, v)| (ev.node(k), v)));
+        }
+    }
+
     /// Heap bytes held by the map (for the memory benchmark).
     pub fn heap_bytes(&self) -> usize {
         self.map.allocation_size()

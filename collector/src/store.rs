@@ -288,6 +288,7 @@ impl Store {
         now_sec: u64,
         data_since: u64,
         checkpoint: crate::wal::Checkpoint,
+        edge_moves: &[(u32, Option<u32>)],
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io("begin write"))?;
         {
@@ -317,6 +318,26 @@ impl Store {
             }
             let mut et = tx.open_table(EDGES).map_err(io("open edges"))?;
             let mut st = tx.open_table(SLOTS).map_err(io("open slots"))?;
+            // Evictions first, in the order the graph did them, so indices match memory again.
+            for &(gone, moved_from) in edge_moves {
+                et.remove(gone).map_err(io("evict edge"))?;
+                st.retain_in((gone, 0u8, 0u64)..=(gone, 1u8, u64::MAX), |_, _| false).map_err(io("evict slots"))?;
+                let Some(from) = moved_from else { continue };
+                let meta = et.remove(from).map_err(io("move edge"))?.map(|v| v.value().to_vec());
+                if let Some(meta) = meta {
+                    et.insert(gone, meta.as_slice()).map_err(io("move edge"))?;
+                }
+                let mut slots = Vec::new();
+                for s in st.range((from, 0u8, 0u64)..=(from, 1u8, u64::MAX)).map_err(io("move slots"))? {
+                    let (k, v) = s.map_err(io("move slots"))?;
+                    let (_, ring, epoch) = k.value();
+                    slots.push((ring, epoch, v.value().to_vec()));
+                }
+                st.retain_in((from, 0u8, 0u64)..=(from, 1u8, u64::MAX), |_, _| false).map_err(io("move slots"))?;
+                for (ring, epoch, v) in slots {
+                    st.insert((gone, ring, epoch), v.as_slice()).map_err(io("move slots"))?;
+                }
+            }
             let fine_cut = (now_sec / FINE_WIDTH).saturating_sub(FINE_SLOTS as u64);
             let coarse_cut = (now_sec / COARSE_WIDTH).saturating_sub(COARSE_SLOTS as u64);
             for e in edges {
@@ -392,6 +413,35 @@ fn parse_revision(b: &[u8]) -> Result<StoredRevision, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edge_moves_follow_the_graph_s_swap_removal() {
+        let store = Store::in_memory(10).unwrap();
+        let meta = |n: &str| EdgeMeta {
+            source: Peer::User,
+            target: Peer::External { name: n.into() },
+            protocol: crate::graph::Protocol::Http,
+            totals: Default::default(),
+            metrics_seen: false,
+            server_metrics_seen: false,
+            last_sec: 1,
+        };
+        let slice = |epoch| Slice { epoch, ..Slice::default() };
+        let edges: Vec<EdgeRecord> = (0..4u32)
+            .map(|i| EdgeRecord { index: i, meta: meta(&format!("e{i}")), slices: vec![(0, slice(u64::from(i) + 1))] })
+            .collect();
+        let cp = crate::wal::Checkpoint::default();
+        store.write_tick(None, &edges, 5, 0, cp, &[]).unwrap();
+        // Edge 1 goes and edge 3 (the last) takes its place; then edge 2, now last, goes.
+        store.write_tick(None, &[], 5, 0, cp, &[(1, Some(3)), (2, None)]).unwrap();
+        let loaded = store.load().unwrap();
+        let got: Vec<(u32, String, Vec<u64>)> = loaded
+            .edges
+            .iter()
+            .map(|(i, m, s)| (*i, m.target.id(), s.iter().map(|(_, s)| s.epoch).collect()))
+            .collect();
+        assert_eq!(got, vec![(0, "ext:e0".into(), vec![1]), (1, "ext:e3".into(), vec![4])]);
+    }
 
     #[test]
     fn revisions_round_trip_compressed() {

@@ -188,3 +188,60 @@ async fn kill_9_right_after_the_answer_loses_nothing() {
     let (_, m) = (200, http().get(format!("{}/metrics", second.api)).send().await.unwrap().text().await.unwrap());
     assert!(m.contains("meshlens_collector_wal_segments "), "{m}");
 }
+
+/// A flood of junk names fills `--max-nodes`; once they have been idle for the retention they are
+/// evicted (counted), a real service gets in, and a restart on the same store does not bring the
+/// junk back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_junk_is_evicted_so_the_node_cap_does_not_fill_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |cfg: &mut meshlens_collector::CollectorConfig| {
+        cfg.data_dir = Some(dir.path().to_owned());
+        cfg.engine.max_nodes = 50;
+        cfg.window = std::time::Duration::from_secs(10);
+        cfg.engine.idle_retention_secs = 10;
+    };
+    let c = collector_with(config).await;
+    let junk = (0..60u64)
+        .map(|i| {
+            let name = format!("junk-{i}");
+            (resource("", &name, ""), vec![span(SpanKind::Server, 7, i + 1, None, 1, 1, vec![], false)])
+        })
+        .collect();
+    assert_eq!(http_traces(&c, &traces(junk)).await.status(), 200);
+    let api = std::sync::Mutex::new(c.api_url());
+    let value = |name: &'static str| {
+        let url = format!("{}/metrics", api.lock().unwrap());
+        async move {
+            let text = http().get(&url).send().await.unwrap().text().await.unwrap();
+            prom_value(&text, name)
+        }
+    };
+    eventually("the cap to fill", 20, || async {
+        (value("meshlens_collector_nodes").await == Some(50.0)).then_some(())
+    })
+    .await;
+    let real = |seed| pairs(seed, ("real", "v1"), ("db", "v1"), 3, 200, 1);
+    grpc_traces(&c, real(1)).await.unwrap();
+    let dropped = "meshlens_collector_dropped_total{signal=\"spans\",reason=\"cardinality\"}";
+    eventually("the real service refused at the cap", 20, || async {
+        (value(dropped).await >= Some(11.0 + 6.0)).then_some(())
+    })
+    .await;
+    // Ten idle seconds later the junk is gone.
+    eventually("the junk evicted", 30, || async {
+        (value("meshlens_collector_evicted_total{kind=\"node\"}").await >= Some(49.0)).then_some(())
+    })
+    .await;
+    grpc_traces(&c, real(2)).await.unwrap();
+    wait_edge(&c, "", "default/real/v1", "default/db/v1", 3).await;
+    c.shutdown().await.unwrap();
+
+    let c = collector_with(config).await;
+    *api.lock().unwrap() = c.api_url();
+    let (_, g) = get_json(&format!("{}/api/v1/graph", c.api_url())).await;
+    assert!(edge(&g, "default/real/v1", "default/db/v1").is_some(), "the real edge is back: {g}");
+    let nodes = value("meshlens_collector_nodes").await.unwrap();
+    assert!(nodes <= 3.0, "only user, real and db come back, not the junk: {nodes}");
+    c.shutdown().await.unwrap();
+}
