@@ -82,6 +82,8 @@ pub struct Counters {
     pub nodes_evicted: Counter,
     /// Edges evicted after no traffic for the idle retention.
     pub edges_evicted: Counter,
+    /// Cumulative metric series forgotten after no point for the idle retention.
+    pub series_evicted: Counter,
     /// Gauge: edges known.
     pub edges: Counter,
     /// Gauge: metric series tracked for delta conversion.

@@ -112,6 +112,9 @@ impl Engine {
     pub fn evict_idle(&mut self, now: f64) -> Vec<(u32, Option<u32>)> {
         let cutoff = (now as u64).saturating_sub(self.config.idle_retention_secs);
         let ev = self.graph.evict_idle(cutoff);
+        let series = self.series.evict_idle(cutoff);
+        self.counters.series_evicted.add(series as u64);
+        self.counters.series.set(self.series.len() as u64);
         if !ev.nodes_removed.is_empty() {
             self.pairing.remap_nodes(&ev);
         }

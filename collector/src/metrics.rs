@@ -61,6 +61,8 @@ struct Prev {
     /// For an exponential histogram: its scale and the index of `buckets[1]` (`buckets[0]` is the
     /// zero bucket).
     exp: Option<(i32, i32)>,
+    /// The second (Unix) of its last point, for eviction.
+    seen: u64,
 }
 
 impl SeriesStore {
@@ -72,6 +74,14 @@ impl SeriesStore {
     /// Merges an export of agent metrics into `graph` at time `now` (Unix seconds).
     pub fn ingest(&mut self, graph: &mut Graph, req: &ExportMetricsServiceRequest, now: f64) {
         Merge { g: graph, series: self }.ingest_metrics(req, now);
+    }
+
+    /// Forgets series with no point since `cutoff_sec`, so series from a flood do not hold
+    /// `max_series` for good; returns how many. A series that comes back starts a new baseline.
+    pub fn evict_idle(&mut self, cutoff_sec: u64) -> usize {
+        let before = self.last.len();
+        self.last.retain(|_, p| p.seen >= cutoff_sec);
+        before - self.last.len()
     }
 
     /// Series remembered.
@@ -293,6 +303,7 @@ impl Merge<'_> {
                 };
                 prev.start = start;
                 prev.count = count;
+                prev.seen = self.g.now_sec;
                 prev.buckets.clear();
                 prev.buckets.extend_from_slice(buckets);
                 Ok(Some(delta))
@@ -301,7 +312,8 @@ impl Merge<'_> {
                 if self.series.last.len() >= self.series.max_series {
                     return Err(LimitHit::Series);
                 }
-                self.series.last.insert(key, Prev { start, count, buckets: buckets.to_vec(), exp: None });
+                let seen = self.g.now_sec;
+                self.series.last.insert(key, Prev { start, count, buckets: buckets.to_vec(), exp: None, seen });
                 Ok(started_after_us.then(|| buckets.to_vec()))
             }
         }
@@ -463,7 +475,8 @@ impl Merge<'_> {
                 return Err(LimitHit::Series);
             }
             let fresh = started_after_us.then(|| (offset, buckets.clone()));
-            self.series.last.insert(key, Prev { start, count, buckets, exp: Some((scale, offset)) });
+            let seen = self.g.now_sec;
+            self.series.last.insert(key, Prev { start, count, buckets, exp: Some((scale, offset)), seen });
             return Ok(fresh);
         };
         let delta = match prev.exp {
@@ -503,7 +516,7 @@ impl Merge<'_> {
                 buckets.clone()
             }
         };
-        *prev = Prev { start, count, buckets, exp: Some((scale, offset)) };
+        *prev = Prev { start, count, buckets, exp: Some((scale, offset)), seen: self.g.now_sec };
         Ok(Some((offset, delta)))
     }
 

@@ -311,3 +311,18 @@ fn exponential_histograms_are_read_across_a_rescale() {
     assert_eq!(e.counters.points_rejected.get(), rejected + 1);
     assert_eq!(graph(&e).edges[0].stats.requests, 15);
 }
+
+/// Idle series, nodes and edges are evicted after the retention; fresh ones stay.
+#[test]
+fn idle_series_nodes_and_edges_are_evicted_after_the_retention() {
+    let mut e = engine();
+    let m = hist_metric(SERVER_DURATION, true, vec![hist_point(edge_attrs(A, B, Some(200)), start(), 1, &[5])]);
+    e.ingest_metrics(&metrics(vec![(resource("", "reviews", "v2"), vec![m])]), NOW);
+    assert_eq!((e.series.len(), e.graph.edges().len()), (1, 1));
+    e.evict_idle(NOW + e.config.idle_retention_secs as f64 - 1.0);
+    assert_eq!((e.series.len(), e.graph.edges().len()), (1, 1), "not yet idle for the retention");
+    e.evict_idle(NOW + e.config.idle_retention_secs as f64 + 1.0);
+    assert_eq!((e.series.len(), e.graph.edges().len()), (0, 0));
+    assert_eq!(e.counters.series_evicted.get(), 1);
+    assert_eq!((e.counters.nodes_evicted.get(), e.counters.edges_evicted.get()), (2, 1));
+}

@@ -337,8 +337,12 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
     metric(
         "evicted_total",
         "counter",
-        "Nodes and edges evicted after no traffic for the idle retention.",
-        &[("kind=\"node\"", c.nodes_evicted.get()), ("kind=\"edge\"", c.edges_evicted.get())],
+        "Nodes, edges and metric series evicted after no traffic for the idle retention.",
+        &[
+            ("kind=\"node\"", c.nodes_evicted.get()),
+            ("kind=\"edge\"", c.edges_evicted.get()),
+            ("kind=\"series\"", c.series_evicted.get()),
+        ],
     );
     metric("edges", "gauge", "Edges tracked.", &[("", c.edges.get())]);
     metric("series", "gauge", "Cumulative metric series tracked.", &[("", c.series.get())]);
