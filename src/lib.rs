@@ -127,6 +127,10 @@ pub struct CollectorArgs {
     /// Time a client has to send a request's headers; a slower one is disconnected.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: std::time::Duration,
+    /// An OTLP/HTTP or API connection with no request in flight for this long is closed (an idle
+    /// keep-alive, an HTTP/2 connection that sent only its preface); an SSE stream is in flight.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: std::time::Duration,
     /// Time an OTLP/HTTP upload has to deliver its whole body (then 408).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub body_read_timeout: std::time::Duration,
@@ -583,6 +587,7 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
         max_sse_subscribers: a.max_sse_subscribers,
         max_connections: a.max_connections,
         header_read_timeout: a.header_read_timeout,
+        idle_timeout: a.idle_timeout,
         body_read_timeout: a.body_read_timeout,
         max_inflight_bytes: a.max_inflight_mib << 20,
         ..CollectorConfig::default()

@@ -249,6 +249,9 @@ pub struct LimitsSpec {
     /// Most connections open at once on each listener; past it a new one is closed at once and
     /// counted. 10000 when absent.
     pub max_connections: Option<usize>,
+    /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive and
+    /// HTTP/2 alike: a connection that sent only the HTTP/2 preface has none); 60s when absent.
+    pub idle_timeout: Option<String>,
 }
 
 /// One called service as written.
@@ -313,6 +316,8 @@ pub struct Limits {
     pub default_timeout: Option<Duration>,
     /// Most connections open at once per listener.
     pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -323,6 +328,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(1),
             default_timeout: Some(Duration::from_secs(15)),
             max_connections: 10_000,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -508,6 +514,10 @@ impl AgentFile {
                     max_connections: match l.max_connections.unwrap_or(d.max_connections) {
                         0 => return Err(invalid("limits.max_connections", "must be at least 1")),
                         n => n,
+                    },
+                    idle_timeout: match dur("limits.idle_timeout", l.idle_timeout.as_deref(), d.idle_timeout)? {
+                        t if t.is_zero() => return Err(invalid("limits.idle_timeout", "must be more than 0s")),
+                        t => t,
                     },
                 }
             }

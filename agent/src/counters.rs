@@ -65,7 +65,8 @@ pub struct Counters {
     pub bad_requests: Counter,
     /// Connections closed at once because the listener had `max_connections` open.
     pub connections_refused: Counter,
-    /// Connections closed because their first byte did not come within the header read timeout.
+    /// Connections closed because their first byte did not come within the header read timeout, or
+    /// they had no request in flight for the idle timeout.
     pub idle_connections_closed: Counter,
 }
 
@@ -88,7 +89,7 @@ pub fn render(c: &Counters, registry: &Registry) -> String {
         ),
         (
             "idle_connections_closed_total",
-            "Connections that sent nothing within the header read timeout.",
+            "Connections closed idle: nothing within the header read timeout, or no request in flight for the idle timeout.",
             &c.idle_connections_closed,
         ),
         (

@@ -38,6 +38,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use meshlens_model::idle::{Held, Streams};
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -365,15 +366,19 @@ async fn serve_io<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let s = shared.clone();
+    let streams = Streams::new();
+    let in_flight = streams.clone();
     let service = service_fn(move |req: hyper::Request<Incoming>| {
-        let (s, info) = (s.clone(), info.clone());
+        let (s, info, active) = (s.clone(), info.clone(), in_flight.start());
         async move {
-            match side {
+            let resp = match side {
                 Side::Inbound => proxy::inbound(s, req, info).await,
                 Side::Outbound => proxy::outbound(s, req).await,
-            }
+            };
+            resp.map(|r| r.map(|b| Held::new(b, active)))
         }
     });
+    let idle_timeout = shared.runtime.load().config.limits.idle_timeout;
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -381,6 +386,14 @@ async fn serve_io<I>(
         () = async { let _ = stop.wait_for(|s| *s).await; } => {
             conn.as_mut().graceful_shutdown();
             conn.await
+        }
+        () = streams.wait_idle(idle_timeout, tokio::time::sleep) => {
+            // No request in flight for the idle timeout (an HTTP/2 preface and nothing else, or a
+            // keep-alive connection left open): GOAWAY, or close between requests.
+            // A peer that does not answer the GOAWAY's ping is dropped after one more timeout.
+            shared.counters.idle_connections_closed.add(1);
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(idle_timeout, conn).await.unwrap_or(Ok(()))
         }
     };
     if let Err(e) = result {

@@ -26,6 +26,8 @@ pub struct Counters {
     pub tls_handshake_errors: Counter,
     /// Connections that ended with an error (headers not sent in time, a broken peer).
     pub connection_errors: Counter,
+    /// HTTP connections closed after no request in flight for the idle timeout.
+    pub idle_connections_closed: Counter,
     /// OTLP/HTTP uploads whose body did not arrive within the body read timeout (408).
     pub bodies_timed_out: Counter,
     /// OTLP/HTTP uploads refused because the in-flight byte budget was spent (503).

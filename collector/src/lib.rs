@@ -88,6 +88,8 @@ pub struct CollectorConfig {
     pub max_connections: usize,
     /// Time a client has to send a request's headers (HTTP/1), on both HTTP listeners.
     pub header_read_timeout: Duration,
+    /// An HTTP connection with no request in flight for this long is closed (OTLP/HTTP and API).
+    pub idle_timeout: Duration,
     /// Time an OTLP/HTTP upload has to deliver its whole body; past it the answer is 408.
     pub body_read_timeout: Duration,
     /// Bytes of OTLP/HTTP bodies being read at once, across all connections (by Content-Length,
@@ -114,6 +116,7 @@ impl Default for CollectorConfig {
             max_sse_subscribers: 1024,
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
             max_inflight_bytes: 256 << 20,
             tls: None,
@@ -346,6 +349,7 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     let limits = serve::ListenerLimits {
         max_connections: config.max_connections,
         header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
         tls: config.tls.clone(),
     };
     let otlp_router = guard(otlp::http::router(ingest));

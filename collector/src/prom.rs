@@ -243,6 +243,12 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
         &[("", c.connection_errors.get())],
     );
     metric(
+        "idle_connections_closed_total",
+        "counter",
+        "HTTP connections closed after no request in flight for --idle-timeout (an HTTP/2 preface and nothing else, an idle keep-alive).",
+        &[("", c.idle_connections_closed.get())],
+    );
+    metric(
         "uploads_refused_total",
         "counter",
         "OTLP/HTTP uploads answered 408 (body not whole within --body-read-timeout) or 503 (in-flight byte budget spent).",

@@ -16,6 +16,7 @@ pub mod find;
 pub mod graph;
 pub mod hist;
 pub mod identity;
+pub mod idle;
 pub mod istio;
 pub mod layout;
 pub mod mutate;

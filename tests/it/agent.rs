@@ -620,3 +620,43 @@ async fn the_default_timeout_bounds_a_request_with_no_policy_timeout() {
     assert_eq!(status, 504, "{body}");
     assert_eq!(a.counters.request_timeouts.get(), 1);
 }
+
+/// `limits.idle_timeout`: a connection that sent only the HTTP/2 preface, and a keep-alive
+/// connection left open after its request, are closed once no request has been in flight for the
+/// timeout; a request slower than the timeout is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_with_no_request_in_flight_are_closed_at_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start().await;
+    let y = agent_yaml("shop/b/v1", backend.addr, "", "", None).replace(
+        "limits: {header_read_timeout: 500ms, max_header_bytes: 16384}",
+        "limits: {header_read_timeout: 500ms, max_header_bytes: 16384, idle_timeout: 1s}",
+    );
+    let b = agent(&y).await;
+    async fn closed_within(s: &mut tokio::net::TcpStream, secs: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(secs), s.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "the agent closed the connection within {secs}s: {out:?}");
+        out
+    }
+    // The preface and an empty SETTINGS frame, then nothing: a GOAWAY and the close.
+    let mut h2 = tokio::net::TcpStream::connect(b.inbound).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let frames = closed_within(&mut h2, 10).await;
+    assert!(frames.windows(2).any(|w| w == [0x07, 0x00]), "a GOAWAY frame (type 7) was sent: {frames:?}");
+    // One request answered, then the connection left open (hyper's header read timeout, 500 ms here,
+    // also runs while an HTTP/1 connection waits for its next request, so it may close first).
+    let mut h1 = tokio::net::TcpStream::connect(b.inbound).await.unwrap();
+    h1.write_all(b"GET /ok HTTP/1.1\r\nhost: b\r\n\r\n").await.unwrap();
+    let answered = String::from_utf8_lossy(&closed_within(&mut h1, 10).await).into_owned();
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    // A request that takes twice the idle timeout is in flight the whole time: answered.
+    let slow = crate::support::http()
+        .get(format!("http://{}/sleep/2000", b.inbound))
+        .header("host", "b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 200);
+    assert!(b.counters.idle_connections_closed.get() >= 1, "the HTTP/2 connection counted");
+}

@@ -373,3 +373,32 @@ async fn revisions_are_listed_in_pages_with_a_cursor() {
         all["revisions"].as_array().unwrap().iter().map(|r| r["revision"].as_u64().unwrap()).collect();
     assert_eq!(seen, expected);
 }
+
+/// `--idle-timeout`: an HTTP/2 connection that sent only its preface is closed (GOAWAY) on the API
+/// and on OTLP/HTTP, and an SSE stream, a request in flight, outlives the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_a_stream_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = collector_with(|cfg| cfg.idle_timeout = std::time::Duration::from_secs(1)).await;
+    let stream = http().get(format!("{}/api/v1/stream", c.api_url())).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    for addr in [c.http_addr, c.otlp_http_addr] {
+        let mut h2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+        let mut frames = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), h2.read_to_end(&mut frames)).await;
+        assert!(read.is_ok(), "{addr}: closed within 10 s: {frames:?}");
+        assert!(frames.windows(2).any(|w| w == [0x07, 0x00]), "{addr}: a GOAWAY frame: {frames:?}");
+    }
+    // Two idle timeouts later the stream still delivers the next revision.
+    grpc_traces(&c, pairs(1, ("a", ""), ("b", ""), 1, 200, 1)).await.unwrap();
+    let mut body = stream.bytes_stream();
+    let mut seen = String::new();
+    // The event with the edge sent after the idle closes, not the stream's first.
+    while !seen.contains("default/b") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), body.next()).await.expect("an event");
+        seen.push_str(&String::from_utf8_lossy(&chunk.expect("the stream is open").unwrap()));
+    }
+    let text = http().get(format!("{}/metrics", c.api_url())).send().await.unwrap().text().await.unwrap();
+    assert!(prom_value(&text, "meshlens_collector_idle_connections_closed_total").unwrap() >= 2.0, "{text}");
+}
