@@ -252,6 +252,8 @@ pub struct LimitsSpec {
     /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive and
     /// HTTP/2 alike: a connection that sent only the HTTP/2 preface has none); 60s when absent.
     pub idle_timeout: Option<String>,
+    /// A request body that sends nothing for this long ends its request (408); 30s when absent.
+    pub body_idle_timeout: Option<String>,
 }
 
 /// One called service as written.
@@ -318,6 +320,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
+    /// A request body that sends nothing for this long ends its request.
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -329,6 +333,7 @@ impl Default for Limits {
             default_timeout: Some(Duration::from_secs(15)),
             max_connections: 10_000,
             idle_timeout: Duration::from_secs(60),
+            body_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -517,6 +522,14 @@ impl AgentFile {
                     },
                     idle_timeout: match dur("limits.idle_timeout", l.idle_timeout.as_deref(), d.idle_timeout)? {
                         t if t.is_zero() => return Err(invalid("limits.idle_timeout", "must be more than 0s")),
+                        t => t,
+                    },
+                    body_idle_timeout: match dur(
+                        "limits.body_idle_timeout",
+                        l.body_idle_timeout.as_deref(),
+                        d.body_idle_timeout,
+                    )? {
+                        t if t.is_zero() => return Err(invalid("limits.body_idle_timeout", "must be more than 0s")),
                         t => t,
                     },
                 }

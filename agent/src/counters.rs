@@ -63,6 +63,8 @@ pub struct Counters {
     pub cert_reloads: Counter,
     /// Requests answered 400 before routing: Host headers against RFC 9112.
     pub bad_requests: Counter,
+    /// Requests ended with 408: their body sent nothing for `limits.body_idle_timeout`.
+    pub bodies_timed_out: Counter,
     /// Connections closed at once because the listener had `max_connections` open.
     pub connections_refused: Counter,
     /// Connections closed because their first byte did not come within the header read timeout, or
@@ -73,7 +75,7 @@ pub struct Counters {
 /// Prometheus text of the counters and the per-peer request metrics.
 pub fn render(c: &Counters, registry: &Registry) -> String {
     let mut out = String::new();
-    let counters: [(&str, &str, &Counter); 28] = [
+    let counters: [(&str, &str, &Counter); 29] = [
         ("authz_denied_total", "Inbound requests denied by authorization.", &c.authz_denied),
         ("rate_limited_total", "Inbound requests over the rate limit.", &c.rate_limited),
         ("tls_handshake_errors_total", "Inbound TLS handshakes that failed.", &c.tls_handshake_errors),
@@ -86,6 +88,11 @@ pub fn render(c: &Counters, registry: &Registry) -> String {
             "connections_refused_total",
             "Connections closed at once: the listener's max_connections were open.",
             &c.connections_refused,
+        ),
+        (
+            "request_bodies_timed_out_total",
+            "Requests ended with 408: the body sent nothing for limits.body_idle_timeout.",
+            &c.bodies_timed_out,
         ),
         (
             "idle_connections_closed_total",

@@ -8,6 +8,7 @@
 //! new connection, as hyper-util does. HTTP/2 requests share one multiplexed connection per endpoint.
 //! Between agents, connections are mutual TLS when the mesh has it ([`TlsTarget`]).
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -42,6 +43,77 @@ pub enum ProxyBody {
     Pooled(PooledBody),
     /// In memory (a replayable request body, or the agent's own answer).
     Full(Full<Bytes>),
+    /// A caller's request body, ended with an error if it sends nothing for a while.
+    Timed(TimedBody),
+}
+
+/// A request body from a caller that fails once no frame has come for `idle` while the body is
+/// unfinished (Envoy's stream idle timeout, for the request side): a client dripping nothing holds
+/// a request, an upstream connection and their buffers only that long. Whether it fired is kept in
+/// a [`Stalled`] the proxy reads to answer 408.
+pub struct TimedBody {
+    body: Incoming,
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    stalled: Stalled,
+}
+
+/// Set when a [`TimedBody`] ran out of time.
+#[derive(Clone, Debug, Default)]
+pub struct Stalled(Arc<std::sync::atomic::AtomicBool>);
+
+impl Stalled {
+    /// Whether the body stalled.
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// A request body that sent nothing for the body idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body sent nothing for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
+impl TimedBody {
+    /// `body`, failing after `idle` without a frame; and the flag that says it did.
+    pub fn new(body: Incoming, idle: Duration) -> (Self, Stalled) {
+        let stalled = Stalled::default();
+        (Self { body, idle, timer: None, stalled: stalled.clone() }, stalled)
+    }
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.stalled.0.store(true, std::sync::atomic::Ordering::Release);
+                        Poll::Ready(Some(Err(Box::new(BodyStalled(idle)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 impl ProxyBody {
@@ -65,6 +137,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ProxyBody::Pooled(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
+            ProxyBody::Timed(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -73,6 +146,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) => b.is_end_stream(),
             ProxyBody::Pooled(b) => b.body.is_end_stream(),
             ProxyBody::Full(b) => b.is_end_stream(),
+            ProxyBody::Timed(b) => b.is_end_stream(),
         }
     }
 
@@ -81,6 +155,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) => b.size_hint(),
             ProxyBody::Pooled(b) => b.body.size_hint(),
             ProxyBody::Full(b) => b.size_hint(),
+            ProxyBody::Timed(b) => b.size_hint(),
         }
     }
 }

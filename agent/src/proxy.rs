@@ -8,6 +8,11 @@
 //! detection; a retriable outcome is retried after a full-jitter backoff while attempts, the retry
 //! budget and the whole-request timeout allow. Bodies over [`MAX_REPLAY`] stream once and are not
 //! retried. Each attempt is recorded once on the outbound side, each request once on the inbound side.
+//!
+//! A caller's request body that sends nothing for `limits.body_idle_timeout` ends its request with
+//! 408. Every answer the agent makes up itself (400 Host rules, 403 authz, 429, 408, 502, 503, 504)
+//! comes from one mapping, `Refusal::response`; the outbound path is split into faults, the body,
+//! one attempt (`try_once`) and the retry decision (`retry_pause`).
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -15,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -27,8 +33,8 @@ use std::collections::HashMap;
 use crate::config::{AgentConfig, RateLimit};
 use crate::counters::Counters;
 use crate::normalize::normalize_path;
-use crate::pool::{ProxyBody, SendError, Upstream};
-use crate::route::{NoEndpoint, Route, Routes, VersionRoute, now_ms};
+use crate::pool::{ProxyBody, SendError, Stalled, TimedBody, Upstream};
+use crate::route::{InFlight, NoEndpoint, Route, Routes, VersionRoute, now_ms};
 use crate::telemetry::{Direction, ErrorKind, Outcome, PeerMetrics, Registry};
 use crate::tls::{MeshTls, workload_of};
 use crate::trace::{SpanKind, SpanRecord, SpanSink, TraceContext};
@@ -304,7 +310,7 @@ pub async fn inbound(
     let rt = shared.runtime.load();
     if let Some(why) = host_problem(&req) {
         shared.counters.bad_requests.add(1);
-        return Ok(text_response(StatusCode::BAD_REQUEST, format!("meshlens agent: {why}\n")));
+        return Ok(Refusal::BadHost(why).response());
     }
     let header = req.headers_mut().remove(&SOURCE);
     let claimed = header.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -333,13 +339,13 @@ pub async fn inbound(
             Ok(Cow::Owned(normal)) => {
                 if let Err(e) = set_path(&mut req, &normal) {
                     rec.outcome = Some(Outcome::status(400).with_mtls(conn.mtls));
-                    return Ok(text_response(StatusCode::BAD_REQUEST, format!("meshlens agent: {e}\n")));
+                    return Ok(Refusal::BadPath(e.to_string()).response());
                 }
             }
             Err(e) => {
                 shared.counters.authz_denied.add(1);
                 rec.outcome = Some(Outcome::status(400).with_mtls(conn.mtls));
-                return Ok(text_response(StatusCode::BAD_REQUEST, format!("meshlens agent: {e}\n")));
+                return Ok(Refusal::BadPath(e.to_string()).response());
             }
         }
         let (rule, allow) = authz.decide(identity, req.method().as_str(), req.uri().path());
@@ -348,10 +354,8 @@ pub async fn inbound(
             rec.outcome = Some(Outcome::status(403).with_mtls(conn.mtls));
             let by = rule.map_or("the default".to_owned(), |i| format!("rule {i}"));
             let who = if identity.is_empty() { "an unauthenticated caller" } else { identity };
-            return Ok(text_response(
-                StatusCode::FORBIDDEN,
-                format!("meshlens agent: denied by {by}: {who} may not {} {}\n", req.method(), req.uri().path()),
-            ));
+            let what = format!("{} {}", req.method(), req.uri().path());
+            return Ok(Refusal::Denied { by, who: who.to_owned(), what }.response());
         }
     }
     if let Some(limit) = &rt.config.rate_limit {
@@ -360,12 +364,8 @@ pub async fn inbound(
         if let Err(wait) = shared.take_token(caller, limit) {
             shared.counters.rate_limited.add(1);
             rec.outcome = Some(Outcome::status(429).with_mtls(conn.mtls));
-            let mut r = text_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("meshlens agent: rate limit of {}/s for {caller:?} reached\n", limit.per_second),
-            );
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            return Ok(r);
+            let (per_second, caller) = (limit.per_second, caller.to_string());
+            return Ok(Refusal::RateLimited { per_second, caller, retry_after: wait }.response());
         }
     }
     let parent = req.headers().get(&TRACEPARENT).and_then(|v| TraceContext::parse(v.as_bytes()));
@@ -376,13 +376,9 @@ pub async fn inbound(
 
     strip_hop_by_hop(req.headers_mut());
     req.headers_mut().insert(&TRACEPARENT, ctx.header());
-    let response = shared.send(&rt.app, req.map(ProxyBody::Incoming)).await.map_err(|(kind, message)| {
-        let message = match kind {
-            ErrorKind::ConnectFailure => format!("cannot connect to the app: {message}"),
-            _ => format!("the app broke the connection: {message}"),
-        };
-        (kind, message)
-    });
+    let (parts, body) = req.into_parts();
+    let (body, stalled) = timed(&rt, body);
+    let response = shared.send(&rt.app, Request::from_parts(parts, body)).await;
     let (resp, outcome, error) = match response {
         Ok(mut resp) => {
             strip_hop_by_hop(resp.headers_mut());
@@ -390,9 +386,14 @@ pub async fn inbound(
             let grpc = grpc_status(&resp);
             (resp, Outcome::status(status).with_grpc(grpc), "")
         }
+        Err(_) if stalled.get() => {
+            shared.counters.bodies_timed_out.add(1);
+            let outcome = Outcome { status: 408, error: ErrorKind::None, reached: true, mtls: false, grpc: None };
+            (Refusal::BodyStalled(rt.config.limits.body_idle_timeout).response(), outcome, "")
+        }
         Err((kind, message)) => {
             let outcome = Outcome { status: 502, error: kind, reached: true, mtls: false, grpc: None };
-            (text_response(StatusCode::BAD_GATEWAY, format!("meshlens agent: {message}\n")), outcome, kind.as_str())
+            (Refusal::App { kind, message }.response(), outcome, kind.as_str())
         }
     };
     rec.outcome = Some(outcome.with_mtls(conn.mtls));
@@ -479,37 +480,285 @@ pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Res
     let rt = shared.runtime.load_full();
     if let Some(why) = host_problem(&req) {
         shared.counters.bad_requests.add(1);
-        return Ok(text_response(StatusCode::BAD_REQUEST, format!("meshlens agent: {why}\n")));
+        return Ok(Refusal::BadHost(why).response());
     }
+    let unroutable = |status| {
+        let outcome = Outcome { status, error: ErrorKind::NoEndpoint, reached: false, mtls: false, grpc: None };
+        drop(Recorder { metrics: &shared.unknown_service, start, outcome: Some(outcome) });
+    };
+    let me = || rt.config.workload.id();
     let Some(host) = target_host(&req) else {
-        let mut rec = Recorder { metrics: &shared.unknown_service, start, outcome: None };
-        rec.outcome =
-            Some(Outcome { status: 400, error: ErrorKind::NoEndpoint, reached: false, mtls: false, grpc: None });
-        return Ok(text_response(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "meshlens agent ({}): the request names no service: send it to http://SERVICE/...\n",
-                rt.config.workload.id()
-            ),
-        ));
+        unroutable(400);
+        return Ok(Refusal::NoService { me: me() }.response());
     };
     let Some(route) = rt.routes.lookup(host).cloned() else {
         shared.counters.unroutable_unknown_service.add(1);
-        let mut rec = Recorder { metrics: &shared.unknown_service, start, outcome: None };
-        rec.outcome =
-            Some(Outcome { status: 502, error: ErrorKind::NoEndpoint, reached: false, mtls: false, grpc: None });
-        return Ok(text_response(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "meshlens agent ({}): no service {host:?} in this agent's config; known services: {}\n",
-                rt.config.workload.id(),
-                if rt.routes.names.is_empty() { "none" } else { &rt.routes.names }
-            ),
-        ));
+        unroutable(502);
+        let known = if rt.routes.names.is_empty() { "none".to_owned() } else { rt.routes.names.clone() };
+        return Ok(Refusal::UnknownService { me: me(), host: host.to_owned(), known }.response());
     };
     Ok(route_request(&shared, &rt, &route, req, start).await)
 }
 
+/// Why the agent answered a request itself. Every answer the agent makes up goes through
+/// [`Refusal::response`]: one place that maps a cause to its status and its text.
+enum Refusal<'a> {
+    /// `Host` headers against RFC 9112 (400).
+    BadHost(&'static str),
+    /// A path authz cannot judge: an encoded `/` or `\\` (400).
+    BadPath(String),
+    /// Authz denied it (403).
+    Denied { by: String, who: String, what: String },
+    /// The caller's rate limit is spent (429 with `Retry-After`).
+    RateLimited { per_second: f64, caller: String, retry_after: u64 },
+    /// An outbound request that names no service (400).
+    NoService { me: String },
+    /// An outbound request for a service not in the config (502).
+    UnknownService { me: String, host: String, known: String },
+    /// An injected abort.
+    Fault { route: &'a Route, status: u16 },
+    /// The request body could not be read (400).
+    BodyUnreadable(String),
+    /// The request body sent nothing for the body idle timeout (408).
+    BodyStalled(Duration),
+    /// No endpoint to send to (503).
+    NoEndpoint { route: &'a Route, why: NoEndpoint },
+    /// The local app could not be reached or broke the connection (502).
+    App { kind: ErrorKind, message: String },
+    /// The last attempt failed: 504 for a timeout, else 503.
+    Upstream { route: &'a Route, version: &'a str, kind: ErrorKind, message: String, retries: u32 },
+}
+
+impl Refusal<'_> {
+    fn response(self) -> Response<Body> {
+        let mut retry_after = None;
+        let (status, text) = match self {
+            Refusal::BadHost(why) => (StatusCode::BAD_REQUEST, format!(": {why}")),
+            Refusal::BadPath(why) => (StatusCode::BAD_REQUEST, format!(": {why}")),
+            Refusal::Denied { by, who, what } => {
+                (StatusCode::FORBIDDEN, format!(": denied by {by}: {who} may not {what}"))
+            }
+            Refusal::RateLimited { per_second, caller, retry_after: wait } => {
+                retry_after = Some(wait);
+                (StatusCode::TOO_MANY_REQUESTS, format!(": rate limit of {per_second}/s for {caller:?} reached"))
+            }
+            Refusal::NoService { me } => (
+                StatusCode::BAD_REQUEST,
+                format!(" ({me}): the request names no service: send it to http://SERVICE/..."),
+            ),
+            Refusal::UnknownService { me, host, known } => (
+                StatusCode::BAD_GATEWAY,
+                format!(" ({me}): no service {host:?} in this agent's config; known services: {known}"),
+            ),
+            Refusal::Fault { route, status } => (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                format!(": fault injected for {}", route.name),
+            ),
+            Refusal::BodyUnreadable(e) => (StatusCode::BAD_REQUEST, format!(": reading the request body: {e}")),
+            Refusal::BodyStalled(idle) => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(": the request body sent nothing for {idle:?} (limits.body_idle_timeout)"),
+            ),
+            Refusal::NoEndpoint { route, why } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                match why {
+                    NoEndpoint::NoneConfigured(v) => format!(": {} {v} has no endpoints in the config", route.name),
+                    NoEndpoint::AllEjected(v) => {
+                        format!(": every endpoint of {} {v} is ejected by outlier detection", route.name)
+                    }
+                },
+            ),
+            Refusal::App { kind, message } => (
+                StatusCode::BAD_GATEWAY,
+                match kind {
+                    ErrorKind::ConnectFailure => format!(": cannot connect to the app: {message}"),
+                    _ => format!(": the app broke the connection: {message}"),
+                },
+            ),
+            Refusal::Upstream { route, version, kind, message, retries } => {
+                let status = if kind == ErrorKind::Timeout {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                let after = if retries > 0 { format!(" after {retries} retries") } else { String::new() };
+                (status, format!(": upstream {} {version} failed{after}: {}: {message}", route.name, kind.as_str()))
+            }
+        };
+        let mut r = text_response(status, format!("meshlens agent{text}\n"));
+        if let Some(wait) = retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        }
+        r
+    }
+}
+
+/// A caller's request body, timed by `limits.body_idle_timeout` ([`TimedBody`]).
+fn timed(rt: &Runtime, body: Incoming) -> (ProxyBody, Stalled) {
+    let (body, stalled) = TimedBody::new(body, rt.config.limits.body_idle_timeout);
+    (ProxyBody::Timed(body), stalled)
+}
+
+/// Delays and aborts of the policy's fault injection; an abort is recorded and answered.
+async fn inject_faults<'a>(shared: &Shared, route: &'a Route, start: Instant) -> Result<(), Refusal<'a>> {
+    let (faults, counters) = (&route.policy.faults, &shared.counters);
+    if let Some((delay, p)) = faults.delay
+        && fastrand::f64() < p
+    {
+        counters.faults_delayed.add(1);
+        tokio::time::sleep(delay).await;
+    }
+    if let Some((status, p)) = faults.abort
+        && fastrand::f64() < p
+    {
+        counters.faults_aborted.add(1);
+        let _rec = Recorder {
+            metrics: &route.pick_version().metrics,
+            start,
+            outcome: Some(Outcome { status, error: ErrorKind::None, reached: false, mtls: false, grpc: None }),
+        };
+        return Err(Refusal::Fault { route, status });
+    }
+    Ok(())
+}
+
+/// The body to send: kept in memory when the request may be retried and it is small (so it can be
+/// replayed), else streamed once.
+async fn take_body<'a>(
+    body: ProxyBody,
+    stalled: &Stalled,
+    retriable: bool,
+    idle: Duration,
+) -> Result<(Option<Bytes>, Option<ProxyBody>), Refusal<'a>> {
+    let small = body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= MAX_REPLAY);
+    if !(retriable && small) {
+        return Ok((None, Some(body)));
+    }
+    match Limited::new(body, MAX_REPLAY as usize).collect().await {
+        Ok(collected) => Ok((Some(collected.to_bytes()), None)),
+        Err(_) if stalled.get() => Err(Refusal::BodyStalled(idle)),
+        Err(e) => Err(Refusal::BodyUnreadable(e.to_string())),
+    }
+}
+
+/// One attempt's request: the kept parts, a fresh trace context, and the body.
+fn attempt_request(parts: &mut http::request::Parts, keep: bool, ctx: &TraceContext, body: ProxyBody) -> Request<Body> {
+    // Only a request that may be retried needs its headers kept for another attempt.
+    let mut headers = if keep { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+    headers.insert(&TRACEPARENT, ctx.header());
+    let mut upstream = Request::new(body);
+    *upstream.method_mut() = parts.method.clone();
+    *upstream.uri_mut() = parts.uri.clone();
+    *upstream.version_mut() = parts.version;
+    *upstream.headers_mut() = headers;
+    upstream
+}
+
+/// What one attempt came to, and whether the whole-request deadline passed during it.
+struct Tried {
+    attempt: Attempt,
+    class: Class,
+    whole_timed_out: bool,
+}
+
+/// Where an attempt goes and under which trace.
+struct Target<'r> {
+    route: &'r Route,
+    version: &'r VersionRoute,
+    endpoint: &'r InFlight,
+    ctx: TraceContext,
+    parent: Option<TraceContext>,
+}
+
+/// Sends one attempt within its time limit, and records it: metrics, outlier detection, a CLIENT
+/// span.
+async fn try_once(shared: &Shared, to: &Target<'_>, request: Request<Body>, deadline: Option<Instant>) -> Tried {
+    let (counters, route, version, endpoint) = (&shared.counters, to.route, to.version, to.endpoint.endpoint());
+    let per_try = route.policy.retries.as_ref().and_then(|r| r.per_try_timeout);
+    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let limit = policy_core::attempt_limit(per_try, remaining);
+    let method = request.method().clone();
+    let wall = SystemTime::now();
+    let mut rec = Recorder { metrics: &version.metrics, start: Instant::now(), outcome: None };
+    let send = shared.send(&endpoint.upstream, request);
+    let result = match limit {
+        Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+        None => Some(send.await),
+    };
+    let whole_timed_out = result.is_none() && deadline.is_some_and(|d| Instant::now() >= d);
+    let attempt = match result {
+        None => {
+            version.metrics.add_timeouts(1);
+            if whole_timed_out {
+                counters.request_timeouts.add(1);
+            } else {
+                counters.per_try_timeouts.add(1);
+            }
+            Attempt::Failed(ErrorKind::Timeout, format!("no response within {:?}", limit.unwrap_or_default()))
+        }
+        Some(Ok(resp)) => Attempt::Response(resp),
+        Some(Err((kind, message))) => Attempt::Failed(kind, message),
+    };
+    let outcome = match &attempt {
+        Attempt::Response(r) => Outcome::status(r.status().as_u16()).with_grpc(grpc_status(r)),
+        Attempt::Failed(kind, _) => Outcome::failed(*kind, *kind != ErrorKind::ConnectFailure),
+    };
+    rec.outcome = Some(outcome.with_mtls(endpoint.upstream.tls.is_some() && outcome.reached));
+    drop(rec);
+    let class = attempt.class();
+    route.report(endpoint, class, now_ms(shared.origin), counters);
+    if to.ctx.sampled {
+        shared.spans.send(SpanRecord {
+            trace_id: to.ctx.trace_id,
+            span_id: to.ctx.span_id,
+            parent_span_id: to.parent.map_or([0; 8], |p| p.span_id),
+            kind: SpanKind::Client,
+            method,
+            path: None,
+            peer_service: Some(route.name.clone()),
+            server_address: Some(endpoint.authority.clone()),
+            start: wall,
+            end: SystemTime::now(),
+            status: outcome.status,
+            error: outcome.error.as_str(),
+        });
+    }
+    Tried { attempt, class, whole_timed_out }
+}
+
+/// Whether to try again, and after how long: only a retriable outcome, within the attempts, with a
+/// replayable body, a token from the retry budget and time left before the deadline. Counts why not.
+fn retry_pause(
+    shared: &Shared,
+    route: &Route,
+    tried: &Tried,
+    retry: u32,
+    replayable: bool,
+    deadline: Option<Instant>,
+) -> Option<Duration> {
+    let retries = route.policy.retries.as_ref()?;
+    if retry >= retries.attempts || tried.whole_timed_out || !policy_core::retriable(&retries.retry_on, tried.class) {
+        return None;
+    }
+    let counters = &shared.counters;
+    if !replayable {
+        counters.retries_body_too_large.add(1);
+        return None;
+    }
+    if !route.budget.withdraw(shared.origin.elapsed().as_secs(), retries) {
+        counters.retries_budget_denied.add(1);
+        return None;
+    }
+    counters.retries.add(1);
+    let pause = policy_core::backoff(retries, retry, fastrand::f64());
+    Some(match deadline {
+        Some(d) => pause.min(d.saturating_duration_since(Instant::now())),
+        None => pause,
+    })
+}
+
+/// Routes an outbound request by its service's policy: faults, then attempts (a version by the
+/// split, an endpoint by the balancer) until one answers or the retry policy says stop.
 async fn route_request(
     shared: &Shared,
     rt: &Runtime,
@@ -517,63 +766,47 @@ async fn route_request(
     req: Request<Incoming>,
     start: Instant,
 ) -> Response<Body> {
+    match route_attempts(shared, rt, route, req, start).await {
+        Ok(resp) => resp,
+        Err(refusal) => refusal.response(),
+    }
+}
+
+async fn route_attempts<'a>(
+    shared: &Shared,
+    rt: &Runtime,
+    route: &'a Route,
+    req: Request<Incoming>,
+    start: Instant,
+) -> Result<Response<Body>, Refusal<'a>> {
     let policy = &route.policy;
-    let counters = &shared.counters;
-    let sec = shared.origin.elapsed().as_secs();
     if policy.retries.is_some() {
-        route.budget.deposit(sec);
+        route.budget.deposit(shared.origin.elapsed().as_secs());
     }
-    if let Some((delay, p)) = policy.faults.delay
-        && fastrand::f64() < p
-    {
-        counters.faults_delayed.add(1);
-        tokio::time::sleep(delay).await;
-    }
-    if let Some((status, p)) = policy.faults.abort
-        && fastrand::f64() < p
-    {
-        counters.faults_aborted.add(1);
-        let version = route.pick_version();
-        let _rec = Recorder {
-            metrics: &version.metrics,
-            start,
-            outcome: Some(Outcome { status, error: ErrorKind::None, reached: false, mtls: false, grpc: None }),
-        };
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return text_response(status, format!("meshlens agent: fault injected for {}\n", route.name));
-    }
+    inject_faults(shared, route, start).await?;
 
     let parent = req.headers().get(&TRACEPARENT).and_then(|v| TraceContext::parse(v.as_bytes()));
     let trace = parent.unwrap_or_else(|| TraceContext::root(rt.sampling));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(&SOURCE, rt.source.clone());
-
-    // A small body is kept so the request can be replayed; a large one streams once.
-    let small = body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= MAX_REPLAY);
-    let (replay, mut once) = if policy.retries.is_some() && small {
-        match Limited::new(body, MAX_REPLAY as usize).collect().await {
-            Ok(collected) => (Some(collected.to_bytes()), None),
-            Err(e) => {
-                return text_response(
-                    StatusCode::BAD_REQUEST,
-                    format!("meshlens agent: reading the request body: {e}\n"),
-                );
-            }
+    let (body, stalled) = timed(rt, body);
+    let idle = rt.config.limits.body_idle_timeout;
+    let (replay, mut once) = take_body(body, &stalled, policy.retries.is_some(), idle).await.inspect_err(|r| {
+        if matches!(r, Refusal::BodyStalled(_)) {
+            shared.counters.bodies_timed_out.add(1);
         }
-    } else {
-        (None, Some(body))
-    };
+    })?;
 
     let deadline = policy.timeout.or(rt.config.limits.default_timeout).map(|t| start + t);
-    let max_retries = policy.retries.as_ref().map_or(0, |r| r.attempts);
+    let keep_headers = policy.retries.as_ref().is_some_and(|r| r.attempts > 0);
     let mut retry = 0u32;
     loop {
         let version: &VersionRoute = route.pick_version();
         let endpoint = match route.pick_endpoint(version, now_ms(shared.origin)) {
             Ok(e) => e,
             Err(why) => {
-                counters.unroutable_no_endpoint.add(1);
+                shared.counters.unroutable_no_endpoint.add(1);
                 let _rec = Recorder {
                     metrics: &version.metrics,
                     start: Instant::now(),
@@ -585,138 +818,46 @@ async fn route_request(
                         grpc: None,
                     }),
                 };
-                let message = match why {
-                    NoEndpoint::NoneConfigured(v) => format!("{} {v} has no endpoints in the config", route.name),
-                    NoEndpoint::AllEjected(v) => {
-                        format!("every endpoint of {} {v} is ejected by outlier detection", route.name)
-                    }
-                };
-                return text_response(StatusCode::SERVICE_UNAVAILABLE, format!("meshlens agent: {message}\n"));
+                return Err(Refusal::NoEndpoint { route, why });
             }
         };
         if retry > 0 {
             version.metrics.add_retries(1);
         }
-        let attempt_ctx = trace.child();
-        // Only a request that may be retried needs its headers kept for another attempt.
-        let mut headers = if max_retries == 0 { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
-        headers.insert(&TRACEPARENT, attempt_ctx.header());
+        let to = Target { route, version, endpoint: &endpoint, ctx: trace.child(), parent };
         let body = match (&replay, once.take()) {
             (Some(bytes), _) => ProxyBody::full(bytes.clone()),
-            (None, Some(b)) => ProxyBody::Incoming(b),
+            (None, Some(b)) => b,
             (None, None) => ProxyBody::empty(),
         };
-        let mut upstream = Request::new(body);
-        *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = parts.uri.clone();
-        *upstream.version_mut() = parts.version;
-        *upstream.headers_mut() = headers;
-
-        let per_try = policy.retries.as_ref().and_then(|r| r.per_try_timeout);
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let limit = policy_core::attempt_limit(per_try, remaining);
-        let attempt_start = Instant::now();
-        let wall = SystemTime::now();
-        let mut rec = Recorder { metrics: &version.metrics, start: attempt_start, outcome: None };
-        let send = shared.send(&endpoint.endpoint().upstream, upstream);
-        let result = match limit {
-            Some(limit) => tokio::time::timeout(limit, send).await.ok(),
-            None => Some(send.await),
-        };
-        let whole_timed_out = result.is_none() && deadline.is_some_and(|d| Instant::now() >= d);
-        let attempt = match result {
-            None => {
-                version.metrics.add_timeouts(1);
-                if whole_timed_out {
-                    counters.request_timeouts.add(1);
-                } else {
-                    counters.per_try_timeouts.add(1);
-                }
-                Attempt::Failed(ErrorKind::Timeout, format!("no response within {:?}", limit.unwrap_or_default()))
-            }
-            Some(Ok(resp)) => Attempt::Response(resp),
-            Some(Err((kind, message))) => Attempt::Failed(kind, message),
-        };
-        let outcome = match &attempt {
-            Attempt::Response(r) => Outcome::status(r.status().as_u16()).with_grpc(grpc_status(r)),
-            Attempt::Failed(kind, _) => Outcome::failed(*kind, *kind != ErrorKind::ConnectFailure),
-        };
-        rec.outcome = Some(outcome.with_mtls(endpoint.endpoint().upstream.tls.is_some() && outcome.reached));
-        drop(rec);
-        let class = attempt.class();
-        route.report(endpoint.endpoint(), class, now_ms(shared.origin), counters);
-        if attempt_ctx.sampled {
-            shared.spans.send(SpanRecord {
-                trace_id: attempt_ctx.trace_id,
-                span_id: attempt_ctx.span_id,
-                parent_span_id: parent.map_or([0; 8], |p| p.span_id),
-                kind: SpanKind::Client,
-                method: parts.method.clone(),
-                path: None,
-                peer_service: Some(route.name.clone()),
-                server_address: Some(endpoint.endpoint().authority.clone()),
-                start: wall,
-                end: SystemTime::now(),
-                status: outcome.status,
-                error: outcome.error.as_str(),
-            });
-        }
+        let request = attempt_request(&mut parts, keep_headers, &to.ctx, body);
+        let tried = try_once(shared, &to, request, deadline).await;
         drop(endpoint);
-
-        if let Some(retries) = &policy.retries
-            && retry < max_retries
-            && !whole_timed_out
-            && policy_core::retriable(&retries.retry_on, class)
-        {
-            if replay.is_none() {
-                counters.retries_body_too_large.add(1);
-            } else if !route.budget.withdraw(shared.origin.elapsed().as_secs(), retries) {
-                counters.retries_budget_denied.add(1);
-            } else {
-                retry += 1;
-                counters.retries.add(1);
-                let pause = policy_core::backoff(retries, retry - 1, fastrand::f64());
-                let pause = match deadline {
-                    Some(d) => pause.min(d.saturating_duration_since(Instant::now())),
-                    None => pause,
-                };
-                tokio::time::sleep(pause).await;
-                if deadline.is_none_or(|d| Instant::now() < d) {
-                    continue;
-                }
-                counters.request_timeouts.add(1);
-                version.metrics.add_timeouts(1);
-                return upstream_failed(route, version, ErrorKind::Timeout, "the whole-request timeout passed", retry);
-            }
+        if stalled.get() {
+            shared.counters.bodies_timed_out.add(1);
+            return Err(Refusal::BodyStalled(idle));
         }
-        return match attempt {
+        if let Some(pause) = retry_pause(shared, route, &tried, retry, replay.is_some(), deadline) {
+            retry += 1;
+            tokio::time::sleep(pause).await;
+            if deadline.is_none_or(|d| Instant::now() < d) {
+                continue;
+            }
+            shared.counters.request_timeouts.add(1);
+            version.metrics.add_timeouts(1);
+            let (kind, message) = (ErrorKind::Timeout, "the whole-request timeout passed".to_owned());
+            return Err(Refusal::Upstream { route, version: &version.name, kind, message, retries: retry });
+        }
+        return match tried.attempt {
             Attempt::Response(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut());
-                resp
+                Ok(resp)
             }
-            Attempt::Failed(kind, message) => upstream_failed(route, version, kind, &message, retry),
+            Attempt::Failed(kind, message) => {
+                Err(Refusal::Upstream { route, version: &version.name, kind, message, retries: retry })
+            }
         };
     }
-}
-
-fn upstream_failed(
-    route: &Route,
-    version: &VersionRoute,
-    kind: ErrorKind,
-    message: &str,
-    retries: u32,
-) -> Response<Body> {
-    let status = if kind == ErrorKind::Timeout { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::SERVICE_UNAVAILABLE };
-    let after = if retries > 0 { format!(" after {retries} retries") } else { String::new() };
-    text_response(
-        status,
-        format!(
-            "meshlens agent: upstream {} {} failed{after}: {}: {message}\n",
-            route.name,
-            version.name,
-            kind.as_str()
-        ),
-    )
 }
 
 #[cfg(test)]

@@ -660,3 +660,41 @@ async fn connections_with_no_request_in_flight_are_closed_at_the_idle_timeout() 
     assert_eq!(slow.status(), 200);
     assert!(b.counters.idle_connections_closed.get() >= 1, "the HTTP/2 connection counted");
 }
+
+/// `limits.body_idle_timeout`: a request body that stops arriving ends its request with 408 —
+/// inbound (towards the app) and outbound (towards another agent, a request that may be retried
+/// and one that may not) — and the agent keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stalls_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start().await;
+    let short = |y: String| {
+        y.replace(
+            "limits: {header_read_timeout: 500ms, max_header_bytes: 16384}",
+            "limits: {header_read_timeout: 500ms, max_header_bytes: 16384, body_idle_timeout: 1s}",
+        )
+    };
+    let b = agent(&short(agent_yaml("shop/b/v1", backend.addr, "", "", None))).await;
+    let services = format!("b:\n  versions:\n    v1: ['{}']\n", b.inbound);
+    let unused: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let plain = agent(&short(agent_yaml("shop/a/v1", unused, &services, "", None))).await;
+    let retrying = agent(&short(agent_yaml("shop/a/v1", unused, &services, "b: {retries: {attempts: 2}}", None))).await;
+    async fn stall(addr: std::net::SocketAddr) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nhost: b\r\ncontent-length: 1000\r\n\r\n0123456789").await.unwrap();
+        let mut out = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut out)).await.expect("an answer").unwrap();
+        String::from_utf8_lossy(&out[..n]).into_owned()
+    }
+    for (what, addr, counters) in [
+        ("inbound", b.inbound, &b.counters),
+        ("outbound", plain.outbound.unwrap(), &plain.counters),
+        ("outbound with retries", retrying.outbound.unwrap(), &retrying.counters),
+    ] {
+        let answer = stall(addr).await;
+        assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("body_idle_timeout"), "{what}: {answer}");
+        assert_eq!(counters.bodies_timed_out.get(), 1, "{what}");
+    }
+    let ok = App::via(&plain).get("b", "/ok").await;
+    assert_eq!(ok.0, 200, "still serving");
+}
