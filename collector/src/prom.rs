@@ -251,7 +251,7 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
     metric(
         "uploads_refused_total",
         "counter",
-        "OTLP/HTTP uploads answered 408 (body not whole within --body-read-timeout) or 503 (in-flight byte budget spent).",
+        "OTLP uploads answered 408 (an OTLP/HTTP body not whole within --body-read-timeout) or refused as retryable because the in-flight byte budget was spent (503 over HTTP, UNAVAILABLE over gRPC).",
         &[
             ("reason=\"body_timeout\"", c.bodies_timed_out.get()),
             ("reason=\"inflight_budget\"", c.requests_refused_inflight.get()),

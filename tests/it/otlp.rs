@@ -526,3 +526,125 @@ async fn grpc_connections_are_capped() {
     })
     .await;
 }
+
+/// The process's peak memory stays within its stated bound under the attacks that once took it to
+/// gigabytes: a 1 MB service name, 20 stalled 50 MiB OTLP/HTTP uploads and 40 stalled gRPC streams
+/// each 50 MiB into a declared 60 MiB message. OTLP/HTTP bodies are charged by their declared
+/// length, gRPC bodies by the frames that arrive, both against one `--max-inflight-mib`; what the
+/// budget does not take is refused as retryable. The peak (VmHWM) stays under the baseline plus the
+/// budget plus 96 MiB of slack (connection buffers, HTTP/2 windows, allocator), and the API answers
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_within_the_inflight_budget_under_stalled_uploads() {
+    use tokio::io::AsyncWriteExt;
+    const BUDGET_MIB: u64 = 128;
+    let p = collector_process(&["--in-memory", "--max-inflight-mib", "128", "--body-read-timeout", "30s"]).await;
+    let baseline = p.status_bytes("VmRSS");
+
+    // A 1 MB name: refused at the door, not stored.
+    let name = "n".repeat(1 << 20);
+    let req = traces(vec![(resource("", &name, ""), vec![span(SpanKind::Server, 1, 1, None, 1, 1, vec![], false)])]);
+    let r = http()
+        .post(format!("http://{}/v1/traces", p.otlp_http))
+        .header("content-type", "application/x-protobuf")
+        .body(prost::Message::encode_to_vec(&req))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // 20 uploads declaring 50 MiB that send all but the last KiB, then stall.
+    let chunk = bytes::Bytes::from(vec![0u8; 1 << 20]);
+    let mut held = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..20 {
+        let addr = p.otlp_http.clone();
+        let chunk = chunk.clone();
+        writers.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "POST /v1/traces HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+                50u64 << 20
+            );
+            if s.write_all(head.as_bytes()).await.is_err() {
+                return s;
+            }
+            for i in 0..50 {
+                let part = if i == 49 { chunk.slice(..chunk.len() - 1024) } else { chunk.clone() };
+                if s.write_all(&part).await.is_err() {
+                    break;
+                }
+            }
+            s
+        }));
+    }
+    // 40 gRPC streams on 4 connections, each 50 MiB into a declared 60 MiB message.
+    let grpc = p.grpc.trim_start_matches("http://").to_owned();
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let tcp = tokio::net::TcpStream::connect(&grpc).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..10 {
+            let (tx, rx) =
+                tokio::sync::mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>(2);
+            let body =
+                http_body_util::StreamBody::new(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|f| (f, rx))
+                })));
+            let req = hyper::Request::post(format!(
+                "http://{grpc}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(body)
+            .unwrap();
+            let mut sender = sender.clone();
+            let chunk = chunk.clone();
+            streams.push(tokio::spawn(async move {
+                let _ = sender.ready().await;
+                let answer = tokio::spawn(sender.send_request(req));
+                let mut head = vec![0u8];
+                head.extend_from_slice(&(60u32 << 20).to_be_bytes());
+                if tx.send(Ok(hyper::body::Frame::data(head.into()))).await.is_ok() {
+                    for _ in 0..50 {
+                        if tx.send(Ok(hyper::body::Frame::data(chunk.clone()))).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                (tx, answer)
+            }));
+        }
+    }
+    // Every writer has sent what it could (or was refused); the stalled ones are still held.
+    for w in writers {
+        held.push(tokio::time::timeout(std::time::Duration::from_secs(60), w).await.expect("writers finish").unwrap());
+    }
+    let mut answers = Vec::new();
+    for s in streams {
+        answers.push(tokio::time::timeout(std::time::Duration::from_secs(60), s).await.expect("streams sent").unwrap());
+    }
+    assert_eq!(get_json(&format!("{}/healthz", p.api)).await.0, 200, "the API answers while uploads stall");
+    let peak = p.status_bytes("VmHWM");
+    let bound = baseline + (BUDGET_MIB << 20) + (96 << 20);
+    eprintln!("peak {} MiB, baseline {} MiB, bound {} MiB", peak >> 20, baseline >> 20, bound >> 20);
+    assert!(
+        peak < bound,
+        "peak RSS {} MiB over the bound {} MiB (baseline {} MiB + budget {BUDGET_MIB} MiB + 96 MiB)",
+        peak >> 20,
+        bound >> 20,
+        baseline >> 20
+    );
+    let text = http().get(format!("{}/metrics", p.api)).send().await.unwrap().text().await.unwrap();
+    let refused =
+        prom_value(&text, "meshlens_collector_uploads_refused_total{reason=\"inflight_budget\"}").unwrap_or(0.0);
+    assert!(refused >= 1.0, "uploads past the budget were refused and counted: {text}");
+    drop(answers);
+    drop(held);
+}

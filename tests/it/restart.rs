@@ -1,63 +1,21 @@
 //! Persistence: the real binary is killed with SIGKILL and restarted on the same data directory; the
 //! graph, its window stats and the revisions are back, and revision numbers continue.
 
-use std::process::Stdio;
-
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 
 use crate::support::*;
 
-struct Proc {
-    child: Child,
-    grpc: String,
-    api: String,
-}
-
 async fn spawn(data_dir: &std::path::Path) -> Proc {
     spawn_ticking(data_dir, "100ms").await
 }
 
 async fn spawn_ticking(data_dir: &std::path::Path, tick: &str) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshlens"))
-        .args([
-            "collector",
-            "--otlp-grpc",
-            "127.0.0.1:0",
-            "--otlp-http",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--tick",
-            tick,
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut grpc, mut api) = (String::new(), String::new());
-    while let Some(line) =
-        tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap()
-    {
-        let last = line.split_whitespace().last().unwrap_or_default().to_owned();
-        if line.starts_with("  OTLP/gRPC") {
-            grpc = format!("http://{last}");
-        } else if line.starts_with("  API and UI") {
-            api = last;
-        } else if line.starts_with("Ctrl-C") {
-            break;
-        }
-    }
-    assert!(!grpc.is_empty() && !api.is_empty(), "the collector printed its addresses");
-    Proc { child, grpc, api }
+    let dir = data_dir.to_str().unwrap();
+    collector_process(&["--tick", tick, "--data-dir", dir]).await
 }
 
 async fn export(p: &Proc, req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest) {

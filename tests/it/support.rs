@@ -203,3 +203,58 @@ pub fn namespace_edges<'a>(g: &'a Value, ns: &str) -> Vec<&'a Value> {
         })
         .unwrap_or_default()
 }
+
+/// The real `meshlens collector` binary, killed when dropped.
+pub struct Proc {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// `http://` address of OTLP/gRPC.
+    pub grpc: String,
+    /// `http://` address of the API.
+    pub api: String,
+    /// `host:port` of OTLP/HTTP.
+    pub otlp_http: String,
+}
+
+impl Proc {
+    /// A line of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`).
+    pub fn status_bytes(&self, key: &str) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {status}"));
+        kb * 1024
+    }
+}
+
+/// Starts the binary's collector on loopback ports with `args` added, and reads its addresses.
+pub async fn collector_process(args: &[&str]) -> Proc {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlens"))
+        .args(["collector", "--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut grpc, mut api, mut otlp_http) = (String::new(), String::new(), String::new());
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap() {
+        let last = line.split_whitespace().last().unwrap_or_default().to_owned();
+        if line.starts_with("  OTLP/gRPC") {
+            grpc = format!("http://{last}");
+        } else if line.starts_with("  OTLP/HTTP") {
+            otlp_http = last.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        } else if line.starts_with("  API and UI") {
+            api = last;
+        } else if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    assert!(!grpc.is_empty() && !api.is_empty(), "the collector printed its addresses");
+    Proc { child, grpc, api, otlp_http }
+}

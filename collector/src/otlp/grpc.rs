@@ -86,11 +86,85 @@ impl tower::Service<http::Request<tonic::body::Body>> for Traces {
             let mut grpc = tonic::server::Grpc::new(codec)
                 .apply_compression_config(accept, EnabledCompressionEncodings::default())
                 .apply_max_message_size_config(Some(cap), None);
-            let resp = grpc.unary(ExportTraces(ingest.clone()), req).await;
+            let resp = grpc.unary(ExportTraces(ingest.clone()), charge(&ingest, req)).await;
             count_refusal(&ingest, &resp);
             Ok(resp)
         })
     }
+}
+
+/// An export's body that draws on the in-flight byte budget as its frames arrive (gRPC declares no
+/// length up front), holding what it drew until it is dropped. Past the budget the body fails with
+/// `UNAVAILABLE`, which tonic answers as such: retryable, as the OTLP/HTTP receiver's 503 is.
+struct Charged {
+    body: tonic::body::Body,
+    budget: Arc<tokio::sync::Semaphore>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Bytes received and not yet covered by a whole KiB permit.
+    loose: usize,
+    ingest: Arc<Ingest>,
+}
+
+impl http_body::Body for Charged {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        let this = self.get_mut();
+        let frame = match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => f,
+            other => return other,
+        };
+        if let Some(data) = frame.data_ref() {
+            this.loose += data.len();
+            let kib = u32::try_from(this.loose.div_ceil(1024)).unwrap_or(u32::MAX);
+            match this.budget.clone().try_acquire_many_owned(kib) {
+                Ok(p) => {
+                    this.loose = this.loose.saturating_sub(kib as usize * 1024);
+                    match &mut this.held {
+                        Some(h) => h.merge(p),
+                        None => this.held = Some(p),
+                    }
+                }
+                Err(_) => {
+                    this.ingest.counters.requests_refused_inflight.add(1);
+                    return Poll::Ready(Some(Err(Status::with_error_details(
+                        tonic::Code::Unavailable,
+                        format!(
+                            "the collector is reading its limit of {} bytes of uploads at once; retry later",
+                            this.ingest.uploads.max_inflight_bytes
+                        ),
+                        ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+                    ))));
+                }
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// `req` with its body charged to the in-flight budget.
+fn charge(ingest: &Arc<Ingest>, req: http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> {
+    req.map(|body| {
+        tonic::body::Body::new(Charged {
+            body,
+            budget: ingest.inflight.clone(),
+            held: None,
+            loose: 0,
+            ingest: ingest.clone(),
+        })
+    })
 }
 
 /// Counts exports tonic refused before they reached a handler: over the size cap, or not
@@ -145,7 +219,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for CountedMetrics {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let fut = self.inner.call(req);
+        let fut = self.inner.call(charge(&self.ingest, req));
         let ingest = self.ingest.clone();
         Box::pin(async move {
             let resp = fut.await?;
