@@ -371,5 +371,46 @@ fn memory(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, memory, ingest, api);
+/// A restart's store read (`Store::load`) on the same 300-service graph with a short and a long
+/// revision history: only the newest revision is read whole, so the two should take about the
+/// same time.
+fn restart(c: &mut Criterion) {
+    use meshlens_collector::store::{Store, StoredRevision};
+    let now = meshlens_collector::engine::unix_now();
+    let engine = big_engine(300, 1000, 5, now);
+    let views = meshlens_collector::views::snapshots(&engine, &View::ALL, 60, now, &mut Merger::default());
+    let mut g = c.benchmark_group("restart");
+    g.sample_size(10);
+    for (revisions, times) in [(100u64, true), (1000, true), (100, false)] {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        {
+            let store = Store::open(dir.path(), 100_000).unwrap();
+            for r in 1..=revisions {
+                let rev = StoredRevision {
+                    revision: r,
+                    generated_at_ms: (now * 1000.0) as i64 + r as i64,
+                    window_seconds: 60,
+                    changes: Default::default(),
+                    views: views.clone(),
+                };
+                store.write_tick(Some(&rev), &[], now as u64, now as u64, Default::default(), &[]).unwrap();
+            }
+            if !times {
+                store.forget_revision_times().unwrap();
+            }
+        }
+        // Without the times table every revision is read whole: the read before #16, for comparison.
+        let how = if times { "" } else { "_reading_every_revision" };
+        g.bench_function(format!("load_300_services_{revisions}_revisions{how}"), |b| {
+            b.iter(|| {
+                let store = Store::open(dir.path(), 100_000).unwrap();
+                let loaded = store.load().unwrap();
+                assert_eq!(loaded.index.len() as u64, revisions);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, memory, ingest, api, restart);
 criterion_main!(benches);

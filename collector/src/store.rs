@@ -25,6 +25,9 @@ const SUMMARIES: TableDefinition<u64, &[u8]> = TableDefinition::new("revision_su
 const EDGES: TableDefinition<u32, &[u8]> = TableDefinition::new("edges");
 const SLOTS: TableDefinition<(u32, u8, u64), &[u8]> = TableDefinition::new("slots");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Revision → when it was published (Unix ms): what a start needs of every revision, without
+/// reading the revisions themselves.
+const TIMES: TableDefinition<u64, i64> = TableDefinition::new("revision_times");
 
 /// A store failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +241,7 @@ impl Store {
         tx.open_table(EDGES).map_err(io("create tables"))?;
         tx.open_table(SLOTS).map_err(io("create tables"))?;
         tx.open_table(META).map_err(io("create tables"))?;
+        tx.open_table(TIMES).map_err(io("create tables"))?;
         tx.commit().map_err(io("commit"))?;
         Ok(Self { db, retain_revisions: retain_revisions.max(1) })
     }
@@ -246,14 +250,27 @@ impl Store {
     pub fn load(&self) -> Result<Loaded, StoreError> {
         let tx = self.db.begin_read().map_err(io("begin read"))?;
         let revs = tx.open_table(REVISIONS).map_err(io("open revisions"))?;
+        let times = tx.open_table(TIMES).map_err(io("open revision times"))?;
+        // Only the newest revision is read whole; the index comes from the times table, so a start
+        // takes the same time whatever the history's length. (Revisions stored before that table
+        // are read once, here.)
         let mut index = Vec::new();
-        let mut latest = None;
-        for item in revs.iter().map_err(io("read revisions"))? {
-            let (k, v) = item.map_err(io("read revisions"))?;
-            let rec = parse_revision(v.value())?;
-            index.push((k.value(), rec.generated_at_ms));
-            latest = Some(rec);
+        for item in times.iter().map_err(io("read revision times"))? {
+            let (k, v) = item.map_err(io("read revision times"))?;
+            index.push((k.value(), v.value()));
         }
+        let first_timed = index.first().map_or(u64::MAX, |&(r, _)| r);
+        let mut older = Vec::new();
+        for item in revs.range(..first_timed).map_err(io("read revisions"))? {
+            let (k, v) = item.map_err(io("read revisions"))?;
+            older.push((k.value(), parse_revision(v.value())?.generated_at_ms));
+        }
+        older.append(&mut index);
+        let index = older;
+        let latest = match revs.last().map_err(io("read revisions"))? {
+            Some((_, v)) => Some(parse_revision(v.value())?),
+            None => None,
+        };
         let edges_t = tx.open_table(EDGES).map_err(io("open edges"))?;
         let slots_t = tx.open_table(SLOTS).map_err(io("open slots"))?;
         let mut edges = Vec::new();
@@ -308,6 +325,11 @@ impl Store {
                 if keep_from > 0 {
                     t.retain_in(..keep_from, |_, _| false).map_err(io("prune revisions"))?;
                 }
+                let mut times = tx.open_table(TIMES).map_err(io("open revision times"))?;
+                times.insert(rev.revision, rev.generated_at_ms).map_err(io("write revision time"))?;
+                if keep_from > 0 {
+                    times.retain_in(..keep_from, |_, _| false).map_err(io("prune revision times"))?;
+                }
                 let mut sums = tx.open_table(SUMMARIES).map_err(io("open summaries"))?;
                 let summary = serde_json::to_vec(&summary_of(rev))
                     .map_err(|e| StoreError::Corrupt { what: "summary", detail: e.to_string() })?;
@@ -356,6 +378,14 @@ impl Store {
         }
         tx.commit().map_err(io("commit"))?;
         Ok(())
+    }
+
+    /// Empties the revision times table, leaving a store as written before it existed (for the
+    /// restart benchmark's comparison, and the test of that path).
+    pub fn forget_revision_times(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(io("begin write"))?;
+        tx.open_table(TIMES).map_err(io("open revision times"))?.retain(|_, _| false).map_err(io("prune"))?;
+        tx.commit().map_err(io("commit"))
     }
 
     /// One revision.
@@ -413,6 +443,27 @@ fn parse_revision(b: &[u8]) -> Result<StoredRevision, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_index_comes_from_the_times_table_and_old_stores_still_load() {
+        let store = Store::in_memory(3).unwrap();
+        for r in 1..=5u64 {
+            let rev = StoredRevision {
+                revision: r,
+                generated_at_ms: 1000 + r as i64,
+                window_seconds: 60,
+                changes: Default::default(),
+                views: vec![],
+            };
+            store.write_tick(Some(&rev), &[], 5, 0, Default::default(), &[]).unwrap();
+        }
+        let want = vec![(3, 1003), (4, 1004), (5, 1005)];
+        let loaded = store.load().unwrap();
+        assert_eq!((loaded.index.clone(), loaded.latest.map(|r| r.revision)), (want.clone(), Some(5)));
+        store.forget_revision_times().unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!((loaded.index, loaded.latest.map(|r| r.revision)), (want, Some(5)), "read from the revisions");
+    }
 
     #[test]
     fn edge_moves_follow_the_graph_s_swap_removal() {
