@@ -279,11 +279,12 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
             })
             .await
             .map_err(|e| CollectorError::Config { name: "data-dir", message: e.to_string() })??;
-            if recovered.replayed + recovered.warmed + recovered.torn > 0 {
+            if recovered.replayed + recovered.warmed + recovered.torn + recovered.undecodable > 0 {
                 tracing::info!(
                     replayed = recovered.replayed,
                     warmed = recovered.warmed,
                     torn = recovered.torn,
+                    undecodable = recovered.undecodable,
                     "write-ahead log replayed"
                 );
             }
