@@ -38,7 +38,7 @@ pub enum Command {
     /// Listens for OTLP/gRPC and OTLP/HTTP from agents and any OpenTelemetry SDK, and serves the JSON
     /// API, the SSE stream and Prometheus /metrics. State is kept under --data-dir so a restart keeps
     /// the graph and its revisions.
-    Collector(CollectorArgs),
+    Collector(Box<CollectorArgs>),
     /// Run the sidecar proxy beside one workload.
     ///
     /// Carries the workload's inbound traffic to the local app and its outbound traffic to the
@@ -86,6 +86,87 @@ pub enum Command {
     Stat(StatArgs),
     /// Print the service graph as a table, JSON, Graphviz dot or Mermaid.
     Graph(GraphArgs),
+}
+
+/// Reading the graph from a Prometheus-compatible store (`--prometheus`), shared by `collector`,
+/// `stat`, `graph`, `console` and `sim --from`.
+#[derive(Debug, Clone, Args)]
+pub struct PrometheusArgs {
+    /// Read the graph from this Prometheus-compatible query API (Prometheus, VictoriaMetrics,
+    /// Thanos, Mimir: the URL /api/v1/query is under) instead of a collector: meshlens's own
+    /// traces_service_graph_* series remote-written by any number of collectors (and Tempo's),
+    /// Istio's standard metrics and Linkerd's proxy metrics. Given to stat, graph, console or
+    /// sim, an in-memory collector reading it runs inside the command.
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<String>,
+    /// Which series to read (repeatable): meshlens (traces_service_graph_*), istio
+    /// (istio_requests_total, istio_request_duration_milliseconds), linkerd (response_total,
+    /// response_latency_ms), or auto for all three.
+    #[arg(long, value_name = "DIALECT", default_value = "auto", requires = "prometheus")]
+    pub prometheus_dialect: Vec<String>,
+    /// How often the store is read.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, requires = "prometheus")]
+    pub prometheus_interval: std::time::Duration,
+    /// A bearer token for the store.
+    #[arg(long, value_name = "TOKEN", env = "MESHLENS_PROMETHEUS_TOKEN", hide_env_values = true)]
+    pub prometheus_token: Option<String>,
+}
+
+impl PrometheusArgs {
+    /// The source these flags describe, reading `backfill` of history first; `None` without
+    /// `--prometheus`.
+    pub fn source(
+        &self,
+        backfill: std::time::Duration,
+    ) -> Result<Option<meshlens_collector::source::SourceConfig>, CliError> {
+        let Some(url) = &self.prometheus else { return Ok(None) };
+        let mut dialects = Vec::new();
+        for d in &self.prometheus_dialect {
+            if d == "auto" {
+                dialects.extend(meshlens_collector::source::Dialect::ALL);
+            } else {
+                dialects.push(
+                    d.parse().map_err(|e: String| CliError::Config(anyhow::anyhow!("--prometheus-dialect: {e}")))?,
+                );
+            }
+        }
+        dialects.dedup();
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            return Err(CliError::Config(anyhow::anyhow!("--prometheus {url}: give an http:// URL")));
+        }
+        Ok(Some(meshlens_collector::source::SourceConfig {
+            url: url.clone(),
+            dialects,
+            interval: self.prometheus_interval,
+            backfill,
+            token: self.prometheus_token.clone(),
+            max_series: 1_000_000,
+        }))
+    }
+}
+
+/// An in-memory collector reading a Prometheus-compatible store, for `stat`, `graph`, `console`
+/// and `sim --from` given `--prometheus`: returns it (stop it when done) and its API URL once its
+/// first revision is out.
+async fn embedded_source(
+    p: &PrometheusArgs,
+    window: std::time::Duration,
+) -> Result<Option<(meshlens_collector::Running, String)>, CliError> {
+    let Some(source) = p.source(window)? else { return Ok(None) };
+    let config = CollectorConfig { source: Some(source), ..CollectorConfig::ephemeral() };
+    let running = meshlens_collector::start(config).await.map_err(|e| CliError::Runtime(e.into()))?;
+    for _ in 0..100 {
+        if running.hub.latest().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let url = running.api_url();
+    Ok(Some((running, url)))
+}
+
+fn window_of(w: &str) -> Result<std::time::Duration, CliError> {
+    meshlens_model::time::parse_duration(w).map_err(|e| CliError::Config(anyhow::anyhow!("--window {w}: {e}")))
 }
 
 /// `meshlens collector`.
@@ -175,13 +256,33 @@ pub struct CollectorArgs {
     /// A node or edge whose error rate is at or above this percent is failing.
     #[arg(long, value_name = "PCT", default_value_t = 10.0)]
     pub failing_error_pct: f64,
+    /// Write the graph (the traces_service_graph_* series of /metrics) to this Prometheus
+    /// remote-write receiver (Prometheus with --web.enable-remote-write-receiver:
+    /// http://HOST:9090/api/v1/write; VictoriaMetrics: http://HOST:8428/api/v1/write). Collectors
+    /// that each write there are read as one graph with --prometheus.
+    /// Repeat it to write to several.
+    #[arg(long, value_name = "URL")]
+    pub remote_write: Vec<String>,
+    /// How often the graph is remote-written (and once more at shutdown).
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration, requires = "remote_write")]
+    pub remote_write_interval: std::time::Duration,
+    /// A label added to every written series, KEY=VALUE (repeatable); default
+    /// meshlens_collector=HOST:PORT, which tells collectors apart.
+    #[arg(long, value_name = "KEY=VALUE", requires = "remote_write")]
+    pub remote_write_label: Vec<String>,
+    /// A bearer token for the remote-write receiver.
+    #[arg(long, value_name = "TOKEN", env = "MESHLENS_REMOTE_WRITE_TOKEN", hide_env_values = true)]
+    pub remote_write_token: Option<String>,
+    /// The graph from a Prometheus-compatible store.
+    #[command(flatten)]
+    pub source: PrometheusArgs,
 }
 
 /// `meshlens sim`.
 #[derive(Debug, Args)]
 pub struct SimArgs {
-    /// The scenario (YAML); or use --from.
-    #[arg(required_unless_present = "from")]
+    /// The scenario (YAML); or use --from or --prometheus.
+    #[arg(required_unless_present_any = ["from", "prometheus"])]
     pub scenario: Option<PathBuf>,
     /// Start from the traffic profile of a running collector (its API URL) instead of a file.
     #[arg(long, value_name = "URL", conflicts_with = "scenario")]
@@ -189,6 +290,9 @@ pub struct SimArgs {
     /// The collector's token, for --from.
     #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Or start from the traffic profile read from a Prometheus-compatible store.
+    #[command(flatten)]
+    pub source: PrometheusArgs,
     /// Apply a policy to the services it names, replacing theirs: a meshlens policy (`policy:` or
     /// bare `services:`, or any file with a `policy:` block: a mesh file, an agent config), or
     /// Istio's VirtualService and DestinationRule files. Repeat it for several files.
@@ -306,6 +410,9 @@ pub struct ConsoleArgs {
     /// The collector's token, if it was started with --token.
     #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The graph from a Prometheus-compatible store instead of a collector.
+    #[command(flatten)]
+    pub source: PrometheusArgs,
 }
 
 /// `meshlens demo`.
@@ -432,6 +539,9 @@ pub struct StatArgs {
     /// The collector's token, if it was started with --token.
     #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The graph from a Prometheus-compatible store instead of a collector.
+    #[command(flatten)]
+    pub source: PrometheusArgs,
     /// Stats window (10s..1h).
     #[arg(long, short, value_name = "DURATION", default_value = "1m")]
     pub window: String,
@@ -465,6 +575,9 @@ pub struct GraphArgs {
     /// The collector's token, if it was started with --token.
     #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The graph from a Prometheus-compatible store instead of a collector.
+    #[command(flatten)]
+    pub source: PrometheusArgs,
     /// Stats window (10s..1h).
     #[arg(long, short, value_name = "DURATION", default_value = "1m")]
     pub window: String,
@@ -515,10 +628,17 @@ fn runtime(e: impl Into<anyhow::Error>) -> CliError {
 /// Runs a parsed command line, writing normal output to `out`.
 pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
     match cli.command {
-        Command::Collector(a) => collector(a, out).await,
+        Command::Collector(a) => collector(*a, out).await,
         Command::Agent(a) => agent(a, out).await,
         Command::Demo(a) => demo_cmd(a, out).await,
-        Command::Console(a) => console(&a.collector, a.token.as_deref(), out).await,
+        Command::Console(a) => match embedded_source(&a.source, std::time::Duration::from_secs(60)).await? {
+            Some((running, url)) => {
+                let r = console(&url, None, out).await;
+                let _ = running.shutdown().await;
+                r
+            }
+            None => console(&a.collector, a.token.as_deref(), out).await,
+        },
         Command::Ca(c) => ca(c, out),
         Command::Policy(PolicyCommand::Import { files, output }) => policy_import(&files, output, out),
         Command::Sim(a) => sim(a, out).await,
@@ -543,8 +663,17 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
             }
         }
         Command::Stat(a) => {
-            let client = Client::with_token(&a.collector, a.token.as_deref()).map_err(runtime)?;
-            let body = client.workloads(&a.window, &a.namespace).await.map_err(runtime)?;
+            let embedded = embedded_source(&a.source, window_of(&a.window)?).await?;
+            let (url, token) = match &embedded {
+                Some((_, url)) => (url.as_str(), None),
+                None => (a.collector.as_str(), a.token.as_deref()),
+            };
+            let client = Client::with_token(url, token).map_err(runtime)?;
+            let body = client.workloads(&a.window, &a.namespace).await.map_err(runtime);
+            if let Some((running, _)) = embedded {
+                let _ = running.shutdown().await;
+            }
+            let body = body?;
             match a.output {
                 StatOutput::Json => serde_json::to_writer_pretty(&mut *out, &body).map_err(runtime)?,
                 StatOutput::Table | StatOutput::Wide => {
@@ -558,8 +687,17 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
             Ok(())
         }
         Command::Graph(a) => {
-            let client = Client::with_token(&a.collector, a.token.as_deref()).map_err(runtime)?;
-            let g = client.graph(a.view, &a.window, &a.namespace).await.map_err(runtime)?;
+            let embedded = embedded_source(&a.source, window_of(&a.window)?).await?;
+            let (url, token) = match &embedded {
+                Some((_, url)) => (url.as_str(), None),
+                None => (a.collector.as_str(), a.token.as_deref()),
+            };
+            let client = Client::with_token(url, token).map_err(runtime)?;
+            let g = client.graph(a.view, &a.window, &a.namespace).await.map_err(runtime);
+            if let Some((running, _)) = embedded {
+                let _ = running.shutdown().await;
+            }
+            let g = g?;
             match a.output {
                 GraphOutput::Json => {
                     serde_json::to_writer_pretty(&mut *out, &g).map_err(runtime)?;
@@ -590,8 +728,33 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
         idle_timeout: a.idle_timeout,
         body_read_timeout: a.body_read_timeout,
         max_inflight_bytes: a.max_inflight_mib << 20,
+        source: a.source.source(a.window)?,
         ..CollectorConfig::default()
     };
+    if !a.remote_write.is_empty() {
+        let mut labels = Vec::new();
+        for l in &a.remote_write_label {
+            let Some((k, v)) = l.split_once('=') else {
+                return Err(CliError::Config(anyhow::anyhow!("--remote-write-label {l}: write KEY=VALUE")));
+            };
+            let valid = !k.is_empty()
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && !k.starts_with("__");
+            if !valid || v.is_empty() {
+                return Err(CliError::Config(anyhow::anyhow!(
+                    "--remote-write-label {l}: a label name is [a-zA-Z_][a-zA-Z0-9_]* (not starting with __) and its value is not empty"
+                )));
+            }
+            labels.push((k.to_owned(), v.to_owned()));
+        }
+        config.remote_write = Some(meshlens_collector::remote_write::RemoteWriteConfig {
+            urls: a.remote_write.clone(),
+            interval: a.remote_write_interval,
+            labels,
+            token: a.remote_write_token.clone(),
+        });
+    }
     if !(0.0..=100.0).contains(&a.degraded_error_pct)
         || !(0.0..=100.0).contains(&a.failing_error_pct)
         || a.degraded_error_pct > a.failing_error_pct
@@ -865,15 +1028,27 @@ async fn fidelity_cmd<W: Write>(a: FidelityArgs, out: &mut W) -> Result<(), CliE
 
 async fn sim<W: Write>(a: SimArgs, out: &mut W) -> Result<(), CliError> {
     let config = |e: meshlens_sim::ScenarioError| CliError::Config(e.into());
-    let mut scenario = match (&a.scenario, &a.from) {
+    let embedded = match &a.scenario {
+        None if a.from.is_none() => embedded_source(&a.source, std::time::Duration::from_secs(60)).await?,
+        _ => None,
+    };
+    let from = embedded.as_ref().map(|(_, url)| url.clone()).or(a.from.clone());
+    let mut scenario = match (&a.scenario, &from) {
         (Some(path), _) => meshlens_sim::Scenario::load(path).map_err(config)?,
         (None, Some(url)) => {
-            let client = Client::with_token(url, a.token.as_deref()).map_err(runtime)?;
-            let profile: meshlens_model::api::Profile = client.get("/api/v1/profile").await.map_err(runtime)?;
+            let token = if embedded.is_some() { None } else { a.token.as_deref() };
+            let client = Client::with_token(url, token).map_err(runtime)?;
+            let profile: Result<meshlens_model::api::Profile, _> = client.get("/api/v1/profile").await;
+            if let Some((running, _)) = embedded {
+                let _ = running.shutdown().await;
+            }
+            let profile = profile.map_err(runtime)?;
             let duration = a.duration.map_or(60.0, |d| d.as_secs_f64());
             meshlens_sim::Scenario::from_profile(&profile, duration).map_err(config)?
         }
-        (None, None) => return Err(CliError::Config(anyhow::anyhow!("give a scenario file or --from URL"))),
+        (None, None) => {
+            return Err(CliError::Config(anyhow::anyhow!("give a scenario file, --from URL or --prometheus URL")));
+        }
     };
     if !a.policy.is_empty() {
         let input = read_policy_files(&a.policy)?;

@@ -102,4 +102,14 @@ pub struct Counters {
     pub wal_errors: Counter,
     /// Gauge: write-ahead log segments on disk.
     pub wal_segments: Counter,
+    /// Series sent by `--remote-write` (summed over writes).
+    pub remote_write_series: Counter,
+    /// Remote writes that failed.
+    pub remote_write_failures: Counter,
+    /// Queries the `--prometheus` source ran.
+    pub source_queries: Counter,
+    /// Queries of the `--prometheus` source that failed.
+    pub source_failures: Counter,
+    /// Series read by the `--prometheus` source that make no edge (labels it cannot read as one).
+    pub source_series_ignored: Counter,
 }

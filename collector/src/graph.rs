@@ -187,6 +187,12 @@ impl EdgeState {
         self.totals.client.record(latency_us as f64 / 1e6, n);
     }
 
+    /// Records `n` latencies of requests counted apart (see [`crate::window::Rings::record_latency`]).
+    pub fn record_latency(&mut self, sec: u64, latency_us: u64, n: u32) {
+        self.rings.record_latency(sec, latency_us, n);
+        self.touch(sec);
+    }
+
     /// Adds agent-reported retries and timeouts.
     pub fn record_retries(&mut self, sec: u64, retries: u32, timeouts: u32) {
         self.rings.record_retries(sec, retries, timeouts);

@@ -25,7 +25,9 @@ pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
 pub mod prom;
+pub mod remote_write;
 pub mod serve;
+pub mod source;
 pub mod spans;
 pub mod store;
 pub mod testkit;
@@ -97,6 +99,10 @@ pub struct CollectorConfig {
     pub max_inflight_bytes: usize,
     /// TLS on all three listeners (see [`tls`]); plaintext when `None`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Write the graph to a Prometheus-compatible store ([`remote_write`]).
+    pub remote_write: Option<remote_write::RemoteWriteConfig>,
+    /// Read the graph from a Prometheus-compatible store ([`source`]).
+    pub source: Option<source::SourceConfig>,
 }
 
 impl Default for CollectorConfig {
@@ -120,6 +126,8 @@ impl Default for CollectorConfig {
             body_read_timeout: Duration::from_secs(30),
             max_inflight_bytes: 256 << 20,
             tls: None,
+            remote_write: None,
+            source: None,
         }
     }
 }
@@ -169,6 +177,9 @@ pub enum CollectorError {
     /// The write-ahead log could not be read or started.
     #[error(transparent)]
     Wal(#[from] wal::WalError),
+    /// The `--prometheus` store could not be read.
+    #[error("the --prometheus store: {0}")]
+    Source(#[from] source::SourceError),
     /// A setting is out of range.
     #[error("invalid setting {name}: {message}")]
     Config {
@@ -194,6 +205,7 @@ pub struct Running {
     stop: Arc<AtomicBool>,
     publisher: Option<std::thread::JoinHandle<()>>,
     pipeline: Option<std::thread::JoinHandle<()>>,
+    remote_write: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr, token: bool) -> Result<TcpListener, CollectorError> {
@@ -364,6 +376,26 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     tasks.push(tokio::spawn(async move {
         serve::serve(api_l, api_router, limits, c, quit).await.map_err(|e| format!("API server: {e}"))
     }));
+    if let Some(sc) = config.source.clone() {
+        let api = source::PromApi::new(&sc.url, sc.token.clone())?;
+        let mut reader = source::Reader::new(sc.dialects.clone(), sc.max_series);
+        source::backfill(&mut reader, &api, &hub, &sc).await?;
+        let (hub, quit) = (hub.clone(), shutdown.subscribe());
+        let url = sc.url.clone();
+        tasks.push(tokio::spawn(async move {
+            source::run(hub, reader, api, sc, quit).await;
+            Ok(())
+        }));
+        tracing::info!(%url, "reading the graph from a Prometheus-compatible store");
+    }
+    let remote_write = config.remote_write.clone().map(|rw| {
+        let (tx, rx) = watch::channel(false);
+        let mut rw = rw;
+        if rw.labels.is_empty() {
+            rw.labels = remote_write::default_labels(http_addr.port());
+        }
+        (tx, tokio::spawn(remote_write::run(hub.clone(), rw, rx)))
+    });
     hub.ready.store(true, Ordering::Release);
     tracing::info!(%otlp_grpc_addr, %otlp_http_addr, %http_addr, "collector ready");
     Ok(Running {
@@ -376,6 +408,7 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
         stop,
         publisher: Some(publisher),
         pipeline: Some(pipeline),
+        remote_write,
     })
 }
 
@@ -415,6 +448,11 @@ impl Running {
         let hub = self.hub.clone();
         let _ = tokio::task::spawn_blocking(move || hub.tick(unix_now(), &mut meshlens_model::hist::Merger::default()))
             .await;
+        // The last totals, after the queue drained.
+        if let Some((stop, task)) = self.remote_write.take() {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         first_err
     }
 }

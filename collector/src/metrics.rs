@@ -149,6 +149,16 @@ fn classify_status(attrs: &[KeyValue]) -> (CodeClass, bool, bool) {
     (class, failed, true)
 }
 
+/// The value an explicit bucket's observations are put at: its midpoint, or its lower bound when it
+/// is open-ended (and nothing better is known). The one rule for agent histograms and for a
+/// Prometheus store's buckets ([`crate::source`]).
+pub(crate) fn bucket_midpoint(lower: f64, upper: Option<f64>) -> f64 {
+    match upper {
+        Some(u) => (lower.max(0.0) + u) / 2.0,
+        None => lower,
+    }
+}
+
 /// Latency value (µs) standing for bucket `i` of an explicit-bucket histogram in seconds; the point's
 /// shape has been checked by [`crate::otlp::histogram_shape_error`].
 fn bucket_value_us(p: &HistogramDataPoint, i: usize, scale: f64) -> u64 {
@@ -158,7 +168,7 @@ fn bucket_value_us(p: &HistogramDataPoint, i: usize, scale: f64) -> u64 {
         Some(below) => bounds.get(below).copied().unwrap_or(0.0),
     };
     let v = match bounds.get(i) {
-        Some(upper) => (lower.max(0.0) + upper) / 2.0,
+        Some(&upper) => bucket_midpoint(lower, Some(upper)),
         None => p.max.unwrap_or(lower),
     };
     let v = match (p.min, p.max) {

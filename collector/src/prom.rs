@@ -59,23 +59,6 @@ fn hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn hist(out: &mut String, format: Format, name: &str, labels: &str, h: &PromHist) {
-    let mut cum = 0u64;
-    for i in 0..=PROM_BUCKETS.len() {
-        let le = PROM_BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
-        cum = cum.saturating_add(h.buckets.get(i).copied().unwrap_or(0));
-        let _ = write!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cum}");
-        if format == Format::OpenMetrics
-            && let Some(Some(x)) = h.exemplars.get(i)
-        {
-            let _ = write!(out, " # {{trace_id=\"{}\"}} {} {:.3}", hex(&x.trace_id), x.secs, x.at);
-        }
-        out.push('\n');
-    }
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
-    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
-}
-
 /// The servicegraph `connection_type` of an edge, as Tempo labels it: `virtual_node` when one end
 /// has no span of its own (`user`, an `ext:` peer, `unknown` — a lone producer's destination too),
 /// else `database` or `messaging_system` by protocol, empty between two instrumented workloads.
@@ -84,83 +67,117 @@ fn connection_type(engine: &Engine, e: &EdgeState) -> &'static str {
     if virtual_end(e.source) || virtual_end(e.target) { "virtual_node" } else { e.protocol.connection_type() }
 }
 
-/// Renders the exposition text.
-pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
-    let mut out = String::with_capacity(4096 + engine.edges().len() * 2048);
-    family(&mut out, format, "traces_service_graph_request_total", "counter", "Requests between two nodes.");
-    let labels: Vec<String> = engine
-        .edges()
-        .iter()
-        .map(|e| {
-            let (c, cv, cn) = peer_labels(engine.peer_at(e.source));
-            let (s, sv, sn) = peer_labels(engine.peer_at(e.target));
-            format!(
-                "client=\"{}\",server=\"{}\",connection_type=\"{}\",client_service_version=\"{}\",server_service_version=\"{}\",client_service_namespace=\"{}\",server_service_namespace=\"{}\"",
-                escape(&c), escape(&s), connection_type(engine, e), escape(&cv), escape(&sv), escape(&cn), escape(&sn)
-            )
-        })
-        .collect();
-    for (e, l) in engine.edges().iter().zip(&labels) {
-        let _ = writeln!(out, "traces_service_graph_request_total{{{l}}} {}", e.totals.requests);
+/// One sample of a service-graph family: its name suffix (`""`, `_bucket`, `_sum`, `_count`), its
+/// labels, its value and, on a bucket, the exemplar kept for it.
+pub struct Sample<'e> {
+    /// Appended to the family's name.
+    pub suffix: &'static str,
+    /// Label pairs, in order.
+    pub labels: Vec<(&'static str, String)>,
+    /// The value.
+    pub value: f64,
+    /// The bucket's exemplar (OpenMetrics only).
+    pub exemplar: Option<&'e crate::graph::Exemplar>,
+}
+
+/// A metric family of the service graph, with its samples: what `/metrics` writes and what
+/// `--remote-write` sends, built once ([`graph_families`]).
+pub struct Family<'e> {
+    /// Its name (a counter's with `_total`).
+    pub name: &'static str,
+    /// `counter` or `histogram`.
+    pub kind: &'static str,
+    /// Its help text.
+    pub help: &'static str,
+    /// Its samples.
+    pub samples: Vec<Sample<'e>>,
+}
+
+/// The edge labels, as the servicegraph connector writes them.
+fn edge_labels(engine: &Engine, e: &EdgeState) -> Vec<(&'static str, String)> {
+    let (c, cv, cn) = peer_labels(engine.peer_at(e.source));
+    let (s, sv, sn) = peer_labels(engine.peer_at(e.target));
+    vec![
+        ("client", c),
+        ("server", s),
+        ("connection_type", connection_type(engine, e).to_owned()),
+        ("client_service_version", cv),
+        ("server_service_version", sv),
+        ("client_service_namespace", cn),
+        ("server_service_namespace", sn),
+    ]
+}
+
+fn hist_samples<'e>(out: &mut Vec<Sample<'e>>, labels: &[(&'static str, String)], h: &'e PromHist) {
+    let mut cum = 0u64;
+    for i in 0..=PROM_BUCKETS.len() {
+        let le = PROM_BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
+        cum = cum.saturating_add(h.buckets.get(i).copied().unwrap_or(0));
+        let mut l = labels.to_vec();
+        l.push(("le", le));
+        let exemplar = h.exemplars.get(i).and_then(Option::as_ref);
+        out.push(Sample { suffix: "_bucket", labels: l, value: cum as f64, exemplar });
     }
-    family(
-        &mut out,
-        format,
-        "traces_service_graph_request_failed_total",
-        "counter",
-        "Failed requests between two nodes.",
-    );
-    for (e, l) in engine.edges().iter().zip(&labels) {
-        let _ = writeln!(out, "traces_service_graph_request_failed_total{{{l}}} {}", e.totals.failed);
-    }
-    family(
-        &mut out,
-        format,
-        "traces_service_graph_request_server_seconds",
-        "histogram",
-        "Time the server took, seconds.",
-    );
-    for (e, l) in engine.edges().iter().zip(&labels) {
-        if e.totals.server.count > 0 {
-            hist(&mut out, format, "traces_service_graph_request_server_seconds", l, &e.totals.server);
+    out.push(Sample { suffix: "_sum", labels: labels.to_vec(), value: h.sum, exemplar: None });
+    out.push(Sample { suffix: "_count", labels: labels.to_vec(), value: h.count as f64, exemplar: None });
+}
+
+/// The service graph as metric families: `traces_service_graph_*` as the servicegraph connector
+/// and Tempo name and label them, and `meshlens_grpc_requests_total`. Values are totals since the
+/// collector's data began (cumulative counters).
+pub fn graph_families(engine: &Engine) -> Vec<Family<'_>> {
+    let labels: Vec<Vec<(&'static str, String)>> = engine.edges().iter().map(|e| edge_labels(engine, e)).collect();
+    let counter = |name, help, value: &dyn Fn(&EdgeState) -> u64| Family {
+        name,
+        kind: "counter",
+        help,
+        samples: engine
+            .edges()
+            .iter()
+            .zip(&labels)
+            .map(|(e, l)| Sample { suffix: "", labels: l.clone(), value: value(e) as f64, exemplar: None })
+            .collect(),
+    };
+    let mut families = vec![
+        counter("traces_service_graph_request_total", "Requests between two nodes.", &|e| e.totals.requests),
+        counter("traces_service_graph_request_failed_total", "Failed requests between two nodes.", &|e| {
+            e.totals.failed
+        }),
+    ];
+    let histogram = |name, help, h: &dyn for<'x> Fn(&'x EdgeState) -> &'x PromHist| {
+        let mut samples = Vec::new();
+        for (e, l) in engine.edges().iter().zip(&labels) {
+            if h(e).count > 0 {
+                hist_samples(&mut samples, l, h(e));
+            }
         }
-    }
-    family(
-        &mut out,
-        format,
-        "traces_service_graph_request_client_seconds",
-        "histogram",
-        "Time the client saw, seconds.",
-    );
-    for (e, l) in engine.edges().iter().zip(&labels) {
-        if e.totals.client.count > 0 {
-            hist(&mut out, format, "traces_service_graph_request_client_seconds", l, &e.totals.client);
-        }
-    }
-    family(
-        &mut out,
-        format,
+        Family { name, kind: "histogram", help, samples }
+    };
+    families.push(histogram("traces_service_graph_request_server_seconds", "Time the server took, seconds.", &|e| {
+        &e.totals.server
+    }));
+    families.push(histogram("traces_service_graph_request_client_seconds", "Time the client saw, seconds.", &|e| {
+        &e.totals.client
+    }));
+    families.push(histogram(
         "traces_service_graph_request_messaging_system_seconds",
-        "histogram",
         "Time between a producer span's end and its consumer span's start, seconds.",
-    );
-    for (e, l) in engine.edges().iter().zip(&labels) {
-        if e.totals.messaging.count > 0 {
-            hist(&mut out, format, "traces_service_graph_request_messaging_system_seconds", l, &e.totals.messaging);
-        }
-    }
-    family(
-        &mut out,
-        format,
-        "meshlens_grpc_requests_total",
-        "counter",
-        "gRPC requests between two nodes by status code (Istio's grpc_response_status).",
-    );
+        &|e| &e.totals.messaging,
+    ));
+    let mut grpc = Vec::new();
     for (e, l) in engine.edges().iter().zip(&labels) {
         for (code, n) in e.totals.grpc.iter().flat_map(|g| g.iter().enumerate()).filter(|(_, n)| **n > 0) {
-            let _ = writeln!(out, "meshlens_grpc_requests_total{{{l},grpc_response_status=\"{code}\"}} {n}");
+            let mut l = l.clone();
+            l.push(("grpc_response_status", code.to_string()));
+            grpc.push(Sample { suffix: "", labels: l, value: *n as f64, exemplar: None });
         }
     }
+    families.push(Family {
+        name: "meshlens_grpc_requests_total",
+        kind: "counter",
+        help: "gRPC requests between two nodes by status code (Istio's grpc_response_status).",
+        samples: grpc,
+    });
     for (name, help, by_node) in [
         (
             "traces_service_graph_unpaired_spans_total",
@@ -173,26 +190,46 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
             &engine.pairing.dropped,
         ),
     ] {
-        family(&mut out, format, name, "counter", help);
         let mut rows: Vec<(&u32, &[u64; 2])> = by_node.iter().collect();
         rows.sort_unstable();
+        let mut samples = Vec::new();
         for (&node, counts) in rows {
             let (n, _, ns) = peer_labels(engine.peer_at(node));
-            let (n, ns) = (escape(&n), escape(&ns));
             if counts[0] > 0 {
-                let _ = writeln!(
-                    out,
-                    "{name}{{client=\"{n}\",client_service_namespace=\"{ns}\",server=\"\"}} {}",
-                    counts[0]
-                );
+                let labels =
+                    vec![("client", n.clone()), ("client_service_namespace", ns.clone()), ("server", String::new())];
+                samples.push(Sample { suffix: "", labels, value: counts[0] as f64, exemplar: None });
             }
             if counts[1] > 0 {
-                let _ = writeln!(
-                    out,
-                    "{name}{{client=\"\",server=\"{n}\",server_service_namespace=\"{ns}\"}} {}",
-                    counts[1]
-                );
+                let labels = vec![("client", String::new()), ("server", n), ("server_service_namespace", ns)];
+                samples.push(Sample { suffix: "", labels, value: counts[1] as f64, exemplar: None });
             }
+        }
+        families.push(Family { name, kind: "counter", help, samples });
+    }
+    families
+}
+
+/// Renders the exposition text.
+pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
+    let mut out = String::with_capacity(4096 + engine.edges().len() * 2048);
+    for f in graph_families(engine) {
+        family(&mut out, format, f.name, f.kind, f.help);
+        for s in &f.samples {
+            out.push_str(f.name);
+            out.push_str(s.suffix);
+            out.push('{');
+            for (i, (k, v)) in s.labels.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(out, "{sep}{k}=\"{}\"", escape(v));
+            }
+            let _ = write!(out, "}} {}", s.value);
+            if format == Format::OpenMetrics
+                && let Some(x) = s.exemplar
+            {
+                let _ = write!(out, " # {{trace_id=\"{}\"}} {} {:.3}", hex(&x.trace_id), x.secs, x.at);
+            }
+            out.push('\n');
         }
     }
     let c = &hub.counters;
@@ -373,6 +410,30 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
         &[("", c.wal_errors.get())],
     );
     metric("wal_segments", "gauge", "Write-ahead log segments on disk.", &[("", c.wal_segments.get())]);
+    metric(
+        "remote_write_series_total",
+        "counter",
+        "Series sent by --remote-write (each write sends every series).",
+        &[("", c.remote_write_series.get())],
+    );
+    metric(
+        "remote_write_failures_total",
+        "counter",
+        "Remote writes that failed (unreachable, refused); the next write carries the same totals.",
+        &[("", c.remote_write_failures.get())],
+    );
+    metric(
+        "source_queries_total",
+        "counter",
+        "Queries the --prometheus source ran, and those that failed.",
+        &[("result=\"ok\"", c.source_queries.get()), ("result=\"error\"", c.source_failures.get())],
+    );
+    metric(
+        "source_series_ignored_total",
+        "counter",
+        "Series the --prometheus source read that make no edge (no caller or callee it can name).",
+        &[("", c.source_series_ignored.get())],
+    );
     metric(
         "latest_revision",
         "gauge",

@@ -174,6 +174,14 @@ impl Rings {
         }
     }
 
+    /// Adds `n` latencies of requests counted apart (a store's histogram beside its counters) at
+    /// second `sec`: the percentiles see them, the request counts do not.
+    pub fn record_latency(&mut self, sec: u64, latency_us: u64, n: u32) {
+        for ring in [&mut self.fine, &mut self.coarse] {
+            ring.slot_mut(sec).hist.record_n(latency_us, n);
+        }
+    }
+
     /// Adds agent-reported retries and timeouts at second `sec`.
     pub fn record_retries(&mut self, sec: u64, retries: u32, timeouts: u32) {
         for ring in [&mut self.fine, &mut self.coarse] {

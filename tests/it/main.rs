@@ -18,5 +18,6 @@ mod prometheus;
 mod python_sdk;
 mod restart;
 mod security;
+mod stores;
 mod support;
 mod web;
