@@ -197,13 +197,13 @@ async fn two_collectors_through_prometheus_and_victoria_metrics_give_one_collect
 }
 
 /// Serves `body` as Prometheus text exposition to every request (a stand-in for the mesh's proxies'
-/// metrics endpoints); returns `host:port`.
-async fn exporter(body: String) -> String {
+/// metrics endpoints); returns `host:port`. What it serves can be changed through `body`.
+async fn exporter(body: std::sync::Arc<std::sync::Mutex<String>>) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
-            let body = body.clone();
+            let body = body.lock().unwrap().clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let mut got = Vec::new();
@@ -288,7 +288,7 @@ async fn store_graph(store: &Store, dialect: Dialect, series: &str, want: f64) -
     let reader = collector_with(|cfg| cfg.source = Some(source(&store.url, dialect))).await;
     let g = eventually("the first revision", 10, || async {
         let g = graph(&reader).await;
-        (g["edges"].as_array()?.len() >= 3).then_some(g)
+        (g["edges"].as_array()?.len() >= 3 && g["revision"].as_u64()? >= 1).then_some(g)
     })
     .await;
     (reader, g)
@@ -324,7 +324,7 @@ async fn istio_standard_metrics_give_kialis_graph() {
     text += &format!("istio_requests_total{{{out}}} 6\n");
     text += &hist;
     let dir = tempfile::tempdir().unwrap();
-    let target = exporter(text).await;
+    let target = exporter(std::sync::Arc::new(std::sync::Mutex::new(text))).await;
     let store = prometheus(dir.path(), &[target]).await;
     let (reader, g) = store_graph(&store, Dialect::Istio, "istio_requests_total", 7.0).await;
 
@@ -345,6 +345,32 @@ async fn istio_standard_metrics_give_kialis_graph() {
     assert_eq!(out["requests"].as_u64(), Some(6), "{out}");
     assert_eq!(g["edges"].as_array().unwrap().len(), 3, "{g}");
     reader.shutdown().await.unwrap();
+
+    // The binary, with no collector running: `graph --prometheus` reads the store itself.
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlens"))
+        .args(["graph", "--prometheus", &store.url, "--prometheus-dialect", "istio", "-o", "json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    let g: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(stats(&g, "bookinfo/productpage/v1", "bookinfo/reviews/v2")["requests"], 104, "{g}");
+    let stat = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlens"))
+        .args(["stat", "--prometheus", &store.url])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&stat.stdout);
+    assert!(stat.status.success() && table.contains("reviews") && table.contains("86.54"), "{table}");
+    // An unreachable store is named, with exit code 1.
+    let down = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlens"))
+        .args(["graph", "--prometheus", &format!("http://127.0.0.1:{}", free_port())])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert_eq!(down.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot query http://127.0.0.1:"), "{err}");
 }
 
 /// Linkerd's default latency buckets (ms).
@@ -389,7 +415,8 @@ async fn linkerd_proxy_metrics_give_linkerd_viz_graph() {
     );
     text += &hist;
     let dir = tempfile::tempdir().unwrap();
-    let target = exporter(text).await;
+    let body = std::sync::Arc::new(std::sync::Mutex::new(text.clone()));
+    let target = exporter(body.clone()).await;
     let store = prometheus(dir.path(), &[target]).await;
     let (reader, g) = store_graph(&store, Dialect::Linkerd, "response_total", 5.0).await;
 
@@ -406,5 +433,27 @@ async fn linkerd_proxy_metrics_give_linkerd_viz_graph() {
     let user = stats(&g, "user", "emojivoto/web");
     assert_eq!((user["requests"].as_u64(), user["mtls_pct"].as_f64()), (Some(7), Some(0.0)), "{user}");
     assert_eq!(g["edges"].as_array().unwrap().len(), 3, "{g}");
+
+    // Live: web starts calling voting; the next revisions have the edge, the diff says so, and
+    // the revision before it still reads without it.
+    let before = g["revision"].as_u64().unwrap();
+    let voting = outbound("web", "voting", "200", "0");
+    *body.lock().unwrap() = format!("{text}response_total{{{voting},classification=\"success\",error=\"\"}} 12\n");
+    let after = eventually("the new edge", 30, || async {
+        let g = graph(&reader).await;
+        (edge(&g, "emojivoto/web", "emojivoto/voting")?["stats"]["requests"] == 12).then_some(g)
+    })
+    .await;
+    let r2 = after["revision"].as_u64().unwrap();
+    let base = reader.api_url();
+    let (status, diff) = get_json(&format!("{base}/api/v1/diff?from={before}&to={r2}")).await;
+    assert_eq!(status, 200, "{diff}");
+    assert!(
+        diff["topology"]["edges_added"].as_array().unwrap().iter().any(|e| e == "emojivoto/web->emojivoto/voting"),
+        "{diff}"
+    );
+    let (_, old) = get_json(&format!("{base}/api/v1/graph?at={before}")).await;
+    assert!(edge(&old, "emojivoto/web", "emojivoto/voting").is_none(), "{old}");
+    assert_eq!(stats(&old, "emojivoto/web", "emojivoto/emoji")["requests"], 33);
     reader.shutdown().await.unwrap();
 }
