@@ -74,7 +74,7 @@ fn export(c: &mut Criterion) {
             p.record(Outcome::status(code), Duration::from_millis(i));
         }
     }
-    let me = Workload { namespace: "ns".into(), app: "me".into(), version: Some("v1".into()) };
+    let me = Workload { namespace: "ns".into(), app: "me".into(), version: Some("v1".into()), cluster: None };
     let start = SystemTime::now();
     c.bench_function("export/build_100_peers", |b| {
         b.iter(|| metrics_request(&me, &registry, start, SystemTime::now()))

@@ -253,6 +253,7 @@ impl Routes {
                         namespace: svc.namespace.clone(),
                         app: name.clone(),
                         version: Some(version.clone()),
+                        cluster: None,
                     };
                     VersionRoute {
                         name: version.as_str().into(),

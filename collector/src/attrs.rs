@@ -48,6 +48,7 @@ pub fn resource_workload(resource: Option<&Resource>) -> Option<Workload> {
         get_str(attrs, "service.name"),
         get_str(attrs, "service.version"),
     )
+    .map(|w| w.in_cluster(get_str(attrs, "k8s.cluster.name")))
 }
 
 /// The workload named by `<prefix>namespace`, `<prefix>app`, `<prefix>version` attributes.

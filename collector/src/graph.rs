@@ -457,7 +457,7 @@ mod tests {
     use meshlens_model::Workload;
 
     fn w(app: &str) -> Peer {
-        Peer::Workload(Workload { namespace: "default".into(), app: app.into(), version: None })
+        Peer::Workload(Workload { namespace: "default".into(), app: app.into(), version: None, cluster: None })
     }
 
     /// After an eviction pass every index agrees: the peer index, the edge index and the edges' ends.

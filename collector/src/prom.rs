@@ -97,7 +97,7 @@ pub struct Family<'e> {
 fn edge_labels(engine: &Engine, e: &EdgeState) -> Vec<(&'static str, String)> {
     let (c, cv, cn) = peer_labels(engine.peer_at(e.source));
     let (s, sv, sn) = peer_labels(engine.peer_at(e.target));
-    vec![
+    let mut labels = vec![
         ("client", c),
         ("server", s),
         ("connection_type", connection_type(engine, e).to_owned()),
@@ -105,7 +105,14 @@ fn edge_labels(engine: &Engine, e: &EdgeState) -> Vec<(&'static str, String)> {
         ("server_service_version", sv),
         ("client_service_namespace", cn),
         ("server_service_namespace", sn),
-    ]
+    ];
+    // In a mesh of several clusters, each end's (`k8s.cluster.name`); absent otherwise.
+    for (label, peer) in [("client_cluster", e.source), ("server_cluster", e.target)] {
+        if let Some(c) = engine.peer_at(peer).workload().and_then(|w| w.cluster.clone()) {
+            labels.push((label, c));
+        }
+    }
+    labels
 }
 
 fn hist_samples<'e>(out: &mut Vec<Sample<'e>>, labels: &[(&'static str, String)], h: &'e PromHist) {

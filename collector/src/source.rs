@@ -313,6 +313,15 @@ fn workload(namespace: &str, app: &str, version: &str) -> Option<Peer> {
     Workload::from_resource(Some(namespace), Some(app), Some(version)).map(Peer::Workload)
 }
 
+/// A workload peer placed in a cluster (none for an empty or `unknown` one, or Istio's default).
+fn in_cluster(p: Peer, cluster: &str) -> Peer {
+    match p {
+        // Istio names a cluster `Kubernetes` when nobody named it: one cluster, no name to show.
+        Peer::Workload(w) if cluster != "Kubernetes" => Peer::Workload(w.in_cluster(Some(cluster))),
+        other => other,
+    }
+}
+
 /// Status class and failure of a request the labels describe, by the one failure rule.
 fn status(http: &str, grpc: &str, server_side: bool) -> (CodeClass, bool, Option<u8>) {
     let http_status = http.parse::<i64>().ok().filter(|&c| c > 0);
@@ -331,7 +340,7 @@ fn meshlens_reading(l: &BTreeMap<String, String>, role: Role) -> Option<Reading>
         let ns = label(l, &format!("{side}_service_namespace"));
         let version = label(l, &format!("{side}_service_version"));
         if !ns.is_empty() {
-            return workload(ns, name, version);
+            return workload(ns, name, version).map(|p| in_cluster(p, label(l, &format!("{side}_cluster"))));
         }
         Some(match (side, name) {
             (_, "") => return None,
@@ -368,14 +377,17 @@ fn istio_reading(l: &BTreeMap<String, String>) -> Option<Reading> {
         None => Peer::User,
         Some(w) => {
             let app = known(label(l, "source_canonical_service")).or(known(label(l, "source_app"))).unwrap_or(w);
-            workload(label(l, "source_workload_namespace"), app, label(l, "source_canonical_revision"))?
+            let w = workload(label(l, "source_workload_namespace"), app, label(l, "source_canonical_revision"))?;
+            in_cluster(w, label(l, "source_cluster"))
         }
     };
     let target = match known(label(l, "destination_workload")) {
         Some(w) => {
             let app =
                 known(label(l, "destination_canonical_service")).or(known(label(l, "destination_app"))).unwrap_or(w);
-            workload(label(l, "destination_workload_namespace"), app, label(l, "destination_canonical_revision"))?
+            let w =
+                workload(label(l, "destination_workload_namespace"), app, label(l, "destination_canonical_revision"))?;
+            in_cluster(w, label(l, "destination_cluster"))
         }
         None => match known(label(l, "destination_service")).or(known(label(l, "destination_service_name"))) {
             Some(host) if host.len() <= meshlens_model::identity::MAX_NAME_BYTES => {
@@ -763,5 +775,91 @@ pub async fn run(
                 failing = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use meshlens_model::graph::View;
+    use meshlens_model::hist::Merger;
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+
+    use super::*;
+    use crate::counters::Counters;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::testkit::{kv, kv_int, resource, span, traces};
+
+    const NOW: f64 = 1_800_000_000.5;
+
+    /// What `/metrics` and remote write say of an engine, as a store would answer it.
+    fn rows(e: &Engine) -> Vec<(Dialect, Query, Vec<Row>)> {
+        let fams = crate::prom::graph_families(e);
+        Dialect::Meshlens
+            .queries()
+            .iter()
+            .map(|q| {
+                let rows = fams
+                    .iter()
+                    .flat_map(|f| f.samples.iter().map(move |s| (format!("{}{}", f.name, s.suffix), s)))
+                    .filter(|(name, _)| name == q.promql)
+                    .map(|(name, s)| {
+                        let mut labels: BTreeMap<String, String> = s
+                            .labels
+                            .iter()
+                            .filter(|(_, v)| !v.is_empty())
+                            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                            .collect();
+                        labels.insert("__name__".into(), name);
+                        Row { labels, value: s.value }
+                    })
+                    .collect();
+                (Dialect::Meshlens, *q, rows)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_servicegraph_series_read_back_as_the_same_graph_clusters_included() {
+        let counters = Arc::new(Counters::default());
+        let mut one = Engine::new(EngineConfig::default(), counters.clone(), NOW - 100.0);
+        let mut r = resource("shop", "cart", "v1");
+        r.attributes.push(kv("k8s.cluster.name", "west"));
+        for (trace, status) in [(1, 200), (2, 200), (3, 503)] {
+            let client = span(SpanKind::Client, trace, 10, Some(1), 1, 30_000, vec![], false);
+            let server = span(
+                SpanKind::Server,
+                trace,
+                11,
+                Some(10),
+                1,
+                20_000,
+                vec![kv_int("http.response.status_code", status)],
+                false,
+            );
+            one.ingest_traces(
+                &traces(vec![(resource("shop", "web", "v1"), vec![client]), (r.clone(), vec![server])]),
+                NOW,
+            );
+        }
+        let mut reader = Reader::new(vec![Dialect::Meshlens], 1000);
+        let mut graph = Graph::new(counters.clone(), 100, 100);
+        reader.apply(&mut graph, &[], NOW - 60.0, &counters);
+        reader.apply(&mut graph, &rows(&one), NOW, &counters);
+        // Read again: nothing new is counted.
+        reader.apply(&mut graph, &rows(&one), NOW, &counters);
+        let mut read = Engine::new(EngineConfig::default(), counters, NOW - 100.0);
+        read.graph = graph;
+        let snap = |e: &Engine| crate::views::snapshot(e, View::Versioned, 60, NOW, &mut Merger::default());
+        let (want, got) = (snap(&one), snap(&read));
+        let (w, g) = (
+            want.edge("shop/web/v1", "shop/cart/v1@west").unwrap(),
+            got.edge("shop/web/v1", "shop/cart/v1@west").unwrap(),
+        );
+        assert_eq!((g.stats.requests, g.stats.errors), (w.stats.requests, w.stats.errors));
+        assert_eq!((g.stats.requests, g.stats.errors), (3, 1));
+        // 20 ms is in the servicegraph's (10 ms, 50 ms] bucket: read at its midpoint.
+        assert_eq!(g.stats.latency_ms.as_ref().map(|l| l.p50.round()), Some(30.0));
     }
 }

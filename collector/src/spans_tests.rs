@@ -453,3 +453,40 @@ fn namespace_view_and_collapse_merge_counts_and_histograms() {
     );
     assert!(a.node("pay/card/v1").is_none());
 }
+
+#[test]
+fn k8s_cluster_name_makes_one_app_in_two_clusters_two_nodes() {
+    let mut e = engine();
+    let in_cluster = |app: &str, cluster: &str| {
+        let mut r = resource("shop", app, "v1");
+        r.attributes.push(kv("k8s.cluster.name", cluster));
+        r
+    };
+    for (trace, cluster) in [(1, "east"), (2, "west")] {
+        let client = span(SpanKind::Client, trace, 10, Some(1), T0, 30_000, vec![], false);
+        let server = span(
+            SpanKind::Server,
+            trace,
+            11,
+            Some(10),
+            T0,
+            20_000,
+            vec![kv_int("http.response.status_code", 200)],
+            false,
+        );
+        e.ingest_traces(
+            &traces(vec![(in_cluster("web", "east"), vec![client]), (in_cluster("cart", cluster), vec![server])]),
+            NOW,
+        );
+    }
+    let g = graph(&e, NOW);
+    assert_eq!(edge_requests(&g, "shop/web/v1@east", "shop/cart/v1@east"), 1);
+    assert_eq!(edge_requests(&g, "shop/web/v1@east", "shop/cart/v1@west"), 1);
+    let west = g.nodes.iter().find(|n| n.id == "shop/cart/v1@west").unwrap();
+    assert_eq!((west.cluster.as_deref(), west.group.as_deref()), (Some("west"), Some("shop/cart@west")));
+    assert!(meshlens_model::find::parse("cluster = west").unwrap().matches_node(west));
+    let app = snapshot(&e, View::App, 60, NOW, &mut Merger::default());
+    assert!(app.edge("shop/web@east", "shop/cart@west").is_some(), "{:?}", app.edges);
+    let ns = snapshot(&e, View::Namespace, 60, NOW, &mut Merger::default());
+    assert!(ns.edge("ns:shop@east", "ns:shop@west").is_some(), "{:?}", ns.edges);
+}

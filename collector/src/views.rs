@@ -58,15 +58,16 @@ enum Key {
     Peer(Peer),
     /// An app collapsed over a view that shows versions.
     App(Peer),
-    /// A whole namespace.
-    Namespace(String),
+    /// A whole namespace (of one cluster).
+    Namespace(String, Option<String>),
 }
 
 impl Key {
     fn id(&self) -> String {
         match self {
             Key::Peer(p) | Key::App(p) => p.id(),
-            Key::Namespace(ns) => format!("ns:{ns}"),
+            Key::Namespace(ns, None) => format!("ns:{ns}"),
+            Key::Namespace(ns, Some(c)) => format!("ns:{ns}@{c}"),
         }
     }
 }
@@ -74,7 +75,7 @@ impl Key {
 fn view_key(peer: &Peer, view: View, collapse: &Collapse) -> Key {
     match peer {
         Peer::Workload(w) if view == View::Namespace || collapse.namespaces.contains(&w.namespace) => {
-            Key::Namespace(w.namespace.clone())
+            Key::Namespace(w.namespace.clone(), w.cluster.clone())
         }
         Peer::Workload(w)
             if matches!(view, View::Versioned | View::Workload) && collapse.apps.contains(&w.app_id()) =>
@@ -262,23 +263,23 @@ fn view_snapshot(
 fn make_node(key: &Key, id: String, view: View, inbound: Stats, outbound: Stats, t: &HealthThresholds) -> Node {
     let health = inbound.health(t).max(outbound.health(t));
     let (peer, kind) = match key {
-        Key::Namespace(ns) => {
-            let (namespace, app) = (ns.clone(), ns.clone());
+        Key::Namespace(ns, cluster) => {
+            let (namespace, app, cluster) = (ns.clone(), ns.clone(), cluster.clone());
             let kind = NodeKind::Namespace;
-            return Node { id, namespace, app, version: None, kind, group: None, health, inbound, outbound };
+            return Node { id, namespace, app, version: None, kind, cluster, group: None, health, inbound, outbound };
         }
         Key::App(p) => (p, NodeKind::App),
         Key::Peer(p) => (p, node_kind(p, view)),
     };
-    let (namespace, app, version) = match peer {
-        Peer::Workload(w) => (w.namespace.clone(), w.app.clone(), w.version.clone()),
-        other => (String::new(), other.display_name(), None),
+    let (namespace, app, version, cluster) = match peer {
+        Peer::Workload(w) => (w.namespace.clone(), w.app.clone(), w.version.clone(), w.cluster.clone()),
+        other => (String::new(), other.display_name(), None, None),
     };
     let group = match (view, peer) {
         (View::Versioned, Peer::Workload(w)) if w.version.is_some() => Some(w.app_id()),
         _ => None,
     };
-    Node { id, namespace, app, version, kind, group, health, inbound, outbound }
+    Node { id, namespace, app, version, kind, cluster, group, health, inbound, outbound }
 }
 
 /// One app's versions with their inbound and outbound tables and rate series; `None` when the app
@@ -294,7 +295,8 @@ pub fn app_detail(
     let spec = WindowSpec::new(now, window_secs, engine.data_since);
     let health = engine.config.health;
     let is_app = |p: &Peer| matches!(p, Peer::Workload(w) if w.namespace == namespace && w.app == app);
-    let mut versions: std::collections::BTreeMap<Option<String>, (Vec<u32>, Vec<u32>)> = Default::default();
+    // By version and cluster: one app in two clusters is two workloads of each version.
+    let mut versions: std::collections::BTreeMap<Workload, (Vec<u32>, Vec<u32>)> = Default::default();
     for (i, e) in engine.edges().iter().enumerate() {
         if !active(e, &spec) {
             continue;
@@ -303,7 +305,7 @@ pub fn app_detail(
             if let Peer::Workload(w) = peer
                 && is_app(peer)
             {
-                let entry = versions.entry(w.version.clone()).or_default();
+                let entry = versions.entry(w.clone()).or_default();
                 if inbound { entry.0.push(i as u32) } else { entry.1.push(i as u32) }
             }
         }
@@ -326,7 +328,8 @@ pub fn app_detail(
     };
     let (mut all_in, mut all_out) = (Vec::new(), Vec::new());
     let mut out = Vec::new();
-    for (version, (inb, outb)) in &versions {
+    for (w, (inb, outb)) in &versions {
+        let version = &w.version;
         let mut agg = Aggregate::new(spec, merger);
         for &i in inb {
             let e = &engine.edges()[i as usize];
@@ -338,7 +341,6 @@ pub fn app_detail(
             .collect();
         let inbound = agg.stats();
         let outbound = aggregate(engine, spec, outb, merger);
-        let w = Workload { namespace: namespace.to_owned(), app: app.to_owned(), version: version.clone() };
         out.push(VersionDetail {
             version: version.clone(),
             id: w.id(),

@@ -24,6 +24,7 @@ fn large() -> GraphSnapshot {
                 app: format!("app{app:03}"),
                 version: Some(format!("v{v}")),
                 kind: NodeKind::Workload,
+                cluster: None,
                 group: Some(format!("ns/app{app:03}")),
                 health: Health::Healthy,
                 inbound: Stats::default(),

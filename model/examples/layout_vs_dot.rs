@@ -114,6 +114,7 @@ fn from_mesh(path: &str) -> GraphSnapshot {
         app: app.to_owned(),
         version,
         kind,
+        cluster: None,
         health: meshlens_model::Health::Healthy,
         inbound: Default::default(),
         outbound: Default::default(),

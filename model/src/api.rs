@@ -29,6 +29,9 @@ pub struct WorkloadRow {
     pub app: String,
     /// Version, when the workload has one.
     pub version: Option<String>,
+    /// The cluster, in a mesh of several.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cluster: Option<String>,
     /// Node id.
     pub id: String,
     /// Health.
@@ -121,13 +124,16 @@ impl WorkloadRow {
                 namespace: n.namespace.clone(),
                 app: n.app.clone(),
                 version: n.version.clone(),
+                cluster: n.cluster.clone(),
                 id: n.id.clone(),
                 health: n.health,
                 inbound: n.inbound.clone(),
                 outbound: n.outbound.clone(),
             })
             .collect();
-        rows.sort_by(|a, b| (&a.namespace, &a.app, &a.version).cmp(&(&b.namespace, &b.app, &b.version)));
+        rows.sort_by(|a, b| {
+            (&a.namespace, &a.app, &a.version, &a.cluster).cmp(&(&b.namespace, &b.app, &b.version, &b.cluster))
+        });
         rows
     }
 }

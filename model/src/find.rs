@@ -1,7 +1,7 @@
 //! The find/hide expression language of the web view (and the console): `app = reviews`,
 //! `error > 1`, `rps < 0.1`, `version = v3 and error > 0`, `not (ns = shop or app ~ pay)`.
 //!
-//! Fields: `app`, `version`, `namespace` (`ns`), `id`, `kind`, `health` (text), and `rps`,
+//! Fields: `app`, `version`, `namespace` (`ns`), `cluster`, `id`, `kind`, `health` (text), and `rps`,
 //! `error` (error %), `success` (success %), `requests`, `p50`, `p95`, `p99`, `mtls` (mTLS %)
 //! (numbers). Operators: `=`, `!=`, `~` (contains), `<`, `<=`, `>`, `>=`; `and`, `or`, `not`,
 //! parentheses. A node is judged by its inbound stats (outbound for a node that only calls); an edge
@@ -32,6 +32,8 @@ pub enum Field {
     Version,
     /// Namespace.
     Namespace,
+    /// Cluster (empty in a one-cluster mesh).
+    Cluster,
     /// Node id.
     Id,
     /// Node kind.
@@ -62,6 +64,7 @@ impl Field {
             "app" | "service" => Field::App,
             "version" => Field::Version,
             "namespace" | "ns" => Field::Namespace,
+            "cluster" => Field::Cluster,
             "id" | "node" => Field::Id,
             "kind" => Field::Kind,
             "health" => Field::Health,
@@ -78,7 +81,10 @@ impl Field {
     }
 
     fn numeric(self) -> bool {
-        !matches!(self, Field::App | Field::Version | Field::Namespace | Field::Id | Field::Kind | Field::Health)
+        !matches!(
+            self,
+            Field::App | Field::Version | Field::Namespace | Field::Cluster | Field::Id | Field::Kind | Field::Health
+        )
     }
 }
 
@@ -242,7 +248,7 @@ impl Parser {
             Some((_, Tok::Word(w))) => Field::parse(&w.to_ascii_lowercase()).ok_or_else(|| FindError {
                 at,
                 message: format!(
-                    "unknown field {w:?}: expected app, version, namespace, id, kind, health, rps, error, success, requests, p50, p95, p99 or mtls"
+                    "unknown field {w:?}: expected app, version, namespace, cluster, id, kind, health, rps, error, success, requests, p50, p95, p99 or mtls"
                 ),
             })?,
             _ => return Err(FindError { at, message: "expected a field such as app or error".into() }),
@@ -311,6 +317,7 @@ fn text(n: &Node, f: Field) -> String {
         Field::App => n.app.clone(),
         Field::Version => n.version.clone().unwrap_or_default(),
         Field::Namespace => n.namespace.clone(),
+        Field::Cluster => n.cluster.clone().unwrap_or_default(),
         Field::Id => n.id.clone(),
         Field::Kind => format!("{:?}", n.kind).to_lowercase(),
         Field::Health => format!("{:?}", n.health).to_lowercase(),
@@ -370,6 +377,7 @@ impl Expr {
             app: w.app.clone(),
             version: w.version.clone(),
             kind: crate::graph::NodeKind::Workload,
+            cluster: w.cluster.clone(),
             group: None,
             health: w.health,
             inbound: w.inbound.clone(),
@@ -397,6 +405,7 @@ mod tests {
             app: app.into(),
             version: Some(version.into()),
             kind: NodeKind::Workload,
+            cluster: None,
             group: None,
             health: Health::Healthy,
             inbound: Stats { requests: 10, rps, error_pct: Some(error), ..Stats::default() },

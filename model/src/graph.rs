@@ -95,6 +95,9 @@ pub struct Node {
     pub version: Option<String>,
     /// What the node stands for.
     pub kind: NodeKind,
+    /// The cluster it runs in, in a mesh of several.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cluster: Option<String>,
     /// The app box this node sits in (`ns/app`), in the versioned view.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub group: Option<String>,
@@ -347,6 +350,7 @@ mod tests {
             app: id.into(),
             version: None,
             kind: NodeKind::App,
+            cluster: None,
             group: None,
             health: Health::Idle,
             inbound: Stats::default(),

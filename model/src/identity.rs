@@ -18,6 +18,10 @@ pub struct Workload {
     pub app: String,
     /// `service.version`, absent when missing, empty, `unknown` or `latest`.
     pub version: Option<String>,
+    /// The cluster it runs in (`k8s.cluster.name`; Istio's `source_cluster`/`destination_cluster`),
+    /// absent in a one-cluster mesh. Part of the identity: `reviews` in two clusters is two nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// The longest namespace, app, version or peer name the collector keeps, in bytes: a DNS name's
@@ -35,25 +39,46 @@ impl Workload {
     pub fn from_resource(namespace: Option<&str>, name: Option<&str>, version: Option<&str>) -> Option<Self> {
         let app = app_name(name)?;
         let namespace = namespace.map(str::trim).filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE);
-        Some(Self { namespace: namespace.to_owned(), app: app.to_owned(), version: normalize_version(version) })
+        Some(Self {
+            namespace: namespace.to_owned(),
+            app: app.to_owned(),
+            version: normalize_version(version),
+            cluster: None,
+        })
     }
 
-    /// The node id: `ns/app/version`, or `ns/app` when there is no version.
+    /// The same workload in a cluster (`None`, empty, `unknown`, or a name over [`MAX_NAME_BYTES`]:
+    /// no cluster).
+    pub fn in_cluster(mut self, cluster: Option<&str>) -> Self {
+        self.cluster = cluster
+            .map(str::trim)
+            .filter(|c| !c.is_empty() && *c != "unknown" && c.len() <= MAX_NAME_BYTES)
+            .map(str::to_owned);
+        self
+    }
+
+    /// `@cluster`, or nothing.
+    fn cluster_suffix(&self) -> String {
+        self.cluster.as_deref().map(|c| format!("@{c}")).unwrap_or_default()
+    }
+
+    /// The node id: `ns/app/version`, or `ns/app` when there is no version; `@cluster` after it in
+    /// a cluster.
     pub fn id(&self) -> String {
         match &self.version {
-            Some(v) => format!("{}/{}/{}", self.namespace, self.app, v),
+            Some(v) => format!("{}/{}/{}{}", self.namespace, self.app, v, self.cluster_suffix()),
             None => self.app_id(),
         }
     }
 
-    /// The id of this workload's app node: `ns/app`.
+    /// The id of this workload's app node: `ns/app` (`ns/app@cluster` in a cluster).
     pub fn app_id(&self) -> String {
-        format!("{}/{}", self.namespace, self.app)
+        format!("{}/{}{}", self.namespace, self.app, self.cluster_suffix())
     }
 
     /// The same workload with its version dropped (the `app` view).
     pub fn without_version(&self) -> Self {
-        Self { namespace: self.namespace.clone(), app: self.app.clone(), version: None }
+        Self { namespace: self.namespace.clone(), app: self.app.clone(), version: None, cluster: self.cluster.clone() }
     }
 }
 

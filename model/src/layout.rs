@@ -99,15 +99,18 @@ pub fn edge_label(e: &Edge) -> String {
     }
 }
 
-/// The text of a node's row: its version inside an app box, its name otherwise; escaped for the
+/// The text of a node's row: its version inside an app box (titled `app@cluster` in a cluster), its
+/// name otherwise (`app@cluster`); escaped for the
 /// terminal (`crate::escape`), so widths are what the console draws.
 pub fn node_label(n: &Node) -> String {
-    let text = match (&n.group, &n.version) {
-        (Some(_), Some(v)) => v,
-        _ if n.namespace.is_empty() => &n.id,
-        _ => &n.app,
+    let text = match (&n.group, &n.version, &n.cluster) {
+        (Some(_), Some(v), _) => v.clone(),
+        _ if n.namespace.is_empty() => n.id.clone(),
+        // A node of one cluster among several says which.
+        (_, _, Some(c)) => format!("{}@{c}", n.app),
+        _ => n.app.clone(),
     };
-    crate::escape::terminal(text).into_owned()
+    crate::escape::terminal(&text).into_owned()
 }
 
 /// Cells a label takes in a terminal: pictographs (the console's 🔒) take two.
@@ -132,9 +135,10 @@ pub fn layout(g: &GraphSnapshot, label: impl Fn(&Edge) -> String) -> Layout {
     let ambiguous = |n: &Node| namespaces_of.get(n.app.as_str()).is_some_and(|ns| ns.len() > 1);
     let mut by_id: BTreeMap<String, Item> = BTreeMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
+        let at = n.cluster.as_deref().map(|c| format!("@{c}")).unwrap_or_default();
         let (id, title) = match &n.group {
-            Some(group) if ambiguous(n) => (group.clone(), format!("{}/{}", n.namespace, n.app)),
-            Some(group) => (group.clone(), n.app.clone()),
+            Some(group) if ambiguous(n) => (group.clone(), format!("{}/{}{at}", n.namespace, n.app)),
+            Some(group) => (group.clone(), format!("{}{at}", n.app)),
             None => (n.id.clone(), String::new()),
         };
         by_id.entry(id.clone()).or_insert_with(|| Item { id, title, nodes: Vec::new() }).nodes.push(i);

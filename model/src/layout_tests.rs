@@ -19,6 +19,7 @@ fn node(id: &str) -> Node {
         app,
         version,
         kind,
+        cluster: None,
         group,
         health: Health::Healthy,
         inbound: Stats::default(),

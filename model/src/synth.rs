@@ -52,6 +52,7 @@ fn node(id: String, namespace: &str, app: &str, version: Option<String>, kind: N
         app: app.to_owned(),
         version,
         kind,
+        cluster: None,
         group,
         health: Health::Healthy,
         inbound: Stats::default(),

@@ -325,6 +325,7 @@ mod tests {
             app: n.into(),
             version: None,
             kind: NodeKind::Namespace,
+            cluster: None,
             group: None,
             health: crate::stats::Health::Healthy,
             inbound: Default::default(),

@@ -322,11 +322,17 @@ async fn istio_standard_metrics_give_kialis_graph() {
     // A call out of the mesh: only the source proxy reports it.
     let out = istio_labels("source", pp, None, 200, "-", false);
     text += &format!("istio_requests_total{{{out}}} 6\n");
+    // Multi-cluster: reviews v3 in cluster east calls ratings in cluster west (every other series
+    // is in the cluster Istio calls `Kubernetes` when nobody named it: no cluster to show).
+    let across = istio_labels("destination", ("reviews", "v3"), Some(("ratings", "v1")), 200, "-", true)
+        .replace("source_cluster=\"Kubernetes\"", "source_cluster=\"east\"")
+        .replace("destination_cluster=\"Kubernetes\"", "destination_cluster=\"west\"");
+    text += &format!("istio_requests_total{{{across}}} 20\n");
     text += &hist;
     let dir = tempfile::tempdir().unwrap();
     let target = exporter(std::sync::Arc::new(std::sync::Mutex::new(text))).await;
     let store = prometheus(dir.path(), &[target]).await;
-    let (reader, g) = store_graph(&store, Dialect::Istio, "istio_requests_total", 7.0).await;
+    let (reader, g) = store_graph(&store, Dialect::Istio, "istio_requests_total", 8.0).await;
 
     let reviews = stats(&g, "bookinfo/productpage/v1", "bookinfo/reviews/v2");
     assert_eq!((reviews["requests"].as_u64(), reviews["errors"].as_u64()), (Some(104), Some(14)), "{reviews}");
@@ -343,7 +349,10 @@ async fn istio_standard_metrics_give_kialis_graph() {
     assert_eq!((user["requests"].as_u64(), user["mtls_pct"].as_f64()), (Some(50), Some(0.0)), "{user}");
     let out = stats(&g, "bookinfo/productpage/v1", "ext:api.stripe.com");
     assert_eq!(out["requests"].as_u64(), Some(6), "{out}");
-    assert_eq!(g["edges"].as_array().unwrap().len(), 3, "{g}");
+    let across = stats(&g, "bookinfo/reviews/v3@east", "bookinfo/ratings/v1@west");
+    assert_eq!((across["requests"].as_u64(), across["mtls_pct"].as_f64()), (Some(20), Some(100.0)), "{across}");
+    assert_eq!(node(&g, "bookinfo/ratings/v1@west").unwrap()["cluster"], "west");
+    assert_eq!(g["edges"].as_array().unwrap().len(), 4, "{g}");
     reader.shutdown().await.unwrap();
 
     // The binary, with no collector running: `graph --prometheus` reads the store itself.
