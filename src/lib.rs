@@ -131,9 +131,7 @@ impl PrometheusArgs {
             }
         }
         dialects.dedup();
-        if !url.starts_with("http://") && !url.starts_with("https://") {
-            return Err(CliError::Config(anyhow::anyhow!("--prometheus {url}: give an http:// URL")));
-        }
+        check_store_url("--prometheus", url)?;
         Ok(Some(meshlens_collector::source::SourceConfig {
             url: url.clone(),
             dialects,
@@ -163,6 +161,19 @@ async fn embedded_source(
     }
     let url = running.api_url();
     Ok(Some((running, url)))
+}
+
+/// A store's URL: `http://` only (this build's HTTP client has no TLS).
+fn check_store_url(flag: &str, url: &str) -> Result<(), CliError> {
+    if url.starts_with("https://") {
+        return Err(CliError::Config(anyhow::anyhow!(
+            "{flag} {url}: https is not supported yet; reach the store over http:// (on a trusted network, or through a local TLS proxy)"
+        )));
+    }
+    if !url.starts_with("http://") || url.len() <= "http://".len() {
+        return Err(CliError::Config(anyhow::anyhow!("{flag} {url}: give an http://HOST:PORT URL")));
+    }
+    Ok(())
 }
 
 fn window_of(w: &str) -> Result<std::time::Duration, CliError> {
@@ -731,6 +742,9 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
         source: a.source.source(a.window)?,
         ..CollectorConfig::default()
     };
+    for url in &a.remote_write {
+        check_store_url("--remote-write", url)?;
+    }
     if !a.remote_write.is_empty() {
         let mut labels = Vec::new();
         for l in &a.remote_write_label {
@@ -787,7 +801,13 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
         }
         other => CliError::Runtime(other.into()),
     })?;
-    let data = if a.in_memory { "in memory (--in-memory)".to_owned() } else { a.data_dir.display().to_string() };
+    let mut data = if a.in_memory { "in memory (--in-memory)".to_owned() } else { a.data_dir.display().to_string() };
+    if let Some(url) = &a.source.prometheus {
+        data += &format!("\n  reads       {url} (--prometheus)");
+    }
+    for url in &a.remote_write {
+        data += &format!("\n  writes      {url} (--remote-write, every {:?})", a.remote_write_interval);
+    }
     let scheme = if a.tls_cert.is_some() { "https" } else { "http" };
     writeln!(
         out,

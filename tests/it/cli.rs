@@ -77,6 +77,42 @@ async fn errors_are_one_line_with_the_right_exit_code() {
     );
     let o = meshlens(&["collector", "--in-memory", "--window", "soon"]).await;
     assert_eq!(o.status.code(), Some(2));
+    // Stores: what is wrong with a URL, a label or a dialect is named, exit 2.
+    for (args, needle) in [
+        (
+            &["collector", "--in-memory", "--remote-write", "https://vm:8428/api/v1/write"][..],
+            "https is not supported yet",
+        ),
+        (
+            &[
+                "collector",
+                "--in-memory",
+                "--remote-write",
+                "http://vm/api/v1/write",
+                "--remote-write-label",
+                "__name__=x",
+            ][..],
+            "a label name is",
+        ),
+        (
+            &[
+                "collector",
+                "--in-memory",
+                "--remote-write",
+                "http://vm/api/v1/write",
+                "--remote-write-label",
+                "cluster",
+            ][..],
+            "write KEY=VALUE",
+        ),
+        (&["graph", "--prometheus", "prometheus:9090"][..], "give an http://HOST:PORT URL"),
+        (&["stat", "--prometheus", "http://p:9090", "--prometheus-dialect", "kiali"][..], "unknown dialect \"kiali\""),
+    ] {
+        let o = meshlens(args).await;
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle) && err.trim().lines().count() == 1, "{args:?}: {err}");
+    }
     let o = meshlens(&["--help"]).await;
     assert!(stdout(&o).contains("collector") && stdout(&o).contains("stat"));
 }
