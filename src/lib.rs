@@ -482,6 +482,8 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         match &self.command {
             Command::Demo(_) | Command::Fidelity(_) => "warn",
+            // An embedded collector (--prometheus) says nothing unless something is wrong.
+            Command::Stat(_) | Command::Graph(_) | Command::Console(_) | Command::Sim(_) => "warn",
             _ => "info",
         }
     }

@@ -14,8 +14,8 @@
 //! midpoint ([`crate::metrics`]'s rule for agent histograms), so a percentile is within the width of
 //! the bucket it falls in.
 //!
-//! On start, the source reads the last `backfill` (the collector's window) at poll steps, so the
-//! first graph already has a window of traffic.
+//! On start, the source reads the last `backfill` (the collector's window) at poll steps with one
+//! range query per metric, so the first graph already has a window of traffic.
 //!
 //! What each dialect reads (see docs/ARCHITECTURE.md for the queries):
 //! - **meshlens / Tempo**: `traces_service_graph_request_total` and `_failed_total` (`client`,
@@ -24,8 +24,9 @@
 //!   edge has no server side).
 //! - **Istio**: `istio_requests_total` and `istio_request_duration_milliseconds_bucket`. As Kiali
 //!   does, each request counts once: the destination's report (`reporter="destination"`) where
-//!   the destination has a proxy, the source's where it has none (or for requests that never
-//!   reached it: `response_flags` UH, UF, UO, NR, NC). Nodes are canonical service and revision in
+//!   the destination has a proxy, the source's where it has none (`destination_workload="unknown"`)
+//!   or for requests that never reached it (`response_flags` UH, UF, UO, NR, NC); the query asks
+//!   only for those source reports, which halves what the store sends. Nodes are canonical service and revision in
 //!   the workload's namespace; success follows the one failure rule (5xx, a gRPC server fault, no
 //!   response); mTLS is `connection_security_policy="mutual_tls"`.
 //! - **Linkerd**: `response_total` and `response_latency_ms_bucket` as `linkerd viz` reads them:
@@ -83,8 +84,16 @@ impl Dialect {
                 Query { promql: "traces_service_graph_request_client_seconds_bucket", role: Role::Buckets(1.0) },
             ],
             Dialect::Istio => &[
-                Query { promql: "istio_requests_total", role: Role::Count },
-                Query { promql: "istio_request_duration_milliseconds_bucket", role: Role::Buckets(1e-3) },
+                // The source proxy's reports only where they count (see the module docs): half
+                // the series, and most of the bytes, are the other reporter's.
+                Query {
+                    promql: "istio_requests_total{reporter=\"destination\"} or istio_requests_total{reporter=\"source\",destination_workload=\"unknown\"} or istio_requests_total{reporter=\"source\",response_flags=~\"(.*,)?(UH|UF|UO|NR|NC)(,.*)?\"}",
+                    role: Role::Count,
+                },
+                Query {
+                    promql: "istio_request_duration_milliseconds_bucket{reporter=\"destination\"} or istio_request_duration_milliseconds_bucket{reporter=\"source\",destination_workload=\"unknown\"}",
+                    role: Role::Buckets(1e-3),
+                },
             ],
             Dialect::Linkerd => &[
                 Query { promql: "response_total", role: Role::Count },
@@ -175,8 +184,8 @@ pub enum SourceError {
 /// One series of an answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
-    /// Its labels, `__name__` among them.
-    pub labels: BTreeMap<String, String>,
+    /// Its labels, `__name__` among them (shared by the steps of a range answer).
+    pub labels: Arc<BTreeMap<String, String>>,
     /// Its value.
     pub value: f64,
 }
@@ -200,7 +209,25 @@ struct AnswerData {
 #[derive(serde::Deserialize)]
 struct AnswerSeries {
     metric: BTreeMap<String, String>,
-    value: (f64, String),
+    /// An instant query's sample.
+    #[serde(default)]
+    value: Option<(f64, String)>,
+    /// A range query's samples.
+    #[serde(default)]
+    values: Vec<(f64, String)>,
+}
+
+/// One series of a range answer: its labels and its samples, oldest first.
+#[derive(Clone, Debug)]
+pub struct RangeSeries {
+    /// Its labels.
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// `(Unix seconds, value)`.
+    pub samples: Vec<(f64, f64)>,
+}
+
+fn number(v: &str) -> Option<f64> {
+    v.parse::<f64>().ok().filter(|x| x.is_finite())
 }
 
 /// A client of the Prometheus HTTP query API.
@@ -223,8 +250,37 @@ impl PromApi {
 
     /// Runs an instant query at `time` (Unix seconds).
     pub async fn instant(&self, query: &str, time: f64) -> Result<Vec<Row>, SourceError> {
-        let url = format!("{}/api/v1/query", self.base);
-        let mut r = self.client.get(&url).query(&[("query", query), ("time", &format!("{time:.3}"))]);
+        let time = format!("{time:.3}");
+        let data = self.get("query", "vector", &[("query", query), ("time", &time)]).await?;
+        Ok(data
+            .result
+            .into_iter()
+            .filter_map(|s| {
+                let value = number(&s.value?.1)?;
+                Some(Row { labels: Arc::new(s.metric), value })
+            })
+            .collect())
+    }
+
+    /// Runs a range query from `start` to `end` every `step` seconds (one answer for a whole
+    /// backfill: each series' labels once, not once per step).
+    pub async fn range(&self, query: &str, start: f64, end: f64, step: f64) -> Result<Vec<RangeSeries>, SourceError> {
+        let (start, end, step) = (format!("{start:.3}"), format!("{end:.3}"), format!("{step:.3}"));
+        let params = [("query", query), ("start", &start), ("end", &end), ("step", &step)];
+        let data = self.get("query_range", "matrix", &params).await?;
+        Ok(data
+            .result
+            .into_iter()
+            .map(|s| RangeSeries {
+                labels: Arc::new(s.metric),
+                samples: s.values.iter().filter_map(|(t, v)| Some((*t, number(v)?))).collect(),
+            })
+            .collect())
+    }
+
+    async fn get(&self, endpoint: &str, kind: &str, params: &[(&str, &str)]) -> Result<AnswerData, SourceError> {
+        let url = format!("{}/api/v1/{endpoint}", self.base);
+        let mut r = self.client.get(&url).query(params);
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
@@ -235,30 +291,24 @@ impl PromApi {
             url: url.clone(),
             message: format!("HTTP {status}: {e}: {}", String::from_utf8_lossy(&body[..body.len().min(200)])),
         })?;
+        let query = params.first().map(|(_, q)| (*q).to_owned()).unwrap_or_default();
         if answer.status != "success" {
             return Err(SourceError::Refused {
                 url,
-                query: query.to_owned(),
+                query,
                 message: answer.error.unwrap_or_else(|| format!("status {}", answer.status)),
             });
         }
         let data = answer
             .data
             .ok_or_else(|| SourceError::NotPrometheus { url: url.clone(), message: "no data in a success".into() })?;
-        if data.result_type != "vector" {
+        if data.result_type != kind {
             return Err(SourceError::NotPrometheus {
                 url,
-                message: format!("an instant query answered a {}, not a vector", data.result_type),
+                message: format!("{query:?} answered a {}, not a {kind}", data.result_type),
             });
         }
-        Ok(data
-            .result
-            .into_iter()
-            .filter_map(|s| {
-                let value: f64 = s.value.1.parse().ok()?;
-                value.is_finite().then_some(Row { labels: s.metric, value })
-            })
-            .collect())
+        Ok(data)
     }
 }
 
@@ -722,27 +772,69 @@ fn record(
     Ok(())
 }
 
-/// Reads the last `backfill` at poll steps (the first poll sets the baselines), then returns; the
-/// caller then runs [`run`]. Fails when the store cannot be read at all.
+/// Reads the last `backfill` at poll steps — one range query per metric, replayed step by step
+/// (the first step sets the baselines) — then polls once at the time it is done, so the graph is
+/// current however long the history took to read. Fails when the store cannot be read.
 pub async fn backfill(reader: &mut Reader, api: &PromApi, hub: &Hub, config: &SourceConfig) -> Result<(), SourceError> {
     let now = crate::engine::unix_now();
     let step = config.interval.as_secs_f64().max(1.0);
-    let mut t = now - config.backfill.as_secs_f64();
-    reader.poll(api, hub, t).await?;
+    let steps = (config.backfill.as_secs_f64() / step).ceil().max(1.0) as usize;
+    let t0 = now - steps as f64 * step;
+    let mut ranges = Vec::new();
+    for &d in &reader.dialects {
+        for q in d.queries() {
+            let series =
+                api.range(q.promql, t0, now, step).await.inspect_err(|_| hub.counters.source_failures.add(1))?;
+            hub.counters.source_queries.add(1);
+            ranges.push((d, *q, series));
+        }
+    }
     // The graph holds data since then: rates divide by the window, not by this process's uptime.
     {
         let mut engine = hub.engine.lock();
-        engine.data_since = engine.data_since.min(t);
+        engine.data_since = engine.data_since.min(t0);
     }
-    loop {
-        t = (t + step).min(now);
-        if let Err(e) = reader.poll(api, hub, t).await {
-            tracing::warn!(error = %e, "reading the store's history");
-        }
-        if t >= now {
-            return Ok(());
-        }
+    // Replay at the steps the store answered for (a store may align them to its own grid, as
+    // VictoriaMetrics does), oldest first; the first sets the baselines.
+    let mut times: Vec<i64> = ranges
+        .iter()
+        .flat_map(|(_, _, ss)| ss.iter().flat_map(|s| s.samples.iter().map(|(t, _)| (t * 1000.0) as i64)))
+        .collect();
+    times.sort_unstable();
+    times.dedup();
+    if times.first().is_none_or(|&first| first as f64 / 1000.0 > t0) {
+        // Nothing at the first step: an empty baseline, so what appears later counts from zero.
+        let mut engine = hub.engine.lock();
+        reader.apply(&mut engine.graph, &[], t0, &hub.counters);
     }
+    // Each series' samples are oldest first: one cursor per series walks them once.
+    let mut cursors: Vec<Vec<usize>> = ranges.iter().map(|(_, _, ss)| vec![0; ss.len()]).collect();
+    for ms in times {
+        let answers: Vec<(Dialect, Query, Vec<Row>)> = ranges
+            .iter()
+            .zip(&mut cursors)
+            .map(|((d, q, series), cursor)| {
+                let rows = series
+                    .iter()
+                    .zip(cursor.iter_mut())
+                    .filter_map(|(s, c)| {
+                        let &(t, value) = s.samples.get(*c)?;
+                        ((t * 1000.0) as i64 == ms).then(|| {
+                            *c += 1;
+                            Row { labels: s.labels.clone(), value }
+                        })
+                    })
+                    .collect();
+                (*d, *q, rows)
+            })
+            .collect();
+        let mut engine = hub.engine.lock();
+        reader.apply(&mut engine.graph, &answers, ms as f64 / 1000.0, &hub.counters);
+    }
+    if let Err(e) = reader.poll(api, hub, crate::engine::unix_now()).await {
+        tracing::warn!(error = %e, "polling the store after reading its history");
+    }
+    Ok(())
 }
 
 /// Polls every interval until `stop` turns true.
@@ -812,7 +904,7 @@ mod tests {
                             .map(|(k, v)| ((*k).to_owned(), v.clone()))
                             .collect();
                         labels.insert("__name__".into(), name);
-                        Row { labels, value: s.value }
+                        Row { labels: Arc::new(labels), value: s.value }
                     })
                     .collect();
                 (Dialect::Meshlens, *q, rows)
