@@ -186,6 +186,8 @@ pub enum SourceError {
 pub struct Row {
     /// Its labels, `__name__` among them (shared by the steps of a range answer).
     pub labels: Arc<BTreeMap<String, String>>,
+    /// A hash of the labels ([`series_id`]), computed once per series.
+    pub id: u64,
     /// Its value.
     pub value: f64,
 }
@@ -222,6 +224,8 @@ struct AnswerSeries {
 pub struct RangeSeries {
     /// Its labels.
     pub labels: Arc<BTreeMap<String, String>>,
+    /// Their hash.
+    pub id: u64,
     /// `(Unix seconds, value)`.
     pub samples: Vec<(f64, f64)>,
 }
@@ -257,7 +261,8 @@ impl PromApi {
             .into_iter()
             .filter_map(|s| {
                 let value = number(&s.value?.1)?;
-                Some(Row { labels: Arc::new(s.metric), value })
+                let id = series_id(&s.metric);
+                Some(Row { labels: Arc::new(s.metric), id, value })
             })
             .collect())
     }
@@ -272,6 +277,7 @@ impl PromApi {
             .result
             .into_iter()
             .map(|s| RangeSeries {
+                id: series_id(&s.metric),
                 labels: Arc::new(s.metric),
                 samples: s.values.iter().filter_map(|(t, v)| Some((*t, number(v)?))).collect(),
             })
@@ -510,7 +516,8 @@ fn reading(dialect: Dialect, l: &BTreeMap<String, String>, role: Role) -> Option
     }
 }
 
-fn series_id(labels: &BTreeMap<String, String>) -> u64 {
+/// A series' identity: a hash of all its labels.
+pub fn series_id(labels: &BTreeMap<String, String>) -> u64 {
     let mut h = DefaultHasher::new();
     labels.hash(&mut h);
     h.finish()
@@ -523,8 +530,9 @@ struct Poll {
     counts: HashMap<CountKey, u64>,
     /// meshlens `_failed_total` increases by edge (subtracted from its `_total`).
     failed: HashMap<EdgeKey, u64>,
-    /// Bucket increases by (edge, callee side, unit) and upper bound, cumulative in `le`.
-    buckets: HashMap<(EdgeKey, bool), (f64, BTreeMap<OrdF64, u64>)>,
+    /// Bucket increases of each histogram (its series but `le`): its edge, callee side, unit and
+    /// the increase by upper bound, cumulative in `le`.
+    buckets: HashMap<u64, (EdgeKey, bool, f64, BTreeMap<OrdF64, u64>)>,
 }
 
 /// Requests of one edge alike in every way the graph records.
@@ -555,11 +563,27 @@ impl Ord for OrdF64 {
     }
 }
 
+/// What the reader keeps of one series: its last value, and what its labels say (read once).
+struct Last {
+    value: f64,
+    /// `None`: labels that name no edge.
+    reading: Option<Reading>,
+    /// A bucket's upper bound and its histogram (the labels but `le`).
+    bucket: Option<(f64, u64)>,
+}
+
+fn histogram_of(labels: &BTreeMap<String, String>) -> Option<(f64, u64)> {
+    let le = parse_le(labels.get("le")?)?;
+    let mut h = DefaultHasher::new();
+    labels.iter().filter(|(k, _)| k.as_str() != "le").for_each(|kv| kv.hash(&mut h));
+    Some((le, h.finish()))
+}
+
 /// The source's memory between polls: each series' last value, and which edges their callee
 /// reports.
 pub struct Reader {
     dialects: Vec<Dialect>,
-    last: HashMap<u64, f64>,
+    last: HashMap<u64, Last>,
     primed: bool,
     callee_reported: HashSet<EdgeKey>,
     callee_latency: HashSet<EdgeKey>,
@@ -616,43 +640,43 @@ impl Reader {
         let mut seen: HashSet<u64> = HashSet::new();
         for (dialect, q, rows) in answers {
             for row in rows {
-                let id = series_id(&row.labels);
+                let id = row.id;
                 seen.insert(id);
-                let increase = match self.last.get(&id) {
-                    Some(&prev) if row.value >= prev => row.value - prev,
-                    // A counter that went down was reset: its value is what it counted since.
-                    Some(_) => {
-                        counters.counter_resets.add(1);
-                        row.value
+                let full = self.last.len() >= self.max_series;
+                let (increase, last) = match self.last.get_mut(&id) {
+                    Some(last) => {
+                        let increase = if row.value >= last.value {
+                            row.value - last.value
+                        } else {
+                            // A counter that went down was reset: its value is what it counted since.
+                            counters.counter_resets.add(1);
+                            row.value
+                        };
+                        last.value = row.value;
+                        (increase, &*last)
                     }
-                    None if self.last.len() >= self.max_series => {
+                    None if full => {
                         counters.points_dropped_cardinality.add(1);
                         continue;
                     }
                     None => {
-                        if primed {
-                            row.value
-                        } else {
-                            0.0
+                        let reading = reading(*dialect, &row.labels, q.role);
+                        if reading.is_none() {
+                            counters.source_series_ignored.add(1);
                         }
+                        let bucket = matches!(q.role, Role::Buckets(_)).then(|| histogram_of(&row.labels)).flatten();
+                        let last = self.last.entry(id).insert(Last { value: row.value, reading, bucket }).into_mut();
+                        (if primed { row.value } else { 0.0 }, &*last)
                     }
                 };
-                self.last.insert(id, row.value);
-                let Some(r) = reading(*dialect, &row.labels, q.role) else {
-                    if increase > 0.0 || !primed {
-                        counters.source_series_ignored.add(1);
-                    }
-                    continue;
-                };
+                let Some(r) = &last.reading else { continue };
                 let n = increase.round() as u64;
                 match q.role {
                     Role::Count if n > 0 => {
-                        let callee = r.reporter == Reporter::Callee;
-                        let never = matches!(r.reporter, Reporter::Caller { never_reached: true });
                         let k = CountKey {
-                            key: r.key,
-                            callee,
-                            never_reached: never,
+                            key: r.key.clone(),
+                            callee: r.reporter == Reporter::Callee,
+                            never_reached: matches!(r.reporter, Reporter::Caller { never_reached: true }),
                             class: r.class,
                             failed: r.failed,
                             mtls: r.mtls,
@@ -660,12 +684,15 @@ impl Reader {
                         };
                         *poll.counts.entry(k).or_default() += n;
                     }
-                    Role::Failed if n > 0 => *poll.failed.entry(r.key).or_default() += n,
+                    Role::Failed if n > 0 => *poll.failed.entry(r.key.clone()).or_default() += n,
                     Role::Buckets(unit) => {
-                        let Some(le) = row.labels.get("le").and_then(|v| parse_le(v)) else { continue };
+                        let Some((le, histogram)) = last.bucket else { continue };
                         let callee = r.reporter == Reporter::Callee;
-                        let e = poll.buckets.entry((r.key, callee)).or_insert_with(|| (unit, BTreeMap::new()));
-                        *e.1.entry(OrdF64(le)).or_default() += n;
+                        let e = poll
+                            .buckets
+                            .entry(histogram)
+                            .or_insert_with(|| (r.key.clone(), callee, unit, BTreeMap::new()));
+                        *e.3.entry(OrdF64(le)).or_default() += n;
                     }
                     _ => {}
                 }
@@ -679,7 +706,7 @@ impl Reader {
         for k in poll.counts.keys().filter(|k| k.callee) {
             self.callee_reported.insert(k.key.clone());
         }
-        for (key, callee) in poll.buckets.keys() {
+        for (key, callee, _, _) in poll.buckets.values() {
             if *callee {
                 self.callee_latency.insert(key.clone());
             }
@@ -710,7 +737,7 @@ impl Reader {
                 }
             }
         }
-        for ((key, callee), (unit, cumulative)) in poll.buckets {
+        for (key, callee, unit, cumulative) in poll.buckets.into_values() {
             if !callee && self.callee_latency.contains(&key) {
                 continue;
             }
@@ -821,7 +848,7 @@ pub async fn backfill(reader: &mut Reader, api: &PromApi, hub: &Hub, config: &So
                         let &(t, value) = s.samples.get(*c)?;
                         ((t * 1000.0) as i64 == ms).then(|| {
                             *c += 1;
-                            Row { labels: s.labels.clone(), value }
+                            Row { labels: s.labels.clone(), id: s.id, value }
                         })
                     })
                     .collect();
@@ -904,7 +931,7 @@ mod tests {
                             .map(|(k, v)| ((*k).to_owned(), v.clone()))
                             .collect();
                         labels.insert("__name__".into(), name);
-                        Row { labels: Arc::new(labels), value: s.value }
+                        Row { id: series_id(&labels), labels: Arc::new(labels), value: s.value }
                     })
                     .collect();
                 (Dialect::Meshlens, *q, rows)
