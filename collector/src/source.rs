@@ -800,8 +800,9 @@ fn record(
 }
 
 /// Reads the last `backfill` at poll steps — one range query per metric, replayed step by step
-/// (the first step sets the baselines) — then polls once at the time it is done, so the graph is
-/// current however long the history took to read. Fails when the store cannot be read.
+/// (the first step sets the baselines) — then, if that took longer than a poll interval, polls once
+/// at the time it is done, so the graph is current however long the history took to read. Fails
+/// when the store cannot be read.
 pub async fn backfill(reader: &mut Reader, api: &PromApi, hub: &Hub, config: &SourceConfig) -> Result<(), SourceError> {
     let now = crate::engine::unix_now();
     let step = config.interval.as_secs_f64().max(1.0);
@@ -858,7 +859,12 @@ pub async fn backfill(reader: &mut Reader, api: &PromApi, hub: &Hub, config: &So
         let mut engine = hub.engine.lock();
         reader.apply(&mut engine.graph, &answers, ms as f64 / 1000.0, &hub.counters);
     }
-    if let Err(e) = reader.poll(api, hub, crate::engine::unix_now()).await {
+    // A history that took longer than a poll interval to read is caught up at once; otherwise the
+    // first live poll, within an interval, does it.
+    let done = crate::engine::unix_now();
+    if done - now > step
+        && let Err(e) = reader.poll(api, hub, done).await
+    {
         tracing::warn!(error = %e, "polling the store after reading its history");
     }
     Ok(())
