@@ -80,6 +80,7 @@ impl Dialect {
             Dialect::Meshlens => &[
                 Query { promql: "traces_service_graph_request_total", role: Role::Count },
                 Query { promql: "traces_service_graph_request_failed_total", role: Role::Failed },
+                Query { promql: "meshlens_grpc_requests_total", role: Role::Grpc },
                 Query { promql: "traces_service_graph_request_server_seconds_bucket", role: Role::Buckets(1.0) },
                 Query { promql: "traces_service_graph_request_client_seconds_bucket", role: Role::Buckets(1.0) },
             ],
@@ -120,6 +121,8 @@ pub enum Role {
     Count,
     /// Failed requests (meshlens's `_failed_total`).
     Failed,
+    /// Requests by gRPC status code (meshlens's `meshlens_grpc_requests_total`): the edge is gRPC.
+    Grpc,
     /// Histogram buckets (`le`), in units of this many seconds.
     Buckets(f64),
 }
@@ -416,7 +419,11 @@ fn meshlens_reading(l: &BTreeMap<String, String>, role: Role) -> Option<Reading>
     let reporter = if client_side { Reporter::Caller { never_reached: false } } else { Reporter::Callee };
     let failed = role == Role::Failed;
     let class = if failed { CodeClass::ServerError } else { CodeClass::Ok };
-    Some(Reading { key, reporter, class, failed, mtls: false, grpc: None })
+    let grpc = (role == Role::Grpc).then(|| status("", label(l, "grpc_response_status"), true).2).flatten();
+    if role == Role::Grpc && grpc.is_none() {
+        return None;
+    }
+    Some(Reading { key, reporter, class, failed, mtls: false, grpc })
 }
 
 /// Envoy response flags that mean the request never reached the upstream.
@@ -530,6 +537,8 @@ struct Poll {
     counts: HashMap<CountKey, u64>,
     /// meshlens `_failed_total` increases by edge (subtracted from its `_total`).
     failed: HashMap<EdgeKey, u64>,
+    /// meshlens gRPC increases by edge and status code (a part of its `_total`).
+    grpc: HashMap<EdgeKey, [u64; 17]>,
     /// Bucket increases of each histogram (its series but `le`): its edge, callee side, unit and
     /// the increase by upper bound, cumulative in `le`.
     buckets: HashMap<u64, (EdgeKey, bool, f64, BTreeMap<OrdF64, u64>)>,
@@ -587,6 +596,8 @@ pub struct Reader {
     primed: bool,
     callee_reported: HashSet<EdgeKey>,
     callee_latency: HashSet<EdgeKey>,
+    /// Edges (caller, callee) a gRPC series names: recorded as gRPC.
+    grpc_edges: HashSet<(Peer, Peer)>,
     max_series: usize,
 }
 
@@ -599,6 +610,7 @@ impl Reader {
             primed: false,
             callee_reported: HashSet::new(),
             callee_latency: HashSet::new(),
+            grpc_edges: HashSet::new(),
             max_series,
         }
     }
@@ -685,6 +697,12 @@ impl Reader {
                         *poll.counts.entry(k).or_default() += n;
                     }
                     Role::Failed if n > 0 => *poll.failed.entry(r.key.clone()).or_default() += n,
+                    Role::Grpc => {
+                        self.grpc_edges.insert((r.key.source.clone(), r.key.target.clone()));
+                        if let Some(code) = r.grpc.filter(|_| n > 0) {
+                            poll.grpc.entry(r.key.clone()).or_insert([0; 17])[usize::from(code)] += n;
+                        }
+                    }
                     Role::Buckets(unit) => {
                         let Some((le, histogram)) = last.bucket else { continue };
                         let callee = r.reporter == Reporter::Callee;
@@ -721,7 +739,21 @@ impl Reader {
                 failed_n = (*f).min(n);
                 n -= failed_n;
             }
-            for (count, class, failed) in [(n, class, failed), (failed_n, CodeClass::ServerError, true)] {
+            // Of those, the ones with a gRPC status, classed by the one failure rule.
+            let mut parts = Vec::new();
+            for (code, &g) in
+                poll.grpc.get(&key).into_iter().flat_map(|g| g.iter().enumerate()).filter(|(_, g)| **g > 0)
+            {
+                let (class, failed, grpc) = status("", &code.to_string(), true);
+                let budget = if failed { &mut failed_n } else { &mut n };
+                let take = g.min(*budget);
+                *budget -= take;
+                parts.push((take, class, failed, grpc));
+            }
+            parts.push((n, class, failed, grpc));
+            parts.push((failed_n, CodeClass::ServerError, true, grpc));
+            let key = self.upgrade(key);
+            for (count, class, failed, grpc) in parts {
                 if count > 0
                     && record(graph, &key, |e| {
                         for chunk in chunks(count) {
@@ -741,6 +773,7 @@ impl Reader {
             if !callee && self.callee_latency.contains(&key) {
                 continue;
             }
+            let key = self.upgrade(key);
             let mut lower = 0.0;
             let mut below = 0u64;
             let mut observed = Vec::new();
@@ -778,6 +811,16 @@ fn parse_le(v: &str) -> Option<f64> {
     match v {
         "+Inf" | "Inf" | "inf" => Some(f64::INFINITY),
         v => v.parse().ok().filter(|x: &f64| !x.is_nan()),
+    }
+}
+
+impl Reader {
+    /// The edge as recorded: gRPC where a gRPC series names it.
+    fn upgrade(&self, mut key: EdgeKey) -> EdgeKey {
+        if key.protocol == Protocol::Http && self.grpc_edges.contains(&(key.source.clone(), key.target.clone())) {
+            key.protocol = Protocol::Grpc;
+        }
+        key
     }
 }
 

@@ -141,6 +141,19 @@ async fn two_collectors_through_prometheus_and_victoria_metrics_give_one_collect
         grpc_traces(&one, req).await.unwrap();
         total += n;
     }
+    // gRPC calls, 1 in 3 UNAVAILABLE: through the store the edge is still gRPC, with its codes.
+    for t in 100..=111u64 {
+        let code = if t % 3 == 0 { 14 } else { 0 };
+        let attrs = || vec![kv("rpc.system", "grpc"), kv_int("rpc.grpc.status_code", code)];
+        let id = t * 1_000_000 + 1;
+        let client = span(SpanKind::Client, t, id, Some(7), 1, 4_500, attrs(), code != 0);
+        let server = span(SpanKind::Server, t, id + 1, Some(id), 1, 4_000, attrs(), code != 0);
+        let req =
+            traces(vec![(resource("", "reviews", "v3"), vec![client]), (resource("", "ratings", "v1"), vec![server])]);
+        grpc_traces(if t % 2 == 0 { &a } else { &b }, req.clone()).await.unwrap();
+        grpc_traces(&one, req).await.unwrap();
+        total += 1;
+    }
     wait_edge(&one, "", "default/productpage/v1", "default/details/v1", 1).await;
     let want = eventually("one collector to pair every span", 30, || async {
         let g = graph(&one).await;
@@ -169,9 +182,10 @@ async fn two_collectors_through_prometheus_and_victoria_metrics_give_one_collect
             for w in want["edges"].as_array().unwrap() {
                 let (s, t) = (w["source"].as_str().unwrap(), w["target"].as_str().unwrap());
                 let g = edge(got, s, t).unwrap_or_else(|| panic!("{name}: edge {s} -> {t} missing: {got}"));
-                for k in ["requests", "errors"] {
+                for k in ["requests", "errors", "grpc_codes"] {
                     assert_eq!(g["stats"][k], w["stats"][k], "{name}: {s} -> {t} {k}");
                 }
+                assert_eq!(g["protocol"], w["protocol"], "{name}: {s} -> {t} protocol");
                 for p in ["p50", "p95", "p99"] {
                     let (gp, wp) =
                         (g["stats"]["latency_ms"][p].as_f64().unwrap(), w["stats"]["latency_ms"][p].as_f64().unwrap());
@@ -183,6 +197,8 @@ async fn two_collectors_through_prometheus_and_victoria_metrics_give_one_collect
             }
         };
         compare(&got);
+        let grpc = edge(&got, "default/reviews/v3", "default/ratings/v1").unwrap();
+        assert_eq!((grpc["protocol"].as_str(), grpc["stats"]["errors"].as_u64()), (Some("grpc"), Some(4)), "{grpc}");
         // Polls after the first add nothing: nothing is counted twice.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         compare(&graph(&reader).await);
