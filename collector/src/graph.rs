@@ -81,6 +81,9 @@ pub struct Totals {
     /// On messaging edges: the time between a producer span's end and its consumer span's start.
     #[serde(default)]
     pub messaging: PromHist,
+    /// Requests carried over mutual TLS.
+    #[serde(default)]
+    pub mtls: u64,
 }
 
 /// The protocol an edge carries.
@@ -169,6 +172,9 @@ impl EdgeState {
         self.totals.requests = self.totals.requests.saturating_add(u64::from(obs.count));
         if obs.failed {
             self.totals.failed = self.totals.failed.saturating_add(u64::from(obs.count));
+        }
+        if obs.mtls {
+            self.totals.mtls = self.totals.mtls.saturating_add(u64::from(obs.count));
         }
         if let Some(code) = obs.grpc.filter(|&c| c <= 16) {
             let g = self.totals.grpc.get_or_insert([0; 17]);

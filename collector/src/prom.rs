@@ -150,6 +150,11 @@ pub fn graph_families(engine: &Engine) -> Vec<Family<'_>> {
         counter("traces_service_graph_request_failed_total", "Failed requests between two nodes.", &|e| {
             e.totals.failed
         }),
+        counter(
+            "meshlens_mtls_requests_total",
+            "Requests between two nodes carried over mutual TLS (of traces_service_graph_request_total).",
+            &|e| e.totals.mtls,
+        ),
     ];
     let histogram = |name, help, h: &dyn for<'x> Fn(&'x EdgeState) -> &'x PromHist| {
         let mut samples = Vec::new();

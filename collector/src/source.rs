@@ -81,6 +81,7 @@ impl Dialect {
                 Query { promql: "traces_service_graph_request_total", role: Role::Count },
                 Query { promql: "traces_service_graph_request_failed_total", role: Role::Failed },
                 Query { promql: "meshlens_grpc_requests_total", role: Role::Grpc },
+                Query { promql: "meshlens_mtls_requests_total", role: Role::Mtls },
                 Query { promql: "traces_service_graph_request_server_seconds_bucket", role: Role::Buckets(1.0) },
                 Query { promql: "traces_service_graph_request_client_seconds_bucket", role: Role::Buckets(1.0) },
             ],
@@ -123,6 +124,8 @@ pub enum Role {
     Failed,
     /// Requests by gRPC status code (meshlens's `meshlens_grpc_requests_total`): the edge is gRPC.
     Grpc,
+    /// Requests over mutual TLS (meshlens's `meshlens_mtls_requests_total`).
+    Mtls,
     /// Histogram buckets (`le`), in units of this many seconds.
     Buckets(f64),
 }
@@ -539,6 +542,8 @@ struct Poll {
     failed: HashMap<EdgeKey, u64>,
     /// meshlens gRPC increases by edge and status code (a part of its `_total`).
     grpc: HashMap<EdgeKey, [u64; 17]>,
+    /// meshlens mTLS increases by edge (a part of its `_total`).
+    mtls: HashMap<EdgeKey, u64>,
     /// Bucket increases of each histogram (its series but `le`): its edge, callee side, unit and
     /// the increase by upper bound, cumulative in `le`.
     buckets: HashMap<u64, (EdgeKey, bool, f64, BTreeMap<OrdF64, u64>)>,
@@ -697,6 +702,7 @@ impl Reader {
                         *poll.counts.entry(k).or_default() += n;
                     }
                     Role::Failed if n > 0 => *poll.failed.entry(r.key.clone()).or_default() += n,
+                    Role::Mtls if n > 0 => *poll.mtls.entry(r.key.clone()).or_default() += n,
                     Role::Grpc => {
                         self.grpc_edges.insert((r.key.source.clone(), r.key.target.clone()));
                         if let Some(code) = r.grpc.filter(|_| n > 0) {
@@ -752,8 +758,17 @@ impl Reader {
             }
             parts.push((n, class, failed, grpc));
             parts.push((failed_n, CodeClass::ServerError, true, grpc));
-            let key = self.upgrade(key);
+            // And of all of them, those over mTLS (the store does not say which: any, in order).
+            let mut over_mtls = poll.mtls.get(&key).copied().unwrap_or(0);
+            let mut split = Vec::new();
             for (count, class, failed, grpc) in parts {
+                let m = count.min(over_mtls);
+                over_mtls -= m;
+                split.push((m, class, failed, grpc, true));
+                split.push((count - m, class, failed, grpc, mtls));
+            }
+            let key = self.upgrade(key);
+            for (count, class, failed, grpc, mtls) in split {
                 if count > 0
                     && record(graph, &key, |e| {
                         for chunk in chunks(count) {

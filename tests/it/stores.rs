@@ -144,7 +144,9 @@ async fn two_collectors_through_prometheus_and_victoria_metrics_give_one_collect
     // gRPC calls, 1 in 3 UNAVAILABLE: through the store the edge is still gRPC, with its codes.
     for t in 100..=111u64 {
         let code = if t % 3 == 0 { 14 } else { 0 };
-        let attrs = || vec![kv("rpc.system", "grpc"), kv_int("rpc.grpc.status_code", code)];
+        // Over mTLS, as agents say of their spans.
+        let attrs =
+            || vec![kv("rpc.system", "grpc"), kv_int("rpc.grpc.status_code", code), kv_bool("meshlens.mtls", true)];
         let id = t * 1_000_000 + 1;
         let client = span(SpanKind::Client, t, id, Some(7), 1, 4_500, attrs(), code != 0);
         let server = span(SpanKind::Server, t, id + 1, Some(id), 1, 4_000, attrs(), code != 0);
@@ -182,7 +184,7 @@ async fn two_collectors_through_prometheus_and_victoria_metrics_give_one_collect
             for w in want["edges"].as_array().unwrap() {
                 let (s, t) = (w["source"].as_str().unwrap(), w["target"].as_str().unwrap());
                 let g = edge(got, s, t).unwrap_or_else(|| panic!("{name}: edge {s} -> {t} missing: {got}"));
-                for k in ["requests", "errors", "grpc_codes"] {
+                for k in ["requests", "errors", "grpc_codes", "mtls_pct"] {
                     assert_eq!(g["stats"][k], w["stats"][k], "{name}: {s} -> {t} {k}");
                 }
                 assert_eq!(g["protocol"], w["protocol"], "{name}: {s} -> {t} protocol");
@@ -199,6 +201,7 @@ async fn two_collectors_through_prometheus_and_victoria_metrics_give_one_collect
         compare(&got);
         let grpc = edge(&got, "default/reviews/v3", "default/ratings/v1").unwrap();
         assert_eq!((grpc["protocol"].as_str(), grpc["stats"]["errors"].as_u64()), (Some("grpc"), Some(4)), "{grpc}");
+        assert_eq!(grpc["stats"]["mtls_pct"].as_f64(), Some(100.0), "{grpc}");
         // Polls after the first add nothing: nothing is counted twice.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         compare(&graph(&reader).await);
