@@ -621,27 +621,23 @@ impl Reader {
     }
 
     /// Runs one poll at `time` and applies what it found to the hub's graph at that second; the
-    /// first poll only sets each series' baseline.
+    /// first poll only sets each series' baseline. A query that fails leaves the whole poll
+    /// unapplied (the next one reads the increase since).
     pub async fn poll(&mut self, api: &PromApi, hub: &Hub, time: f64) -> Result<(), SourceError> {
         let mut answers = Vec::new();
-        let mut first_error = None;
         for &d in &self.dialects {
             for q in d.queries() {
-                match api.instant(q.promql, time).await {
-                    Ok(rows) => {
-                        hub.counters.source_queries.add(1);
-                        answers.push((d, *q, rows));
-                    }
-                    Err(e) => {
-                        hub.counters.source_failures.add(1);
-                        first_error.get_or_insert(e);
-                    }
-                }
+                // A poll applies whole or not at all: a series missing because its query failed
+                // would be forgotten and then counted from zero. Unapplied, the increases wait in
+                // the store's counters for the next poll.
+                let rows = api.instant(q.promql, time).await.inspect_err(|_| hub.counters.source_failures.add(1))?;
+                hub.counters.source_queries.add(1);
+                answers.push((d, *q, rows));
             }
         }
         let mut engine = hub.engine.lock();
         self.apply(&mut engine.graph, &answers, time, &hub.counters);
-        first_error.map_or(Ok(()), Err)
+        Ok(())
     }
 
     /// Applies the answers of one poll (each query's rows) to `graph` at `time`.
