@@ -485,3 +485,36 @@ async fn linkerd_proxy_metrics_give_linkerd_viz_graph() {
     assert_eq!(stats(&old, "emojivoto/web", "emojivoto/emoji")["requests"], 33);
     reader.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_remote_writes_with_its_labels_and_once_more_when_stopped() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let prom = prometheus(dir.path(), &[]).await;
+    let write = format!("{}/api/v1/write", prom.url);
+    // An interval longer than the test: only the write at shutdown can bring the series.
+    let mut p = collector_process(&[
+        "--in-memory",
+        "--remote-write",
+        &write,
+        "--remote-write-interval",
+        "1h",
+        "--remote-write-label",
+        "region=test-1",
+    ])
+    .await;
+    let mut client = TraceServiceClient::connect(p.grpc.clone()).await.unwrap();
+    client.export(pairs(1, ("a", ""), ("b", ""), 6, 200, 2)).await.unwrap();
+    eventually("the edge in the collector", 20, || async {
+        let (_, g) = get_json(&format!("{}/api/v1/graph", p.api)).await;
+        (edge(&g, "default/a", "default/b")?["stats"]["requests"] == 6).then_some(())
+    })
+    .await;
+    let pid = p.child.id().unwrap();
+    let _ = std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status();
+    let status = tokio::time::timeout(Duration::from_secs(20), p.child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    let q = "traces_service_graph_request_total{region=\"test-1\",client=\"a\",server=\"b\"}";
+    let v = eventually("the last write in Prometheus", 20, || async { query_value(&prom.url, q).await }).await;
+    assert_eq!(v, 6.0);
+}
