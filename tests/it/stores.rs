@@ -30,6 +30,11 @@ async fn ready(what: &str, url: String) {
 
 /// Prometheus with the remote-write receiver on, scraping what `scrape` lists every second.
 async fn prometheus(dir: &std::path::Path, scrape: &[String]) -> Store {
+    prometheus_with(dir, scrape, &[]).await
+}
+
+/// The same, with more flags.
+async fn prometheus_with(dir: &std::path::Path, scrape: &[String], flags: &[&str]) -> Store {
     let config = dir.join("prometheus.yml");
     let mut yaml = "global:\n  scrape_interval: 1s\n".to_owned();
     if !scrape.is_empty() {
@@ -46,6 +51,7 @@ async fn prometheus(dir: &std::path::Path, scrape: &[String]) -> Store {
         .arg(format!("--storage.tsdb.path={}", dir.join("prom-data").display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg("--web.enable-remote-write-receiver")
+        .args(flags)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -517,4 +523,28 @@ async fn the_binary_remote_writes_with_its_labels_and_once_more_when_stopped() {
     let q = "traces_service_graph_request_total{region=\"test-1\",client=\"a\",server=\"b\"}";
     let v = eventually("the last write in Prometheus", 20, || async { query_value(&prom.url, q).await }).await;
     assert_eq!(v, 6.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_the_queries_is_named_with_its_reason() {
+    // A Prometheus that may load only 10 samples a query refuses the bucket queries.
+    let mut text = "# TYPE response_latency_ms histogram\n".to_owned();
+    let labels =
+        "direction=\"inbound\",tls=\"no_identity\",status_code=\"200\",deployment=\"web\",namespace=\"emojivoto\"";
+    text += &histogram("response_latency_ms", labels, &LINKERD_BUCKETS, &[(8.0, 5)]);
+    let dir = tempfile::tempdir().unwrap();
+    let target = exporter(std::sync::Arc::new(std::sync::Mutex::new(text))).await;
+    let store = prometheus_with(dir.path(), &[target], &["--query.max-samples=10"]).await;
+    eventually("Prometheus to scrape the exporter", 60, || async {
+        (query_value(&store.url, "count(up == 1)").await? >= 1.0).then_some(())
+    })
+    .await;
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlens"))
+        .args(["graph", "--prometheus", &store.url, "--prometheus-dialect", "linkerd"])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused \"response_latency_ms_bucket\"") && err.contains("too many samples"), "{err}");
 }
