@@ -580,6 +580,8 @@ impl Ord for OrdF64 {
 /// What the reader keeps of one series: its last value, and what its labels say (read once).
 struct Last {
     value: f64,
+    /// What its query reads.
+    role: Role,
     /// `None`: labels that name no edge.
     reading: Option<Reading>,
     /// A bucket's upper bound and its histogram (the labels but `le`).
@@ -678,7 +680,11 @@ impl Reader {
                             counters.source_series_ignored.add(1);
                         }
                         let bucket = matches!(q.role, Role::Buckets(_)).then(|| histogram_of(&row.labels)).flatten();
-                        let last = self.last.entry(id).insert(Last { value: row.value, reading, bucket }).into_mut();
+                        let last = self
+                            .last
+                            .entry(id)
+                            .insert(Last { value: row.value, role: q.role, reading, bucket })
+                            .into_mut();
                         (if primed { row.value } else { 0.0 }, &*last)
                     }
                 };
@@ -719,7 +725,11 @@ impl Reader {
             }
         }
         // Series no longer answered are gone (a pod, a collector, an evicted edge).
+        let held = self.last.len();
         self.last.retain(|id, _| seen.contains(id));
+        if self.last.len() < held {
+            self.forget_gone_edges();
+        }
         self.primed = true;
         let sec = time as u64;
         graph.now_sec = sec;
@@ -826,6 +836,30 @@ fn parse_le(v: &str) -> Option<f64> {
 }
 
 impl Reader {
+    /// Rebuilds what is known of edges from the series still held, so edges whose series are gone
+    /// do not stay remembered (the sets are bounded by the series, as the series are by
+    /// `max_series`).
+    fn forget_gone_edges(&mut self) {
+        self.callee_reported.clear();
+        self.callee_latency.clear();
+        self.grpc_edges.clear();
+        for last in self.last.values() {
+            let Some(r) = &last.reading else { continue };
+            match last.role {
+                Role::Count if r.reporter == Reporter::Callee => {
+                    self.callee_reported.insert(r.key.clone());
+                }
+                Role::Buckets(_) if r.reporter == Reporter::Callee => {
+                    self.callee_latency.insert(r.key.clone());
+                }
+                Role::Grpc => {
+                    self.grpc_edges.insert((r.key.source.clone(), r.key.target.clone()));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// The edge as recorded: gRPC where a gRPC series names it.
     fn upgrade(&self, mut key: EdgeKey) -> EdgeKey {
         if key.protocol == Protocol::Http && self.grpc_edges.contains(&(key.source.clone(), key.target.clone())) {

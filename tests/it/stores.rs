@@ -46,41 +46,41 @@ async fn prometheus_with(dir: &std::path::Path, scrape: &[String], flags: &[&str
     }
     std::fs::write(&config, yaml).unwrap();
     let port = free_port();
-    let child = tokio::process::Command::new(tool("MESHLENS_PROMETHEUS", "/usr/bin/prometheus", "Debian's prometheus"))
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("prom-data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--web.enable-remote-write-receiver")
-        .args(flags)
+    let prom = tool("MESHLENS_PROMETHEUS", "/usr/bin/prometheus", "Debian's prometheus");
+    let mut args = vec![
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", dir.join("prom-data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        "--web.enable-remote-write-receiver".to_owned(),
+    ];
+    args.extend(flags.iter().map(|f| (*f).to_owned()));
+    spawn_store("Prometheus", prom, &args, port, "/-/ready").await
+}
+
+/// VictoriaMetrics (single node), answering queries up to now (no latency offset, no cache).
+async fn victoria_metrics(dir: &std::path::Path) -> Store {
+    let port = free_port();
+    let vm = tool("MESHLENS_VICTORIA_METRICS", "/usr/bin/victoria-metrics", "Debian's victoria-metrics");
+    let args = [
+        format!("-httpListenAddr=127.0.0.1:{port}"),
+        format!("-storageDataPath={}", dir.join("vm-data").display()),
+        "-search.latencyOffset=0s".to_owned(),
+        "-search.disableCache".to_owned(),
+    ];
+    spawn_store("VictoriaMetrics", vm, &args, port, "/health").await
+}
+
+/// Starts a store on `port` and waits until `health` answers.
+async fn spawn_store(what: &str, program: std::path::PathBuf, args: &[String], port: u16, health: &str) -> Store {
+    let child = tokio::process::Command::new(program)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    ready("Prometheus to start", format!("{url}/-/ready")).await;
-    Store { _child: child, url }
-}
-
-/// VictoriaMetrics (single node), answering queries up to now (no latency offset, no cache).
-async fn victoria_metrics(dir: &std::path::Path) -> Store {
-    let port = free_port();
-    let child = tokio::process::Command::new(tool(
-        "MESHLENS_VICTORIA_METRICS",
-        "/usr/bin/victoria-metrics",
-        "Debian's victoria-metrics",
-    ))
-    .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-    .arg(format!("-storageDataPath={}", dir.join("vm-data").display()))
-    .arg("-search.latencyOffset=0s")
-    .arg("-search.disableCache")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .kill_on_drop(true)
-    .spawn()
-    .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    ready("VictoriaMetrics to start", format!("{url}/health")).await;
+    ready(&format!("{what} to start"), format!("{url}{health}")).await;
     Store { _child: child, url }
 }
 
