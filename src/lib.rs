@@ -86,6 +86,14 @@ pub enum Command {
     Stat(StatArgs),
     /// Print the service graph as a table, JSON, Graphviz dot or Mermaid.
     Graph(GraphArgs),
+    /// Show one trace the collector kept as a waterfall, or list kept traces by edge or workload.
+    ///
+    /// The collector keeps the recent past's traces whole (--trace-store-spans). With an ID, each
+    /// span is printed under its parent with its start, duration, workload, status and a bar on
+    /// the trace's time line. Without one, kept traces are listed newest first: --from and --to
+    /// pick an edge (a client span of FROM whose server span is TO's), --failed the failed ones,
+    /// --slowest the slowest first — the exemplars behind an edge's error rate or p99.
+    Trace(TraceArgs),
 }
 
 /// Reading the graph from a Prometheus-compatible store (`--prometheus`), shared by `collector`,
@@ -284,6 +292,14 @@ pub struct CollectorArgs {
     /// A bearer token for the remote-write receiver.
     #[arg(long, value_name = "TOKEN", env = "MESHLENS_REMOTE_WRITE_TOKEN", hide_env_values = true)]
     pub remote_write_token: Option<String>,
+    /// Most spans kept whole in the trace store behind `meshlens trace` and /api/v1/traces (the
+    /// oldest trace goes first past it; about 150 bytes a span). 0 keeps none.
+    #[arg(long, value_name = "N", default_value_t = 200_000)]
+    pub trace_store_spans: usize,
+    /// A link to your Jaeger or Tempo for a trace, with {trace_id} in it, given beside every kept
+    /// trace (e.g. http://tempo:3200/api/traces/{trace_id}, or Jaeger's http://jaeger:16686/trace/{trace_id}).
+    #[arg(long, value_name = "TEMPLATE")]
+    pub trace_link: Option<String>,
     /// The graph from a Prometheus-compatible store.
     #[command(flatten)]
     pub source: PrometheusArgs,
@@ -483,7 +499,7 @@ impl Cli {
         match &self.command {
             Command::Demo(_) | Command::Fidelity(_) => "warn",
             // An embedded collector (--prometheus) says nothing unless something is wrong.
-            Command::Stat(_) | Command::Graph(_) | Command::Console(_) | Command::Sim(_) => "warn",
+            Command::Stat(_) | Command::Graph(_) | Command::Console(_) | Command::Sim(_) | Command::Trace(_) => "warn",
             _ => "info",
         }
     }
@@ -577,6 +593,46 @@ pub enum GraphOutput {
     Dot,
     /// Mermaid flowchart.
     Mermaid,
+}
+
+/// `meshlens trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The trace id (32 hex digits); without it, kept traces are listed.
+    pub trace_id: Option<String>,
+    /// Collector API URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7420", env = "MESHLENS_COLLECTOR")]
+    pub collector: String,
+    /// The collector's token, if it was started with --token.
+    #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Traces through this workload (ns/app/version, or user); with --to, the caller of an edge.
+    #[arg(long, value_name = "WORKLOAD", conflicts_with = "trace_id")]
+    pub from: Option<String>,
+    /// Traces into this workload; with --from, the callee of an edge.
+    #[arg(long, value_name = "WORKLOAD", conflicts_with = "trace_id")]
+    pub to: Option<String>,
+    /// Only traces that failed (on the edge, with --from and --to).
+    #[arg(long, conflicts_with = "trace_id")]
+    pub failed: bool,
+    /// The slowest first instead of the newest first.
+    #[arg(long, conflicts_with = "trace_id")]
+    pub slowest: bool,
+    /// How many traces to list (1..1000).
+    #[arg(long, default_value_t = 20, conflicts_with = "trace_id")]
+    pub limit: usize,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = TraceOutput::Table)]
+    pub output: TraceOutput,
+}
+
+/// Output formats of `trace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TraceOutput {
+    /// A waterfall, or one row per trace.
+    Table,
+    /// The API's JSON.
+    Json,
 }
 
 /// `meshlens graph`.
@@ -699,6 +755,31 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Trace(a) => {
+            let client = Client::with_token(&a.collector, a.token.as_deref()).map_err(runtime)?;
+            let json = a.output == TraceOutput::Json;
+            match &a.trace_id {
+                Some(id) => {
+                    let t = client.trace(id).await.map_err(runtime)?;
+                    if json {
+                        serde_json::to_writer_pretty(&mut *out, &t).map_err(runtime)?;
+                        writeln!(out).map_err(runtime)
+                    } else {
+                        meshlens_console::text::write_trace(out, &t).map_err(runtime)
+                    }
+                }
+                None => {
+                    let (from, to) = (a.from.as_deref(), a.to.as_deref());
+                    let list = client.traces(from, to, a.failed, a.slowest, a.limit).await.map_err(runtime)?;
+                    if json {
+                        serde_json::to_writer_pretty(&mut *out, &list).map_err(runtime)?;
+                        writeln!(out).map_err(runtime)
+                    } else {
+                        meshlens_console::text::write_traces(out, &list.traces).map_err(runtime)
+                    }
+                }
+            }
+        }
         Command::Graph(a) => {
             let embedded = embedded_source(&a.source, window_of(&a.window)?).await?;
             let (url, token) = match &embedded {
@@ -784,6 +865,15 @@ async fn collector<W: Write>(a: CollectorArgs, out: &mut W) -> Result<(), CliErr
     config.engine.health =
         meshlens_model::HealthThresholds { degraded_pct: a.degraded_error_pct, failing_pct: a.failing_error_pct };
     config.engine.max_nodes = a.max_nodes;
+    config.engine.trace_store_spans = a.trace_store_spans;
+    if let Some(t) = &a.trace_link
+        && !t.contains("{trace_id}")
+    {
+        return Err(CliError::Config(anyhow::anyhow!(
+            "--trace-link {t}: the template needs {{trace_id}} where the trace id goes"
+        )));
+    }
+    config.trace_link = a.trace_link.clone();
     config.engine.max_edges = a.max_edges;
     config.engine.idle_retention_secs = a.idle_retention.as_secs();
     if let (Some(cert), Some(key), Some(ca)) = (&a.tls_cert, &a.tls_key, &a.tls_ca) {

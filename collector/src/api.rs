@@ -18,7 +18,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures_util::Stream;
-use meshlens_model::api::{ErrorBody, ErrorDetail, Profile, WorkloadRow, WorkloadsBody};
+use meshlens_model::api::{ErrorBody, ErrorDetail, Profile, TraceBody, TracesBody, WorkloadRow, WorkloadsBody};
 use meshlens_model::graph::{DiffBody, GraphSnapshot, RevisionsBody, View};
 use meshlens_model::hist::Merger;
 use meshlens_model::time::{parse_duration, parse_rfc3339_ms};
@@ -154,6 +154,7 @@ pub struct Api {
     cache: Mutex<Option<(u64, View, Bytes)>>,
     subscribers: Arc<tokio::sync::Semaphore>,
     max_sse_subscribers: usize,
+    trace_link: Option<String>,
 }
 
 fn ready(hub: &Hub) -> Result<(), ApiError> {
@@ -326,6 +327,61 @@ async fn app(
     }
 }
 
+/// `/api/v1/traces?from=&to=&failed=&sort=&limit=`: the query, as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TracesQuery {
+    from: Option<String>,
+    to: Option<String>,
+    #[serde(default)]
+    failed: bool,
+    sort: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn traces(
+    State(api): ApiState,
+    q: Result<axum::extract::Query<TracesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TracesBody>, ApiError> {
+    let q = q.map_err(|e| ApiError::BadParameter(format!("{}: from, to, failed, sort, limit", e.body_text())))?.0;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad("limit", "must be between 1 and 1000"));
+    }
+    let slowest = match q.sort.as_deref() {
+        None | Some("newest") => false,
+        Some("slowest") => true,
+        Some(other) => return Err(bad("sort", format!("unknown {other:?}: expected newest or slowest"))),
+    };
+    let search = crate::traces::Search { from: q.from, to: q.to, failed: q.failed, slowest, limit };
+    let engine = api.hub.engine.lock();
+    let store = &engine.traces;
+    Ok(Json(TracesBody {
+        traces: store.search(&search, api.trace_link.as_deref()),
+        kept: store.len(),
+        spans_kept: store.spans(),
+        spans_bound: store.bound(),
+    }))
+}
+
+async fn trace(State(api): ApiState, Path(trace_id): Path<String>) -> Result<Json<TraceBody>, ApiError> {
+    let Some(id) = crate::traces::parse_trace_id(&trace_id) else {
+        return Err(bad("trace_id", format!("{trace_id:?} is not a trace id of 32 hex digits")));
+    };
+    let engine = api.hub.engine.lock();
+    let store = &engine.traces;
+    match store.get(&id, api.trace_link.as_deref()) {
+        Some(body) => Ok(Json(body)),
+        None => Err(ApiError::NotFound(format!(
+            "trace {trace_id} is not kept here: the collector keeps the last {} spans ({} traces now){}",
+            store.bound(),
+            store.len(),
+            crate::traces::link_for(api.trace_link.as_deref(), &trace_id)
+                .map_or(String::new(), |l| format!("; look in {l}"))
+        ))),
+    }
+}
+
 fn sse_event(rev: &StoredRevision, view: View, namespaces: &[String]) -> Option<Event> {
     let mut g = view_of(rev, view).ok()?;
     g.retain_namespaces(namespaces);
@@ -411,9 +467,14 @@ async fn not_found() -> ApiError {
 }
 
 /// The API router.
-pub fn router(hub: Arc<Hub>, shutdown: tokio::sync::watch::Receiver<bool>, max_sse_subscribers: usize) -> Router {
+pub fn router(
+    hub: Arc<Hub>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    max_sse_subscribers: usize,
+    trace_link: Option<String>,
+) -> Router {
     let subscribers = Arc::new(tokio::sync::Semaphore::new(max_sse_subscribers));
-    let api = Arc::new(Api { hub, shutdown, cache: Mutex::new(None), subscribers, max_sse_subscribers });
+    let api = Arc::new(Api { hub, shutdown, cache: Mutex::new(None), subscribers, max_sse_subscribers, trace_link });
     Router::new()
         .route("/api/v1/graph", get(graph))
         .route("/api/v1/revisions", get(revisions))
@@ -422,6 +483,8 @@ pub fn router(hub: Arc<Hub>, shutdown: tokio::sync::watch::Receiver<bool>, max_s
         .route("/api/v1/profile", get(profile))
         .route("/api/v1/workloads/{namespace}/{app}", get(app))
         .route("/api/v1/stream", get(stream))
+        .route("/api/v1/traces", get(traces))
+        .route("/api/v1/traces/{trace_id}", get(trace))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

@@ -16,6 +16,7 @@ use crate::graph::{EdgeState, Graph, LimitHit};
 use crate::metrics::SeriesStore;
 use crate::otlp::lite::TraceRequest;
 use crate::spans::SpanStore;
+use crate::traces::TraceStore;
 
 /// Limits and knobs of the graph state.
 #[derive(Clone, Debug)]
@@ -34,6 +35,8 @@ pub struct EngineConfig {
     /// Nodes and edges with no traffic for this long are evicted (seconds; at least the window and
     /// the pairing time-to-live).
     pub idle_retention_secs: u64,
+    /// Most spans kept whole in the trace store (0: none).
+    pub trace_store_spans: usize,
     /// Health thresholds.
     pub health: HealthThresholds,
 }
@@ -47,6 +50,7 @@ impl Default for EngineConfig {
             pairing_ttl_secs: 5.0,
             max_series: 200_000,
             idle_retention_secs: 3600,
+            trace_store_spans: 200_000,
             health: HealthThresholds::default(),
         }
     }
@@ -64,6 +68,8 @@ pub struct Engine {
     pub pairing: SpanStore,
     /// Cumulative metric series state.
     pub series: SeriesStore,
+    /// Whole traces of the recent past.
+    pub traces: TraceStore,
     /// Unix seconds since when this state holds data (collector start, or restored data).
     pub data_since: f64,
     /// The last write-ahead log batch applied (the pipeline moves it; each tick stores it).
@@ -77,6 +83,7 @@ impl Engine {
             graph: Graph::new(counters.clone(), config.max_nodes, config.max_edges),
             pairing: SpanStore::new(config.pairing_capacity, config.pairing_ttl_secs),
             series: SeriesStore::new(config.max_series, (now * 1e9) as u64),
+            traces: TraceStore::new(config.trace_store_spans),
             config,
             counters,
             data_since: now,
@@ -87,7 +94,7 @@ impl Engine {
     /// Turns an export of spans into edge observations at time `now` (Unix seconds).
     pub fn ingest_lean_traces(&mut self, req: &TraceRequest, now: f64) {
         self.graph.now_sec = now as u64;
-        self.pairing.ingest(&mut self.graph, req, now);
+        self.pairing.ingest(&mut self.graph, Some(&mut self.traces), req, now);
     }
 
     /// The same, for an export decoded into the full OTLP types (OTLP/JSON, tests).

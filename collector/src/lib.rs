@@ -32,6 +32,7 @@ pub mod spans;
 pub mod store;
 pub mod testkit;
 pub mod tls;
+pub mod traces;
 pub mod views;
 pub mod wal;
 pub mod window;
@@ -103,6 +104,9 @@ pub struct CollectorConfig {
     pub remote_write: Option<remote_write::RemoteWriteConfig>,
     /// Read the graph from a Prometheus-compatible store ([`source`]).
     pub source: Option<source::SourceConfig>,
+    /// A link to the user's trace UI (Jaeger, Tempo) with `{trace_id}` in it, given beside each
+    /// kept trace ([`traces`]).
+    pub trace_link: Option<String>,
 }
 
 impl Default for CollectorConfig {
@@ -127,6 +131,7 @@ impl Default for CollectorConfig {
             max_inflight_bytes: 256 << 20,
             tls: None,
             remote_write: None,
+            trace_link: None,
             source: None,
         }
     }
@@ -371,7 +376,8 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     tasks.push(tokio::spawn(async move {
         serve::serve(http_l, otlp_router, otlp_limits, c, quit).await.map_err(|e| format!("OTLP/HTTP server: {e}"))
     }));
-    let api_router = guard(api::router(hub.clone(), shutdown.subscribe(), config.max_sse_subscribers));
+    let api_router =
+        guard(api::router(hub.clone(), shutdown.subscribe(), config.max_sse_subscribers, config.trace_link.clone()));
     let (c, quit) = (counters.clone(), shutdown.subscribe());
     tasks.push(tokio::spawn(async move {
         serve::serve(api_l, api_router, limits, c, quit).await.map_err(|e| format!("API server: {e}"))

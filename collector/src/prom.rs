@@ -56,7 +56,7 @@ fn family(out: &mut String, format: Format, name: &str, kind: &str, help: &str) 
 }
 
 fn hex(id: &[u8; 16]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    crate::traces::hex(id)
 }
 
 /// The servicegraph `connection_type` of an edge, as Tempo labels it: `virtual_node` when one end
@@ -388,6 +388,26 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
     metric("queue_bytes", "gauge", "Encoded bytes waiting in the ingest queue.", &[("", c.queue_bytes.get())]);
     metric("queue_depth", "gauge", "Export batches waiting in the ingest queue.", &[("", c.queue_batches.get())]);
     metric("store_size", "gauge", "Span halves waiting to be paired.", &[("", c.store_size.get())]);
+    let kept = &engine.traces;
+    metric("traces_kept", "gauge", "Whole traces kept for /api/v1/traces.", &[("", kept.len() as u64)]);
+    metric(
+        "trace_spans_kept",
+        "gauge",
+        "Spans kept in the trace store (at most --trace-store-spans).",
+        &[("", kept.spans() as u64)],
+    );
+    metric(
+        "traces_evicted_total",
+        "counter",
+        "Traces dropped whole, oldest first, to keep the trace store within --trace-store-spans.",
+        &[("", kept.evicted)],
+    );
+    metric(
+        "trace_spans_dropped_total",
+        "counter",
+        "Spans not kept: past 1000 in their trace, or without valid ids.",
+        &[("", kept.dropped)],
+    );
     metric("nodes", "gauge", "Nodes tracked.", &[("", c.nodes.get())]);
     metric(
         "evicted_total",

@@ -22,6 +22,8 @@
 //! Requests are placed in time when they arrive, not by span timestamps. The store is bounded in size
 //! and time; whatever does not fit is counted.
 
+use std::sync::Arc;
+
 use hashbrown::HashMap;
 use meshlens_model::Peer;
 use meshlens_model::stats::{CodeClass, Report, outcome};
@@ -31,6 +33,7 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use crate::attrs::resource_workload;
 use crate::graph::{Graph, LimitHit, Protocol};
 use crate::otlp::lite::{Span, SpanAttrs, TraceRequest};
+use crate::traces::{SpanNote, TraceStore};
 use crate::window::Obs;
 
 /// The key both halves of a pair share: trace id and the client span's id.
@@ -213,18 +216,20 @@ fn virtual_name<'a>(a: &SpanAttrs<'a>, messaging: bool) -> Option<&'a str> {
 struct Pairing<'a> {
     g: &'a mut Graph,
     pairing: &'a mut SpanStore,
+    kept: Option<&'a mut TraceStore>,
 }
 
 impl SpanStore {
     /// Turns an export of spans into edge observations on `graph` at time `now` (Unix seconds).
-    pub fn ingest(&mut self, graph: &mut Graph, req: &TraceRequest, now: f64) {
-        Pairing { g: graph, pairing: self }.ingest_lean_traces(req, now);
+    /// Each span is also kept whole in `kept`, when given (the trace store).
+    pub fn ingest(&mut self, graph: &mut Graph, kept: Option<&mut TraceStore>, req: &TraceRequest, now: f64) {
+        Pairing { g: graph, pairing: self, kept }.ingest_lean_traces(req, now);
     }
 
     /// Expires halves older than the time to live: a lone client becomes an edge to its virtual
     /// peer, a lone server is counted as expired.
     pub fn expire(&mut self, graph: &mut Graph, now: f64) {
-        Pairing { g: graph, pairing: self }.expire(now);
+        Pairing { g: graph, pairing: self, kept: None }.expire(now);
     }
 }
 
@@ -239,6 +244,7 @@ impl Pairing<'_> {
                 self.g.counters.spans_rejected.add(span_count as u64);
                 continue;
             };
+            let who: Arc<str> = workload.id().into();
             let node = match self.g.peer(&Peer::Workload(workload)) {
                 Ok(n) => n,
                 Err(_) => {
@@ -247,7 +253,7 @@ impl Pairing<'_> {
                 }
             };
             for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
-                if self.ingest_span(node, span, now, sec).is_err() {
+                if self.ingest_span(node, &who, span, now, sec).is_err() {
                     self.g.counters.spans_dropped_cardinality.add(1);
                 }
             }
@@ -255,8 +261,13 @@ impl Pairing<'_> {
         self.g.counters.store_size.set(self.pairing.len() as u64);
     }
 
-    fn ingest_span(&mut self, node: u32, span: &Span, now: f64, sec: u64) -> Result<(), LimitHit> {
+    fn ingest_span(&mut self, node: u32, who: &Arc<str>, span: &Span, now: f64, sec: u64) -> Result<(), LimitHit> {
         let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
+        let server_side = !matches!(kind, SpanKind::Client | SpanKind::Producer);
+        let f = facts(span, server_side);
+        if let Some(kept) = self.kept.as_deref_mut() {
+            kept.keep(span, &SpanNote { workload: who, attrs: &f.attrs, failed: f.failed });
+        }
         let (client_side, messaging) = match kind {
             SpanKind::Client => (true, false),
             SpanKind::Producer => (true, true),
@@ -267,7 +278,6 @@ impl Pairing<'_> {
                 return Ok(());
             }
         };
-        let f = facts(span, !client_side);
         let a = &f.attrs;
         if client_side
             && !messaging

@@ -1,6 +1,6 @@
 //! A small client for the collector's JSON API.
 
-use meshlens_model::api::{AppDetail, ErrorBody, WorkloadsBody};
+use meshlens_model::api::{AppDetail, ErrorBody, TraceBody, TracesBody, WorkloadsBody};
 use meshlens_model::graph::{GraphSnapshot, RevisionsBody, View};
 use serde::de::DeserializeOwned;
 
@@ -157,6 +157,32 @@ impl Client {
         let mut q = format!("/api/v1/workloads?window={}", enc(window));
         for ns in namespaces {
             q.push_str(&format!("&namespace={}", enc(ns)));
+        }
+        self.get(&q).await
+    }
+
+    /// `/api/v1/traces/{id}`: one kept trace.
+    pub async fn trace(&self, id: &str) -> Result<TraceBody, ClientError> {
+        self.get(&format!("/api/v1/traces/{}", enc(id))).await
+    }
+
+    /// `/api/v1/traces`: kept traces through `from` (and on to `to`), newest or slowest first.
+    pub async fn traces(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+        failed: bool,
+        slowest: bool,
+        limit: usize,
+    ) -> Result<TracesBody, ClientError> {
+        let mut q = format!("/api/v1/traces?limit={limit}&failed={failed}");
+        if slowest {
+            q.push_str("&sort=slowest");
+        }
+        for (k, v) in [("from", from), ("to", to)] {
+            if let Some(v) = v {
+                q.push_str(&format!("&{k}={}", enc(v)));
+            }
         }
         self.get(&q).await
     }

@@ -293,3 +293,78 @@ impl Profile {
         Self { revision: g.revision, window_seconds: g.window_seconds, versions, edges }
     }
 }
+
+/// One span of a kept trace (`/api/v1/traces/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceSpan {
+    /// Span id, 16 hex digits.
+    pub span_id: String,
+    /// Parent span id, 16 hex digits; empty for a root span.
+    pub parent_span_id: String,
+    /// The workload that reported it (`ns/app/version`).
+    pub workload: String,
+    /// `client`, `server`, `producer`, `consumer` or `internal`.
+    pub kind: String,
+    /// The span's name.
+    pub name: String,
+    /// Start, Unix nanoseconds.
+    pub start_unix_nano: u64,
+    /// Duration, milliseconds.
+    pub duration_ms: f64,
+    /// HTTP status, when the span has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// gRPC status code, when the span has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u8>,
+    /// Whether the span failed by the graph's one rule (5xx, a server-fault gRPC code, no answer).
+    pub failed: bool,
+    /// Whom a client span called (`peer.service`, `server.address`), when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
+/// `/api/v1/traces/{id}` and `meshlens trace ID`: one kept trace, its spans in start order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceBody {
+    /// Trace id, 32 hex digits.
+    pub trace_id: String,
+    /// Its spans, by start time.
+    pub spans: Vec<TraceSpan>,
+    /// The trace in the user's Jaeger or Tempo (the collector's `--trace-link`), when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+/// One trace in a list of kept traces (`/api/v1/traces`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceSummary {
+    /// Trace id, 32 hex digits.
+    pub trace_id: String,
+    /// Earliest span start, Unix nanoseconds.
+    pub start_unix_nano: u64,
+    /// From the earliest start to the latest end, milliseconds.
+    pub duration_ms: f64,
+    /// Spans kept.
+    pub spans: usize,
+    /// Whether any span failed.
+    pub failed: bool,
+    /// The workloads it went through, in the order their first spans started.
+    pub workloads: Vec<String>,
+    /// The trace in the user's Jaeger or Tempo, when `--trace-link` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+/// `/api/v1/traces`: the kept traces that match, newest first (or slowest first).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TracesBody {
+    /// Matching traces.
+    pub traces: Vec<TraceSummary>,
+    /// Traces kept now.
+    pub kept: usize,
+    /// Spans kept now, and the most that are kept (`--trace-store-spans`).
+    pub spans_kept: usize,
+    /// The bound on spans kept.
+    pub spans_bound: usize,
+}

@@ -20,4 +20,5 @@ mod restart;
 mod security;
 mod stores;
 mod support;
+mod traces;
 mod web;

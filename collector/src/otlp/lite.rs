@@ -52,6 +52,9 @@ pub struct Span {
     /// 8 bytes, or empty for a root span.
     #[prost(bytes = "bytes", tag = "4")]
     pub parent_span_id: Bytes,
+    /// The span's name (kept for the trace store; UTF-8 per the spec, read lossily).
+    #[prost(bytes = "bytes", tag = "5")]
+    pub name: Bytes,
     /// `SpanKind`.
     #[prost(int32, tag = "6")]
     pub kind: i32,
