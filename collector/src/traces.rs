@@ -56,7 +56,8 @@ pub struct SpanNote<'a> {
 /// Which kept traces a search wants.
 #[derive(Clone, Debug, Default)]
 pub struct Search {
-    /// Through this workload id (a span it reported). With `to`: a client span of it.
+    /// Through this workload id (a span it reported). With `to`: a client span of it. Alone, a
+    /// trace failed here when a span of its own failed or a span it called did.
     pub from: Option<String>,
     /// A server span of this workload id whose parent is a client span of `from` (an edge).
     pub to: Option<String>,
@@ -267,8 +268,10 @@ fn matches(spans: &[Kept], q: &Search) -> Option<bool> {
     match (&q.from, &q.to) {
         (None, None) => Some(spans.iter().any(|s| s.failed)),
         (Some(w), None) | (None, Some(w)) => {
+            // Failed here: a span of the workload's own, or a call it made (its outbound errors).
             let mine: Vec<&Kept> = spans.iter().filter(|s| *s.workload == **w).collect();
-            (!mine.is_empty()).then(|| mine.iter().any(|s| s.failed))
+            let called = |s: &Kept| mine.iter().any(|m| m.span_id == s.parent);
+            (!mine.is_empty()).then(|| spans.iter().any(|s| s.failed && (*s.workload == **w || called(s))))
         }
         (Some(from), Some(to)) => {
             let mut hit = None;

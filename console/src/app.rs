@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use meshlens_model::api::{AppDetail, WorkloadRow, WorkloadsBody};
+use meshlens_model::api::{AppDetail, TraceSummary, WorkloadRow, WorkloadsBody};
 use meshlens_model::graph::{GraphSnapshot, RevisionSummary, View};
 use meshlens_model::layout::{Layout, edge_label, layout};
 use meshlens_model::viewstate::{collapse_item, expand_namespace};
@@ -111,6 +111,15 @@ pub enum Action {
     Workloads(Box<WorkloadsBody>),
     /// One app's detail (rate series) from the collector.
     Detail(Box<AppDetail>),
+    /// Kept traces through a workload: the failed ones and the slowest ones.
+    Traces {
+        /// The workload id.
+        workload: String,
+        /// Newest failed traces.
+        failed: Vec<TraceSummary>,
+        /// Slowest traces.
+        slowest: Vec<TraceSummary>,
+    },
     /// The revisions list from the collector.
     Revisions(Vec<RevisionSummary>),
     /// A new revision was published (SSE).
@@ -145,6 +154,8 @@ pub enum Command {
         app: String,
         /// Window.
         window: String,
+        /// The selected workload's id, whose kept traces are fetched beside.
+        workload: String,
     },
 }
 
@@ -167,6 +178,8 @@ pub struct App {
     pub workloads: Vec<WorkloadRow>,
     /// The selected app's detail.
     pub detail: Option<AppDetail>,
+    /// Exemplar traces of a workload: `(workload, failed, slowest)`.
+    pub traces: Option<(String, Vec<TraceSummary>, Vec<TraceSummary>)>,
     /// The selected node id.
     pub selected: Option<String>,
     /// The selected outbound edge of the selected node, by index among its outbound edges.
@@ -223,6 +236,7 @@ impl App {
             layout: Layout::default(),
             workloads: Vec::new(),
             detail: None,
+            traces: None,
             selected: None,
             selected_edge: None,
             view: View::Versioned,
@@ -266,6 +280,7 @@ impl App {
             namespace: node.namespace.clone(),
             app: node.app.clone(),
             window: WINDOWS[self.window].to_owned(),
+            workload: node.id.clone(),
         })
     }
 
@@ -527,6 +542,7 @@ impl App {
             }
             Action::Workloads(w) => self.workloads = w.workloads,
             Action::Detail(d) => self.detail = Some(*d),
+            Action::Traces { workload, failed, slowest } => self.traces = Some((workload, failed, slowest)),
             Action::Revisions(mut r) => {
                 r.reverse();
                 self.revisions = r;

@@ -24,7 +24,12 @@ fn starts_on_the_first_caller_and_walks_the_graph() {
     assert_eq!(app.selected.as_deref(), Some("bookinfo/productpage/v1"));
     assert_eq!(
         cmd,
-        Some(Command::Detail { namespace: "bookinfo".into(), app: "productpage".into(), window: "1m".into() })
+        Some(Command::Detail {
+            namespace: "bookinfo".into(),
+            app: "productpage".into(),
+            window: "1m".into(),
+            workload: "bookinfo/productpage/v1".into()
+        })
     );
     app.update(Action::Move(Dir::Right));
     assert_eq!(app.selected.as_deref(), Some("bookinfo/details/v1"), "the nearest callee");

@@ -33,8 +33,17 @@ pub async fn run(
                     g.map(|g| Action::Graph(Box::new(g)))
                 }
                 Command::Revisions => client.revisions(200).await.map(|r| Action::Revisions(r.revisions)),
-                Command::Detail { namespace, app, window } => {
-                    client.app(&namespace, &app, &window).await.map(|d| Action::Detail(Box::new(d)))
+                Command::Detail { namespace, app, window, workload } => {
+                    let (d, failed, slowest) = tokio::join!(
+                        client.app(&namespace, &app, &window),
+                        client.traces(Some(&workload), None, true, false, 3),
+                        client.traces(Some(&workload), None, false, true, 3),
+                    );
+                    // A collector without a trace store (or an older one) leaves the list out.
+                    if let (Ok(f), Ok(s)) = (failed, slowest) {
+                        let _ = actions.send(Action::Traces { workload, failed: f.traces, slowest: s.traces });
+                    }
+                    d.map(|d| Action::Detail(Box::new(d)))
                 }
             };
             match result {

@@ -382,6 +382,20 @@ fn draw_detail(frame: &mut Frame, app: &App, area: Rect) {
             lines.push(Line::from(Span::styled("calls (e selects)", Style::new().fg(Color::DarkGray))));
             lines.extend(out.into_iter().map(Line::from));
         }
+        if let Some((w, failed, slowest)) = &app.traces
+            && *w == n.id
+            && !(failed.is_empty() && slowest.is_empty())
+        {
+            lines.push(Line::from(Span::styled("traces (meshlens trace ID)", Style::new().fg(Color::DarkGray))));
+            for (what, list, color) in [("failed", failed, Color::Red), ("slow", slowest, Color::Yellow)] {
+                for t in list {
+                    lines.push(Line::from(vec![
+                        Span::styled(format!("{what:<6} "), Style::new().fg(color)),
+                        Span::raw(format!("{} {}", t.trace_id, crate::text::format_ms(t.duration_ms))),
+                    ]));
+                }
+            }
+        }
         if let Some(d) = &app.detail
             && d.namespace == n.namespace
             && d.app == n.app

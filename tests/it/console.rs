@@ -159,3 +159,28 @@ async fn box_titles_are_whole_at_120x40_and_200x50() {
         t.keys(&["q"]);
     }
 }
+
+/// The detail pane of the selected workload lists its kept traces, failed and slowest, by the id
+/// `meshlens trace` opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_detail_pane_lists_the_selected_workloads_failed_and_slow_traces() {
+    let bin = tool("MESHLENS_TMUX", "/usr/bin/tmux", "tmux");
+    let c = collector().await;
+    grpc_traces(&c, pairs(3, ("productpage", "v1"), ("reviews", "v2"), 4, 503, 5)).await.unwrap();
+    wait_edge(&c, "", "default/productpage/v1", "default/reviews/v2", 4).await;
+    let (_, kept) = crate::support::get_json(&format!(
+        "{}/api/v1/traces?from=default/productpage/v1&to=default/reviews/v2&failed=true",
+        c.api_url()
+    ))
+    .await;
+    let id = kept["traces"][0]["trace_id"].as_str().expect("a failed trace kept").to_owned();
+
+    let t = Tmux { bin, session: format!("meshlens-console-traces-{}", std::process::id()) };
+    let cmd = format!("{} console --collector {}", env!("CARGO_BIN_EXE_meshlens"), c.api_url());
+    t.run(&["new-session", "-d", "-s", &t.session, "-x", "200", "-y", "50", &cmd]);
+    let screen = t.wait_for("traces (meshlens trace ID)", 20).await;
+    assert!(screen.contains(&format!("failed {id}")), "{screen}");
+    assert!(screen.contains("slow   "), "{screen}");
+    t.keys(&["q"]);
+    eventually("the console to exit", 10, || async { (!t.alive()).then_some(()) }).await;
+}
