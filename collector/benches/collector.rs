@@ -171,15 +171,22 @@ fn ingest(c: &mut Criterion) {
         });
     }
 
-    g.bench_function("engine_512_realistic", |b| {
-        let mut engine = Engine::new(EngineConfig::default(), Arc::new(Counters::default()), 1.8e9);
-        let reqs: Vec<_> = (0..1024).map(|i| lite::TraceRequest::from_full(&batch_with(i, true))).collect();
-        let mut i = 0usize;
-        b.iter(|| {
-            engine.ingest_lean_traces(&reqs[i % reqs.len()], 1.8e9 + (i / 1024) as f64);
-            i += 1;
-        })
-    });
+    // With the trace store (the default) and without it (`--trace-store-spans 0`): its cost per span.
+    for (name, kept) in [
+        ("engine_512_realistic", EngineConfig::default().trace_store_spans),
+        ("engine_512_realistic_no_trace_store", 0),
+    ] {
+        g.bench_function(name, |b| {
+            let config = EngineConfig { trace_store_spans: kept, ..EngineConfig::default() };
+            let mut engine = Engine::new(config, Arc::new(Counters::default()), 1.8e9);
+            let reqs: Vec<_> = (0..1024).map(|i| lite::TraceRequest::from_full(&batch_with(i, true))).collect();
+            let mut i = 0usize;
+            b.iter(|| {
+                engine.ingest_lean_traces(&reqs[i % reqs.len()], 1.8e9 + (i / 1024) as f64);
+                i += 1;
+            })
+        });
+    }
 
     // The same exports into an in-memory collector and into one with a data directory, whose
     // write-ahead log makes every batch durable (group commit, one fdatasync) before the answer.
