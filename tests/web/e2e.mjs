@@ -68,6 +68,19 @@ try {
   if (!(rps > 0 && Math.abs(rps - node.inbound.rps) <= 0.5 * node.inbound.rps)) await fail(`panel rps ${rps} against ${node.inbound.rps}`);
   console.log(`panel: ${row.replace(/\s+/g, ' ').trim()}`);
 
+  // The node's failed requests are listed by their kept traces; one opens as a waterfall whose
+  // rows are the API's spans of that trace.
+  await page.waitForSelector('#panel-traces a.trace-id', { timeout: 10000 }).catch(() => fail('no failed traces in the panel'));
+  const traceId = (await page.textContent('#panel-traces a.trace-id')).trim();
+  const kept = await (await fetch(new URL(`/api/v1/traces/${traceId}`, url))).json();
+  await page.click('#panel-traces a.trace-id');
+  await page.waitForSelector('#trace-waterfall tr', { timeout: 5000 }).catch(() => fail('the trace did not open'));
+  const spanRows = await page.$$eval('#trace-waterfall tr', (trs) => trs.map((t) => t.textContent));
+  if (spanRows.length !== kept.spans.length) await fail(`${spanRows.length} waterfall rows against ${kept.spans.length} spans`);
+  if (!spanRows.some((r) => r.includes('default/payments/v1 server') && r.includes('500'))) await fail(`no failed payments span in ${spanRows}`);
+  if ((await page.$$('#trace-waterfall tr.failed')).length === 0) await fail('no span marked failed');
+  console.log(`trace: ${traceId} ${spanRows.length} spans`);
+
   // 3. Live: new traffic shows without a reload.
   console.log('WAITING update');
   await nextLine();

@@ -3,7 +3,8 @@
 //!
 //! The topology is SVG drawn from the shared layout (`meshlens_model::layout`), with app boxes,
 //! health colours, switchable edge labels, a lock on mTLS edges, pan and zoom; a side panel shows
-//! Kiali's tables for the clicked node or edge; find/hide takes the expression language of
+//! Kiali's tables for the clicked node or edge and its kept failed traces, each opening as a
+//! waterfall; find/hide takes the expression language of
 //! `meshlens_model::find`; live updates come from the SSE stream; a slider steps through revisions;
 //! the URL holds the whole view (`meshlens_model::viewstate`). A large mesh opens as namespaces
 //! (the collector's `namespace` view); a namespace expands into its apps and collapses back, and
@@ -14,7 +15,7 @@ use futures_util::StreamExt;
 use gloo_net::eventsource::futures::EventSource;
 use gloo_net::http::Request;
 use leptos::prelude::*;
-use meshlens_model::api::{AppDetail, WorkloadRow, WorkloadsBody};
+use meshlens_model::api::{AppDetail, TraceBody, TracesBody, WorkloadRow, WorkloadsBody};
 use meshlens_model::find;
 use meshlens_model::graph::{GraphSnapshot, Node, NodeKind, RevisionsBody, View};
 use meshlens_model::layout::{self, Layout, layout};
@@ -117,6 +118,7 @@ pub fn App() -> impl IntoView {
     let graph = RwSignal::new(None::<GraphSnapshot>);
     let workloads = RwSignal::new(Vec::<WorkloadRow>::new());
     let detail = RwSignal::new(None::<AppDetail>);
+    let traces = RwSignal::new(None::<(String, TracesBody)>);
     let revisions = RwSignal::new(None::<RevisionsBody>);
     let error = RwSignal::new(None::<String>);
     let need_token = RwSignal::new(false);
@@ -181,6 +183,30 @@ pub fn App() -> impl IntoView {
         });
     });
 
+    // The selection's kept failed traces (a node's, or an edge's: a client span of its source whose
+    // server span is its target's), fetched when the selection changes.
+    Effect::new(move |_| {
+        let Some(sel) = state.with(|s| s.selected.clone()) else { return };
+        let enc = meshlens_model::viewstate::encode;
+        let q = graph.with_untracked(|g| {
+            let g = g.as_ref()?;
+            match g.node(&sel) {
+                Some(n) => (n.kind != NodeKind::Namespace).then(|| format!("from={}", enc(&n.id))),
+                None => g
+                    .edges
+                    .iter()
+                    .find(|e| e.id == sel)
+                    .map(|e| format!("from={}&to={}", enc(&e.source), enc(&e.target))),
+            }
+        });
+        let Some(q) = q else { return };
+        leptos::task::spawn_local(async move {
+            if let Ok(t) = get::<TracesBody>(&format!("/api/v1/traces?{q}&failed=true&limit=5")).await {
+                traces.set(Some((sel, t)));
+            }
+        });
+    });
+
     // Live: each published revision refetches, unless a revision is pinned.
     leptos::task::spawn_local(async move {
         let Ok(mut es) = EventSource::new(&api("/api/v1/stream")) else { return };
@@ -211,7 +237,7 @@ pub fn App() -> impl IntoView {
             {move || match page.get() {
                 Page::Graph => view! {
                     <Topology state=state graph=graph />
-                    <Panel state=state graph=graph detail=detail />
+                    <Panel state=state graph=graph detail=detail traces=traces />
                 }.into_any(),
                 Page::Workloads => view! { <Workloads rows=workloads /> }.into_any(),
             }}
@@ -584,7 +610,9 @@ fn Panel(
     state: RwSignal<ViewState>,
     graph: RwSignal<Option<GraphSnapshot>>,
     detail: RwSignal<Option<AppDetail>>,
+    traces: RwSignal<Option<(String, TracesBody)>>,
 ) -> impl IntoView {
+    let opened = RwSignal::new(None::<TraceBody>);
     view! {
         <aside id="panel">
             {move || {
@@ -638,7 +666,76 @@ fn Panel(
                     }
                 })
             }}
+            {move || {
+                let sel = state.with(|s| s.selected.clone());
+                traces.with(|t| {
+                    let (_, body) = t.as_ref().filter(|(s, _)| Some(s) == sel.as_ref())?;
+                    if body.traces.is_empty() {
+                        return None;
+                    }
+                    let items = body.traces.iter().map(|t| {
+                        let id = t.trace_id.clone();
+                        let open = move |ev: leptos::ev::MouseEvent| {
+                            ev.prevent_default();
+                            let id = id.clone();
+                            leptos::task::spawn_local(async move {
+                                if let Ok(b) = get::<TraceBody>(&format!("/api/v1/traces/{id}")).await {
+                                    opened.set(Some(b));
+                                }
+                            });
+                        };
+                        view! {
+                            <li><a href="#" class="trace-id" on:click=open>{t.trace_id.clone()}</a>
+                                " "{format_ms(t.duration_ms)}" "{t.spans}" spans"</li>
+                        }
+                    }).collect::<Vec<_>>();
+                    Some(view! {
+                        <div id="panel-traces"><h4>"Failed requests (kept traces)"</h4><ul>{items}</ul></div>
+                    })
+                })
+            }}
+            {move || opened.with(|t| t.as_ref().map(|t| view! { <Waterfall trace=t.clone() /> }))}
         </aside>
+    }
+}
+
+/// One kept trace: a row per span in start order, its workload, kind, name, duration and status,
+/// and a bar placed on the trace's time line; the user's Jaeger or Tempo link when the collector has one.
+#[component]
+fn Waterfall(trace: TraceBody) -> impl IntoView {
+    let start = trace.spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0);
+    let end = trace
+        .spans
+        .iter()
+        .map(|s| s.start_unix_nano + (s.duration_ms * 1e6) as u64)
+        .max()
+        .unwrap_or(start)
+        .max(start + 1);
+    let total = (end - start) as f64;
+    let rows = trace.spans.iter().map(|s| {
+        let left = (s.start_unix_nano - start) as f64 / total * 100.0;
+        let width = (s.duration_ms * 1e6 / total * 100.0).max(0.5);
+        let status = match (s.http_status, s.grpc_status) {
+            (_, Some(g)) => format!("grpc {g}"),
+            (Some(h), None) => h.to_string(),
+            (None, None) => "-".to_owned(),
+        };
+        let color = if s.failed { "#d9534f" } else { "#5cb85c" };
+        view! {
+            <tr class=if s.failed { "span failed" } else { "span" }>
+                <td>{format!("{} {} {}", s.workload, s.kind, s.name)}</td>
+                <td>{format_ms(s.duration_ms)}</td>
+                <td>{status}</td>
+                <td class="bar"><div style=format!("margin-left:{left:.1}%;width:{width:.1}%;background:{color};height:0.7em")></div></td>
+            </tr>
+        }
+    }).collect::<Vec<_>>();
+    view! {
+        <div id="trace">
+            <h4>"Trace "<span id="trace-id">{trace.trace_id.clone()}</span></h4>
+            {trace.link.clone().map(|l| view! { <a id="trace-link" href=l.clone() target="_blank">"open in your trace UI"</a> })}
+            <table id="trace-waterfall">{rows}</table>
+        </div>
     }
 }
 
