@@ -191,41 +191,10 @@ pub fn write_mermaid<W: Write>(out: &mut W, g: &GraphSnapshot) -> io::Result<()>
 /// Width of the waterfall's bar column.
 const BAR: usize = 40;
 
-/// Spans in tree order (each under its parent, siblings by start), with their depth; a span whose
-/// parent is not kept is a root.
-fn tree_order(t: &TraceBody) -> Vec<(usize, usize)> {
-    let ids: std::collections::HashSet<&str> = t.spans.iter().map(|s| s.span_id.as_str()).collect();
-    let mut order = Vec::with_capacity(t.spans.len());
-    let mut stack: Vec<(usize, usize)> = t
-        .spans
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.parent_span_id.is_empty() || !ids.contains(s.parent_span_id.as_str()))
-        .map(|(i, _)| (i, 0))
-        .rev()
-        .collect();
-    let mut seen = vec![false; t.spans.len()];
-    while let Some((i, depth)) = stack.pop() {
-        if std::mem::replace(&mut seen[i], true) {
-            continue;
-        }
-        order.push((i, depth));
-        // The spans are sorted by start, so children pushed in reverse pop in start order.
-        for (j, c) in t.spans.iter().enumerate().rev() {
-            if c.parent_span_id == t.spans[i].span_id && !seen[j] {
-                stack.push((j, depth + 1));
-            }
-        }
-    }
-    order
-}
-
 /// A kept trace as a waterfall: each span under its parent, its start and duration, who reported
 /// it, its status, and a bar placed on the trace's time line.
 pub fn write_trace<W: Write>(out: &mut W, t: &TraceBody) -> io::Result<()> {
-    let start = t.spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0);
-    let end =
-        t.spans.iter().map(|s| s.start_unix_nano + (s.duration_ms * 1e6) as u64).max().unwrap_or(start).max(start + 1);
+    let (start, end) = t.time_line();
     let total_ms = (end - start) as f64 / 1e6;
     let failed = t.spans.iter().filter(|s| s.failed).count();
     writeln!(
@@ -240,18 +209,14 @@ pub fn write_trace<W: Write>(out: &mut W, t: &TraceBody) -> io::Result<()> {
         writeln!(out, "{}", escape::terminal(link))?;
     }
     let mut rows = Vec::new();
-    for (i, depth) in tree_order(t) {
+    for (i, depth) in t.tree_order() {
         let s = &t.spans[i];
         let offset = (s.start_unix_nano - start) as f64 / 1e6;
         let from = ((offset / total_ms) * BAR as f64) as usize;
         let width = (((s.duration_ms / total_ms) * BAR as f64).round() as usize).max(1);
         let from = from.min(BAR - 1);
         let bar = format!("{}{}", " ".repeat(from), "█".repeat(width.min(BAR - from)));
-        let status = match (s.http_status, s.grpc_status) {
-            (_, Some(g)) => format!("grpc {g}"),
-            (Some(h), None) => h.to_string(),
-            (None, None) => "-".to_owned(),
-        };
+        let status = s.status_text();
         let to = s.peer.as_deref().map(|p| format!(" → {p}")).unwrap_or_default();
         rows.push(vec![
             format_ms(offset),

@@ -336,6 +336,60 @@ pub struct TraceBody {
     pub link: Option<String>,
 }
 
+impl TraceSpan {
+    /// Its status as the waterfalls print it: `grpc N`, the HTTP status, or `-`.
+    pub fn status_text(&self) -> String {
+        match (self.http_status, self.grpc_status) {
+            (_, Some(g)) => format!("grpc {g}"),
+            (Some(h), None) => h.to_string(),
+            (None, None) => "-".to_owned(),
+        }
+    }
+
+    /// Its end, Unix nanoseconds.
+    pub fn end_unix_nano(&self) -> u64 {
+        self.start_unix_nano + (self.duration_ms * 1e6) as u64
+    }
+}
+
+impl TraceBody {
+    /// The trace's time line: the earliest start and the latest end (at least 1 ns apart), Unix ns.
+    pub fn time_line(&self) -> (u64, u64) {
+        let start = self.spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0);
+        let end = self.spans.iter().map(TraceSpan::end_unix_nano).max().unwrap_or(start).max(start + 1);
+        (start, end)
+    }
+
+    /// Span indices in tree order (each under its parent, siblings by start), with their depth; a
+    /// span whose parent is not kept is a root.
+    pub fn tree_order(&self) -> Vec<(usize, usize)> {
+        let ids: std::collections::HashSet<&str> = self.spans.iter().map(|s| s.span_id.as_str()).collect();
+        let mut order = Vec::with_capacity(self.spans.len());
+        let mut stack: Vec<(usize, usize)> = self
+            .spans
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.parent_span_id.is_empty() || !ids.contains(s.parent_span_id.as_str()))
+            .map(|(i, _)| (i, 0))
+            .rev()
+            .collect();
+        let mut seen = vec![false; self.spans.len()];
+        while let Some((i, depth)) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            order.push((i, depth));
+            // The spans are sorted by start, so children pushed in reverse pop in start order.
+            for (j, c) in self.spans.iter().enumerate().rev() {
+                if c.parent_span_id == self.spans[i].span_id && !seen[j] {
+                    stack.push((j, depth + 1));
+                }
+            }
+        }
+        order
+    }
+}
+
 /// One trace in a list of kept traces (`/api/v1/traces`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TraceSummary {

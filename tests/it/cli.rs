@@ -4,7 +4,8 @@ use std::process::Output;
 
 use crate::support::*;
 
-async fn meshlens(args: &[&str]) -> Output {
+/// Runs the binary to its end.
+pub async fn meshlens(args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlens")).args(args).output().await.unwrap()
 }
 

@@ -4,11 +4,8 @@
 use serde_json::Value;
 
 use crate::backend::{App, Backend, agent, agent_yaml, callee};
+use crate::cli::meshlens;
 use crate::support::{eventually, get_json};
-
-async fn meshlens(args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlens")).args(args).output().await.unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_requests_trace_on_its_edge_shows_every_hop_it_took() {

@@ -699,31 +699,21 @@ fn Panel(
     }
 }
 
-/// One kept trace: a row per span in start order, its workload, kind, name, duration and status,
+/// One kept trace: a row per span, each under its parent (the console's tree order), its workload, kind, name, duration and status,
 /// and a bar placed on the trace's time line; the user's Jaeger or Tempo link when the collector has one.
 #[component]
 fn Waterfall(trace: TraceBody) -> impl IntoView {
-    let start = trace.spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0);
-    let end = trace
-        .spans
-        .iter()
-        .map(|s| s.start_unix_nano + (s.duration_ms * 1e6) as u64)
-        .max()
-        .unwrap_or(start)
-        .max(start + 1);
+    let (start, end) = trace.time_line();
     let total = (end - start) as f64;
-    let rows = trace.spans.iter().map(|s| {
+    let rows = trace.tree_order().into_iter().map(|(i, depth)| {
+        let s = &trace.spans[i];
         let left = (s.start_unix_nano - start) as f64 / total * 100.0;
         let width = (s.duration_ms * 1e6 / total * 100.0).max(0.5);
-        let status = match (s.http_status, s.grpc_status) {
-            (_, Some(g)) => format!("grpc {g}"),
-            (Some(h), None) => h.to_string(),
-            (None, None) => "-".to_owned(),
-        };
+        let status = s.status_text();
         let color = if s.failed { "#d9534f" } else { "#5cb85c" };
         view! {
             <tr class=if s.failed { "span failed" } else { "span" }>
-                <td>{format!("{} {} {}", s.workload, s.kind, s.name)}</td>
+                <td style=format!("padding-left:{}em", depth)>{format!("{} {} {}", s.workload, s.kind, s.name)}</td>
                 <td>{format_ms(s.duration_ms)}</td>
                 <td>{status}</td>
                 <td class="bar"><div style=format!("margin-left:{left:.1}%;width:{width:.1}%;background:{color};height:0.7em")></div></td>
