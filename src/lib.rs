@@ -94,6 +94,14 @@ pub enum Command {
     /// pick an edge (a client span of FROM whose server span is TO's), --failed the failed ones,
     /// --slowest the slowest first — the exemplars behind an edge's error rate or p99.
     Trace(TraceArgs),
+    /// Print a service's routes: success, RPS and latency per route, as its callers saw them.
+    ///
+    /// Routes are declared in the policy (services.NAME.routes: Gateway API HTTPRoute matches on
+    /// method, path and headers, tried in order); callers' agents count each request once on the
+    /// first route that fits, or on [default]. The columns are linkerd viz routes': when retries
+    /// happened in the window (or with --wide), EFFECTIVE_SUCCESS and EFFECTIVE_RPS count requests
+    /// as the caller saw them, ACTUAL_SUCCESS and ACTUAL_RPS count every attempt, retries included.
+    Routes(RoutesArgs),
 }
 
 /// Reading the graph from a Prometheus-compatible store (`--prometheus`), shared by `collector`,
@@ -499,7 +507,12 @@ impl Cli {
         match &self.command {
             Command::Demo(_) | Command::Fidelity(_) => "warn",
             // An embedded collector (--prometheus) says nothing unless something is wrong.
-            Command::Stat(_) | Command::Graph(_) | Command::Console(_) | Command::Sim(_) | Command::Trace(_) => "warn",
+            Command::Stat(_)
+            | Command::Graph(_)
+            | Command::Console(_)
+            | Command::Sim(_)
+            | Command::Trace(_)
+            | Command::Routes(_) => "warn",
             _ => "info",
         }
     }
@@ -626,10 +639,35 @@ pub struct TraceArgs {
     pub output: TraceOutput,
 }
 
-/// Output formats of `trace`.
+/// `meshlens routes`.
+#[derive(Debug, Args)]
+pub struct RoutesArgs {
+    /// The service: its app name, or namespace/app.
+    pub service: String,
+    /// Collector API URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7420", env = "MESHLENS_COLLECTOR")]
+    pub collector: String,
+    /// The collector's token, if it was started with --token.
+    #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Only requests from this caller (namespace/app or namespace/app/version).
+    #[arg(long, value_name = "WORKLOAD")]
+    pub from: Option<String>,
+    /// Stats window (10s..1h).
+    #[arg(long, short, value_name = "DURATION", default_value = "1m")]
+    pub window: String,
+    /// Always show effective and actual success and RPS.
+    #[arg(long)]
+    pub wide: bool,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = TraceOutput::Table)]
+    pub output: TraceOutput,
+}
+
+/// Output formats of `trace` and `routes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TraceOutput {
-    /// A waterfall, or one row per trace.
+    /// A waterfall, or one row per trace (or route).
     Table,
     /// The API's JSON.
     Json,
@@ -754,6 +792,16 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
                 writeln!(out).map_err(runtime)?;
             }
             Ok(())
+        }
+        Command::Routes(a) => {
+            let client = Client::with_token(&a.collector, a.token.as_deref()).map_err(runtime)?;
+            let body = client.routes(&a.service, a.from.as_deref(), &a.window).await.map_err(runtime)?;
+            if a.output == TraceOutput::Json {
+                serde_json::to_writer_pretty(&mut *out, &body).map_err(runtime)?;
+                writeln!(out).map_err(runtime)
+            } else {
+                meshlens_console::text::write_routes(out, &body, a.wide).map_err(runtime)
+            }
         }
         Command::Trace(a) => {
             let client = Client::with_token(&a.collector, a.token.as_deref()).map_err(runtime)?;

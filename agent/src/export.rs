@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meshlens_model::Workload;
 use meshlens_model::names::{
-    CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, DESTINATION_PREFIX, ERROR_TYPE, GRPC_STATUS, HTTP_STATUS, MTLS,
-    REACHED, SERVER_DURATION, SOURCE_PREFIX,
+    CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, DESTINATION_PREFIX, ERROR_TYPE, GRPC_STATUS, HTTP_ROUTE,
+    HTTP_STATUS, MTLS, REACHED, ROUTE_DURATION, ROUTE_RETRIES, SERVER_DURATION, SOURCE_PREFIX, SUCCESS,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
@@ -146,6 +146,42 @@ pub fn metrics_request(
             }
         }
     }
+    let (mut route_points, mut route_retries) = (Vec::new(), Vec::new());
+    for r in registry.routes() {
+        let mut attrs = Vec::with_capacity(6);
+        workload_attrs(SOURCE_PREFIX, me, &mut attrs);
+        let (ns, app) = r.service.split_once('/').unwrap_or(("", &r.service));
+        attrs.push(kv(&format!("{DESTINATION_PREFIX}namespace"), s(ns)));
+        attrs.push(kv(&format!("{DESTINATION_PREFIX}app"), s(app)));
+        attrs.push(kv(HTTP_ROUTE, s(&r.route)));
+        for ok in [true, false] {
+            let (buckets, sum_s, count) = r.read(ok);
+            if count == 0 {
+                continue;
+            }
+            let mut attributes = attrs.clone();
+            attributes.push(kv(SUCCESS, Value::BoolValue(ok)));
+            route_points.push(HistogramDataPoint {
+                attributes,
+                start_time_unix_nano: start,
+                time_unix_nano: now,
+                count,
+                sum: Some(sum_s),
+                bucket_counts: buckets,
+                explicit_bounds: bounds.clone(),
+                ..HistogramDataPoint::default()
+            });
+        }
+        if r.retries() > 0 {
+            route_retries.push(NumberDataPoint {
+                attributes: attrs,
+                start_time_unix_nano: start,
+                time_unix_nano: now,
+                value: Some(number_data_point::Value::AsInt(i64::try_from(r.retries()).unwrap_or(i64::MAX))),
+                ..NumberDataPoint::default()
+            });
+        }
+    }
     let cumulative = AggregationTemporality::Cumulative as i32;
     let histogram = |name: &str, description: &str, data_points: Vec<HistogramDataPoint>| Metric {
         name: name.to_owned(),
@@ -173,6 +209,16 @@ pub fn metrics_request(
     }
     if !timeouts.is_empty() {
         metrics.push(sum(CLIENT_TIMEOUTS, "Timeouts at the caller's agent.", timeouts));
+    }
+    if !route_points.is_empty() {
+        metrics.push(histogram(
+            ROUTE_DURATION,
+            "Requests per route at the caller's agent, retries included.",
+            route_points,
+        ));
+    }
+    if !route_retries.is_empty() {
+        metrics.push(sum(ROUTE_RETRIES, "Retries per route sent by the caller's agent.", route_retries));
     }
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {

@@ -26,6 +26,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use meshlens_model::policy::Retries;
 use meshlens_model::policy_core::{self, Outcome as Class};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -34,7 +35,7 @@ use crate::config::{AgentConfig, RateLimit};
 use crate::counters::Counters;
 use crate::normalize::normalize_path;
 use crate::pool::{ProxyBody, SendError, Stalled, TimedBody, Upstream};
-use crate::route::{InFlight, NoEndpoint, Route, Routes, VersionRoute, now_ms};
+use crate::route::{InFlight, NoEndpoint, Plan, Route, Routes, VersionRoute, now_ms};
 use crate::telemetry::{Direction, ErrorKind, Outcome, PeerMetrics, Registry};
 use crate::tls::{MeshTls, workload_of};
 use crate::trace::{SpanKind, SpanRecord, SpanSink, TraceContext};
@@ -497,7 +498,11 @@ pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Res
         let known = if rt.routes.names.is_empty() { "none".to_owned() } else { rt.routes.names.clone() };
         return Ok(Refusal::UnknownService { me: me(), host: host.to_owned(), known }.response());
     };
-    Ok(route_request(&shared, &rt, &route, req, start).await)
+    let path = req.uri().path();
+    let path = crate::normalize::normalize_path(path).unwrap_or(std::borrow::Cow::Borrowed(path));
+    let headers = req.headers();
+    let plan = route.plan(req.method().as_str(), &path, |h| headers.get(h).and_then(|v| v.to_str().ok()));
+    Ok(route_request(&shared, &rt, &route, &plan, req, start).await)
 }
 
 /// Why the agent answered a request itself. Every answer the agent makes up goes through
@@ -664,6 +669,7 @@ struct Tried {
 /// Where an attempt goes and under which trace.
 struct Target<'r> {
     route: &'r Route,
+    retries: Option<&'r Retries>,
     version: &'r VersionRoute,
     endpoint: &'r InFlight,
     ctx: TraceContext,
@@ -674,7 +680,7 @@ struct Target<'r> {
 /// span.
 async fn try_once(shared: &Shared, to: &Target<'_>, request: Request<Body>, deadline: Option<Instant>) -> Tried {
     let (counters, route, version, endpoint) = (&shared.counters, to.route, to.version, to.endpoint.endpoint());
-    let per_try = route.policy.retries.as_ref().and_then(|r| r.per_try_timeout);
+    let per_try = to.retries.and_then(|r| r.per_try_timeout);
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let limit = policy_core::attempt_limit(per_try, remaining);
     let method = request.method().clone();
@@ -731,12 +737,13 @@ async fn try_once(shared: &Shared, to: &Target<'_>, request: Request<Body>, dead
 fn retry_pause(
     shared: &Shared,
     route: &Route,
+    retries: Option<&Retries>,
     tried: &Tried,
     retry: u32,
     replayable: bool,
     deadline: Option<Instant>,
 ) -> Option<Duration> {
-    let retries = route.policy.retries.as_ref()?;
+    let retries = retries?;
     if retry >= retries.attempts || tried.whole_timed_out || !policy_core::retriable(&retries.retry_on, tried.class) {
         return None;
     }
@@ -757,30 +764,38 @@ fn retry_pause(
     })
 }
 
-/// Routes an outbound request by its service's policy: faults, then attempts (a version by the
-/// split, an endpoint by the balancer) until one answers or the retry policy says stop.
+/// Routes an outbound request by its service's policy and its route's plan: faults, then attempts
+/// (a version by the split, an endpoint by the balancer) until one answers or the retry policy says
+/// stop; the answer is counted on its route, once, with its whole latency.
 async fn route_request(
     shared: &Shared,
     rt: &Runtime,
     route: &Route,
+    plan: &Plan<'_>,
     req: Request<Incoming>,
     start: Instant,
 ) -> Response<Body> {
-    match route_attempts(shared, rt, route, req, start).await {
+    let resp = match route_attempts(shared, rt, route, plan, req, start).await {
         Ok(resp) => resp,
         Err(refusal) => refusal.response(),
-    }
+    };
+    let outcome = match grpc_status(&resp) {
+        Some(code) => Class::Grpc(code),
+        None => Class::Status(resp.status().as_u16()),
+    };
+    plan.metrics.record(outcome.is_failure(), start.elapsed());
+    resp
 }
 
 async fn route_attempts<'a>(
     shared: &Shared,
     rt: &Runtime,
     route: &'a Route,
+    plan: &Plan<'a>,
     req: Request<Incoming>,
     start: Instant,
 ) -> Result<Response<Body>, Refusal<'a>> {
-    let policy = &route.policy;
-    if policy.retries.is_some() {
+    if plan.retries.is_some() {
         route.budget.deposit(shared.origin.elapsed().as_secs());
     }
     inject_faults(shared, route, start).await?;
@@ -792,14 +807,14 @@ async fn route_attempts<'a>(
     parts.headers.insert(&SOURCE, rt.source.clone());
     let (body, stalled) = timed(rt, body);
     let idle = rt.config.limits.body_idle_timeout;
-    let (replay, mut once) = take_body(body, &stalled, policy.retries.is_some(), idle).await.inspect_err(|r| {
+    let (replay, mut once) = take_body(body, &stalled, plan.retries.is_some(), idle).await.inspect_err(|r| {
         if matches!(r, Refusal::BodyStalled(_)) {
             shared.counters.bodies_timed_out.add(1);
         }
     })?;
 
-    let deadline = policy.timeout.or(rt.config.limits.default_timeout).map(|t| start + t);
-    let keep_headers = policy.retries.as_ref().is_some_and(|r| r.attempts > 0);
+    let deadline = plan.timeout.or(rt.config.limits.default_timeout).map(|t| start + t);
+    let keep_headers = plan.retries.is_some_and(|r| r.attempts > 0);
     let mut retry = 0u32;
     loop {
         let version: &VersionRoute = route.pick_version();
@@ -823,8 +838,9 @@ async fn route_attempts<'a>(
         };
         if retry > 0 {
             version.metrics.add_retries(1);
+            plan.metrics.add_retry();
         }
-        let to = Target { route, version, endpoint: &endpoint, ctx: trace.child(), parent };
+        let to = Target { route, retries: plan.retries, version, endpoint: &endpoint, ctx: trace.child(), parent };
         let body = match (&replay, once.take()) {
             (Some(bytes), _) => ProxyBody::full(bytes.clone()),
             (None, Some(b)) => b,
@@ -837,7 +853,7 @@ async fn route_attempts<'a>(
             shared.counters.bodies_timed_out.add(1);
             return Err(Refusal::BodyStalled(idle));
         }
-        if let Some(pause) = retry_pause(shared, route, &tried, retry, replay.is_some(), deadline) {
+        if let Some(pause) = retry_pause(shared, route, plan.retries, &tried, retry, replay.is_some(), deadline) {
             retry += 1;
             tokio::time::sleep(pause).await;
             if deadline.is_none_or(|d| Instant::now() < d) {

@@ -17,14 +17,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
 use meshlens_model::Workload;
-use meshlens_model::policy::{LoadBalancer, Retries, ServicePolicy};
+use meshlens_model::policy::{DEFAULT_ROUTE, HttpRoute, LoadBalancer, Retries, ServicePolicy};
 use meshlens_model::policy_core::{self, Ejection, Outcome, Reported, RetryBudget};
 use parking_lot::Mutex;
 
 use crate::config::AgentConfig;
 use crate::counters::Counters;
 use crate::pool::{TlsTarget, Upstream};
-use crate::telemetry::{Direction, PeerMetrics, Registry};
+use crate::telemetry::{Direction, PeerMetrics, Registry, RouteMetrics};
 use crate::tls::MeshTls;
 
 pub use meshlens_model::policy_core::MAX_EJECTION_TIME;
@@ -120,6 +120,8 @@ pub struct Route {
     pub policy: ServicePolicy,
     /// Its retry budget.
     pub budget: Arc<Budget>,
+    /// Metrics of each declared route in `policy.routes` order, then of `[default]`.
+    pub http: Box<[Arc<RouteMetrics>]>,
     rr: AtomicUsize,
     all_ejected_warned: AtomicBool,
 }
@@ -133,7 +135,28 @@ pub enum NoEndpoint {
     AllEjected(Arc<str>),
 }
 
+/// The declared route a request is, with the timeout and retries it runs under.
+pub struct Plan<'r> {
+    /// Whole-request timeout: the route's, else the service's.
+    pub timeout: Option<std::time::Duration>,
+    /// Retries: the route's, else the service's.
+    pub retries: Option<&'r Retries>,
+    /// Where the request is counted.
+    pub metrics: &'r RouteMetrics,
+}
+
 impl Route {
+    /// The route a request is (`policy_core::match_route`, the simulator's rule too) and its plan.
+    pub fn plan<'h>(&self, method: &str, path: &str, header: impl Fn(&str) -> Option<&'h str>) -> Plan<'_> {
+        let routes: &[HttpRoute] = &self.policy.routes;
+        let i = policy_core::match_route(routes, method, path, header);
+        let metrics = &self.http[i.unwrap_or(self.http.len() - 1)];
+        match i.and_then(|i| routes.get(i)) {
+            Some(r) => Plan { timeout: r.timeout, retries: r.retries.as_ref(), metrics },
+            None => Plan { timeout: self.policy.timeout, retries: self.policy.retries.as_ref(), metrics },
+        }
+    }
+
     /// Picks a version by the split: weighted, random.
     pub fn pick_version(&self) -> &VersionRoute {
         let i = policy_core::pick_weighted(self.versions.iter().map(|v| v.weight), fastrand::f64());
@@ -270,7 +293,17 @@ impl Routes {
                     }
                 })
                 .collect();
+            let service_id = format!("{}/{name}", svc.namespace);
+            let http = svc
+                .policy
+                .routes
+                .iter()
+                .map(|r| r.name.as_str())
+                .chain([DEFAULT_ROUTE])
+                .map(|n| registry.route(&service_id, n))
+                .collect();
             let route = Route {
+                http,
                 name: name.as_str().into(),
                 namespace: svc.namespace.clone(),
                 versions,

@@ -310,11 +310,51 @@ impl PeerMetrics {
     }
 }
 
-/// All peers, by side and identity (`ns/app/version`, or empty for an unknown peer).
+/// One declared route of one service this workload calls (or its `[default]`): requests as the
+/// caller saw them — one per request, whatever its retries, with its whole latency — and the
+/// retries sent, so `meshlens routes` can tell effective from actual success.
+pub struct RouteMetrics {
+    /// `ns/app` of the service.
+    pub service: Box<str>,
+    /// The route's name.
+    pub route: Box<str>,
+    succeeded: Histogram,
+    failed: Histogram,
+    retries: AtomicU64,
+}
+
+impl RouteMetrics {
+    /// Records one request's final outcome: no lock, no allocation.
+    pub fn record(&self, failed: bool, latency: Duration) {
+        if failed { &self.failed } else { &self.succeeded }.record(latency);
+    }
+
+    /// Counts one retry.
+    pub fn add_retry(&self) {
+        self.retries.fetch_add(1, Relaxed);
+    }
+
+    /// Bucket counts, sum in seconds and count of the requests that succeeded (`true`) or failed.
+    pub fn read(&self, succeeded: bool) -> (Vec<u64>, f64, u64) {
+        if succeeded { self.succeeded.read() } else { self.failed.read() }
+    }
+
+    /// Retries so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Relaxed)
+    }
+}
+
+/// `(service, route)`.
+type RouteId = (Box<str>, Box<str>);
+
+/// All peers, by side and identity (`ns/app/version`, or empty for an unknown peer), and the
+/// routes of the services called.
 #[derive(Default)]
 pub struct Registry {
     inbound: ArcSwap<HashMap<Box<str>, Arc<PeerMetrics>>>,
     outbound: ArcSwap<HashMap<Box<str>, Arc<PeerMetrics>>>,
+    routes: Mutex<HashMap<RouteId, Arc<RouteMetrics>>>,
     write: Mutex<()>,
 }
 
@@ -350,6 +390,32 @@ impl Registry {
         next.insert(id.into(), metrics.clone());
         map.store(Arc::new(next));
         metrics
+    }
+
+    /// The metrics of route `route` of service `service` (`ns/app`), kept across reloads so its
+    /// totals stay cumulative. Called when a config is built, never per request; routes are bounded
+    /// by the policy (`MAX_ROUTES` a service).
+    pub fn route(&self, service: &str, route: &str) -> Arc<RouteMetrics> {
+        self.routes
+            .lock()
+            .entry((service.into(), route.into()))
+            .or_insert_with(|| {
+                Arc::new(RouteMetrics {
+                    service: service.into(),
+                    route: route.into(),
+                    succeeded: Histogram::default(),
+                    failed: Histogram::default(),
+                    retries: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// Every route, by service and name.
+    pub fn routes(&self) -> Vec<Arc<RouteMetrics>> {
+        let mut all: Vec<Arc<RouteMetrics>> = self.routes.lock().values().cloned().collect();
+        all.sort_by(|a, b| (&a.service, &a.route).cmp(&(&b.service, &b.route)));
+        all
     }
 
     /// Every peer of both sides.

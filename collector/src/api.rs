@@ -18,7 +18,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures_util::Stream;
-use meshlens_model::api::{ErrorBody, ErrorDetail, Profile, TraceBody, TracesBody, WorkloadRow, WorkloadsBody};
+use meshlens_model::api::{
+    ErrorBody, ErrorDetail, Profile, RoutesBody, TraceBody, TracesBody, WorkloadRow, WorkloadsBody,
+};
 use meshlens_model::graph::{DiffBody, GraphSnapshot, RevisionsBody, View};
 use meshlens_model::hist::Merger;
 use meshlens_model::time::{parse_duration, parse_rfc3339_ms};
@@ -93,11 +95,17 @@ struct Params {
     collapse: Vec<String>,
     at: Option<At>,
     numbers: Vec<(String, u64)>,
+    /// Named workloads: `service`, `from`.
+    names: Vec<(&'static str, String)>,
 }
 
 impl Params {
     fn number(&self, name: &str) -> Option<u64> {
         self.numbers.iter().find(|(n, _)| n == name).map(|&(_, v)| v)
+    }
+
+    fn name(&self, name: &str) -> Option<&str> {
+        self.names.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -134,6 +142,14 @@ fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Params, ApiError> {
                     Ok(n) => At::Revision(n),
                     Err(_) => At::Time(parse_rfc3339_ms(&value).map_err(|e| bad("at", e))?),
                 });
+            }
+            // `from` names a caller where a service is asked for (routes); elsewhere it is a number (diff).
+            key @ ("service" | "from") if allowed.contains(&"service") => {
+                let key = if key == "service" { "service" } else { "from" };
+                if value.is_empty() || value.len() > 512 || value.split('/').count() > 3 {
+                    return Err(bad(key, format!("{value:?} is not an app, namespace/app or namespace/app/version")));
+                }
+                p.names.push((key, value.into_owned()));
             }
             name => {
                 let n =
@@ -327,6 +343,34 @@ async fn app(
     }
 }
 
+/// `/api/v1/routes?service=&from=&window=`: a service's routes as its callers' agents saw them.
+async fn routes(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<RoutesBody>, ApiError> {
+    ready(&api.hub)?;
+    let p = parse(q.as_deref(), &["service", "from", "window"])?;
+    let Some(wanted) = p.name("service") else {
+        return Err(bad("service", "missing: name the service, as app or namespace/app"));
+    };
+    let window = p.window.unwrap_or(api.hub.window_secs);
+    let mut merger = Merger::default();
+    let engine = api.hub.engine.lock();
+    let table = &engine.graph.routes;
+    let service = match table.service(wanted) {
+        Ok(s) => s,
+        Err(crate::routes::NoService::Unknown) => {
+            return Err(ApiError::NotFound(format!(
+                "no routes of {wanted:?} are known: no caller's agent has reported a request to it in the last hour"
+            )));
+        }
+        Err(crate::routes::NoService::Ambiguous(all)) => {
+            return Err(bad("service", format!("{wanted:?} is in several namespaces: {}; name one", all.join(", "))));
+        }
+    };
+    let spec = crate::window::WindowSpec::new(unix_now(), window, engine.data_since);
+    let from = p.name("from").map(str::to_owned);
+    let routes = table.rows(&service, from.as_deref(), spec, &mut merger);
+    Ok(Json(RoutesBody { service, from, window_seconds: window, routes }))
+}
+
 /// `/api/v1/traces?from=&to=&failed=&sort=&limit=`: the query, as written.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -483,6 +527,7 @@ pub fn router(
         .route("/api/v1/profile", get(profile))
         .route("/api/v1/workloads/{namespace}/{app}", get(app))
         .route("/api/v1/stream", get(stream))
+        .route("/api/v1/routes", get(routes))
         .route("/api/v1/traces", get(traces))
         .route("/api/v1/traces/{trace_id}", get(trace))
         .route("/api/v1/openapi.json", get(openapi))

@@ -120,6 +120,7 @@ impl Engine {
         let cutoff = (now as u64).saturating_sub(self.config.idle_retention_secs);
         let ev = self.graph.evict_idle(cutoff);
         let series = self.series.evict_idle(cutoff);
+        self.graph.routes.evict_idle(cutoff);
         self.counters.series_evicted.add(series as u64);
         self.counters.series.set(self.series.len() as u64);
         if !ev.nodes_removed.is_empty() {

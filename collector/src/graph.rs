@@ -263,6 +263,8 @@ pub struct Graph {
     /// `scratch`, since the store already counts it; only their own state (halves, series) is rebuilt.
     pub warm: bool,
     scratch: EdgeState,
+    /// Per-route stats of the services callers' agents route ([`crate::routes`]).
+    pub routes: crate::routes::RouteTable,
 }
 
 impl Graph {
@@ -281,6 +283,7 @@ impl Graph {
             edge_index: HashMap::new(),
             warm: false,
             scratch: EdgeState::new(0, 0, Protocol::Http),
+            routes: crate::routes::RouteTable::default(),
         }
     }
 

@@ -26,6 +26,7 @@ pub mod otlp;
 pub mod pipeline;
 pub mod prom;
 pub mod remote_write;
+pub mod routes;
 pub mod serve;
 pub mod source;
 pub mod spans;

@@ -1,5 +1,6 @@
 //! Agent metrics to edges: `http.server.request.duration` and `http.client.request.duration`
-//! histograms carrying `meshlens.source.*` / `meshlens.destination.*`, and the retry and timeout sums.
+//! histograms carrying `meshlens.source.*` / `meshlens.destination.*`, and the retry and timeout sums;
+//! and the per-route histograms and retries to [`crate::routes`].
 //!
 //! Only points with those mesh attributes make edges. An OpenTelemetry SDK sends the same metric
 //! names by default (and the old-semconv `http.server.duration` / `http.client.duration`), with no
@@ -27,8 +28,8 @@
 
 use hashbrown::HashMap;
 use meshlens_model::names::{
-    CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, DESTINATION_PREFIX, ERROR_TYPE, GRPC_STATUS, HTTP_STATUS, MTLS,
-    REACHED, SERVER_DURATION, SOURCE_PREFIX,
+    CLIENT_DURATION, CLIENT_RETRIES, CLIENT_TIMEOUTS, DESTINATION_PREFIX, ERROR_TYPE, GRPC_STATUS, HTTP_ROUTE,
+    HTTP_STATUS, MTLS, REACHED, ROUTE_DURATION, ROUTE_RETRIES, SERVER_DURATION, SOURCE_PREFIX, SUCCESS,
 };
 use meshlens_model::stats::{CodeClass, Report, outcome};
 use meshlens_model::{Peer, Workload};
@@ -251,6 +252,22 @@ impl Merge<'_> {
                             let retries = metric.name == CLIENT_RETRIES;
                             for p in &s.data_points {
                                 if self.sum_point(&metric.name, &reporter, p, cumulative, retries, now).is_err() {
+                                    self.g.counters.points_dropped_cardinality.add(1);
+                                }
+                            }
+                        }
+                        (ROUTE_DURATION, Some(Data::Histogram(h)), Side::Server) => {
+                            let cumulative = h.aggregation_temporality == AggregationTemporality::Cumulative as i32;
+                            for p in &h.data_points {
+                                if self.route_point(&reporter, p, cumulative, scale, now).is_err() {
+                                    self.g.counters.points_dropped_cardinality.add(1);
+                                }
+                            }
+                        }
+                        (ROUTE_RETRIES, Some(Data::Sum(s)), Side::Server) => {
+                            let cumulative = s.aggregation_temporality == AggregationTemporality::Cumulative as i32;
+                            for p in &s.data_points {
+                                if self.route_retries_point(&reporter, p, cumulative, now).is_err() {
                                     self.g.counters.points_dropped_cardinality.add(1);
                                 }
                             }
@@ -530,6 +547,93 @@ impl Merge<'_> {
         Ok(Some((offset, delta)))
     }
 
+    /// Which route of which service a route point is about, and who called it.
+    fn route_key(reporter: &Workload, attrs: &[KeyValue]) -> Option<crate::routes::RouteKey> {
+        let caller = prefixed_workload(attrs, SOURCE_PREFIX).unwrap_or_else(|| reporter.clone());
+        let service = prefixed_workload(attrs, DESTINATION_PREFIX)?;
+        let route = get_str(attrs, HTTP_ROUTE)?;
+        if route.is_empty() || route.len() > meshlens_model::policy::MAX_ROUTE_NAME {
+            return None;
+        }
+        Some(crate::routes::RouteKey {
+            caller: caller.id().into(),
+            service: format!("{}/{}", service.namespace, service.app).into(),
+            route: route.into(),
+        })
+    }
+
+    /// The value of a sum point: its delta when cumulative (`None` while it sets the baseline).
+    fn sum_value(
+        &mut self,
+        name: &str,
+        reporter: &Workload,
+        p: &NumberDataPoint,
+        cumulative: bool,
+    ) -> Result<Option<u64>, LimitHit> {
+        let value = match p.value {
+            Some(number_data_point::Value::AsInt(i)) => u64::try_from(i).unwrap_or(0),
+            Some(number_data_point::Value::AsDouble(d)) if d >= 0.0 => d as u64,
+            _ => 0,
+        };
+        if !cumulative {
+            return Ok(Some(value));
+        }
+        let key = series_key(name, reporter, &p.attributes);
+        Ok(self.delta(key, p.start_time_unix_nano, value, &[value])?.map(|d| d[0]))
+    }
+
+    /// A per-route request histogram point: its requests on the route's rings.
+    fn route_point(
+        &mut self,
+        reporter: &Workload,
+        p: &HistogramDataPoint,
+        cumulative: bool,
+        scale: f64,
+        now: f64,
+    ) -> Result<(), LimitHit> {
+        let Some(key) = Self::route_key(reporter, &p.attributes) else {
+            self.g.counters.points_rejected.add(1);
+            return Ok(());
+        };
+        if crate::otlp::histogram_shape_error(p).is_some() {
+            self.g.counters.points_rejected.add(1);
+            return Ok(());
+        }
+        let counts = if cumulative {
+            let series = series_key(ROUTE_DURATION, reporter, &p.attributes);
+            match self.delta(series, p.start_time_unix_nano, p.count, &p.bucket_counts)? {
+                Some(d) => d,
+                None => return Ok(()),
+            }
+        } else {
+            p.bucket_counts.clone()
+        };
+        let failed = get_bool(&p.attributes, SUCCESS) == Some(false);
+        for (i, &c) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+            let n = u32::try_from(c).unwrap_or(u32::MAX);
+            self.g.routes.record(key.clone(), now as u64, failed, bucket_value_us(p, i, scale), n)?;
+        }
+        Ok(())
+    }
+
+    /// A per-route retries point.
+    fn route_retries_point(
+        &mut self,
+        reporter: &Workload,
+        p: &NumberDataPoint,
+        cumulative: bool,
+        now: f64,
+    ) -> Result<(), LimitHit> {
+        let Some(key) = Self::route_key(reporter, &p.attributes) else {
+            self.g.counters.points_rejected.add(1);
+            return Ok(());
+        };
+        match self.sum_value(ROUTE_RETRIES, reporter, p, cumulative)? {
+            Some(n) if n > 0 => self.g.routes.record_retries(key, now as u64, u32::try_from(n).unwrap_or(u32::MAX)),
+            _ => Ok(()),
+        }
+    }
+
     fn sum_point(
         &mut self,
         name: &str,
@@ -542,23 +646,9 @@ impl Merge<'_> {
         if !mesh_point(&p.attributes) {
             return Ok(());
         }
-        let value = match p.value {
-            Some(number_data_point::Value::AsInt(i)) => u64::try_from(i).unwrap_or(0),
-            Some(number_data_point::Value::AsDouble(d)) if d >= 0.0 => d as u64,
-            _ => 0,
-        };
-        let n = if cumulative {
-            let key = series_key(name, reporter, &p.attributes);
-            match self.delta(key, p.start_time_unix_nano, value, &[value])? {
-                Some(d) => d[0],
-                None => return Ok(()),
-            }
-        } else {
-            value
-        };
-        if n == 0 {
+        let Some(n) = self.sum_value(name, reporter, p, cumulative)?.filter(|&n| n > 0) else {
             return Ok(());
-        }
+        };
         let (source, target) = self.ends(reporter, &p.attributes, Side::Client)?;
         let edge = self.g.edge_mut(source, target, Protocol::Http)?;
         edge.metrics_seen = true;

@@ -166,6 +166,20 @@ impl Client {
         self.get(&format!("/api/v1/traces/{}", enc(id))).await
     }
 
+    /// `/api/v1/routes`: a service's routes, as all callers (or `from`) saw them.
+    pub async fn routes(
+        &self,
+        service: &str,
+        from: Option<&str>,
+        window: &str,
+    ) -> Result<meshlens_model::api::RoutesBody, ClientError> {
+        let mut q = format!("/api/v1/routes?service={}&window={}", enc(service), enc(window));
+        if let Some(f) = from {
+            q.push_str(&format!("&from={}", enc(f)));
+        }
+        self.get(&q).await
+    }
+
     /// `/api/v1/traces`: kept traces through `from` (and on to `to`), newest or slowest first.
     pub async fn traces(
         &self,

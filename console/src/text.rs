@@ -229,7 +229,38 @@ pub fn write_trace<W: Write>(out: &mut W, t: &TraceBody) -> io::Result<()> {
     table(out, &["START", "DURATION", "SPAN", "STATUS", "TIMELINE"], &rows)
 }
 
-/// A list of kept traces, one row each.
+/// `meshlens routes`: `linkerd viz routes` columns; with retries in the window (or `wide`), the
+/// effective and actual success and rate side by side, as `linkerd viz routes -o wide` shows them.
+pub fn write_routes<W: Write>(out: &mut W, body: &meshlens_model::api::RoutesBody, wide: bool) -> io::Result<()> {
+    if body.routes.is_empty() {
+        return writeln!(out, "No requests to {} in the last {}s.", body.service, body.window_seconds);
+    }
+    let wide = wide || body.routes.iter().any(|r| r.stats.retries.unwrap_or(0) > 0);
+    let mut header = vec!["ROUTE", "SERVICE"];
+    if wide {
+        header.extend(["EFFECTIVE_SUCCESS", "EFFECTIVE_RPS", "ACTUAL_SUCCESS", "ACTUAL_RPS"]);
+    } else {
+        header.extend(["SUCCESS", "RPS"]);
+    }
+    header.extend(["LATENCY_P50", "LATENCY_P95", "LATENCY_P99"]);
+    let app = body.service.split_once('/').map_or(body.service.as_str(), |(_, a)| a);
+    let rows: Vec<Vec<String>> = body
+        .routes
+        .iter()
+        .map(|r| {
+            let s = &r.stats;
+            let mut row = vec![r.route.clone(), app.to_owned(), pct(s.success_pct), rps(s.rps)];
+            if wide {
+                row.extend([pct(r.actual_success_pct), rps(r.actual_rps)]);
+            }
+            row.extend([ms(s, |l| l.p50), ms(s, |l| l.p95), ms(s, |l| l.p99)]);
+            row
+        })
+        .collect();
+    table(out, &header, &rows)
+}
+
+/// `meshlens trace` without an id: one row per kept trace.
 pub fn write_traces<W: Write>(out: &mut W, traces: &[TraceSummary]) -> io::Result<()> {
     let rows: Vec<Vec<String>> = traces
         .iter()

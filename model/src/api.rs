@@ -422,3 +422,49 @@ pub struct TracesBody {
     /// The bound on spans kept.
     pub spans_bound: usize,
 }
+
+/// `/api/v1/routes`: one service's routes over a window, as its callers' agents saw them (the
+/// columns of `linkerd viz routes`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoutesBody {
+    /// `namespace/app` of the service.
+    pub service: String,
+    /// The caller the rows are limited to, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub from: Option<String>,
+    /// The stats window.
+    pub window_seconds: u64,
+    /// Routes with traffic in the window, declared ones in name order, `[default]` last.
+    pub routes: Vec<RouteRow>,
+}
+
+/// One route of a service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteRow {
+    /// The route's name (`[default]`: requests no declared route fits).
+    pub route: String,
+    /// `namespace/app` of the service.
+    pub service: String,
+    /// Callers (`namespace/app/version`) with traffic on it in the window.
+    pub callers: Vec<String>,
+    /// Requests as the callers saw them, one per request whatever its retries (effective): count,
+    /// rate, success, latency of the whole request, and the retries sent.
+    pub stats: Stats,
+    /// Attempts a second: requests plus retries (Linkerd's actual RPS).
+    pub actual_rps: f64,
+    /// Percent of attempts that succeeded (Linkerd's actual success); absent without traffic.
+    pub actual_success_pct: Option<f64>,
+}
+
+impl RouteRow {
+    /// Fills the actual figures from the effective ones: every request that succeeded did so on
+    /// exactly one attempt, and every retry is an attempt that came after a failed one.
+    pub fn new(route: String, service: String, callers: Vec<String>, stats: Stats, covered_secs: f64) -> Self {
+        let attempts = stats.requests + stats.retries.unwrap_or(0);
+        let succeeded = stats.requests - stats.errors.min(stats.requests);
+        let actual_rps = crate::stats::round2(attempts as f64 / covered_secs.max(1.0));
+        let actual_success_pct =
+            (attempts > 0).then(|| crate::stats::round2(100.0 * succeeded as f64 / attempts as f64));
+        Self { route, service, callers, stats, actual_rps, actual_success_pct }
+    }
+}

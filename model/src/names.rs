@@ -27,3 +27,17 @@ pub const HTTP_STATUS_OLD: &str = "http.status_code";
 pub const ERROR_TYPE: &str = "error.type";
 /// gRPC status code attribute.
 pub const GRPC_STATUS: &str = "rpc.grpc.status_code";
+
+/// Per-route request duration histogram (seconds), recorded by the caller's agent once per request
+/// (all attempts included) with [`HTTP_ROUTE`], [`SUCCESS`] and the source and destination
+/// (`namespace`, `app`) attributes. Kept apart from [`CLIENT_DURATION`] so a request is not counted
+/// on its edge twice.
+pub const ROUTE_DURATION: &str = "meshlens.route.request.duration";
+/// Monotonic sum: retries the caller's agent sent on a route, with the attributes of [`ROUTE_DURATION`]
+/// but [`SUCCESS`].
+pub const ROUTE_RETRIES: &str = "meshlens.route.retries";
+/// The route's name (semantic conventions' `http.route`); `[default]` for requests no declared route fits.
+pub const HTTP_ROUTE: &str = "http.route";
+/// Boolean attribute on route points: whether the requests succeeded (not 5xx, a response, no gRPC
+/// server-fault code).
+pub const SUCCESS: &str = "meshlens.success";

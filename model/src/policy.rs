@@ -49,6 +49,78 @@ pub struct ServiceSpec {
     /// Injected delays and aborts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultSpec>,
+    /// The service's routes, tried in order (the first whose match fits names the request); a
+    /// request no route fits is `[default]`. Each may set its own timeout and retries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// One route as written: Gateway API's HTTPRoute rule (its `matches`, with `timeout` and `retries`
+/// beside them as this schema writes them for a service).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Its name in metrics and in `meshlens routes`; `METHOD path` of its first match when absent
+    /// (`GET /books/{id}`), as Linkerd names routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Any one of these fits; every request fits a route with none (Gateway API's default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<MatchSpec>,
+    /// The whole-request timeout on this route; the service's when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Retries on this route; the service's when absent (`attempts: 0` turns them off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetriesSpec>,
+}
+
+/// One match as written (Gateway API's `HTTPRouteMatch`): every condition given must hold.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// The path; any path when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatchSpec>,
+    /// The method (`GET`); any when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Headers that must be present with these values (names case-insensitive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatchSpec>,
+}
+
+/// A path match as written: `{type: PathPrefix, value: /api}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatchSpec {
+    /// How `value` is compared; `PathPrefix` when absent (Gateway API's default).
+    #[serde(rename = "type", default)]
+    pub kind: PathMatchType,
+    /// The path, prefix or template; starts with `/`.
+    pub value: String,
+}
+
+/// How a path is compared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathMatchType {
+    /// The whole path, exactly.
+    Exact,
+    /// Whole segments: `/books` fits `/books` and `/books/7`, not `/bookshelf`.
+    #[default]
+    PathPrefix,
+    /// Segments, where `{name}` stands for any one segment: `/books/{id}/reviews`.
+    Template,
+}
+
+/// A header match as written (Gateway API's `Exact` type).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatchSpec {
+    /// Header name, any case.
+    pub name: String,
+    /// Its value, exactly.
+    pub value: String,
 }
 
 /// Retries as written.
@@ -243,6 +315,51 @@ pub struct ServicePolicy {
     pub load_balancer: LoadBalancer,
     /// Faults.
     pub faults: Faults,
+    /// Routes in the order they are tried; each carries its effective timeout and retries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<HttpRoute>,
+}
+
+/// The name of the route that stands for every request no declared route fits.
+pub const DEFAULT_ROUTE: &str = "[default]";
+/// Most routes one service may declare, so per-route series stay bounded.
+pub const MAX_ROUTES: usize = 50;
+/// Longest route name, bytes.
+pub const MAX_ROUTE_NAME: usize = 128;
+
+/// One resolved route.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HttpRoute {
+    /// Its name.
+    pub name: String,
+    /// Any one of these fits (none: every request fits).
+    pub matches: Vec<RouteMatch>,
+    /// Whole-request timeout: the route's, else the service's.
+    pub timeout: Option<Duration>,
+    /// Retries: the route's, else the service's.
+    pub retries: Option<Retries>,
+}
+
+/// One resolved match.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteMatch {
+    /// Upper-case method, if one is required.
+    pub method: Option<String>,
+    /// The path condition, if any.
+    pub path: Option<PathMatch>,
+    /// `(lower-case name, value)` pairs that must all be present.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A resolved path condition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PathMatch {
+    /// The whole path.
+    Exact(String),
+    /// Whole leading segments (kept without a trailing `/`; empty for `/`).
+    Prefix(String),
+    /// Segments; `None` stands for any one segment.
+    Template(Vec<Option<String>>),
 }
 
 /// All services' resolved policies.
@@ -333,7 +450,118 @@ impl ServiceSpec {
                 faults.abort = Some((a.status, percent(&format!("{p}.percent"), a.percent)? / 100.0));
             }
         }
-        Ok(ServicePolicy { split, timeout, retries, outlier_detection, load_balancer, faults })
+        let routes = self.resolve_routes(at, timeout, retries.as_ref())?;
+        Ok(ServicePolicy { split, timeout, retries, outlier_detection, load_balancer, faults, routes })
+    }
+
+    fn resolve_routes(
+        &self,
+        at: &str,
+        timeout: Option<Duration>,
+        retries: Option<&Retries>,
+    ) -> Result<Vec<HttpRoute>, PolicyError> {
+        if self.routes.len() > MAX_ROUTES {
+            return Err(err(
+                &format!("{at}.routes"),
+                format!(
+                    "{} routes is more than {MAX_ROUTES}; each route is a series per caller, so a service keeps few",
+                    self.routes.len()
+                ),
+            ));
+        }
+        let mut out: Vec<HttpRoute> = Vec::with_capacity(self.routes.len());
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("{at}.routes[{i}]");
+            let mut matches = Vec::with_capacity(r.matches.len());
+            for (j, m) in r.matches.iter().enumerate() {
+                matches.push(m.resolve(&format!("{at}.matches[{j}]"))?);
+            }
+            let name = match &r.name {
+                Some(n) => n.trim().to_owned(),
+                None => r.matches.first().map(MatchSpec::default_name).unwrap_or_else(|| "*".to_owned()),
+            };
+            if name.is_empty() || name.len() > MAX_ROUTE_NAME || name.chars().any(char::is_control) {
+                return Err(err(
+                    &format!("{at}.name"),
+                    format!("{name:?} must be 1 to {MAX_ROUTE_NAME} bytes with no control characters"),
+                ));
+            }
+            if name == DEFAULT_ROUTE || out.iter().any(|o| o.name == name) {
+                return Err(err(
+                    &format!("{at}.name"),
+                    format!("{name:?} names another route of this service (or the one no route fits): give it a name"),
+                ));
+            }
+            let route_timeout = r.timeout.as_deref().map(|t| duration(&format!("{at}.timeout"), t)).transpose()?;
+            let timeout = route_timeout.or(timeout);
+            let retries = match &r.retries {
+                Some(spec) => spec.resolve(&format!("{at}.retries"), timeout)?,
+                None => retries.cloned(),
+            };
+            out.push(HttpRoute { name, matches, timeout, retries });
+        }
+        Ok(out)
+    }
+}
+
+impl MatchSpec {
+    fn default_name(&self) -> String {
+        let path = self.path.as_ref().map_or("/", |p| p.value.as_str());
+        match &self.method {
+            Some(m) => format!("{} {path}", m.to_ascii_uppercase()),
+            None => path.to_owned(),
+        }
+    }
+
+    fn resolve(&self, at: &str) -> Result<RouteMatch, PolicyError> {
+        let method = match &self.method {
+            Some(m) if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                return Err(err(&format!("{at}.method"), format!("{m:?} is not an HTTP method (GET, POST, ...)")));
+            }
+            m => m.as_ref().map(|m| m.to_ascii_uppercase()),
+        };
+        let path = match &self.path {
+            None => None,
+            Some(p) => {
+                if !p.value.starts_with('/') || p.value.contains(['?', '#']) || p.value.chars().any(char::is_whitespace)
+                {
+                    return Err(err(
+                        &format!("{at}.path.value"),
+                        format!("{:?} is not a path: it starts with / and holds no ?, # or spaces", p.value),
+                    ));
+                }
+                Some(match p.kind {
+                    PathMatchType::Exact => PathMatch::Exact(p.value.clone()),
+                    PathMatchType::PathPrefix => PathMatch::Prefix(p.value.trim_end_matches('/').to_owned()),
+                    PathMatchType::Template => {
+                        let mut segments = Vec::new();
+                        for seg in p.value.trim_matches('/').split('/').filter(|s| !s.is_empty()) {
+                            if seg.starts_with('{') && seg.ends_with('}') && seg.len() > 2 {
+                                segments.push(None);
+                            } else if seg.contains(['{', '}']) {
+                                return Err(err(
+                                    &format!("{at}.path.value"),
+                                    format!("segment {seg:?}: a parameter is a whole segment, as {{id}}"),
+                                ));
+                            } else {
+                                segments.push(Some(seg.to_owned()));
+                            }
+                        }
+                        PathMatch::Template(segments)
+                    }
+                })
+            }
+        };
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (k, h) in self.headers.iter().enumerate() {
+            if h.name.is_empty()
+                || !h.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b))
+            {
+                return Err(err(&format!("{at}.headers[{k}].name"), format!("{:?} is not a header name", h.name)));
+            }
+            headers.push((h.name.to_ascii_lowercase(), h.value.clone()));
+        }
+        Ok(RouteMatch { method, path, headers })
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! It owns: the outcome classes ([`Outcome`]) and which of them fail, which a `retry_on` list
 //! retries ([`retriable`]), the split pick ([`pick_weighted`]), full-jitter backoff ([`backoff`]),
-//! the limit of one attempt ([`attempt_limit`]), the retry budget ([`RetryBudget`]), and outlier
+//! the limit of one attempt ([`attempt_limit`]), which declared route a request is ([`match_route`]), the retry budget ([`RetryBudget`]), and outlier
 //! detection per endpoint ([`Ejection`]: report, eject for a time that grows, the cap over every
 //! endpoint of the service, decay per `interval`). What it does not own: the caller's loop (the
 //! agent's `route_request`, the simulator's call events), which both write in the same order:
@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use crate::policy::{OutlierDetection, Retries, RetryOn};
+use crate::policy::{HttpRoute, OutlierDetection, PathMatch, Retries, RetryOn, RouteMatch};
 
 /// Ejection time stops growing here (Envoy's `max_ejection_time` default).
 pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
@@ -406,6 +406,41 @@ pub mod cases {
                 ],
             },
         ]
+    }
+}
+
+/// The index of the first route in `routes` that fits a request, `None` for `[default]`: a route
+/// fits when any of its matches does (or it has none), a match when its method, path and every
+/// header hold. `path` is the request target (a query is ignored); `header` looks a header up by
+/// lower-case name. Routes are tried in order, as Istio's VirtualService and Linkerd's
+/// ServiceProfile routes are, so a specific route goes before a broad one.
+pub fn match_route<'h>(
+    routes: &[HttpRoute],
+    method: &str,
+    path: &str,
+    header: impl Fn(&str) -> Option<&'h str>,
+) -> Option<usize> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    routes.iter().position(|r| r.matches.is_empty() || r.matches.iter().any(|m| fits(m, method, path, &header)))
+}
+
+fn fits<'h>(m: &RouteMatch, method: &str, path: &str, header: &impl Fn(&str) -> Option<&'h str>) -> bool {
+    m.method.as_deref().is_none_or(|want| want == method)
+        && m.path.as_ref().is_none_or(|p| path_fits(p, path))
+        && m.headers.iter().all(|(name, value)| header(name) == Some(value.as_str()))
+}
+
+fn path_fits(want: &PathMatch, path: &str) -> bool {
+    match want {
+        PathMatch::Exact(p) => p == path,
+        PathMatch::Prefix(p) => {
+            path.strip_prefix(p.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        }
+        PathMatch::Template(segments) => {
+            let mut got = path.trim_matches('/').split('/').filter(|s| !s.is_empty());
+            segments.iter().all(|want| got.next().is_some_and(|g| want.as_deref().is_none_or(|w| w == g)))
+                && got.next().is_none()
+        }
     }
 }
 

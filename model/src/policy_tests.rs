@@ -111,3 +111,79 @@ fn unknown_fields_are_refused() {
     let e = serde_json::from_value::<PolicyFile>(serde_json::json!({"services": {"r": {"retry": {}}}})).unwrap_err();
     assert!(e.to_string().contains("unknown field `retry`"), "{e}");
 }
+
+/// A route table in Gateway API's match shape: names (given and derived), inheritance of the
+/// service's timeout and retries, and which route each request is.
+#[test]
+fn routes_resolve_inherit_and_match_in_order() {
+    let p = file(serde_json::json!({"services": {"books": {
+        "timeout": "2s",
+        "retries": {"attempts": 2},
+        "routes": [
+            {"matches": [{"method": "get", "path": {"type": "Template", "value": "/books/{id}"}}], "timeout": "300ms"},
+            {"name": "create", "matches": [{"method": "POST", "path": {"type": "Exact", "value": "/books"}}],
+             "retries": {"attempts": 0}},
+            {"name": "admin", "matches": [{"path": {"value": "/admin/"}, "headers": [{"name": "X-Admin", "value": "yes"}]}]}
+        ]
+    }}}))
+    .resolve()
+    .unwrap();
+    let routes = &p.services["books"].routes;
+    let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["GET /books/{id}", "create", "admin"]);
+    assert_eq!(routes[0].timeout, Some(Duration::from_millis(300)));
+    assert_eq!(routes[0].retries.as_ref().map(|r| r.attempts), Some(2), "the service's retries");
+    assert_eq!((routes[1].timeout, routes[1].retries.is_none()), (Some(Duration::from_secs(2)), true));
+    let which = |method: &str, path: &str, admin: Option<&'static str>| {
+        crate::policy_core::match_route(routes, method, path, |h| if h == "x-admin" { admin } else { None })
+    };
+    assert_eq!(which("GET", "/books/7", None), Some(0));
+    assert_eq!(which("GET", "/books/7?full=1", None), Some(0), "the query is not the path");
+    assert_eq!(which("GET", "/books/7/reviews", None), None, "a template matches whole, segment by segment");
+    assert_eq!(which("GET", "/books", None), None);
+    assert_eq!(which("POST", "/books", None), Some(1));
+    assert_eq!(which("POST", "/books/", None), None, "Exact is exact");
+    assert_eq!(which("DELETE", "/admin/users", Some("yes")), Some(2));
+    assert_eq!(which("DELETE", "/admin", Some("yes")), Some(2));
+    assert_eq!(which("DELETE", "/administrator", Some("yes")), None, "a prefix is whole segments");
+    assert_eq!(which("DELETE", "/admin/users", Some("no")), None);
+    assert_eq!(which("DELETE", "/admin/users", None), None);
+}
+
+#[test]
+fn bad_routes_name_their_field() {
+    let route = |r: serde_json::Value| {
+        file(serde_json::json!({"services": {"books": {"routes": [r]}}})).resolve().unwrap_err().to_string()
+    };
+    let cases = [
+        (
+            serde_json::json!({"matches": [{"path": {"value": "books"}}]}),
+            "services.books.routes[0].matches[0].path.value",
+        ),
+        (serde_json::json!({"matches": [{"method": "G T"}]}), "services.books.routes[0].matches[0].method"),
+        (
+            serde_json::json!({"matches": [{"path": {"type": "Template", "value": "/b/x{id}"}}]}),
+            "services.books.routes[0].matches[0].path.value",
+        ),
+        (serde_json::json!({"name": "[default]"}), "services.books.routes[0].name"),
+        (serde_json::json!({"name": "x".repeat(200)}), "services.books.routes[0].name"),
+        (serde_json::json!({"timeout": "soon"}), "services.books.routes[0].timeout"),
+        (
+            serde_json::json!({"matches": [{"headers": [{"name": "a b", "value": "1"}]}]}),
+            "services.books.routes[0].matches[0].headers[0].name",
+        ),
+    ];
+    for (r, path) in cases {
+        let e = route(r.clone());
+        assert!(e.starts_with(path), "{r}: {e}");
+    }
+    let twice = serde_json::json!({"services": {"books": {"routes": [{"name": "a"}, {"name": "a"}]}}});
+    assert!(file(twice).resolve().unwrap_err().to_string().starts_with("services.books.routes[1].name"));
+    let many: Vec<serde_json::Value> = (0..=MAX_ROUTES).map(|i| serde_json::json!({"name": format!("r{i}")})).collect();
+    let e = file(serde_json::json!({"services": {"books": {"routes": many}}})).resolve().unwrap_err();
+    assert_eq!(e.path, "services.books.routes");
+    let unknown = serde_json::from_value::<PolicyFile>(
+        serde_json::json!({"services": {"books": {"routes": [{"matches": [{"path": {"type": "RegularExpression", "value": "/"}}]}]}}}),
+    );
+    assert!(unknown.unwrap_err().to_string().contains("Template"), "the types meshlens reads are named");
+}

@@ -224,6 +224,8 @@ async fn metrics_and_openapi() {
         "/api/v1/workloads",
         "/api/v1/workloads/{namespace}/{app}",
         "/api/v1/stream",
+        "/api/v1/routes",
+        "/api/v1/traces",
         "/metrics",
         "/healthz",
         "/readyz",

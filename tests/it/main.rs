@@ -17,6 +17,7 @@ mod otlp;
 mod prometheus;
 mod python_sdk;
 mod restart;
+mod routes;
 mod security;
 mod stores;
 mod support;
