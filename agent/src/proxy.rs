@@ -498,10 +498,15 @@ pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Res
         let known = if rt.routes.names.is_empty() { "none".to_owned() } else { rt.routes.names.clone() };
         return Ok(Refusal::UnknownService { me: me(), host: host.to_owned(), known }.response());
     };
-    let path = req.uri().path();
-    let path = crate::normalize::normalize_path(path).unwrap_or(std::borrow::Cow::Borrowed(path));
-    let headers = req.headers();
-    let plan = route.plan(req.method().as_str(), &path, |h| headers.get(h).and_then(|v| v.to_str().ok()));
+    let plan = if route.policy.routes.is_empty() {
+        // Nothing to match: every request is `[default]`, and its path is not read.
+        route.plan("", "", |_| None)
+    } else {
+        let path = req.uri().path();
+        let path = crate::normalize::normalize_path(path).unwrap_or(std::borrow::Cow::Borrowed(path));
+        let headers = req.headers();
+        route.plan(req.method().as_str(), &path, |h| headers.get(h).and_then(|v| v.to_str().ok()))
+    };
     Ok(route_request(&shared, &rt, &route, &plan, req, start).await)
 }
 

@@ -346,6 +346,26 @@ impl Merge<'_> {
         }
     }
 
+    /// The bucket counts a histogram point adds: its delta when cumulative (`None` while it only
+    /// sets the baseline), or `None` for a point whose shape is broken (counted as rejected).
+    fn histogram_counts(
+        &mut self,
+        name: &str,
+        reporter: &Workload,
+        p: &HistogramDataPoint,
+        cumulative: bool,
+    ) -> Result<Option<Vec<u64>>, LimitHit> {
+        if crate::otlp::histogram_shape_error(p).is_some() {
+            self.g.counters.points_rejected.add(1);
+            return Ok(None);
+        }
+        if !cumulative {
+            return Ok(Some(p.bucket_counts.clone()));
+        }
+        let key = series_key(name, reporter, &p.attributes);
+        self.delta(key, p.start_time_unix_nano, p.count, &p.bucket_counts)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn histogram_point(
         &mut self,
@@ -361,19 +381,7 @@ impl Merge<'_> {
             self.g.counters.points_ignored_sdk.add(1);
             return Ok(());
         }
-        if crate::otlp::histogram_shape_error(p).is_some() {
-            self.g.counters.points_rejected.add(1);
-            return Ok(());
-        }
-        let counts = if cumulative {
-            let key = series_key(name, reporter, &p.attributes);
-            match self.delta(key, p.start_time_unix_nano, p.count, &p.bucket_counts)? {
-                Some(d) => d,
-                None => return Ok(()),
-            }
-        } else {
-            p.bucket_counts.clone()
-        };
+        let Some(counts) = self.histogram_counts(name, reporter, p, cumulative)? else { return Ok(()) };
         if counts.iter().all(|&c| c == 0) {
             return Ok(());
         }
@@ -595,19 +603,7 @@ impl Merge<'_> {
             self.g.counters.points_rejected.add(1);
             return Ok(());
         };
-        if crate::otlp::histogram_shape_error(p).is_some() {
-            self.g.counters.points_rejected.add(1);
-            return Ok(());
-        }
-        let counts = if cumulative {
-            let series = series_key(ROUTE_DURATION, reporter, &p.attributes);
-            match self.delta(series, p.start_time_unix_nano, p.count, &p.bucket_counts)? {
-                Some(d) => d,
-                None => return Ok(()),
-            }
-        } else {
-            p.bucket_counts.clone()
-        };
+        let Some(counts) = self.histogram_counts(ROUTE_DURATION, reporter, p, cumulative)? else { return Ok(()) };
         let failed = get_bool(&p.attributes, SUCCESS) == Some(false);
         for (i, &c) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
             let n = u32::try_from(c).unwrap_or(u32::MAX);
