@@ -102,6 +102,69 @@ pub enum Command {
     /// happened in the window (or with --wide), EFFECTIVE_SUCCESS and EFFECTIVE_RPS count requests
     /// as the caller saw them, ACTUAL_SUCCESS and ACTUAL_RPS count every attempt, retries included.
     Routes(RoutesArgs),
+    /// Stream the requests a workload's agents see, live, as `linkerd viz tap` does.
+    ///
+    /// The collector asks the workload's agents (every replica connected to it) for the requests
+    /// they proxy, inbound (`in`: callers to it) and outbound (`out`: its calls), and streams them
+    /// here as they are answered: time, direction, caller, destination, method, path (a gRPC
+    /// method's too), status, latency, retries, route and trace id (`meshlens trace ID` opens a
+    /// sampled one). Sampling is bounded: each agent sends at most --max-rps requests a second
+    /// per tap, so a busy agent pays a fixed cost. Stops on `q`, Ctrl-C or --max.
+    ///
+    /// --find takes the find language over request fields: method, path, route, status, grpc,
+    /// latency (ms), retries, from, to, direction. Example: --find 'status >= 500 or latency > 250'.
+    Tap(TapArgs),
+    /// Live table of a workload's requests by source, destination, method and path, as
+    /// `linkerd viz top` shows: count, best, worst and last latency, success rate.
+    ///
+    /// Built from the same sampled stream as `meshlens tap` (so counts are of sampled requests
+    /// when the rate is over --max-rps). Redraws every second on a terminal; stops on `q`, Ctrl-C
+    /// or --max, and prints the last table.
+    Top(TopArgs),
+}
+
+/// What `tap` and `top` both take.
+#[derive(Debug, Args)]
+pub struct TapTarget {
+    /// The workload: its app (all versions), namespace/app, or namespace/app/version.
+    pub target: String,
+    /// Collector API URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7420", env = "MESHLENS_COLLECTOR")]
+    pub collector: String,
+    /// The collector's token, if it was started with --token.
+    #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Only requests this expression holds for (see above).
+    #[arg(long, value_name = "EXPR")]
+    pub find: Option<String>,
+    /// Most requests a second each agent sends (1..100).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_rps: u32,
+    /// Stop after this many requests.
+    #[arg(long, value_name = "N")]
+    pub max: Option<u64>,
+}
+
+/// `meshlens tap`.
+#[derive(Debug, Args)]
+pub struct TapArgs {
+    /// The workload, and what to tap.
+    #[command(flatten)]
+    pub tap: TapTarget,
+    /// Output format: one line per request, or the API's JSON, one object per line.
+    #[arg(long, short, value_enum, default_value_t = TraceOutput::Table)]
+    pub output: TraceOutput,
+}
+
+/// `meshlens top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The workload, and what to tap.
+    #[command(flatten)]
+    pub tap: TapTarget,
+    /// Most rows shown.
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    pub rows: usize,
 }
 
 /// Reading the graph from a Prometheus-compatible store (`--prometheus`), shared by `collector`,
@@ -512,7 +575,9 @@ impl Cli {
             | Command::Console(_)
             | Command::Sim(_)
             | Command::Trace(_)
-            | Command::Routes(_) => "warn",
+            | Command::Routes(_)
+            | Command::Tap(_)
+            | Command::Top(_) => "warn",
             _ => "info",
         }
     }
@@ -728,6 +793,60 @@ impl CliError {
     }
 }
 
+/// Runs a tap until `q`, Ctrl-C or `--max`, handing each request to `each`; says on stderr how many
+/// agents are tapping (and when none is connected), and how many requests were dropped. The number
+/// of requests seen.
+async fn tap<W: Write>(
+    t: &TapTarget,
+    out: &mut W,
+    mut each: impl FnMut(&mut W, &meshlens_model::tap::TapEvent) -> std::io::Result<()>,
+) -> Result<u64, CliError> {
+    use futures_util::StreamExt;
+    use meshlens_console::client::TapMessage;
+    let client = Client::with_token(&t.collector, t.token.as_deref()).map_err(runtime)?;
+    let stream = client.tap(&t.target, t.find.as_deref(), Some(t.max_rps)).await.map_err(runtime)?;
+    let mut stream = std::pin::pin!(stream);
+    let quit = meshlens_console::quit::QuitKey::watch();
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut ctrl_c = std::pin::pin!(ctrl_c);
+    let (mut seen, mut said) = (0u64, None);
+    if t.max == Some(0) {
+        return Ok(0);
+    }
+    loop {
+        tokio::select! {
+            m = stream.next() => match m {
+                None => return Err(runtime(anyhow::anyhow!("the collector ended the tap (it is shutting down)"))),
+                Some(Err(e)) => return Err(runtime(e)),
+                Some(Ok(TapMessage::Request(e))) => {
+                    each(out, &e).map_err(runtime)?;
+                    out.flush().map_err(runtime)?;
+                    seen += 1;
+                    if t.max.is_some_and(|m| seen >= m) {
+                        return Ok(seen);
+                    }
+                }
+                Some(Ok(TapMessage::Status(s))) => {
+                    let now = (s.agents, s.live, s.dropped);
+                    if said != Some(now) {
+                        if s.agents == 0 {
+                            eprintln!(
+                                "meshlens tap: no agent of {} is connected to {} yet (agents connect when telemetry.collector is set); waiting",
+                                t.target, t.collector
+                            );
+                        } else {
+                            eprintln!("meshlens tap: {}: {} of {} agents tapping, {} requests dropped", t.target, s.live, s.agents, s.dropped);
+                        }
+                        said = Some(now);
+                    }
+                }
+            },
+            () = quit.pressed() => return Ok(seen),
+            _ = &mut ctrl_c => return Ok(seen),
+        }
+    }
+}
+
 fn runtime(e: impl Into<anyhow::Error>) -> CliError {
     CliError::Runtime(e.into())
 }
@@ -802,6 +921,51 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
             } else {
                 meshlens_console::text::write_routes(out, &body, a.wide).map_err(runtime)
             }
+        }
+        Command::Tap(a) => tap(&a.tap, out, |out, e| match a.output {
+            TraceOutput::Json => {
+                serde_json::to_writer(&mut *out, e)?;
+                writeln!(out)
+            }
+            TraceOutput::Table => meshlens_console::text::write_tap_event(out, e),
+        })
+        .await
+        .map(|_| ()),
+        Command::Top(a) => {
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let mut top = meshlens_model::tap::Top::default();
+            if tty {
+                // The alternate screen, as top(1): the shell's screen comes back at the end.
+                write!(out, "\x1b[?1049h\x1b[?25l").map_err(runtime)?;
+            }
+            let mut last = std::time::Instant::now();
+            let rows = a.rows;
+            let result = tap(&a.tap, out, |out, e| {
+                top.add(e);
+                if tty && last.elapsed() >= std::time::Duration::from_secs(1) {
+                    last = std::time::Instant::now();
+                    write!(out, "\x1b[H\x1b[2J")?;
+                    writeln!(out, "meshlens top {}: {} requests (q to quit)\n", a.tap.target, top.total)?;
+                    meshlens_console::text::write_top(out, &top, rows)?;
+                }
+                Ok(())
+            })
+            .await;
+            if tty {
+                write!(out, "\x1b[?25h\x1b[?1049l").map_err(runtime)?;
+            }
+            result?;
+            meshlens_console::text::write_top(out, &top, rows).map_err(runtime)?;
+            if top.other > 0 {
+                writeln!(
+                    out,
+                    "({} more requests on paths past the first {} kept)",
+                    top.other,
+                    meshlens_model::tap::MAX_TOP_ROWS
+                )
+                .map_err(runtime)?;
+            }
+            Ok(())
         }
         Command::Trace(a) => {
             let client = Client::with_token(&a.collector, a.token.as_deref()).map_err(runtime)?;

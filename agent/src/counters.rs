@@ -70,12 +70,21 @@ pub struct Counters {
     /// Connections closed because their first byte did not come within the header read timeout, or
     /// they had no request in flight for the idle timeout.
     pub idle_connections_closed: Counter,
+    /// Requests queued for an open tap.
+    pub tap_events_queued: Counter,
+    /// Tap events dropped because the queue was full.
+    pub tap_events_dropped: Counter,
+    /// Tap batches the collector did not take (unreachable, refused).
+    pub tap_send_errors: Counter,
 }
 
 /// Prometheus text of the counters and the per-peer request metrics.
 pub fn render(c: &Counters, registry: &Registry) -> String {
     let mut out = String::new();
-    let counters: [(&str, &str, &Counter); 29] = [
+    let counters: [(&str, &str, &Counter); 32] = [
+        ("tap_events_queued_total", "Requests queued for an open tap.", &c.tap_events_queued),
+        ("tap_events_dropped_total", "Tap events dropped: the tap queue was full.", &c.tap_events_dropped),
+        ("tap_send_errors_total", "Tap batches the collector did not take.", &c.tap_send_errors),
         ("authz_denied_total", "Inbound requests denied by authorization.", &c.authz_denied),
         ("rate_limited_total", "Inbound requests over the rate limit.", &c.rate_limited),
         ("tls_handshake_errors_total", "Inbound TLS handshakes that failed.", &c.tls_handshake_errors),

@@ -291,11 +291,20 @@ impl tonic::service::Interceptor for Bearer {
 /// A lazily connecting channel to the collector: export never blocks start-up. An `https://`
 /// endpoint is reached over TLS with `tls`, the agent's mesh pair, and the collector must show the
 /// mesh CA's certificate for `meshlens/collector`.
-pub fn channel(endpoint: &str, tls: Option<Arc<crate::tls::MeshTls>>) -> Result<Channel, tonic::transport::Error> {
+///
+/// Each call times out after `timeout` when given (exports); a tap subscription is one call that
+/// lasts as long as the agent, so its channel has none.
+pub fn channel(
+    endpoint: &str,
+    tls: Option<Arc<crate::tls::MeshTls>>,
+    timeout: Option<Duration>,
+) -> Result<Channel, tonic::transport::Error> {
     let plain = endpoint.strip_prefix("https://").map(|rest| format!("http://{rest}"));
-    let e = tonic::transport::Endpoint::from_shared(plain.clone().unwrap_or_else(|| endpoint.to_owned()))?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(5));
+    let mut e = tonic::transport::Endpoint::from_shared(plain.clone().unwrap_or_else(|| endpoint.to_owned()))?
+        .connect_timeout(Duration::from_secs(1));
+    if let Some(t) = timeout {
+        e = e.timeout(t);
+    }
     match (plain, tls) {
         (Some(_), Some(tls)) => {
             let connector = tower::service_fn(move |uri: http::Uri| {

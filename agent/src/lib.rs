@@ -20,6 +20,7 @@ pub mod normalize;
 pub mod pool;
 pub mod proxy;
 pub mod route;
+pub mod tap;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;
@@ -176,7 +177,7 @@ pub async fn start(config: AgentConfig, options: Options) -> Result<Running, Age
     let mut exporters = Vec::new();
     let (span_tx, channel) = match &telemetry {
         Some(t) => {
-            let channel = export::channel(&t.collector, mesh_tls.clone())?;
+            let channel = export::channel(&t.collector, mesh_tls.clone(), Some(Duration::from_secs(5)))?;
             let (tx, rx) = mpsc::channel(t.span_queue);
             exporters.push(tokio::spawn(export::spans_loop(
                 channel.clone(),
@@ -202,8 +203,14 @@ pub async fn start(config: AgentConfig, options: Options) -> Result<Running, Age
     };
     let admin_addr = local(&admin_l, "admin", config.admin_listen)?;
 
+    let mut tasks_early = Vec::new();
     let shared =
         Arc::new(Shared::new(config, counters.clone(), SpanSink::new(span_tx, counters.clone()), mesh_tls.clone()));
+    if let Some(t) = &telemetry {
+        let channel = export::channel(&t.collector, mesh_tls.clone(), None)?;
+        let (token, workload) = (t.token.clone(), shared.runtime.load().config.workload.clone());
+        tasks_early.push(tokio::spawn(tap::run(channel, token, workload, shared.tap.clone(), stop_rx.clone())));
+    }
     if let (Some(t), Some(channel)) = (&telemetry, channel) {
         let started = SystemTime::now();
         let s = shared.clone();
@@ -223,8 +230,8 @@ pub async fn start(config: AgentConfig, options: Options) -> Result<Running, Age
 
     let admin =
         Arc::new(Admin { shared: shared.clone(), ready: AtomicBool::new(false), last_reload_error: Mutex::new(None) });
-    let mut tasks =
-        vec![tokio::spawn(serve(inbound_l, shared.clone(), Side::Inbound, stop_rx.clone(), drain_token.clone()))];
+    let mut tasks = tasks_early;
+    tasks.push(tokio::spawn(serve(inbound_l, shared.clone(), Side::Inbound, stop_rx.clone(), drain_token.clone())));
     if let Some(l) = outbound_l {
         tasks.push(tokio::spawn(serve(l, shared.clone(), Side::Outbound, stop_rx.clone(), drain_token)));
     }

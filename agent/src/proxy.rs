@@ -14,6 +14,7 @@
 //! comes from one mapping, `Refusal::response`; the outbound path is split into faults, the body,
 //! one attempt (`try_once`) and the retry decision (`retry_pause`).
 
+use meshlens_model::tap::{Direction as TapDirection, TapEvent};
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -99,6 +100,8 @@ pub struct Shared {
     /// Mutual TLS, when configured.
     pub tls: Option<Arc<MeshTls>>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    /// Open taps.
+    pub tap: Arc<crate::tap::Tapper>,
 }
 
 /// What the inbound side knows of a connection.
@@ -143,6 +146,7 @@ impl Shared {
         let registry = Registry::default();
         let config_connect_timeout = config.limits.connect_timeout;
         let runtime = Runtime::new(config, &registry, None, tls.as_ref());
+        let counters_for_tap = counters.clone();
         Self {
             unknown_caller: registry.peer(Direction::Inbound, ""),
             unknown_service: registry.peer(Direction::Outbound, ""),
@@ -154,6 +158,7 @@ impl Shared {
             origin: Instant::now(),
             tls,
             buckets: Mutex::new(HashMap::new()),
+            tap: Arc::new(crate::tap::Tapper::new(counters_for_tap)),
         }
     }
 
@@ -372,6 +377,8 @@ pub async fn inbound(
     let parent = req.headers().get(&TRACEPARENT).and_then(|v| TraceContext::parse(v.as_bytes()));
     let ctx = parent.unwrap_or_else(|| TraceContext::root(rt.sampling)).child();
     let span = span_for(&ctx);
+    let tapped =
+        shared.tap.on().then(|| (crate::tap::now_unix_ms(), req.method().to_string(), req.uri().path().to_owned()));
     let method = req.method().clone();
     let path = span.is_some().then(|| req.uri().path().to_owned());
 
@@ -398,6 +405,24 @@ pub async fn inbound(
         }
     };
     rec.outcome = Some(outcome.with_mtls(conn.mtls));
+    if let Some((time_unix_ms, method, path)) = tapped {
+        shared.tap.record(TapEvent {
+            time_unix_ms,
+            direction: TapDirection::Inbound,
+            source: if source.is_empty() { "unknown".to_owned() } else { source.to_owned() },
+            destination: rt.config.workload.id(),
+            destination_version: None,
+            method,
+            path,
+            route: None,
+            status: outcome.status,
+            grpc_status: outcome.grpc,
+            latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+            retries: 0,
+            trace_id: ctx.trace_id_hex(),
+            sampled: ctx.sampled,
+        });
+    }
     if let Some((ctx, wall)) = span {
         shared.spans.send(SpanRecord {
             trace_id: ctx.trace_id,
@@ -507,7 +532,40 @@ pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Res
         let headers = req.headers();
         route.plan(req.method().as_str(), &path, |h| headers.get(h).and_then(|v| v.to_str().ok()))
     };
-    Ok(route_request(&shared, &rt, &route, &plan, req, start).await)
+    // One atomic load unless a tap is open.
+    let tapped =
+        shared.tap.on().then(|| (crate::tap::now_unix_ms(), req.method().to_string(), req.uri().path().to_owned()));
+    let mut seen = Seen::default();
+    let resp = route_request(&shared, &rt, &route, &plan, req, start, &mut seen).await;
+    if let Some((time_unix_ms, method, path)) = tapped {
+        let (trace_id, sampled) = seen.trace.map(|t| (t.trace_id_hex(), t.sampled)).unwrap_or_default();
+        shared.tap.record(TapEvent {
+            time_unix_ms,
+            direction: TapDirection::Outbound,
+            source: rt.config.workload.id(),
+            destination: route.name.to_string(),
+            destination_version: seen.version.map(str::to_owned),
+            method,
+            path,
+            route: Some(plan.metrics.route.to_string()),
+            status: resp.status().as_u16(),
+            grpc_status: grpc_status(&resp),
+            latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+            retries: seen.retries,
+            trace_id,
+            sampled,
+        });
+    }
+    Ok(resp)
+}
+
+/// What routing did to a request, for a tap.
+#[derive(Default)]
+struct Seen<'a> {
+    /// The version of the last attempt.
+    version: Option<&'a str>,
+    retries: u32,
+    trace: Option<TraceContext>,
 }
 
 /// Why the agent answered a request itself. Every answer the agent makes up goes through
@@ -772,15 +830,16 @@ fn retry_pause(
 /// Routes an outbound request by its service's policy and its route's plan: faults, then attempts
 /// (a version by the split, an endpoint by the balancer) until one answers or the retry policy says
 /// stop; the answer is counted on its route, once, with its whole latency.
-async fn route_request(
+async fn route_request<'a>(
     shared: &Shared,
     rt: &Runtime,
-    route: &Route,
-    plan: &Plan<'_>,
+    route: &'a Route,
+    plan: &Plan<'a>,
     req: Request<Incoming>,
     start: Instant,
+    seen: &mut Seen<'a>,
 ) -> Response<Body> {
-    let resp = match route_attempts(shared, rt, route, plan, req, start).await {
+    let resp = match route_attempts(shared, rt, route, plan, req, start, seen).await {
         Ok(resp) => resp,
         Err(refusal) => refusal.response(),
     };
@@ -799,6 +858,7 @@ async fn route_attempts<'a>(
     plan: &Plan<'a>,
     req: Request<Incoming>,
     start: Instant,
+    seen: &mut Seen<'a>,
 ) -> Result<Response<Body>, Refusal<'a>> {
     if plan.retries.is_some() {
         route.budget.deposit(shared.origin.elapsed().as_secs());
@@ -807,6 +867,7 @@ async fn route_attempts<'a>(
 
     let parent = req.headers().get(&TRACEPARENT).and_then(|v| TraceContext::parse(v.as_bytes()));
     let trace = parent.unwrap_or_else(|| TraceContext::root(rt.sampling));
+    seen.trace = Some(trace);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(&SOURCE, rt.source.clone());
@@ -823,6 +884,8 @@ async fn route_attempts<'a>(
     let mut retry = 0u32;
     loop {
         let version: &VersionRoute = route.pick_version();
+        seen.version = Some(&version.name);
+        seen.retries = retry;
         let endpoint = match route.pick_endpoint(version, now_ms(shared.origin)) {
             Ok(e) => e,
             Err(why) => {

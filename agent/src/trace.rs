@@ -70,6 +70,11 @@ impl TraceContext {
         Self { trace_id: self.trace_id, span_id: fastrand::u64(1..).to_be_bytes(), sampled: self.sampled }
     }
 
+    /// The trace id as 32 hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        self.trace_id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The `traceparent` header for this context.
     pub fn header(&self) -> HeaderValue {
         const HEX: &[u8; 16] = b"0123456789abcdef";

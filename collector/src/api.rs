@@ -408,6 +408,67 @@ async fn traces(
     }))
 }
 
+/// `/api/v1/tap?target=&find=&max_rps=`: the query, as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TapQuery {
+    target: Option<String>,
+    find: Option<String>,
+    max_rps: Option<u32>,
+}
+
+/// The longest tap target (`ns/app/version@cluster`).
+const MAX_TAP_TARGET: usize = 4 * meshlens_model::identity::MAX_NAME_BYTES;
+
+/// `/api/v1/tap`: a live stream of the requests the target's agents see (`event: request`), and
+/// once a second `event: status` (agents connected and live, events, dropped).
+async fn tap(
+    State(api): ApiState,
+    q: Result<axum::extract::Query<TapQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    use meshlens_model::tap::{MAX_TAP_RPS, parse_find};
+    ready(&api.hub)?;
+    let q = q.map_err(|e| ApiError::BadParameter(format!("{}: target, find, max_rps", e.body_text())))?.0;
+    let target = match q.target {
+        None => return Err(bad("target", "missing: name a workload as app, namespace/app or its node id")),
+        Some(t) if t.is_empty() || t.len() > MAX_TAP_TARGET => {
+            return Err(bad("target", format!("must be 1 to {MAX_TAP_TARGET} bytes")));
+        }
+        Some(t) => t,
+    };
+    let find = q.find.filter(|f| !f.trim().is_empty());
+    if let Some(f) = &find {
+        parse_find(f).map_err(|e| bad("find", e))?;
+    }
+    let max_rps = q.max_rps.unwrap_or(MAX_TAP_RPS);
+    if !(1..=MAX_TAP_RPS).contains(&max_rps) {
+        return Err(bad("max_rps", format!("must be between 1 and {MAX_TAP_RPS}")));
+    }
+    let open = api.hub.taps.open(&target, find, max_rps).map_err(|e| ApiError::Busy(e.to_string()))?;
+    let status = |t: &crate::tap::OpenTap| {
+        Event::default().event("status").json_data(t.status()).unwrap_or_else(|_| Event::default())
+    };
+    let first = status(&open);
+    let tick = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
+    let updates = futures_util::stream::unfold((open, tick), move |(mut open, mut tick)| async move {
+        let event = tokio::select! {
+            e = open.events.recv() => {
+                let e = e?;
+                open.sent();
+                Event::default().event("request").json_data(e).unwrap_or_else(|_| Event::default())
+            }
+            _ = tick.tick() => status(&open),
+        };
+        Some((Ok(event), (open, tick)))
+    });
+    let mut shutdown = api.shutdown.clone();
+    let stop = async move {
+        let _ = shutdown.wait_for(|&s| s).await;
+    };
+    let events = futures_util::StreamExt::take_until(tokio_stream::iter([Ok(first)]).chain(updates), Box::pin(stop));
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
 async fn trace(State(api): ApiState, Path(trace_id): Path<String>) -> Result<Json<TraceBody>, ApiError> {
     let Some(id) = crate::traces::parse_trace_id(&trace_id) else {
         return Err(bad("trace_id", format!("{trace_id:?} is not a trace id of 32 hex digits")));
@@ -530,6 +591,7 @@ pub fn router(
         .route("/api/v1/routes", get(routes))
         .route("/api/v1/traces", get(traces))
         .route("/api/v1/traces/{trace_id}", get(trace))
+        .route("/api/v1/tap", get(tap))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

@@ -20,6 +20,14 @@ pub struct Counters {
     pub spans_bad_ids: Counter,
     /// SSE subscriptions refused at the subscriber limit.
     pub sse_refused: Counter,
+    /// Taps refused because `MAX_TAPS` were open.
+    pub taps_refused: Counter,
+    /// Tap events agents sent.
+    pub tap_events: Counter,
+    /// Tap events agents dropped (their queue was full).
+    pub tap_dropped_agent: Counter,
+    /// Tap events dropped because a tap's stream was full (a slow client).
+    pub tap_dropped_stream: Counter,
     /// Connections closed at once because the listener had `max_connections` open.
     pub connections_refused: Counter,
     /// TLS handshakes that failed or did not finish within the header read timeout.

@@ -33,6 +33,8 @@ pub struct Hub {
     pub events: broadcast::Sender<Arc<StoredRevision>>,
     /// Shared counters.
     pub counters: Arc<Counters>,
+    /// Open taps and the agents subscribed to them.
+    pub taps: Arc<crate::tap::TapHub>,
     /// The window revisions are published with.
     pub window_secs: u64,
     /// Ready once the store is loaded and the listeners are bound.
@@ -93,6 +95,7 @@ impl Hub {
             index: RwLock::new(loaded.index),
             last_key: Mutex::new(last_key),
             events,
+            taps: crate::tap::TapHub::new(counters.clone()),
             counters,
             window_secs,
             ready: AtomicBool::new(false),

@@ -31,6 +31,7 @@ pub mod serve;
 pub mod source;
 pub mod spans;
 pub mod store;
+pub mod tap;
 pub mod testkit;
 pub mod tls;
 pub mod traces;
@@ -334,7 +335,9 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
     };
     let mut tasks = Vec::new();
     let body_read_timeout = config.body_read_timeout;
-    let grpc_routes = tonic::service::Routes::from(guard(otlp::grpc::router(ingest.clone()).into_axum_router()));
+    let grpc_routes = tonic::service::Routes::from(guard(
+        otlp::grpc::router(ingest.clone()).into_axum_router().merge(tap::agent_router(hub.taps.clone())),
+    ));
     let sig = signal();
     let grpc_conns = (
         config.tls.clone(),
@@ -436,6 +439,8 @@ impl Running {
     /// Stops the servers, drains the queue, publishes and stores a last tick, and joins everything.
     pub async fn shutdown(mut self) -> Result<(), String> {
         let _ = self.shutdown.send(true);
+        // Agents' tap subscriptions are requests that never end on their own.
+        self.hub.taps.close();
         let mut first_err = Ok(());
         for t in std::mem::take(&mut self.tasks) {
             match t.await {

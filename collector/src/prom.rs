@@ -313,6 +313,22 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
         &[("", c.sse_refused.get())],
     );
     metric(
+        "taps_refused_total",
+        "counter",
+        "Taps (GET /api/v1/tap) refused because the most taps were open at once.",
+        &[("", c.taps_refused.get())],
+    );
+    metric("tap_events_total", "counter", "Requests agents sent for open taps.", &[("", c.tap_events.get())]);
+    metric(
+        "tap_events_dropped_total",
+        "counter",
+        "Tap events lost: an agent's queue was full, or a tap's stream was (a slow client).",
+        &[
+            ("reason=\"agent_queue\"", c.tap_dropped_agent.get()),
+            ("reason=\"stream_full\"", c.tap_dropped_stream.get()),
+        ],
+    );
+    metric(
         "spans_bad_ids_total",
         "counter",
         "Spans refused for a trace id that is not 16 bytes or a span id that is not 8, or all zero.",

@@ -161,6 +161,61 @@ impl Client {
         self.get(&q).await
     }
 
+    /// `/api/v1/tap`: opens a live tap on `target`; the stream yields its requests and its status
+    /// once a second, and ends when the collector ends it (the tap closes when it is dropped).
+    pub async fn tap(
+        &self,
+        target: &str,
+        find: Option<&str>,
+        max_rps: Option<u32>,
+    ) -> Result<impl futures_util::Stream<Item = Result<TapMessage, ClientError>> + use<>, ClientError> {
+        use eventsource_stream::Eventsource;
+        use futures_util::StreamExt;
+        let mut url = format!("{}/api/v1/tap?target={}", self.base, enc(target));
+        if let Some(f) = find {
+            url.push_str(&format!("&find={}", enc(f)));
+        }
+        if let Some(r) = max_rps {
+            url.push_str(&format!("&max_rps={r}"));
+        }
+        // No overall timeout: a status event comes every second, so a silent stream is a dead one.
+        let http = Self::builder(self.token())
+            .read_timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), reason: chain(&e) })?;
+        let resp = http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), reason: chain(&e) })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.unwrap_or_default();
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|b| b.error.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
+            return Err(ClientError::Api { url, status: status.as_u16(), message });
+        }
+        Ok(resp.bytes_stream().eventsource().filter_map(move |item| {
+            let url = url.clone();
+            async move {
+                let decode = |reason: String| ClientError::Decode { url: url.clone(), reason };
+                match item {
+                    Err(e) => Some(Err(ClientError::Unreachable { url: url.clone(), reason: e.to_string() })),
+                    Ok(ev) if ev.event == "request" => Some(
+                        serde_json::from_str(&ev.data)
+                            .map(|e| TapMessage::Request(Box::new(e)))
+                            .map_err(|e| decode(e.to_string())),
+                    ),
+                    Ok(ev) if ev.event == "status" => {
+                        Some(serde_json::from_str(&ev.data).map(TapMessage::Status).map_err(|e| decode(e.to_string())))
+                    }
+                    Ok(_) => None,
+                }
+            }
+        }))
+    }
+
     /// `/api/v1/traces/{id}`: one kept trace.
     pub async fn trace(&self, id: &str) -> Result<TraceBody, ClientError> {
         self.get(&format!("/api/v1/traces/{}", enc(id))).await
@@ -200,6 +255,15 @@ impl Client {
         }
         self.get(&q).await
     }
+}
+
+/// What a tap stream carries.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TapMessage {
+    /// A request one of the target's agents saw.
+    Request(Box<meshlens_model::tap::TapEvent>),
+    /// Agents connected and live, events so far, dropped.
+    Status(meshlens_model::tap::TapStatus),
 }
 
 fn enc(s: &str) -> String {

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod client;
 pub mod live;
+pub mod quit;
 pub mod text;
 pub mod tui;
 pub mod ui;

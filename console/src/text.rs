@@ -1,5 +1,5 @@
 //! Text outputs, generic over their sink: the `stat` table (the columns of `linkerd viz stat`), and the
-//! graph as a table, Graphviz dot or Mermaid, and a kept trace as a waterfall (`meshlens trace`).
+//! graph as a table, Graphviz dot or Mermaid, a kept trace as a waterfall (`meshlens trace`), and a live tap's requests and their `top` table.
 
 use std::io::{self, Write};
 
@@ -275,6 +275,63 @@ pub fn write_traces<W: Write>(out: &mut W, traces: &[TraceSummary]) -> io::Resul
         })
         .collect();
     table(out, &["TRACE", "DURATION", "SPANS", "RESULT", "WORKLOADS"], &rows)
+}
+
+/// `meshlens tap`: one request per line, in `linkerd viz tap`'s `key=value` words (UTC time first):
+/// `12:00:01.234 out src=shop/productpage/v1 dst=reviews/v2 :method=GET :path=/reviews/1
+/// :status=200 latency=12ms retries=0 route="GET /reviews/{id}" trace=…`. Every field is escaped
+/// for the terminal (paths come from requests).
+pub fn write_tap_event<W: Write>(out: &mut W, e: &meshlens_model::tap::TapEvent) -> io::Result<()> {
+    let t = e.time_unix_ms % 86_400_000;
+    let (h, m, s, milli) = (t / 3_600_000, t / 60_000 % 60, t / 1000 % 60, t % 1000);
+    let esc = |s: &str| escape::terminal(s).into_owned();
+    let dst = match &e.destination_version {
+        Some(v) => format!("{}/{}", esc(&e.destination), esc(v)),
+        None => esc(&e.destination),
+    };
+    let mut line = format!(
+        "{h:02}:{m:02}:{s:02}.{milli:03} {:<3} src={} dst={dst} :method={} :path={} :status={}",
+        e.direction.short(),
+        esc(&e.source),
+        esc(&e.method),
+        esc(&e.path),
+        e.status
+    );
+    if let Some(g) = e.grpc_status {
+        line.push_str(&format!(" grpc-status={g}"));
+    }
+    line.push_str(&format!(" latency={} retries={}", format_ms(e.latency_ms), e.retries));
+    if let Some(r) = &e.route {
+        line.push_str(&format!(" route={:?}", esc(r)));
+    }
+    if !e.trace_id.is_empty() {
+        line.push_str(&format!(" trace={}{}", e.trace_id, if e.sampled { "" } else { " (not sampled)" }));
+    }
+    writeln!(out, "{line}")
+}
+
+/// `meshlens top`: `linkerd viz top`'s columns, most requests first, at most `limit` rows.
+pub fn write_top<W: Write>(out: &mut W, top: &meshlens_model::tap::Top, limit: usize) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = top
+        .rows()
+        .into_iter()
+        .take(limit)
+        .map(|r| {
+            vec![
+                r.source.clone(),
+                r.destination.clone(),
+                r.method.clone(),
+                r.path.clone(),
+                r.count.to_string(),
+                format_ms(r.best_ms),
+                format_ms(r.worst_ms),
+                format_ms(r.last_ms),
+                format!("{:.2}%", r.success_pct()),
+            ]
+        })
+        .collect();
+    let header = ["SOURCE", "DESTINATION", "METHOD", "PATH", "COUNT", "BEST", "WORST", "LAST", "SUCCESS_RATE"];
+    table(out, &header, &rows)
 }
 
 #[cfg(test)]

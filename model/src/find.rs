@@ -10,17 +10,29 @@
 use crate::graph::{Edge, Node};
 use crate::stats::Stats;
 
-/// A parsed expression.
+/// A parsed expression over the fields `F` (the graph's [`Field`] unless said otherwise; a tap's
+/// are [`crate::tap::TapField`]).
 #[derive(Clone, Debug, PartialEq)]
-pub enum Expr {
+pub enum Expr<F = Field> {
     /// Both.
-    And(Box<Expr>, Box<Expr>),
+    And(Box<Expr<F>>, Box<Expr<F>>),
     /// Either.
-    Or(Box<Expr>, Box<Expr>),
+    Or(Box<Expr<F>>, Box<Expr<F>>),
     /// Not.
-    Not(Box<Expr>),
+    Not(Box<Expr<F>>),
     /// `field op value`.
-    Cmp(Field, Op, Value),
+    Cmp(F, Op, Value),
+}
+
+/// The fields an expression can name: one parser serves the graph's find/hide and the tap's
+/// `--find`.
+pub trait Fields: Copy {
+    /// The field a (lower-case) word names.
+    fn parse(word: &str) -> Option<Self>;
+    /// Whether it takes numbers (and `<`, `>`), else text.
+    fn numeric(self) -> bool;
+    /// The fields, for the error that names an unknown one.
+    const EXPECTED: &'static str;
 }
 
 /// A field.
@@ -58,7 +70,10 @@ pub enum Field {
     Mtls,
 }
 
-impl Field {
+impl Fields for Field {
+    const EXPECTED: &'static str =
+        "app, version, namespace, cluster, id, kind, health, rps, error, success, requests, p50, p95, p99 or mtls";
+
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "app" | "service" => Field::App,
@@ -187,13 +202,14 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>, FindError> {
     Ok(out)
 }
 
-struct Parser {
+struct Parser<F> {
     toks: Vec<(usize, Tok)>,
     pos: usize,
     end: usize,
+    fields: std::marker::PhantomData<F>,
 }
 
-impl Parser {
+impl<F: Fields> Parser<F> {
     fn at(&self) -> usize {
         self.toks.get(self.pos).map_or(self.end, |t| t.0)
     }
@@ -208,7 +224,7 @@ impl Parser {
         false
     }
 
-    fn or(&mut self) -> Result<Expr, FindError> {
+    fn or(&mut self) -> Result<Expr<F>, FindError> {
         let mut e = self.and()?;
         while self.keyword("or") {
             e = Expr::Or(Box::new(e), Box::new(self.and()?));
@@ -216,7 +232,7 @@ impl Parser {
         Ok(e)
     }
 
-    fn and(&mut self) -> Result<Expr, FindError> {
+    fn and(&mut self) -> Result<Expr<F>, FindError> {
         let mut e = self.unary()?;
         while self.keyword("and") {
             e = Expr::And(Box::new(e), Box::new(self.unary()?));
@@ -224,7 +240,7 @@ impl Parser {
         Ok(e)
     }
 
-    fn unary(&mut self) -> Result<Expr, FindError> {
+    fn unary(&mut self) -> Result<Expr<F>, FindError> {
         if self.keyword("not") {
             return Ok(Expr::Not(Box::new(self.unary()?)));
         }
@@ -242,16 +258,12 @@ impl Parser {
         self.cmp()
     }
 
-    fn cmp(&mut self) -> Result<Expr, FindError> {
+    fn cmp(&mut self) -> Result<Expr<F>, FindError> {
         let at = self.at();
         let field = match self.toks.get(self.pos) {
-            Some((_, Tok::Word(w))) => Field::parse(&w.to_ascii_lowercase()).ok_or_else(|| FindError {
-                at,
-                message: format!(
-                    "unknown field {w:?}: expected app, version, namespace, cluster, id, kind, health, rps, error, success, requests, p50, p95, p99 or mtls"
-                ),
-            })?,
-            _ => return Err(FindError { at, message: "expected a field such as app or error".into() }),
+            Some((_, Tok::Word(w))) => F::parse(&w.to_ascii_lowercase())
+                .ok_or_else(|| FindError { at, message: format!("unknown field {w:?}: expected {}", F::EXPECTED) })?,
+            _ => return Err(FindError { at, message: format!("expected a field: {}", F::EXPECTED) }),
         };
         self.pos += 1;
         let op = match self.toks.get(self.pos) {
@@ -282,14 +294,19 @@ impl Parser {
     }
 }
 
-/// Parses an expression.
+/// Parses an expression over the graph's fields.
 pub fn parse(s: &str) -> Result<Expr, FindError> {
+    parse_fields(s)
+}
+
+/// Parses an expression over the fields `F`.
+pub fn parse_fields<F: Fields>(s: &str) -> Result<Expr<F>, FindError> {
     let toks = lex(s)?;
     let end = s.chars().count();
     if toks.is_empty() {
         return Err(FindError { at: 0, message: "empty expression".into() });
     }
-    let mut p = Parser { toks, pos: 0, end };
+    let mut p = Parser { toks, pos: 0, end, fields: std::marker::PhantomData };
     let e = p.or()?;
     if p.pos < p.toks.len() {
         return Err(FindError { at: p.at(), message: "expected and, or, or the end".into() });
@@ -325,7 +342,8 @@ fn text(n: &Node, f: Field) -> String {
     }
 }
 
-fn compare_num(a: f64, op: Op, b: f64) -> bool {
+/// `a op b` for numbers (`~` is never true of them).
+pub fn compare_num(a: f64, op: Op, b: f64) -> bool {
     match op {
         Op::Eq => (a - b).abs() < 1e-9,
         Op::Ne => (a - b).abs() >= 1e-9,
@@ -337,7 +355,8 @@ fn compare_num(a: f64, op: Op, b: f64) -> bool {
     }
 }
 
-fn compare_text(a: &str, op: Op, b: &str) -> bool {
+/// `a op b` for text: `=` and `!=` ignore case, `~` is a case-blind "contains".
+pub fn compare_text(a: &str, op: Op, b: &str) -> bool {
     match op {
         Op::Eq => a.eq_ignore_ascii_case(b),
         Op::Ne => !a.eq_ignore_ascii_case(b),
@@ -346,21 +365,25 @@ fn compare_text(a: &str, op: Op, b: &str) -> bool {
     }
 }
 
+impl<F: Copy> Expr<F> {
+    /// Evaluates the expression, each comparison by `cmp(field, op, value)`.
+    pub fn eval_by(&self, cmp: &impl Fn(F, Op, &Value) -> bool) -> bool {
+        match self {
+            Expr::And(a, b) => a.eval_by(cmp) && b.eval_by(cmp),
+            Expr::Or(a, b) => a.eval_by(cmp) || b.eval_by(cmp),
+            Expr::Not(a) => !a.eval_by(cmp),
+            Expr::Cmp(f, op, v) => cmp(*f, *op, v),
+        }
+    }
+}
+
 impl Expr {
     fn eval(&self, stats: &Stats, ends: &[&Node]) -> bool {
-        match self {
-            Expr::And(a, b) => a.eval(stats, ends) && b.eval(stats, ends),
-            Expr::Or(a, b) => a.eval(stats, ends) || b.eval(stats, ends),
-            Expr::Not(a) => !a.eval(stats, ends),
-            Expr::Cmp(f, op, Value::Num(v)) => compare_num(num(stats, *f), *op, *v),
-            Expr::Cmp(f, op, Value::Text(v)) => {
-                if *op == Op::Ne {
-                    ends.iter().all(|n| compare_text(&text(n, *f), *op, v))
-                } else {
-                    ends.iter().any(|n| compare_text(&text(n, *f), *op, v))
-                }
-            }
-        }
+        self.eval_by(&|f, op, v| match v {
+            Value::Num(v) => compare_num(num(stats, f), op, *v),
+            Value::Text(v) if op == Op::Ne => ends.iter().all(|n| compare_text(&text(n, f), op, v)),
+            Value::Text(v) => ends.iter().any(|n| compare_text(&text(n, f), op, v)),
+        })
     }
 
     /// Whether a node matches.

@@ -5,7 +5,7 @@
 //! ([`graph`]), the bodies of the HTTP API ([`api`]), the mergeable latency histogram ([`hist`]), the
 //! traffic policy schema the agent and the simulator share ([`policy`]) and the mechanisms both run
 //! ([`policy_core`]), Istio's VirtualService and DestinationRule read as that schema ([`istio`]), metric and attribute names
-//! ([`names`]), a lock-free [`counter`], and small parsers for durations and RFC 3339 times ([`time`]). It does no IO and has
+//! ([`names`]), a lock-free [`counter`], and small parsers for durations and RFC 3339 times ([`time`]), and the shapes of a live tap ([`tap`]). It does no IO and has
 //! no async runtime, so the console and the web app (wasm32) can use it without pulling in the
 //! collector.
 
@@ -27,6 +27,7 @@ pub mod rng;
 pub mod stats;
 #[cfg(any(test, feature = "synth"))]
 pub mod synth;
+pub mod tap;
 pub mod time;
 pub mod viewstate;
 

@@ -203,6 +203,35 @@ pub async fn callee(version: &str, backend: &Backend, collector: Option<&str>) -
     agent(&agent_yaml(&format!("shop/b/{version}"), backend.addr, "", "", collector)).await
 }
 
+/// One hop reporting to a collector: an app calls `b` through agent `shop/a/v1` (with `policy`, the
+/// policy YAML), whose agent `shop/b/v1` fronts a backend.
+pub struct Hop {
+    pub backend: Backend,
+    pub a: Running,
+    pub b: Running,
+    pub app: App,
+}
+
+impl Hop {
+    /// Starts both agents, exporting to `collector`.
+    pub async fn start(collector: &meshlens_collector::Running, policy: &str) -> Hop {
+        let otlp = format!("http://{}", collector.otlp_grpc_addr);
+        let backend = Backend::start().await;
+        let b = callee("v1", &backend, Some(&otlp)).await;
+        let services = format!("b:\n  versions:\n    v1: ['{}']", b.inbound);
+        let unused: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let a = agent(&agent_yaml("shop/a/v1", unused, &services, policy, Some(&otlp))).await;
+        let app = App::via(&a);
+        Hop { backend, a, b, app }
+    }
+
+    /// Stops both agents.
+    pub async fn shutdown(self) {
+        self.a.shutdown().await;
+        self.b.shutdown().await;
+    }
+}
+
 /// A client for the app side: requests go to the agent's outbound listener, naming the service in
 /// the Host header, as an app using the agent as its HTTP proxy would.
 pub struct App {

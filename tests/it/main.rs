@@ -21,5 +21,6 @@ mod routes;
 mod security;
 mod stores;
 mod support;
+mod tap;
 mod traces;
 mod web;

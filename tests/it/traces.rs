@@ -3,20 +3,16 @@
 
 use serde_json::Value;
 
-use crate::backend::{App, Backend, agent, agent_yaml, callee};
+use crate::backend::Hop;
 use crate::cli::meshlens;
 use crate::support::{eventually, get_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_requests_trace_on_its_edge_shows_every_hop_it_took() {
     let c = crate::support::collector().await;
-    let otlp = format!("http://{}", c.otlp_grpc_addr);
-    let backend = Backend::start().await;
-    let b = callee("v1", &backend, Some(&otlp)).await;
-    let services = format!("b:\n  versions:\n    v1: ['{}']", b.inbound);
     let policy = "b: {retries: {attempts: 1, retry_on: [5xx], backoff: {base: 1ms, max: 1ms}}}";
-    let a = agent(&agent_yaml("shop/a/v1", "127.0.0.1:9".parse().unwrap(), &services, policy, Some(&otlp))).await;
-    let app = App::via(&a);
+    let hop = Hop::start(&c, policy).await;
+    let (app, backend) = (&hop.app, &hop.backend);
     for _ in 0..6 {
         assert_eq!(app.get("b", "/ok").await.0, 200);
     }
@@ -91,8 +87,7 @@ async fn a_failed_requests_trace_on_its_edge_shows_every_hop_it_took() {
     let out = meshlens(&["trace", "nope", "--collector", &api]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("32 hex digits"));
-    a.shutdown().await;
-    b.shutdown().await;
+    hop.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,12 +97,8 @@ async fn the_trace_link_sends_users_to_their_tempo() {
         cfg.engine.trace_store_spans = 3;
     })
     .await;
-    let otlp = format!("http://{}", c.otlp_grpc_addr);
-    let backend = Backend::start().await;
-    let b = callee("v1", &backend, Some(&otlp)).await;
-    let services = format!("b:\n  versions:\n    v1: ['{}']", b.inbound);
-    let a = agent(&agent_yaml("shop/a/v1", "127.0.0.1:9".parse().unwrap(), &services, "", Some(&otlp))).await;
-    let app = App::via(&a);
+    let hop = Hop::start(&c, "").await;
+    let app = &hop.app;
     for _ in 0..4 {
         assert_eq!(app.get("b", "/ok").await.0, 200);
     }
@@ -125,6 +116,5 @@ async fn the_trace_link_sends_users_to_their_tempo() {
     let t = &body["traces"][0];
     let id = t["trace_id"].as_str().unwrap();
     assert_eq!(t["link"], format!("http://tempo.example:3200/api/traces/{id}"));
-    a.shutdown().await;
-    b.shutdown().await;
+    hop.shutdown().await;
 }
