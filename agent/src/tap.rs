@@ -241,25 +241,11 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshlens_model::tap::{Direction, TapSpec};
+    use meshlens_model::tap::TapSpec;
 
     fn event(ms: u64, status: u16) -> TapEvent {
-        TapEvent {
-            time_unix_ms: ms,
-            direction: Direction::Outbound,
-            source: "shop/a/v1".into(),
-            destination: "b".into(),
-            destination_version: None,
-            method: "GET".into(),
-            path: "/".into(),
-            route: None,
-            status,
-            grpc_status: None,
-            latency_ms: 1.0,
-            retries: 0,
-            trace_id: String::new(),
-            sampled: false,
-        }
+        let (source, destination, method, path) = ("shop/a/v1".into(), "b".into(), "GET".into(), "/".into());
+        TapEvent { time_unix_ms: ms, source, destination, method, path, status, latency_ms: 1.0, ..TapEvent::default() }
     }
 
     #[test]

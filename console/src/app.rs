@@ -2,12 +2,14 @@
 //! [`Action`] (a key already mapped by [`key_action`], or data from the collector task) and may
 //! return a [`Command`] for the collector task. Tests drive it without a terminal.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use meshlens_model::api::{AppDetail, TraceSummary, WorkloadRow, WorkloadsBody};
 use meshlens_model::graph::{GraphSnapshot, RevisionSummary, View};
 use meshlens_model::layout::{Layout, edge_label, layout};
+use meshlens_model::tap::{TapEvent, TapStatus};
 use meshlens_model::viewstate::{collapse_item, expand_namespace};
 
 /// Stats windows the `w` key cycles through.
@@ -31,6 +33,26 @@ pub enum Overlay {
     Help,
     /// The revisions list.
     Revisions,
+    /// A live tap on the selected workload.
+    Tap,
+}
+
+/// Requests the tap overlay keeps, newest last; older ones scroll away.
+pub const TAP_ROWS: usize = 200;
+
+/// A tap the console has open (`t`): what it taps and what came.
+#[derive(Debug, Default)]
+pub struct TapPane {
+    /// The target as sent to the collector (the node's id).
+    pub target: String,
+    /// The latest requests, oldest first, at most [`TAP_ROWS`].
+    pub events: VecDeque<TapEvent>,
+    /// Requests seen since it opened (more than `events` holds once it scrolls).
+    pub seen: u64,
+    /// The collector's last word on it: agents tapping, dropped.
+    pub status: Option<TapStatus>,
+    /// Why it ended, when it did.
+    pub ended: Option<String>,
 }
 
 /// The link to the collector.
@@ -93,6 +115,29 @@ pub enum Action {
     ToggleDetail,
     /// Select the next outbound edge of the selected node (or the node again).
     NextEdge,
+    /// Open a tap on the selected workload, or close the one open.
+    ToggleTap,
+    /// A request the open tap saw.
+    Tapped {
+        /// The tap's target, so a late event of a closed tap is dropped.
+        target: String,
+        /// The request.
+        event: Box<TapEvent>,
+    },
+    /// The collector's status of the open tap.
+    TapStatus {
+        /// The tap's target.
+        target: String,
+        /// Agents, events, dropped.
+        status: TapStatus,
+    },
+    /// The tap stream ended.
+    TapEnded {
+        /// The tap's target.
+        target: String,
+        /// Why.
+        why: String,
+    },
     /// Sort the table by this column (again: reverse).
     SortBy(usize),
     /// Start typing a filter.
@@ -157,6 +202,13 @@ pub enum Command {
         /// The selected workload's id, whose kept traces are fetched beside.
         workload: String,
     },
+    /// Open a tap on this target (closing any other).
+    Tap {
+        /// A node id.
+        target: String,
+    },
+    /// Close the open tap.
+    StopTap,
 }
 
 /// The UI state.
@@ -180,6 +232,8 @@ pub struct App {
     pub detail: Option<AppDetail>,
     /// Exemplar traces of a workload: `(workload, failed, slowest)`.
     pub traces: Option<(String, Vec<TraceSummary>, Vec<TraceSummary>)>,
+    /// The open tap.
+    pub tap: Option<TapPane>,
     /// The selected node id.
     pub selected: Option<String>,
     /// The selected outbound edge of the selected node, by index among its outbound edges.
@@ -237,6 +291,7 @@ impl App {
             workloads: Vec::new(),
             detail: None,
             traces: None,
+            tap: None,
             selected: None,
             selected_edge: None,
             view: View::Versioned,
@@ -400,6 +455,9 @@ impl App {
                 self.overlay = if self.overlay == Overlay::Help { Overlay::None } else { Overlay::Help };
             }
             Action::Escape => {
+                if self.overlay == Overlay::Tap {
+                    return self.close_tap();
+                }
                 if self.overlay != Overlay::None {
                     self.overlay = Overlay::None;
                 } else if self.filtering {
@@ -514,6 +572,39 @@ impl App {
                     Some(_) => None,
                 };
             }
+            Action::ToggleTap => {
+                if self.tap.is_some() {
+                    return self.close_tap();
+                }
+                let node = self.selected.as_deref().and_then(|id| self.graph.node(id))?;
+                // Only workloads have agents: not the outside (`user`), an unmeshed callee, a namespace.
+                if node.namespace.is_empty() || node.kind == meshlens_model::NodeKind::Namespace {
+                    return None;
+                }
+                let target = node.id.clone();
+                self.tap = Some(TapPane { target: target.clone(), ..TapPane::default() });
+                self.overlay = Overlay::Tap;
+                return Some(Command::Tap { target });
+            }
+            Action::Tapped { target, event } => {
+                if let Some(t) = self.tap.as_mut().filter(|t| t.target == target) {
+                    if t.events.len() == TAP_ROWS {
+                        t.events.pop_front();
+                    }
+                    t.events.push_back(*event);
+                    t.seen += 1;
+                }
+            }
+            Action::TapStatus { target, status } => {
+                if let Some(t) = self.tap.as_mut().filter(|t| t.target == target) {
+                    t.status = Some(status);
+                }
+            }
+            Action::TapEnded { target, why } => {
+                if let Some(t) = self.tap.as_mut().filter(|t| t.target == target) {
+                    t.ended = Some(why);
+                }
+            }
             Action::SortBy(col) => {
                 if col < COLUMNS.len() {
                     self.sort = if self.sort.0 == col { (col, !self.sort.1) } else { (col, col >= 3) };
@@ -569,6 +660,13 @@ impl App {
             }
         }
         None
+    }
+
+    fn close_tap(&mut self) -> Option<Command> {
+        if self.overlay == Overlay::Tap {
+            self.overlay = Overlay::None;
+        }
+        self.tap.take().map(|_| Command::StopTap)
     }
 
     /// Whether the detail pane shows on a terminal `width` cells wide. By default only where it
@@ -637,6 +735,7 @@ pub fn key_action(key: KeyEvent, app: &App) -> Option<Action> {
         KeyCode::Enter => Action::PickRevision,
         KeyCode::Char('d') => Action::ToggleDetail,
         KeyCode::Char('e') => Action::NextEdge,
+        KeyCode::Char('t') => Action::ToggleTap,
         KeyCode::Char('/') => Action::StartFilter,
         KeyCode::Char(c @ '1'..='9') => Action::SortBy(c as usize - '1' as usize),
         KeyCode::Char('0') => Action::SortBy(9),

@@ -194,3 +194,42 @@ fn the_link_state_and_staleness_follow_the_collector() {
     assert_eq!(app.staleness().map(|s| s.round()), Some(7.0));
     assert_eq!(app.update(Action::Connection(Connection::Live)), Some(app.refresh()), "back: fetch again");
 }
+
+fn tapped(target: &str, path: &str) -> Action {
+    Action::Tapped {
+        target: target.into(),
+        event: Box::new(TapEvent {
+            direction: meshlens_model::tap::Direction::Inbound,
+            source: "bookinfo/productpage/v1".into(),
+            destination: target.into(),
+            path: path.into(),
+            status: 200,
+            ..TapEvent::default()
+        }),
+    }
+}
+
+#[test]
+fn t_taps_the_selected_workload_keeps_the_latest_and_closes() {
+    let mut app = loaded();
+    assert_eq!(app.update(Action::ToggleTap), None, "the outside (user) has no agent to tap");
+    assert_eq!(app.overlay, Overlay::None);
+    app.update(Action::Move(Dir::Right));
+    let target = "bookinfo/productpage/v1";
+    assert_eq!(app.update(Action::ToggleTap), Some(Command::Tap { target: target.into() }));
+    assert_eq!(app.overlay, Overlay::Tap);
+    for i in 0..TAP_ROWS + 5 {
+        app.update(tapped(target, &format!("/{i}")));
+    }
+    app.update(tapped("bookinfo/details/v1", "/late"));
+    let tap = app.tap.as_ref().unwrap();
+    assert_eq!((tap.events.len(), tap.seen), (TAP_ROWS, TAP_ROWS as u64 + 5), "bounded; a closed tap's event dropped");
+    assert_eq!(tap.events.front().unwrap().path, "/5");
+    assert_eq!(tap.events.back().unwrap().path, format!("/{}", TAP_ROWS + 4));
+    assert_eq!(key_action(KeyEvent::new(KeyCode::Char('t'), KeyModifiers::NONE), &app), Some(Action::ToggleTap));
+    assert_eq!(app.update(Action::Escape), Some(Command::StopTap));
+    assert!(app.tap.is_none());
+    assert_eq!(app.overlay, Overlay::None);
+    assert_eq!(app.update(Action::ToggleTap), Some(Command::Tap { target: target.into() }));
+    assert_eq!(app.update(Action::ToggleTap), Some(Command::StopTap), "t again closes it");
+}

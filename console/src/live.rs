@@ -1,6 +1,7 @@
 //! The collector task: follows the SSE stream (`/api/v1/stream`) and turns each published revision
 //! into [`Action::Published`]; runs the UI's [`Command`]s (fetches) and sends their answers back as
-//! actions. When the stream breaks it says so and reconnects with backoff, so the console survives
+//! actions; follows the one tap the UI may have open (`/api/v1/tap`) as [`Action::Tapped`]. When the
+//! stream breaks it says so and reconnects with backoff, so the console survives
 //! a collector restart.
 
 use std::time::Duration;
@@ -18,7 +19,24 @@ pub async fn run(
     actions: mpsc::UnboundedSender<Action>,
 ) {
     let stream = tokio::spawn(follow(client.base().to_owned(), client.token().map(str::to_owned), actions.clone()));
+    let mut tap: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(cmd) = commands.recv().await {
+        match cmd {
+            Command::Tap { target } => {
+                if let Some(old) = tap.replace(tokio::spawn(follow_tap(client.clone(), target, actions.clone()))) {
+                    old.abort();
+                }
+                continue;
+            }
+            Command::StopTap => {
+                // Dropping the stream closes it; the collector then tells the agents to stop.
+                if let Some(old) = tap.take() {
+                    old.abort();
+                }
+                continue;
+            }
+            _ => {}
+        }
         let client = client.clone();
         let actions = actions.clone();
         // Fetches run side by side; each answer is applied when it arrives.
@@ -32,6 +50,7 @@ pub async fn run(
                     }
                     g.map(|g| Action::Graph(Box::new(g)))
                 }
+                Command::Tap { .. } | Command::StopTap => return,
                 Command::Revisions => client.revisions(200).await.map(|r| Action::Revisions(r.revisions)),
                 Command::Detail { namespace, app, window, workload } => {
                     let (d, failed, slowest) = tokio::join!(
@@ -57,6 +76,32 @@ pub async fn run(
         });
     }
     stream.abort();
+    if let Some(t) = tap {
+        t.abort();
+    }
+}
+
+/// Follows a tap until it ends or is aborted, then says why it ended.
+async fn follow_tap(client: Client, target: String, actions: mpsc::UnboundedSender<Action>) {
+    use crate::client::TapMessage;
+    let why = match client.tap(&target, None, None).await {
+        Ok(stream) => {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let action = match stream.next().await {
+                    Some(Ok(TapMessage::Request(event))) => Action::Tapped { target: target.clone(), event },
+                    Some(Ok(TapMessage::Status(status))) => Action::TapStatus { target: target.clone(), status },
+                    Some(Err(e)) => break e.to_string(),
+                    None => break "the collector closed the tap".to_owned(),
+                };
+                if actions.send(action).is_err() {
+                    return;
+                }
+            }
+        }
+        Err(e) => e.to_string(),
+    };
+    let _ = actions.send(Action::TapEnded { target, why });
 }
 
 async fn follow(base: String, token: Option<String>, actions: mpsc::UnboundedSender<Action>) {

@@ -282,15 +282,14 @@ pub fn write_traces<W: Write>(out: &mut W, traces: &[TraceSummary]) -> io::Resul
 /// :status=200 latency=12ms retries=0 route="GET /reviews/{id}" trace=…`. Every field is escaped
 /// for the terminal (paths come from requests).
 pub fn write_tap_event<W: Write>(out: &mut W, e: &meshlens_model::tap::TapEvent) -> io::Result<()> {
-    let t = e.time_unix_ms % 86_400_000;
-    let (h, m, s, milli) = (t / 3_600_000, t / 60_000 % 60, t / 1000 % 60, t % 1000);
     let esc = |s: &str| escape::terminal(s).into_owned();
     let dst = match &e.destination_version {
         Some(v) => format!("{}/{}", esc(&e.destination), esc(v)),
         None => esc(&e.destination),
     };
     let mut line = format!(
-        "{h:02}:{m:02}:{s:02}.{milli:03} {:<3} src={} dst={dst} :method={} :path={} :status={}",
+        "{} {:<3} src={} dst={dst} :method={} :path={} :status={}",
+        clock(e.time_unix_ms),
         e.direction.short(),
         esc(&e.source),
         esc(&e.method),
@@ -308,6 +307,12 @@ pub fn write_tap_event<W: Write>(out: &mut W, e: &meshlens_model::tap::TapEvent)
         line.push_str(&format!(" trace={}{}", e.trace_id, if e.sampled { "" } else { " (not sampled)" }));
     }
     writeln!(out, "{line}")
+}
+
+/// A time of day in UTC to the millisecond, `12:00:01.234`.
+pub fn clock(unix_ms: u64) -> String {
+    let t = unix_ms % 86_400_000;
+    format!("{:02}:{:02}:{:02}.{:03}", t / 3_600_000, t / 60_000 % 60, t / 1000 % 60, t % 1000)
 }
 
 /// `meshlens top`: `linkerd viz top`'s columns, most requests first, at most `limit` rows.

@@ -50,6 +50,7 @@ pub fn draw(frame: &mut Frame, app: &mut App) {
     match app.overlay {
         Overlay::Help => draw_help(frame, area),
         Overlay::Revisions => draw_revisions(frame, app, area),
+        Overlay::Tap => draw_tap(frame, app, area),
         Overlay::None => {}
     }
 }
@@ -425,7 +426,7 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
 }
 
 /// The keys, as `?` shows them.
-pub const KEYS: [(&str, &str); 19] = [
+pub const KEYS: [(&str, &str); 20] = [
     ("←↑↓→ hjkl", "move along the graph (callers, callees, same column)"),
     ("e", "select the next outbound edge of the node"),
     ("Enter / d", "show / toggle the detail pane"),
@@ -436,6 +437,7 @@ pub const KEYS: [(&str, &str); 19] = [
     ("PgUp PgDn < >", "scroll the graph"),
     ("w", "next window: 30s 1m 5m 15m 1h"),
     ("r", "revisions; Enter shows one"),
+    ("t", "tap the selected workload: its requests live / close"),
     ("L", "back to live"),
     ("Tab", "graph / workloads table"),
     ("1-9 0", "sort the table by a column (again: reverse)"),
@@ -493,4 +495,66 @@ fn draw_revisions(frame: &mut Frame, app: &App, area: Rect) {
             .row_highlight_style(Style::new().reversed());
     let mut state = TableState::default().with_selected(Some(app.revision_cursor));
     frame.render_stateful_widget(table, rect, &mut state);
+}
+
+fn draw_tap(frame: &mut Frame, app: &App, area: Rect) {
+    let Some(tap) = &app.tap else { return };
+    let rect = centered(area, area.width.saturating_sub(4).max(20), area.height.saturating_sub(4).max(5));
+    frame.render_widget(Clear, rect);
+    let esc = |s: &str| meshlens_model::escape::terminal(s).into_owned();
+    // Newest at the bottom, as `meshlens tap` prints them: the rows that fit, latest last.
+    let fit = usize::from(rect.height.saturating_sub(3));
+    let rows: Vec<Row> = tap
+        .events
+        .iter()
+        .skip(tap.events.len().saturating_sub(fit))
+        .map(|e| {
+            let to = match &e.destination_version {
+                Some(v) => format!("{}/{}", e.destination, v),
+                None => e.destination.clone(),
+            };
+            let status = match e.grpc_status {
+                Some(g) => format!("{} grpc {g}", e.status),
+                None => e.status.to_string(),
+            };
+            let style = if e.failed() { Style::new().fg(Color::Red) } else { Style::new() };
+            Row::new(vec![
+                Cell::from(crate::text::clock(e.time_unix_ms)),
+                Cell::from(e.direction.short()),
+                Cell::from(esc(&e.source)),
+                Cell::from(esc(&to)),
+                Cell::from(esc(&e.method)),
+                Cell::from(esc(&e.path)),
+                Cell::from(status),
+                Cell::from(format_ms(e.latency_ms)),
+                Cell::from(e.retries.to_string()),
+                Cell::from(e.trace_id.clone()),
+            ])
+            .style(style)
+        })
+        .collect();
+    let state = match (&tap.ended, &tap.status) {
+        (Some(why), _) => format!("ended: {}", esc(why)),
+        (None, Some(s)) => {
+            format!("{} of {} agents tapping, {} requests, {} dropped", s.live, s.agents, tap.seen, s.dropped)
+        }
+        (None, None) => "opening".to_owned(),
+    };
+    let title = format!(" Tap {}: {state} (t or Esc closes) ", esc(&tap.target));
+    let widths = [
+        Constraint::Length(12),
+        Constraint::Length(3),
+        Constraint::Length(22),
+        Constraint::Length(22),
+        Constraint::Length(6),
+        Constraint::Min(12),
+        Constraint::Length(10),
+        Constraint::Length(8),
+        Constraint::Length(7),
+        Constraint::Length(32),
+    ];
+    let header = Row::new(["TIME", "DIR", "FROM", "TO", "METHOD", "PATH", "STATUS", "LATENCY", "RETRIES", "TRACE"]);
+    let table =
+        Table::new(rows, widths).header(header.style(Style::new().bold())).block(Block::bordered().title(title));
+    frame.render_widget(table, rect);
 }

@@ -24,10 +24,11 @@ pub const TAP_STREAM_QUEUE: usize = 4096;
 pub const MAX_FIND_BYTES: usize = 1024;
 
 /// Which side of the tapped agent a request passed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// The workload called out (seen by its outbound listener).
+    #[default]
     Outbound,
     /// A caller called the workload (seen by its inbound listener).
     Inbound,
@@ -44,7 +45,7 @@ impl Direction {
 }
 
 /// One request an agent saw, answered.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TapEvent {
     /// When it started, ms since the Unix epoch.
     pub time_unix_ms: u64,

@@ -184,3 +184,55 @@ async fn the_detail_pane_lists_the_selected_workloads_failed_and_slow_traces() {
     t.keys(&["q"]);
     eventually("the console to exit", 10, || async { (!t.alive()).then_some(()) }).await;
 }
+
+/// `t` on the selected node opens a tap on it: the requests its agent sees, live, with caller,
+/// path, status and latency; `t` again closes it and the agent stops sampling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t_opens_a_tap_on_the_selected_workload() {
+    let bin = tool("MESHLENS_TMUX", "/usr/bin/tmux", "tmux");
+    let c = collector().await;
+    let hop = crate::backend::Hop::start(&c, "").await;
+    for _ in 0..3 {
+        assert_eq!(hop.app.get("b", "/ok").await.0, 200);
+    }
+    wait_edge(&c, "", "shop/a/v1", "shop/b/v1", 3).await;
+
+    let t = Tmux { bin, session: format!("meshlens-console-tap-{}", std::process::id()) };
+    let cmd = format!("{} console --collector {}", env!("CARGO_BIN_EXE_meshlens"), c.api_url());
+    t.run(&["new-session", "-d", "-s", &t.session, "-x", "160", "-y", "40", &cmd]);
+    t.wait_for("● live", 20).await;
+    // The first column's box (a) is selected; right goes to its callee, b.
+    t.keys(&["Right", "t"]);
+    t.wait_for("Tap shop/b/v1", 10).await;
+    let mut n = 0;
+    let screen = eventually("tapped requests on the console", 20, || {
+        n += 1;
+        let (app, t) = (&hop.app, &t);
+        async move {
+            assert_eq!(app.get("b", &format!("/ok/tapped-{n}")).await.0, 200);
+            let s = t.screen();
+            (s.contains("/ok/tapped-") && s.contains("1 of 1 agents tapping")).then_some(s)
+        }
+    })
+    .await;
+    let row = screen.lines().find(|l| l.contains("/ok/tapped-")).unwrap();
+    assert!(row.contains(" in ") && row.contains("shop/a/v1") && row.contains("GET") && row.contains("200"), "{row}");
+
+    t.keys(&["t"]);
+    eventually("the tap overlay to close", 10, || async { (!t.screen().contains("Tap shop/b/v1")).then_some(()) })
+        .await;
+    let queued = eventually("b's agent to stop sampling", 20, || async {
+        let before = hop.b.counters.tap_events_queued.get();
+        assert_eq!(hop.app.get("b", "/ok").await.0, 200);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        (hop.b.counters.tap_events_queued.get() == before).then_some(before)
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(hop.app.get("b", "/ok").await.0, 200);
+    }
+    assert_eq!(hop.b.counters.tap_events_queued.get(), queued);
+    t.keys(&["q"]);
+    eventually("the console to exit", 10, || async { (!t.alive()).then_some(()) }).await;
+    hop.shutdown().await;
+}
