@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use meshlens_model::api::{AppDetail, TraceSummary, WorkloadRow, WorkloadsBody};
+use meshlens_model::api::{AppDetail, RoutesBody, TraceSummary, WorkloadRow, WorkloadsBody};
 use meshlens_model::graph::{GraphSnapshot, RevisionSummary, View};
 use meshlens_model::layout::{Layout, edge_label, layout};
 use meshlens_model::tap::{TapEvent, TapStatus};
@@ -165,6 +165,8 @@ pub enum Action {
         /// Slowest traces.
         slowest: Vec<TraceSummary>,
     },
+    /// A service's routes (as its callers' agents counted them) from the collector.
+    Routes(Box<RoutesBody>),
     /// The revisions list from the collector.
     Revisions(Vec<RevisionSummary>),
     /// A new revision was published (SSE).
@@ -232,6 +234,8 @@ pub struct App {
     pub detail: Option<AppDetail>,
     /// Exemplar traces of a workload: `(workload, failed, slowest)`.
     pub traces: Option<(String, Vec<TraceSummary>, Vec<TraceSummary>)>,
+    /// The selected service's routes.
+    pub routes: Option<RoutesBody>,
     /// The open tap.
     pub tap: Option<TapPane>,
     /// The selected node id.
@@ -292,6 +296,7 @@ impl App {
             detail: None,
             traces: None,
             tap: None,
+            routes: None,
             selected: None,
             selected_edge: None,
             view: View::Versioned,
@@ -633,6 +638,7 @@ impl App {
             }
             Action::Workloads(w) => self.workloads = w.workloads,
             Action::Detail(d) => self.detail = Some(*d),
+            Action::Routes(r) => self.routes = Some(*r),
             Action::Traces { workload, failed, slowest } => self.traces = Some((workload, failed, slowest)),
             Action::Revisions(mut r) => {
                 r.reverse();

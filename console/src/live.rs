@@ -53,11 +53,17 @@ pub async fn run(
                 Command::Tap { .. } | Command::StopTap => return,
                 Command::Revisions => client.revisions(200).await.map(|r| Action::Revisions(r.revisions)),
                 Command::Detail { namespace, app, window, workload } => {
-                    let (d, failed, slowest) = tokio::join!(
+                    let service = format!("{namespace}/{app}");
+                    let (d, failed, slowest, routes) = tokio::join!(
                         client.app(&namespace, &app, &window),
                         client.traces(Some(&workload), None, true, false, 3),
                         client.traces(Some(&workload), None, false, true, 3),
+                        client.routes(&service, None, &window),
                     );
+                    // A service nobody has routed to yet has no routes to show.
+                    if let Ok(r) = routes {
+                        let _ = actions.send(Action::Routes(Box::new(r)));
+                    }
                     // A collector without a trace store (or an older one) leaves the list out.
                     if let (Ok(f), Ok(s)) = (failed, slowest) {
                         let _ = actions.send(Action::Traces { workload, failed: f.traces, slowest: s.traces });

@@ -316,6 +316,9 @@ fn stats_lines(label: &str, s: &Stats) -> Vec<Line<'static>> {
     lines
 }
 
+/// Routes the detail pane lists; `meshlens routes` shows them all.
+const MAX_DETAIL_ROUTES: usize = 8;
+
 fn draw_detail(frame: &mut Frame, app: &App, area: Rect) {
     let block = Block::new().borders(Borders::LEFT).title(" Detail ");
     let inner = block.inner(area);
@@ -382,6 +385,26 @@ fn draw_detail(frame: &mut Frame, app: &App, area: Rect) {
         if !out.is_empty() {
             lines.push(Line::from(Span::styled("calls (e selects)", Style::new().fg(Color::DarkGray))));
             lines.extend(out.into_iter().map(Line::from));
+        }
+        if let Some(r) = &app.routes
+            && r.service == format!("{}/{}", n.namespace, n.app)
+            && !r.routes.is_empty()
+        {
+            lines.push(Line::from(Span::styled("routes (meshlens routes)", Style::new().fg(Color::DarkGray))));
+            for row in r.routes.iter().take(MAX_DETAIL_ROUTES) {
+                let s = &row.stats;
+                let color = if s.error_pct.unwrap_or(0.0) > 0.0 { Color::Yellow } else { Color::Reset };
+                lines.push(Line::from(vec![
+                    Span::styled(meshlens_model::escape::terminal(&row.route).into_owned(), Style::new().fg(color)),
+                    Span::raw(format!("  {:.2}rps {}% p99 {}", s.rps, pct(s.success_pct), lat(s)[2])),
+                ]));
+            }
+            if r.routes.len() > MAX_DETAIL_ROUTES {
+                lines.push(Line::from(Span::styled(
+                    format!("  … {} more", r.routes.len() - MAX_DETAIL_ROUTES),
+                    Style::new().fg(Color::DarkGray),
+                )));
+            }
         }
         if let Some((w, failed, slowest)) = &app.traces
             && *w == n.id

@@ -236,3 +236,35 @@ async fn t_opens_a_tap_on_the_selected_workload() {
     eventually("the console to exit", 10, || async { (!t.alive()).then_some(()) }).await;
     hop.shutdown().await;
 }
+
+/// The detail pane of a service's workload lists its routes, as `meshlens routes` counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_detail_pane_lists_the_selected_services_routes() {
+    let bin = tool("MESHLENS_TMUX", "/usr/bin/tmux", "tmux");
+    let c = collector().await;
+    let policy = "b:\n  routes:\n    - matches: [{method: GET, path: {type: Template, value: '/status/{code}'}}]";
+    let hop = crate::backend::Hop::start(&c, policy).await;
+    for path in ["/status/200", "/status/200", "/status/200", "/status/200", "/status/503", "/ok", "/ok"] {
+        hop.app.get("b", path).await;
+    }
+    let api = c.api_url();
+    eventually("the routes counted", 20, || async {
+        let (_, body) = crate::support::get_json(&format!("{api}/api/v1/routes?service=b&window=1m")).await;
+        let total: u64 = body["routes"].as_array()?.iter().map(|r| r["stats"]["requests"].as_u64().unwrap_or(0)).sum();
+        (total == 7).then_some(())
+    })
+    .await;
+
+    let t = Tmux { bin, session: format!("meshlens-console-routes-{}", std::process::id()) };
+    let cmd = format!("{} console --collector {api}", env!("CARGO_BIN_EXE_meshlens"));
+    t.run(&["new-session", "-d", "-s", &t.session, "-x", "200", "-y", "50", &cmd]);
+    t.wait_for("● live", 20).await;
+    t.keys(&["Right"]);
+    let screen = t.wait_for("routes (meshlens routes)", 20).await;
+    let line = |what: &str| screen.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}:\n{screen}"));
+    assert!(line("GET /status/{code}").contains("80.00%"), "{screen}");
+    assert!(line("[default]").contains("100.00%"), "{screen}");
+    t.keys(&["q"]);
+    eventually("the console to exit", 10, || async { (!t.alive()).then_some(()) }).await;
+    hop.shutdown().await;
+}
