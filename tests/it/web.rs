@@ -24,6 +24,17 @@ async fn the_topology_shows_the_graph_follows_it_live_and_renders_names_as_text(
     grpc_traces(&c, pairs(2, ("frontend", "v1"), ("payments", "v1"), 20, 500, 20)).await.unwrap();
     grpc_traces(&c, pairs(3, ("frontend", "v1"), ("<img src=x onerror=alert(1)>", "v1"), 5, 200, 3)).await.unwrap();
     wait_edge(&c, "", "default/frontend/v1", "default/payments/v1", 20).await;
+    // Real agents with a declared route, for the panel's routes: shop/a → shop/b, 4 of 5 on the
+    // route succeed, two requests fall to [default].
+    let hop = crate::backend::Hop::start(
+        &c,
+        "b:\n  routes:\n    - matches: [{method: GET, path: {type: Template, value: '/status/{code}'}}]",
+    )
+    .await;
+    for path in ["/status/200", "/status/200", "/status/200", "/status/200", "/status/503", "/ok", "/ok"] {
+        hop.app.get("b", path).await;
+    }
+    wait_edge(&c, "", "shop/a/v1", "shop/b/v1", 7).await;
 
     let shot = std::env::temp_dir().join(format!("meshlens-web-{}.png", std::process::id()));
     // ES modules find packages from the script's own folder (NODE_PATH is not read for imports), so
@@ -58,6 +69,7 @@ async fn the_topology_shows_the_graph_follows_it_live_and_renders_names_as_text(
     .expect("the browser test finished in time");
     assert!(result.success() && said.last().map(String::as_str) == Some("OK"), "{said:#?}");
     println!("screenshot: {}", shot.display());
+    hop.shutdown().await;
 }
 
 /// A 10-namespace, 300-service mesh (the model's synthetic generator, its spans through OTLP):

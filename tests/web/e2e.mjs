@@ -81,6 +81,16 @@ try {
   if ((await page.$$('#trace-waterfall tr.failed')).length === 0) await fail('no span marked failed');
   console.log(`trace: ${traceId} ${spanRows.length} spans`);
 
+  // A service's routes, as the agents counted them: the API's rows, in its order.
+  await page.click('[data-node="shop/b/v1"]');
+  await page.waitForSelector('#panel-routes tr.route', { timeout: 10000 }).catch(() => fail('no routes in the panel'));
+  const routes = await (await fetch(new URL('/api/v1/routes?service=shop/b&window=1m', url))).json();
+  const shown = await page.$$eval('#panel-routes tr.route', (trs) => trs.map((t) => [...t.children].map((c) => c.textContent)));
+  const want = routes.routes.map((r) => [r.route, r.stats.success_pct.toFixed(2)]);
+  if (JSON.stringify(shown.map((c) => [c[0], c[2]])) !== JSON.stringify(want)) await fail(`routes ${JSON.stringify(shown)} against the API's ${JSON.stringify(want)}`);
+  if (!shown.some((c) => c[0] === 'GET /status/{code}' && c[2] === '80.00')) await fail(`no GET /status/{code} at 80% in ${JSON.stringify(shown)}`);
+  console.log(`routes: ${JSON.stringify(shown)}`);
+
   // 3. Live: new traffic shows without a reload.
   console.log('WAITING update');
   await nextLine();

@@ -3,8 +3,8 @@
 //!
 //! The topology is SVG drawn from the shared layout (`meshlens_model::layout`), with app boxes,
 //! health colours, switchable edge labels, a lock on mTLS edges, pan and zoom; a side panel shows
-//! Kiali's tables for the clicked node or edge and its kept failed traces, each opening as a
-//! waterfall; find/hide takes the expression language of
+//! Kiali's tables for the clicked node or edge, its service's routes (linkerd viz routes' columns)
+//! and its kept failed traces, each opening as a waterfall; find/hide takes the expression language of
 //! `meshlens_model::find`; live updates come from the SSE stream; a slider steps through revisions;
 //! the URL holds the whole view (`meshlens_model::viewstate`). A large mesh opens as namespaces
 //! (the collector's `namespace` view); a namespace expands into its apps and collapses back, and
@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use gloo_net::eventsource::futures::EventSource;
 use gloo_net::http::Request;
 use leptos::prelude::*;
-use meshlens_model::api::{AppDetail, TraceBody, TracesBody, WorkloadRow, WorkloadsBody};
+use meshlens_model::api::{AppDetail, RoutesBody, TraceBody, TracesBody, WorkloadRow, WorkloadsBody};
 use meshlens_model::find;
 use meshlens_model::graph::{GraphSnapshot, Node, NodeKind, RevisionsBody, View};
 use meshlens_model::layout::{self, Layout, layout};
@@ -119,6 +119,7 @@ pub fn App() -> impl IntoView {
     let workloads = RwSignal::new(Vec::<WorkloadRow>::new());
     let detail = RwSignal::new(None::<AppDetail>);
     let traces = RwSignal::new(None::<(String, TracesBody)>);
+    let routes = RwSignal::new(None::<(String, RoutesBody)>);
     let revisions = RwSignal::new(None::<RevisionsBody>);
     let error = RwSignal::new(None::<String>);
     let need_token = RwSignal::new(false);
@@ -207,6 +208,34 @@ pub fn App() -> impl IntoView {
         });
     });
 
+    // The routes behind the selection: a node's service's (every caller), or an edge's target's as its
+    // source called them, refetched with the graph so they stay live.
+    Effect::new(move |_| {
+        let (sel, window) = state.with(|s| (s.selected.clone(), s.window.clone()));
+        let Some(sel) = sel else { return };
+        let enc = meshlens_model::viewstate::encode;
+        let q = graph.with(|g| {
+            let g = g.as_ref()?;
+            let service = |n: &Node| {
+                (!n.namespace.is_empty() && n.kind != NodeKind::Namespace).then(|| format!("{}/{}", n.namespace, n.app))
+            };
+            match g.node(&sel) {
+                Some(n) => service(n).map(|s| format!("service={}", enc(&s))),
+                None => {
+                    let e = g.edges.iter().find(|e| e.id == sel)?;
+                    let s = service(g.node(&e.target)?)?;
+                    Some(format!("service={}&from={}", enc(&s), enc(&e.source)))
+                }
+            }
+        });
+        let Some(q) = q else { return };
+        leptos::task::spawn_local(async move {
+            // A service nobody has routed to is answered 404: nothing to show.
+            let answer = get::<RoutesBody>(&format!("/api/v1/routes?{q}&window={window}")).await.ok();
+            routes.set(answer.map(|r| (sel, r)));
+        });
+    });
+
     // Live: each published revision refetches, unless a revision is pinned.
     leptos::task::spawn_local(async move {
         let Ok(mut es) = EventSource::new(&api("/api/v1/stream")) else { return };
@@ -237,7 +266,7 @@ pub fn App() -> impl IntoView {
             {move || match page.get() {
                 Page::Graph => view! {
                     <Topology state=state graph=graph />
-                    <Panel state=state graph=graph detail=detail traces=traces />
+                    <Panel state=state graph=graph detail=detail traces=traces routes=routes />
                 }.into_any(),
                 Page::Workloads => view! { <Workloads rows=workloads /> }.into_any(),
             }}
@@ -611,6 +640,7 @@ fn Panel(
     graph: RwSignal<Option<GraphSnapshot>>,
     detail: RwSignal<Option<AppDetail>>,
     traces: RwSignal<Option<(String, TracesBody)>>,
+    routes: RwSignal<Option<(String, RoutesBody)>>,
 ) -> impl IntoView {
     let opened = RwSignal::new(None::<TraceBody>);
     view! {
@@ -664,6 +694,34 @@ fn Panel(
                                 "  mTLS "{format!("{:.0}%", e.stats.mtls_pct.unwrap_or(0.0))}</p>
                         }.into_any())
                     }
+                })
+            }}
+            {move || {
+                let sel = state.with(|s| s.selected.clone());
+                routes.with(|r| {
+                    let (_, body) = r.as_ref().filter(|(s, _)| Some(s) == sel.as_ref())?;
+                    if body.routes.is_empty() {
+                        return None;
+                    }
+                    // linkerd viz routes' columns: effective figures, and actual ones where retries happened.
+                    let retried = body.routes.iter().any(|r| r.stats.retries.unwrap_or(0) > 0);
+                    let rows = body.routes.iter().map(|r| {
+                        let s = &r.stats;
+                        let p99 = s.latency_ms.as_ref().map_or("-".to_owned(), |l| format_ms(l.p99));
+                        let actual = retried.then(|| view! {
+                            <td>{pct(r.actual_success_pct)}</td><td>{format!("{:.2}", r.actual_rps)}</td>
+                        });
+                        view! {
+                            <tr class="route"><td>{r.route.clone()}</td><td>{format!("{:.2}", s.rps)}</td>
+                                <td>{pct(s.success_pct)}</td><td>{p99}</td>{actual}</tr>
+                        }
+                    }).collect::<Vec<_>>();
+                    let actual_head = retried.then(|| view! { <th>"Actual %"</th><th>"Actual RPS"</th> });
+                    Some(view! {
+                        <div id="panel-routes"><h4>"Routes"</h4>
+                            <table><tr><th>"Route"</th><th>"RPS"</th><th>"%Success"</th><th>"P99"</th>{actual_head}</tr>{rows}</table>
+                        </div>
+                    })
                 })
             }}
             {move || {
