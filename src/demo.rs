@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use meshlens_agent::pool::{ProxyBody, Upstream};
-use meshlens_model::policy::PolicyFile;
+use meshlens_model::policy::{CallSpec, PolicyFile};
 use meshlens_model::time::parse_duration;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -61,9 +61,10 @@ pub struct AppSpec {
 pub struct VersionSpec {
     /// Median service time of the app itself.
     pub latency: String,
-    /// Services it calls, in order.
+    /// Services it calls, in order: a name (the request `GET /NAME`), or `{service, method, path,
+    /// headers}` to call one of the service's routes.
     #[serde(default)]
-    pub calls: Vec<String>,
+    pub calls: Vec<CallSpec>,
     /// Percent of requests it fails with a 500.
     #[serde(default)]
     pub error_pct: f64,
@@ -84,7 +85,7 @@ struct Version {
     latency: Duration,
     extra_delay: Duration,
     error_pct: f64,
-    calls: Vec<String>,
+    calls: Vec<CallSpec>,
 }
 
 /// What to run.
@@ -140,10 +141,12 @@ fn resolve(config: &DemoConfig) -> Result<(MeshFile, Vec<Version>), DemoError> {
             if !(0.0..=100.0).contains(&v.error_pct) {
                 return Err(DemoError(format!("{at}.error_pct: {} is not a percent", v.error_pct)));
             }
-            for (i, callee) in v.calls.iter().enumerate() {
+            for (i, call) in v.calls.iter().enumerate() {
+                let callee = call.service();
                 if !mesh.apps.contains_key(callee) || callee == app {
                     return Err(DemoError(format!("{at}.calls[{i}]: no other app {callee:?} under apps")));
                 }
+                call.check().map_err(|e| DemoError(format!("{at}.calls[{i}]: {e}")))?;
             }
             let extra_delay = match &v.delay {
                 Some(d) => parse_duration(d).map_err(|e| DemoError(format!("{at}.delay: {e}")))?,
@@ -189,7 +192,10 @@ fn resolve(config: &DemoConfig) -> Result<(MeshFile, Vec<Version>), DemoError> {
             if order.contains(app) {
                 continue;
             }
-            let ready = versions.iter().filter(|v| &v.app == app).all(|v| v.calls.iter().all(|c| order.contains(c)));
+            let ready = versions
+                .iter()
+                .filter(|v| &v.app == app)
+                .all(|v| v.calls.iter().all(|c| order.iter().any(|o| o == c.service())));
             if ready {
                 order.push(app.clone());
             }
@@ -255,12 +261,23 @@ async fn serve_app(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Ful
     }
     let traceparent = req.headers().get("traceparent").cloned();
     let mut parts = Vec::new();
-    for callee in &v.calls {
+    for spec in &v.calls {
         let Some(outbound) = app.outbound.get() else { break };
+        let callee = spec.service();
         let mut call = Request::new(ProxyBody::empty());
-        *call.uri_mut() = format!("/{callee}").parse().unwrap_or_default();
+        *call.uri_mut() = spec.path().parse().unwrap_or_default();
+        *call.method_mut() = spec.method().parse().unwrap_or_default();
         if let Ok(host) = callee.parse() {
             call.headers_mut().insert(http::header::HOST, host);
+        }
+        if let CallSpec::Request(r) = spec {
+            for (name, value) in &r.headers {
+                if let (Ok(n), Ok(v)) =
+                    (http::HeaderName::try_from(name.as_str()), http::HeaderValue::try_from(value.as_str()))
+                {
+                    call.headers_mut().insert(n, v);
+                }
+            }
         }
         if let Some(tp) = &traceparent {
             call.headers_mut().insert("traceparent", tp.clone());
@@ -360,14 +377,14 @@ fn agent_config(
 ) -> Result<meshlens_agent::AgentConfig, DemoError> {
     let mut services = serde_json::Map::new();
     let mut policies = serde_json::Map::new();
-    for callee in &v.calls {
+    for callee in v.calls.iter().map(CallSpec::service) {
         let mut versions = serde_json::Map::new();
         for (version, addr) in callees.get(callee).map(Vec::as_slice).unwrap_or_default() {
             versions.insert(version.clone(), serde_json::json!([addr.to_string()]));
         }
-        services.insert(callee.clone(), serde_json::json!({ "versions": versions }));
+        services.insert(callee.to_owned(), serde_json::json!({ "versions": versions }));
         if let Some(p) = policy.services.get(callee) {
-            policies.insert(callee.clone(), serde_json::to_value(p).map_err(|e| DemoError(e.to_string()))?);
+            policies.insert(callee.to_owned(), serde_json::to_value(p).map_err(|e| DemoError(e.to_string()))?);
         }
     }
     let mut file = serde_json::json!({

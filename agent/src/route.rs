@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
 use meshlens_model::Workload;
-use meshlens_model::policy::{DEFAULT_ROUTE, HttpRoute, LoadBalancer, Retries, ServicePolicy};
+use meshlens_model::policy::{DEFAULT_ROUTE, LoadBalancer, Retries, ServicePolicy};
 use meshlens_model::policy_core::{self, Ejection, Outcome, Reported, RetryBudget};
 use parking_lot::Mutex;
 
@@ -146,15 +146,11 @@ pub struct Plan<'r> {
 }
 
 impl Route {
-    /// The route a request is (`policy_core::match_route`, the simulator's rule too) and its plan.
+    /// The route a request is and its plan (`policy_core::plan`, the simulator's rule too).
     pub fn plan<'h>(&self, method: &str, path: &str, header: impl Fn(&str) -> Option<&'h str>) -> Plan<'_> {
-        let routes: &[HttpRoute] = &self.policy.routes;
-        let i = policy_core::match_route(routes, method, path, header);
-        let metrics = &self.http[i.unwrap_or(self.http.len() - 1)];
-        match i.and_then(|i| routes.get(i)) {
-            Some(r) => Plan { timeout: r.timeout, retries: r.retries.as_ref(), metrics },
-            None => Plan { timeout: self.policy.timeout, retries: self.policy.retries.as_ref(), metrics },
-        }
+        let p = policy_core::plan(&self.policy, method, path, header);
+        let metrics = &self.http[p.route.unwrap_or(self.http.len() - 1)];
+        Plan { timeout: p.timeout, retries: p.retries, metrics }
     }
 
     /// Picks a version by the split: weighted, random.

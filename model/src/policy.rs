@@ -327,6 +327,95 @@ pub const MAX_ROUTES: usize = 50;
 /// Longest route name, bytes.
 pub const MAX_ROUTE_NAME: usize = 128;
 
+/// A call an app makes, as a mesh or scenario file writes it: a service's name alone (the request
+/// `GET /SERVICE`, what the demo's apps send), or `{service, method, path, headers}`, so the call
+/// meets the service's routes as a real request would.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CallSpec {
+    /// `GET /SERVICE`.
+    Service(String),
+    /// A request of its own.
+    Request(CallRequest),
+}
+
+/// A call's request, as written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallRequest {
+    /// The service called.
+    pub service: String,
+    /// HTTP method; GET when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The request target; `/SERVICE` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Headers sent (names matched case-insensitively, as routes match them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl CallSpec {
+    /// The service called.
+    pub fn service(&self) -> &str {
+        match self {
+            CallSpec::Service(s) => s,
+            CallSpec::Request(r) => &r.service,
+        }
+    }
+
+    /// The method, upper-case.
+    pub fn method(&self) -> String {
+        match self {
+            CallSpec::Request(CallRequest { method: Some(m), .. }) => m.to_ascii_uppercase(),
+            _ => "GET".to_owned(),
+        }
+    }
+
+    /// The request target.
+    pub fn path(&self) -> String {
+        match self {
+            CallSpec::Request(CallRequest { path: Some(p), .. }) => p.clone(),
+            _ => format!("/{}", self.service()),
+        }
+    }
+
+    /// A header's value by name, any case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        match self {
+            CallSpec::Service(_) => None,
+            CallSpec::Request(r) => {
+                r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+            }
+        }
+    }
+
+    /// Checks what a request cannot carry: a path not starting with `/`, a method or header that is
+    /// not a token.
+    pub fn check(&self) -> Result<(), String> {
+        let CallSpec::Request(r) = self else { return Ok(()) };
+        let token =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if let Some(m) = &r.method
+            && !token(m)
+        {
+            return Err(format!("method {m:?} is not an HTTP method"));
+        }
+        if let Some(p) = &r.path
+            && (!p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f))
+        {
+            return Err(format!("path {p:?} must start with / and hold no spaces or control characters"));
+        }
+        for (k, v) in &r.headers {
+            if !token(k) || v.bytes().any(|b| b < b' ' && b != b'\t' || b == 0x7f) {
+                return Err(format!("header {k:?}: not a header name and value"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One resolved route.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HttpRoute {

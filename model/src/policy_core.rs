@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use crate::policy::{HttpRoute, OutlierDetection, PathMatch, Retries, RetryOn, RouteMatch};
+use crate::policy::{HttpRoute, OutlierDetection, PathMatch, Retries, RetryOn, RouteMatch, ServicePolicy};
 
 /// Ejection time stops growing here (Envoy's `max_ejection_time` default).
 pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
@@ -422,6 +422,33 @@ pub fn match_route<'h>(
 ) -> Option<usize> {
     let path = path.split(['?', '#']).next().unwrap_or("");
     routes.iter().position(|r| r.matches.is_empty() || r.matches.iter().any(|m| fits(m, method, path, &header)))
+}
+
+/// What a request to a service is held to: the route it matched (`None` for `[default]`), and that
+/// route's whole timeout and retries, else the service's. The agent plans each request by it, and
+/// the simulator each call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoutePlan<'p> {
+    /// Index of the matched route in the service's routes.
+    pub route: Option<usize>,
+    /// Whole-request timeout.
+    pub timeout: Option<Duration>,
+    /// Retries.
+    pub retries: Option<&'p Retries>,
+}
+
+/// Plans a request to a service with `policy` ([`match_route`], then the route's figures).
+pub fn plan<'p, 'h>(
+    policy: &'p ServicePolicy,
+    method: &str,
+    path: &str,
+    header: impl Fn(&str) -> Option<&'h str>,
+) -> RoutePlan<'p> {
+    let route = match_route(&policy.routes, method, path, header);
+    match route.and_then(|i| policy.routes.get(i)) {
+        Some(r) => RoutePlan { route, timeout: r.timeout, retries: r.retries.as_ref() },
+        None => RoutePlan { route: None, timeout: policy.timeout, retries: policy.retries.as_ref() },
+    }
 }
 
 fn fits<'h>(m: &RouteMatch, method: &str, path: &str, header: &impl Fn(&str) -> Option<&'h str>) -> bool {

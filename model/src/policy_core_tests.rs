@@ -156,3 +156,36 @@ fn the_multiplier_decays_once_per_healthy_interval() {
     e.report(&od, Outcome::Status(200), 23_000, 0, 1);
     assert_eq!(e.ejections, 0);
 }
+
+#[test]
+fn a_call_is_planned_by_the_route_its_request_matches() {
+    use crate::policy::{CallSpec, PolicyFile};
+    let file: PolicyFile = serde_yaml_ng::from_str(
+        "services:\n  back:\n    timeout: 1s\n    routes:\n      - name: orders\n        matches: [{method: GET, path: {type: Template, value: '/orders/{id}'}, headers: [{name: x-tenant, value: a}]}]\n        timeout: 50ms\n        retries: {attempts: 2}\n",
+    )
+    .unwrap();
+    let policy = &file.resolve().unwrap().services["back"];
+    let calls: Vec<CallSpec> = serde_yaml_ng::from_str(
+        "[back, {service: back, path: /orders/7, headers: {X-Tenant: a}}, {service: back, method: post, path: /orders/7, headers: {x-tenant: a}}]",
+    )
+    .unwrap();
+    let plans: Vec<_> = calls
+        .iter()
+        .map(|c| plan(policy, &c.method(), &c.path(), |h| c.header(h)))
+        .map(|p| (p.route, p.timeout))
+        .collect();
+    assert_eq!(
+        plans,
+        [
+            (None, Some(Duration::from_secs(1))),
+            (Some(0), Some(Duration::from_millis(50))),
+            (None, Some(Duration::from_secs(1)))
+        ]
+    );
+    assert_eq!(plan(policy, "GET", "/orders/7", |_| None).retries, None, "the header is part of the match");
+    assert_eq!(calls[0].path(), "/back");
+    assert_eq!(calls[2].method(), "POST");
+    let bad: CallSpec = serde_yaml_ng::from_str("{service: back, path: 'orders 7'}").unwrap();
+    assert!(bad.check().unwrap_err().contains("must start with /"));
+    assert!(serde_yaml_ng::from_str::<CallSpec>("{service: back, pth: /x}").is_err(), "unknown keys refused");
+}

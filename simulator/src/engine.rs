@@ -25,7 +25,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
 use hdrhistogram::Histogram;
-use meshlens_model::policy_core::{self, Ejection, Outcome, Reported, RetryBudget};
+use meshlens_model::policy_core::{self, Ejection, Outcome, Reported, RetryBudget, RoutePlan};
 
 use crate::scenario::{Dist, Scenario};
 
@@ -170,7 +170,7 @@ struct Job {
 }
 
 #[derive(Clone, Copy)]
-struct Call {
+struct Call<'a> {
     generation: u32,
     /// The job that makes it.
     parent: u32,
@@ -185,6 +185,8 @@ struct Call {
     in_flight: bool,
     /// The caller's retry budget for this callee (index into `budgets`).
     budget: u32,
+    /// The timeout and retries of the callee's route this call's request matched.
+    plan: RoutePlan<'a>,
     done: bool,
 }
 
@@ -195,12 +197,14 @@ struct Instance {
     ejection: Ejection,
 }
 
-struct VersionState {
+struct VersionState<'a> {
     instances: Vec<Instance>,
     rr: usize,
     /// Where this version's instances' budgets start in `budgets`, and its distinct callees.
     budget_base: usize,
     callees: Vec<usize>,
+    /// Each call's plan: its request matched against the callee's routes, as the agent plans it.
+    plans: Vec<RoutePlan<'a>>,
 }
 
 /// Virtual time in milliseconds, the clock outlier detection runs on.
@@ -220,9 +224,9 @@ pub struct Sim<'a> {
     next_arrival: Option<(u64, u64)>,
     jobs: Vec<Job>,
     free_jobs: Vec<u32>,
-    calls: Vec<Call>,
+    calls: Vec<Call<'a>>,
     free_calls: Vec<u32>,
-    versions: Vec<Vec<VersionState>>,
+    versions: Vec<Vec<VersionState<'a>>>,
     /// Split weights by version index, per service.
     weights: Vec<Vec<f64>>,
     budgets: Vec<RetryBudget>,
@@ -282,8 +286,8 @@ impl<'a> Sim<'a> {
     /// Instances with their outlier state, and one retry budget per calling instance and callee.
     fn build_state(&mut self) {
         let mut budgets = 0;
-        self.versions = self
-            .sc
+        let sc = self.sc;
+        self.versions = sc
             .services
             .iter()
             .map(|svc| {
@@ -295,6 +299,23 @@ impl<'a> Sim<'a> {
                         callees.dedup();
                         let budget_base = budgets;
                         budgets += callees.len() * v.instances;
+                        let plans = v
+                            .calls
+                            .iter()
+                            .enumerate()
+                            .map(|(k, &callee)| {
+                                let policy = &sc.services[callee].policy;
+                                match v.requests.get(k) {
+                                    Some(r) => policy_core::plan(policy, &r.method(), &r.path(), |h| r.header(h)),
+                                    None => policy_core::plan(
+                                        policy,
+                                        "GET",
+                                        &format!("/{}", sc.services[callee].name),
+                                        |_| None,
+                                    ),
+                                }
+                            })
+                            .collect();
                         VersionState {
                             instances: (0..v.instances)
                                 .map(|_| Instance { busy: 0, queue: VecDeque::new(), ejection: Ejection::default() })
@@ -302,6 +323,7 @@ impl<'a> Sim<'a> {
                             rr: 0,
                             budget_base,
                             callees,
+                            plans,
                         }
                     })
                     .collect()
@@ -558,8 +580,7 @@ impl<'a> Sim<'a> {
                 self.jobs[j as usize].next_call = n;
                 self.jobs[j as usize].pending = n as u32;
                 for k in 0..n {
-                    let callee = self.sc.services[s].versions[v].calls[k];
-                    self.open_call(j, callee);
+                    self.open_call(j, k);
                 }
             } else if job.pending == 0 {
                 self.finish_job(j);
@@ -570,17 +591,19 @@ impl<'a> Sim<'a> {
             self.finish_job(j);
             return;
         }
-        let callee = version.calls[job.next_call];
         self.jobs[j as usize].next_call += 1;
-        self.open_call(j, callee);
+        self.open_call(j, job.next_call);
     }
 
-    fn open_call(&mut self, j: u32, callee: usize) {
+    /// Opens the `k`th call of job `j`'s version.
+    fn open_call(&mut self, j: u32, k: usize) {
         let parent = self.jobs[j as usize];
         let (ps, pv) = self.locate(parent.version);
+        let callee = self.sc.services[ps].versions[pv].calls[k];
         let st = &self.versions[ps][pv];
-        let k = st.callees.iter().position(|&x| x == callee).unwrap_or(0);
-        let budget = st.budget_base + parent.instance as usize * st.callees.len() + k;
+        let plan = st.plans[k];
+        let slot = st.callees.iter().position(|&x| x == callee).unwrap_or(0);
+        let budget = st.budget_base + parent.instance as usize * st.callees.len() + slot;
         let call = Call {
             generation: 0,
             parent: j,
@@ -593,6 +616,7 @@ impl<'a> Sim<'a> {
             child_instance: 0,
             in_flight: false,
             budget: budget as u32,
+            plan,
             done: false,
         };
         let (c, g) = match self.free_calls.pop() {
@@ -608,10 +632,13 @@ impl<'a> Sim<'a> {
         };
         let sc = self.sc;
         let policy = &sc.services[callee].policy;
-        if let Some(b) = self.budgets.get_mut(budget) {
+        // The agent deposits for a request that may be retried (one budget per service, whatever its route).
+        if plan.retries.is_some()
+            && let Some(b) = self.budgets.get_mut(budget)
+        {
             b.deposit(self.now as u64);
         }
-        if let Some(t) = policy.timeout {
+        if let Some(t) = plan.timeout {
             self.at_timer(self.now + t.as_secs_f64(), Ev::WholeTimeout(c, g));
         }
         if let Some((delay, p)) = policy.faults.delay
@@ -657,7 +684,7 @@ impl<'a> Sim<'a> {
         call.child_instance = i as u32;
         call.in_flight = true;
         let (g, attempt) = (call.generation, call.attempt);
-        if let Some(t) = self.sc.services[call.service].policy.retries.as_ref().and_then(|r| r.per_try_timeout) {
+        if let Some(t) = call.plan.retries.and_then(|r| r.per_try_timeout) {
             self.at_timer(self.now + t.as_secs_f64(), Ev::TryTimeout(c, g, attempt));
         }
     }
@@ -667,8 +694,7 @@ impl<'a> Sim<'a> {
     fn attempt_done(&mut self, c: u32, outcome: Outcome) {
         let call = self.calls[c as usize];
         self.outlier(call.service, call.child_version, call.child_instance as usize, outcome);
-        let sc = self.sc;
-        let Some(r) = &sc.services[call.service].policy.retries else {
+        let Some(r) = call.plan.retries else {
             self.call_done(c, outcome);
             return;
         };

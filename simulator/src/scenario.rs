@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use meshlens_model::policy::{PolicyFile, ServicePolicy};
+use meshlens_model::policy::{CallSpec, PolicyFile, ServicePolicy};
 use meshlens_model::time::parse_duration;
 use serde::Deserialize;
 
@@ -142,9 +142,10 @@ pub struct VersionSpec {
     /// Percent of requests it fails by itself.
     #[serde(default)]
     pub error_pct: f64,
-    /// Services it calls, one after another, after its own work.
+    /// Services it calls, one after another, after its own work: a name (the request `GET /NAME`)
+    /// or `{service, method, path, headers}`, which meets the service's routes as the agent matches them.
     #[serde(default)]
-    pub calls: Vec<String>,
+    pub calls: Vec<CallSpec>,
     /// Make the calls all at once and go on when the last one answers.
     #[serde(default)]
     pub parallel: bool,
@@ -202,6 +203,8 @@ pub struct Version {
     pub error_p: f64,
     /// Called services, by index.
     pub calls: Vec<usize>,
+    /// The request of each call (its method, path and headers pick the callee's route).
+    pub requests: Vec<CallSpec>,
     /// The calls are made at once.
     pub parallel: bool,
 }
@@ -417,7 +420,11 @@ impl ScenarioFile {
                 }
                 let mut calls = Vec::new();
                 for (i, c) in v.calls.iter().enumerate() {
-                    calls.push(index(c).ok_or_else(|| format!("{at}.calls[{i}]: no service {c:?} under services"))?);
+                    let name = c.service();
+                    calls.push(
+                        index(name).ok_or_else(|| format!("{at}.calls[{i}]: no service {name:?} under services"))?,
+                    );
+                    c.check().map_err(|e| format!("{at}.calls[{i}]: {e}"))?;
                 }
                 versions.push(Version {
                     name: vname.clone(),
@@ -426,6 +433,7 @@ impl ScenarioFile {
                     dist,
                     error_p: v.error_pct / 100.0,
                     calls,
+                    requests: v.calls.clone(),
                     parallel: v.parallel,
                 });
             }
@@ -536,6 +544,7 @@ impl Scenario {
                 for (k, n) in per_app {
                     calls.extend(std::iter::repeat_n(k, (n.round() as usize).min(20)));
                 }
+                let requests = calls.iter().map(|&k| CallSpec::Service(apps[k].clone())).collect();
                 let (m, q) = (v.service_p50_ms / 1e3, v.service_p99_ms.max(v.service_p50_ms * 1.01) / 1e3);
                 versions.push(Version {
                     name: v.version.clone(),
@@ -544,6 +553,7 @@ impl Scenario {
                     dist: Dist::Lognormal(m.max(1e-6).ln(), (q / m.max(1e-6)).ln() / 2.326_347_874),
                     error_p: (v.own_error_pct / 100.0).clamp(0.0, 1.0),
                     calls,
+                    requests,
                     parallel: false,
                 });
                 if total > 0.0 {

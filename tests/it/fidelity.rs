@@ -36,7 +36,7 @@ fn assert_close(r: &CaseResult, floor_pp: f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_simulator_agrees_with_the_real_agents_on_retry_classes_faults_and_late_answers() {
+async fn the_simulator_agrees_with_the_real_agents_on_retry_classes_faults_late_answers_and_routes() {
     // retry_on: [gateway-error] must not retry an app's 500: about 90% on both sides.
     let gw = case("split-gateway-error").await;
     assert_close(&gw, 2.0);
@@ -47,6 +47,11 @@ async fn the_simulator_agrees_with_the_real_agents_on_retry_classes_faults_and_l
     // Every try answers late: nobody succeeds, on either side.
     let late = case("always-late").await;
     assert!(late.real.success_pct < 2.0 && late.sim.success_pct < 2.0, "{late:#?}");
+    // Per-route policy: the order call's route retries, the cart call's [default] does not: about
+    // 68% on both sides, where ignoring the route would give 49%.
+    let routed = case("route-retries").await;
+    assert_close(&routed, 2.0);
+    assert!(routed.sim.success_pct > 62.0 && routed.real.success_pct > 62.0, "{routed:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
