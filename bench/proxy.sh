@@ -55,7 +55,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 BACKEND=$(free_port); NGINX=$(free_port); HAPROXY=$(free_port); AGENT=$(free_port); ADMIN=$(free_port)
 GRPC=$(free_port); OTLPHTTP=$(free_port); API=$(free_port)
 TAPPED=$(free_port); TAPPED_ADMIN=$(free_port); OUT=$(free_port); OUT_ADMIN=$(free_port)
-ROUTED=$(free_port); ROUTED_ADMIN=$(free_port)
+ROUTED=$(free_port); ROUTED_ADMIN=$(free_port); OUT_IN=$(free_port); ROUTED_IN=$(free_port)
 
 nginx_conf() { # name, port, workers, body
     cat >"$work/$1.conf" <<EOF
@@ -115,9 +115,10 @@ MESHLENS_LOG=warn "$MESHLENS" agent --config "$work/agent.yaml" >"$work/agent.lo
 pids+=($!); AGENT_PID=$!
 MESHLENS_LOG=warn "$MESHLENS" agent --config "$work/tapped.yaml" >"$work/tapped.log" 2>&1 &
 pids+=($!); TAPPED_PID=$!
-outbound_yaml() { # app, port, admin port, policy
+outbound_yaml() { # app, port, admin port, inbound port (unused), policy
     cat <<EOF
 workload: {namespace: bench, app: $1, version: v1}
+inbound: {listen: '127.0.0.1:$4', app: '127.0.0.1:$BACKEND'}
 outbound: {listen: '127.0.0.1:$2'}
 admin: {listen: '127.0.0.1:$3'}
 telemetry: {collector: 'http://127.0.0.1:$GRPC', interval: 5s, sampling: 0.01}
@@ -125,11 +126,11 @@ services:
   backend:
     versions:
       v1: ['127.0.0.1:$BACKEND']
-$4
+$5
 EOF
 }
-outbound_yaml caller "$OUT" "$OUT_ADMIN" "" >"$work/out.yaml"
-outbound_yaml router "$ROUTED" "$ROUTED_ADMIN" "policy:
+outbound_yaml caller "$OUT" "$OUT_ADMIN" "$OUT_IN" "" >"$work/out.yaml"
+outbound_yaml router "$ROUTED" "$ROUTED_ADMIN" "$ROUTED_IN" "policy:
   services:
     backend:
       routes:

@@ -81,6 +81,18 @@ impl Tapper {
         self.on.load(Ordering::Relaxed)
     }
 
+    /// Whether a request that started at `unix_ms` may be sampled: a tap is open and one has budget
+    /// left in that second. The proxy builds an event only then, so past a busy second's budget a
+    /// request pays an atomic load and a lock per open tap, not an event.
+    pub fn wants(&self, unix_ms: u64) -> bool {
+        let second = unix_ms / 1000;
+        self.on()
+            && self.taps.load().iter().any(|t| {
+                let b = t.budget.lock();
+                b.0 != second || b.1 < t.max_rps
+            })
+    }
+
     /// Offers a request to the open taps.
     pub fn record(&self, event: TapEvent) {
         let taps = self.taps.load();
@@ -274,6 +286,13 @@ mod tests {
         // Applying the same interest again acknowledges nothing new; closing stops at once.
         t.apply(&interest);
         assert!(t.take(&w).is_none());
+        // Past every tap's budget in a second, a request builds no event (tap 1 alone, its budget kept).
+        t.apply(&TapInterest { taps: vec![TapSpec { id: 1, find: None, max_rps: 3 }] });
+        assert!(t.wants(6_100), "one of three sent in second 6");
+        t.record(event(6_100, 200));
+        t.record(event(6_200, 200));
+        assert!(!t.wants(6_500), "all three sent in second 6");
+        assert!(t.wants(7_000));
         t.apply(&TapInterest::default());
         assert!(!t.on());
     }

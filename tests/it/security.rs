@@ -352,6 +352,27 @@ async fn the_collector_with_a_token_answers_401_without_it() {
     y = y.replace("sampling: 1.0}", "sampling: 1.0, token: s3cret}");
     let b = agent(&y).await;
     assert_eq!(reqwest::get(format!("http://{}/ok", b.inbound)).await.unwrap().status(), 200);
+
+    // The tap stream is the API's, behind the same token; the agent subscribes with its own.
+    assert_eq!(reqwest::get(format!("{url}/api/v1/tap?target=b")).await.unwrap().status(), 401);
+    let mut tap =
+        reqwest::Client::new().get(format!("{url}/api/v1/tap?target=b")).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(tap.status(), 200);
+    let mut seen = String::new();
+    let mut read_until = async |what: &str| {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !seen.contains(what) {
+                let chunk = tap.chunk().await.unwrap().expect("the tap stream stays open");
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {what:?} on the tap: {seen}"));
+    };
+    read_until("\"live\":1").await;
+    assert_eq!(reqwest::get(format!("http://{}/ok/tapped", b.inbound)).await.unwrap().status(), 200);
+    read_until("/ok/tapped").await;
+    drop(tap);
     b.shutdown().await;
     eventually("the agent's export accepted", 20, || async {
         let r = reqwest::Client::new().get(format!("{url}/api/v1/graph")).bearer_auth("s3cret").send().await.ok()?;
