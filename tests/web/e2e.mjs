@@ -72,6 +72,11 @@ try {
   // rows are the API's spans of that trace.
   await page.waitForSelector('#panel-traces a.trace-id', { timeout: 10000 }).catch(() => fail('no failed traces in the panel'));
   const traceId = (await page.textContent('#panel-traces a.trace-id')).trim();
+  // The slowest kept traces beside them, slowest first, as the API sorts them.
+  await page.waitForSelector('#panel-slow a.trace-id', { timeout: 10000 }).catch(() => fail('no slowest traces in the panel'));
+  const slow = await (await fetch(new URL('/api/v1/traces?from=default/payments/v1&sort=slowest&limit=3', url))).json();
+  const slowShown = await page.$$eval('#panel-slow a.trace-id', (as) => as.map((a) => a.textContent.trim()));
+  if (JSON.stringify(slowShown) !== JSON.stringify(slow.traces.map((t) => t.trace_id))) await fail(`slowest ${slowShown} against the API's ${JSON.stringify(slow.traces)}`);
   const kept = await (await fetch(new URL(`/api/v1/traces/${traceId}`, url))).json();
   await page.click('#panel-traces a.trace-id');
   await page.waitForSelector('#trace-waterfall tr', { timeout: 5000 }).catch(() => fail('the trace did not open'));

@@ -118,7 +118,7 @@ pub fn App() -> impl IntoView {
     let graph = RwSignal::new(None::<GraphSnapshot>);
     let workloads = RwSignal::new(Vec::<WorkloadRow>::new());
     let detail = RwSignal::new(None::<AppDetail>);
-    let traces = RwSignal::new(None::<(String, TracesBody)>);
+    let traces = RwSignal::new(None::<(String, TracesBody, TracesBody)>);
     let routes = RwSignal::new(None::<(String, RoutesBody)>);
     let revisions = RwSignal::new(None::<RevisionsBody>);
     let error = RwSignal::new(None::<String>);
@@ -184,8 +184,8 @@ pub fn App() -> impl IntoView {
         });
     });
 
-    // The selection's kept failed traces (a node's, or an edge's: a client span of its source whose
-    // server span is its target's), fetched when the selection changes.
+    // The selection's kept traces, the newest failed and the slowest (a node's, or an edge's: a client
+    // span of its source whose server span is its target's), fetched when the selection changes.
     Effect::new(move |_| {
         let Some(sel) = state.with(|s| s.selected.clone()) else { return };
         let enc = meshlens_model::viewstate::encode;
@@ -202,8 +202,10 @@ pub fn App() -> impl IntoView {
         });
         let Some(q) = q else { return };
         leptos::task::spawn_local(async move {
-            if let Ok(t) = get::<TracesBody>(&format!("/api/v1/traces?{q}&failed=true&limit=5")).await {
-                traces.set(Some((sel, t)));
+            let failed = get::<TracesBody>(&format!("/api/v1/traces?{q}&failed=true&limit=5")).await;
+            let slowest = get::<TracesBody>(&format!("/api/v1/traces?{q}&sort=slowest&limit=3")).await;
+            if let (Ok(f), Ok(s)) = (failed, slowest) {
+                traces.set(Some((sel, f, s)));
             }
         });
     });
@@ -639,7 +641,7 @@ fn Panel(
     state: RwSignal<ViewState>,
     graph: RwSignal<Option<GraphSnapshot>>,
     detail: RwSignal<Option<AppDetail>>,
-    traces: RwSignal<Option<(String, TracesBody)>>,
+    traces: RwSignal<Option<(String, TracesBody, TracesBody)>>,
     routes: RwSignal<Option<(String, RoutesBody)>>,
 ) -> impl IntoView {
     let opened = RwSignal::new(None::<TraceBody>);
@@ -727,28 +729,32 @@ fn Panel(
             {move || {
                 let sel = state.with(|s| s.selected.clone());
                 traces.with(|t| {
-                    let (_, body) = t.as_ref().filter(|(s, _)| Some(s) == sel.as_ref())?;
-                    if body.traces.is_empty() {
-                        return None;
-                    }
-                    let items = body.traces.iter().map(|t| {
-                        let id = t.trace_id.clone();
-                        let open = move |ev: leptos::ev::MouseEvent| {
-                            ev.prevent_default();
-                            let id = id.clone();
-                            leptos::task::spawn_local(async move {
-                                if let Ok(b) = get::<TraceBody>(&format!("/api/v1/traces/{id}")).await {
-                                    opened.set(Some(b));
-                                }
-                            });
-                        };
-                        view! {
-                            <li><a href="#" class="trace-id" on:click=open>{t.trace_id.clone()}</a>
-                                " "{format_ms(t.duration_ms)}" "{t.spans}" spans"</li>
+                    let (_, failed, slowest) = t.as_ref().filter(|(s, _, _)| Some(s) == sel.as_ref())?;
+                    let list = |id: &'static str, title: &'static str, body: &TracesBody| {
+                        if body.traces.is_empty() {
+                            return None;
                         }
-                    }).collect::<Vec<_>>();
+                        let items = body.traces.iter().map(|t| {
+                            let id = t.trace_id.clone();
+                            let open = move |ev: leptos::ev::MouseEvent| {
+                                ev.prevent_default();
+                                let id = id.clone();
+                                leptos::task::spawn_local(async move {
+                                    if let Ok(b) = get::<TraceBody>(&format!("/api/v1/traces/{id}")).await {
+                                        opened.set(Some(b));
+                                    }
+                                });
+                            };
+                            view! {
+                                <li><a href="#" class="trace-id" on:click=open>{t.trace_id.clone()}</a>
+                                    " "{format_ms(t.duration_ms)}" "{t.spans}" spans"</li>
+                            }
+                        }).collect::<Vec<_>>();
+                        Some(view! { <div id=id><h4>{title}</h4><ul>{items}</ul></div> })
+                    };
                     Some(view! {
-                        <div id="panel-traces"><h4>"Failed requests (kept traces)"</h4><ul>{items}</ul></div>
+                        {list("panel-traces", "Failed requests (kept traces)", failed)}
+                        {list("panel-slow", "Slowest requests (kept traces)", slowest)}
                     })
                 })
             }}
