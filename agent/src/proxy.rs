@@ -377,12 +377,7 @@ pub async fn inbound(
     let parent = req.headers().get(&TRACEPARENT).and_then(|v| TraceContext::parse(v.as_bytes()));
     let ctx = parent.unwrap_or_else(|| TraceContext::root(rt.sampling)).child();
     let span = span_for(&ctx);
-    let tapped = shared
-        .tap
-        .on()
-        .then(crate::tap::now_unix_ms)
-        .filter(|&t| shared.tap.wants(t))
-        .map(|t| (t, req.method().to_string(), req.uri().path().to_owned()));
+    let tapped = shared.tap.begin(req.method(), req.uri().path());
     let method = req.method().clone();
     let path = span.is_some().then(|| req.uri().path().to_owned());
 
@@ -536,13 +531,7 @@ pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Res
         let headers = req.headers();
         route.plan(req.method().as_str(), &path, |h| headers.get(h).and_then(|v| v.to_str().ok()))
     };
-    // One atomic load unless a tap is open.
-    let tapped = shared
-        .tap
-        .on()
-        .then(crate::tap::now_unix_ms)
-        .filter(|&t| shared.tap.wants(t))
-        .map(|t| (t, req.method().to_string(), req.uri().path().to_owned()));
+    let tapped = shared.tap.begin(req.method(), req.uri().path());
     let mut seen = Seen::default();
     let resp = route_request(&shared, &rt, &route, &plan, req, start, &mut seen).await;
     if let Some((time_unix_ms, method, path)) = tapped {

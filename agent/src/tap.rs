@@ -16,7 +16,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use meshlens_model::find::Expr;
 use meshlens_model::identity::Workload;
-use meshlens_model::tap::{AGENT_TAP_QUEUE, TapBatch, TapEvent, TapField, TapInterest, Tapped, parse_find};
+use meshlens_model::tap::{
+    AGENT_TAP_QUEUE, MAX_TAP_METHOD, MAX_TAP_PATH, TapBatch, TapEvent, TapField, TapInterest, Tapped, clip, parse_find,
+};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -91,6 +93,16 @@ impl Tapper {
                 let b = t.budget.lock();
                 b.0 != second || b.1 < t.max_rps
             })
+    }
+
+    /// A request starts: its time, method and path if a tap may sample it ([`Tapper::wants`]), to
+    /// build its event from when it is answered. One atomic load while no tap is open.
+    pub fn begin(&self, method: &http::Method, path: &str) -> Option<(u64, String, String)> {
+        if !self.on() {
+            return None;
+        }
+        let t = now_unix_ms();
+        self.wants(t).then(|| (t, clip(method.to_string(), MAX_TAP_METHOD), clip(path.to_owned(), MAX_TAP_PATH)))
     }
 
     /// Offers a request to the open taps.

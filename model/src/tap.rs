@@ -22,6 +22,25 @@ pub const AGENT_TAP_QUEUE: usize = 1024;
 pub const TAP_STREAM_QUEUE: usize = 4096;
 /// The longest `--find` expression, in bytes.
 pub const MAX_FIND_BYTES: usize = 1024;
+/// Longest path a tap event carries; a longer one is cut (at a character boundary) and ends in `…`.
+/// With [`MAX_TAP_METHOD`], a full agent queue ([`AGENT_TAP_QUEUE`] events) stays well inside the
+/// collector's batch limit (4 MiB).
+pub const MAX_TAP_PATH: usize = 2048;
+/// Longest method a tap event carries (extension methods are tokens of any length).
+pub const MAX_TAP_METHOD: usize = 32;
+
+/// `s` cut to at most `max` bytes, marked with `…` when cut.
+pub fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
 
 /// Which side of the tapped agent a request passed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,6 +373,20 @@ mod tests {
             trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
             sampled: true,
         }
+    }
+
+    #[test]
+    fn long_fields_are_cut_whole_characters_and_marked() {
+        assert_eq!(clip("/short".into(), MAX_TAP_PATH), "/short");
+        let long = format!("/{}", "é".repeat(MAX_TAP_PATH));
+        let path = clip(long.clone(), MAX_TAP_PATH);
+        assert!(path.len() <= MAX_TAP_PATH && path.ends_with('…'), "{}", path.len());
+        let method = clip(long, MAX_TAP_METHOD);
+        assert!(method.len() <= MAX_TAP_METHOD && method.ends_with('…'));
+        // A full agent queue of the largest events fits the collector's 4 MiB batch.
+        let e = TapEvent { path, method, ..event(200, 1.0) };
+        let batch = serde_json::to_vec(&vec![e; AGENT_TAP_QUEUE]).unwrap();
+        assert!(batch.len() < 4 << 20, "{}", batch.len());
     }
 
     #[test]
