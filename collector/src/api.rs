@@ -19,7 +19,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures_util::Stream;
 use meshlens_model::api::{
-    ErrorBody, ErrorDetail, Profile, RoutesBody, TraceBody, TracesBody, WorkloadRow, WorkloadsBody,
+    ErrorBody, ErrorDetail, ExemplarsBody, Profile, RoutesBody, TraceBody, TracesBody, WorkloadRow, WorkloadsBody,
 };
 use meshlens_model::graph::{DiffBody, GraphSnapshot, RevisionsBody, View};
 use meshlens_model::hist::Merger;
@@ -408,6 +408,52 @@ async fn traces(
     }))
 }
 
+/// `/api/v1/exemplars?node=` or `?from=&to=`, with `limit=`: the query, as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExemplarsQuery {
+    node: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn exemplars(
+    State(api): ApiState,
+    q: Result<axum::extract::Query<ExemplarsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ExemplarsBody>, ApiError> {
+    let q = q.map_err(|e| ApiError::BadParameter(format!("{}: node, from, to, limit", e.body_text())))?.0;
+    let limit = q.limit.unwrap_or(crate::exemplars::KEEP);
+    if !(1..=100).contains(&limit) {
+        return Err(bad("limit", "must be between 1 and 100"));
+    }
+    let of = match (&q.node, &q.from, &q.to) {
+        (Some(n), None, None) => crate::exemplars::Of::Node(n),
+        (None, Some(f), Some(t)) => crate::exemplars::Of::Edge(f, t),
+        (Some(_), _, _) => return Err(bad("node", "give node, or from and to (an edge), not both")),
+        _ => return Err(bad("from", "missing: give node=ID, or from=ID and to=ID for an edge")),
+    };
+    let engine = api.hub.engine.lock();
+    let (failed, slowest) = crate::exemplars::collect(&engine.graph, of, unix_now() as u64, limit);
+    let item = |(s, t, x): (u32, u32, crate::exemplars::Sample)| {
+        let trace_id = crate::traces::hex(&x.trace_id);
+        meshlens_model::api::Exemplar {
+            link: crate::traces::link_for(api.trace_link.as_deref(), &trace_id),
+            kept: engine.traces.contains(&x.trace_id),
+            trace_id,
+            source: engine.graph.peer_at(s).id(),
+            target: engine.graph.peer_at(t).id(),
+            latency_ms: x.latency_us as f64 / 1e3,
+            time_unix: x.sec,
+            failed: x.failed,
+        }
+    };
+    Ok(Json(ExemplarsBody {
+        failed: failed.into_iter().map(item).collect(),
+        slowest: slowest.into_iter().map(item).collect(),
+    }))
+}
+
 /// `/api/v1/tap?target=&find=&max_rps=`: the query, as written.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -590,6 +636,7 @@ pub fn router(
         .route("/api/v1/stream", get(stream))
         .route("/api/v1/routes", get(routes))
         .route("/api/v1/traces", get(traces))
+        .route("/api/v1/exemplars", get(exemplars))
         .route("/api/v1/traces/{trace_id}", get(trace))
         .route("/api/v1/tap", get(tap))
         .route("/api/v1/openapi.json", get(openapi))

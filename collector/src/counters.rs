@@ -22,6 +22,10 @@ pub struct Counters {
     pub sse_refused: Counter,
     /// Taps refused because `MAX_TAPS` were open.
     pub taps_refused: Counter,
+    /// Agents' tap subscriptions refused because [`crate::tap::MAX_TAP_AGENTS`] were subscribed.
+    pub tap_agents_refused: Counter,
+    /// Gauge: agents subscribed for taps now.
+    pub tap_agents: Counter,
     /// Tap events agents sent.
     pub tap_events: Counter,
     /// Tap events agents dropped (their queue was full).

@@ -142,6 +142,8 @@ pub struct EdgeState {
     pub last_sec: u64,
     /// Seconds (Unix) touched since the last persist, oldest first; drained by the store.
     pub dirty_from: Option<u64>,
+    /// The traces of its newest failed and slowest recent requests, once one came with a trace id.
+    pub exemplars: Option<Box<crate::exemplars::Exemplars>>,
 }
 
 impl EdgeState {
@@ -156,7 +158,13 @@ impl EdgeState {
             server_metrics_seen: false,
             last_sec: 0,
             dirty_from: None,
+            exemplars: None,
         }
+    }
+
+    /// Offers a request with a trace id as an exemplar of this edge ([`crate::exemplars`]).
+    pub fn offer_exemplar(&mut self, sample: crate::exemplars::Sample) {
+        self.exemplars.get_or_insert_default().offer(sample);
     }
 
     fn touch(&mut self, sec: u64) {

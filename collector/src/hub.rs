@@ -71,6 +71,7 @@ impl Hub {
                 server_metrics_seen: meta.server_metrics_seen,
                 last_sec: meta.last_sec,
                 dirty_from: None,
+                exemplars: None,
             };
             for (ring, slice) in slices {
                 if ring == 0 { edge.rings.fine.restore(slice) } else { edge.rings.coarse.restore(slice) }

@@ -19,6 +19,7 @@ pub mod attrs;
 pub mod auth;
 pub mod counters;
 pub mod engine;
+pub mod exemplars;
 pub mod graph;
 pub mod hub;
 pub mod metrics;

@@ -318,6 +318,18 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
         "Taps (GET /api/v1/tap) refused because the most taps were open at once.",
         &[("", c.taps_refused.get())],
     );
+    metric(
+        "tap_agents",
+        "gauge",
+        "Agents subscribed for taps now (each holds one stream open to hear what to sample).",
+        &[("", c.tap_agents.get())],
+    );
+    metric(
+        "tap_agents_refused_total",
+        "counter",
+        "Agents' tap subscriptions refused because the most agents were subscribed.",
+        &[("", c.tap_agents_refused.get())],
+    );
     metric("tap_events_total", "counter", "Requests agents sent for open taps.", &[("", c.tap_events.get())]);
     metric(
         "tap_events_dropped_total",

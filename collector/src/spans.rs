@@ -466,6 +466,18 @@ impl Pairing<'_> {
     ) -> Result<(), LimitHit> {
         let counters = self.g.counters.clone();
         let edge = self.g.edge_mut(source, target, proto)?;
+        // Exemplars come from spans even where agent metrics count the edge: metrics carry no trace.
+        if let Some(trace) = obs.trace {
+            if let Some(latency_us) = server_us.or(client_us) {
+                edge.offer_exemplar(crate::exemplars::Sample { trace_id: trace, latency_us, sec, failed: obs.failed });
+            }
+            let t = &mut edge.totals;
+            for (hist, us) in [(&mut t.server, server_us), (&mut t.client, client_us)] {
+                if let Some(us) = us {
+                    hist.exemplar(us as f64 / 1e6, trace, sec as f64);
+                }
+            }
+        }
         if edge.metrics_seen {
             counters.spans_covered_by_metrics.add(1);
             return Ok(());
@@ -476,14 +488,6 @@ impl Pairing<'_> {
         }
         if let Some(us) = client_us {
             edge.record_client_latency(us, 1);
-        }
-        if let Some(trace) = obs.trace {
-            let t = &mut edge.totals;
-            for (hist, us) in [(&mut t.server, server_us), (&mut t.client, client_us)] {
-                if let Some(us) = us {
-                    hist.exemplar(us as f64 / 1e6, trace, sec as f64);
-                }
-            }
         }
         Ok(())
     }

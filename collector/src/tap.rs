@@ -28,6 +28,11 @@ use crate::counters::Counters;
 
 /// The largest batch an agent may send.
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Most agents subscribed at once (one per workload replica; the graph's node limit is 10,000).
+/// Each holds one response stream open; past it a subscription is refused with 503 and counted
+/// (`meshlens_collector_tap_agents_refused_total`), and the agent tries again later.
+pub const MAX_TAP_AGENTS: usize = 10_000;
 /// How often a subscribed agent is sent its interest even when nothing changed (a keep-alive that
 /// also repairs a line lost to a bug).
 const RESEND: Duration = Duration::from_secs(10);
@@ -179,12 +184,17 @@ impl TapHub {
         }
     }
 
-    fn subscribe(self: &Arc<Self>, w: Workload) -> Subscription {
+    fn subscribe(self: &Arc<Self>, w: Workload) -> Option<Subscription> {
         let mut inner = self.inner.lock();
+        if inner.agents.len() >= MAX_TAP_AGENTS {
+            self.counters.tap_agents_refused.add(1);
+            return None;
+        }
         inner.next_agent += 1;
         let id = inner.next_agent;
         inner.agents.insert(id, w);
-        Subscription { hub: self.clone(), id }
+        self.counters.tap_agents.set(inner.agents.len() as u64);
+        Some(Subscription { hub: self.clone(), id })
     }
 }
 
@@ -196,7 +206,9 @@ struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.inner.lock().agents.remove(&self.id);
+        let mut inner = self.hub.inner.lock();
+        inner.agents.remove(&self.id);
+        self.hub.counters.tap_agents.set(inner.agents.len() as u64);
     }
 }
 
@@ -213,7 +225,12 @@ async fn subscribe(State(hub): Hub, body: Bytes) -> Response {
             return refuse(StatusCode::BAD_REQUEST, format!("the body must be the agent's workload as JSON: {e}"));
         }
     };
-    let sub = hub.subscribe(workload.clone());
+    let Some(sub) = hub.subscribe(workload.clone()) else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_TAP_AGENTS} agents are subscribed for taps, the limit; try again later"),
+        );
+    };
     let mut changed = hub.changed.subscribe();
     changed.mark_unchanged();
     let lines =
@@ -255,4 +272,24 @@ pub fn agent_router(hub: Arc<TapHub>) -> Router {
         .route("/meshlens.tap.v1.Tap/Events", post(events))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BATCH_BYTES))
         .with_state(hub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_past_the_limit_are_refused_and_counted() {
+        let counters = Arc::new(Counters::default());
+        let hub = TapHub::new(counters.clone());
+        let w = Workload { namespace: "shop".into(), app: "a".into(), version: None, cluster: None };
+        let subs: Vec<Subscription> = (0..MAX_TAP_AGENTS).map_while(|_| hub.subscribe(w.clone())).collect();
+        assert_eq!(subs.len(), MAX_TAP_AGENTS);
+        assert_eq!(counters.tap_agents.get(), MAX_TAP_AGENTS as u64);
+        assert!(hub.subscribe(w.clone()).is_none());
+        assert_eq!(counters.tap_agents_refused.get(), 1);
+        drop(subs);
+        assert_eq!(counters.tap_agents.get(), 0);
+        assert!(hub.subscribe(w).is_some(), "a place again once agents left");
+    }
 }

@@ -123,6 +123,11 @@ impl TraceStore {
         Self { bound, spans: 0, traces: HashMap::new(), order: VecDeque::new(), heap: 0, evicted: 0, dropped: 0 }
     }
 
+    /// Whether a trace is kept.
+    pub fn contains(&self, trace: &[u8; 16]) -> bool {
+        self.traces.contains_key(trace)
+    }
+
     /// Spans kept now.
     pub fn spans(&self) -> usize {
         self.spans

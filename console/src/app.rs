@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use meshlens_model::api::{AppDetail, RoutesBody, TraceSummary, WorkloadRow, WorkloadsBody};
+use meshlens_model::api::{AppDetail, ExemplarsBody, RoutesBody, WorkloadRow, WorkloadsBody};
 use meshlens_model::graph::{GraphSnapshot, RevisionSummary, View};
 use meshlens_model::layout::{Layout, edge_label, layout};
 use meshlens_model::tap::{TapEvent, TapStatus};
@@ -156,14 +156,12 @@ pub enum Action {
     Workloads(Box<WorkloadsBody>),
     /// One app's detail (rate series) from the collector.
     Detail(Box<AppDetail>),
-    /// Kept traces through a workload: the failed ones and the slowest ones.
+    /// The requests behind a workload (its exemplars): the newest failed and the slowest.
     Traces {
         /// The workload id.
         workload: String,
-        /// Newest failed traces.
-        failed: Vec<TraceSummary>,
-        /// Slowest traces.
-        slowest: Vec<TraceSummary>,
+        /// Its exemplars.
+        exemplars: Box<ExemplarsBody>,
     },
     /// A service's routes (as its callers' agents counted them) from the collector.
     Routes(Box<RoutesBody>),
@@ -201,7 +199,7 @@ pub enum Command {
         app: String,
         /// Window.
         window: String,
-        /// The selected workload's id, whose kept traces are fetched beside.
+        /// The selected workload's id, whose exemplars are fetched beside.
         workload: String,
     },
     /// Open a tap on this target (closing any other).
@@ -232,8 +230,8 @@ pub struct App {
     pub workloads: Vec<WorkloadRow>,
     /// The selected app's detail.
     pub detail: Option<AppDetail>,
-    /// Exemplar traces of a workload: `(workload, failed, slowest)`.
-    pub traces: Option<(String, Vec<TraceSummary>, Vec<TraceSummary>)>,
+    /// The exemplars of a workload: `(workload, exemplars)`.
+    pub traces: Option<(String, Box<ExemplarsBody>)>,
     /// The selected service's routes.
     pub routes: Option<RoutesBody>,
     /// The open tap.
@@ -639,7 +637,7 @@ impl App {
             Action::Workloads(w) => self.workloads = w.workloads,
             Action::Detail(d) => self.detail = Some(*d),
             Action::Routes(r) => self.routes = Some(*r),
-            Action::Traces { workload, failed, slowest } => self.traces = Some((workload, failed, slowest)),
+            Action::Traces { workload, exemplars } => self.traces = Some((workload, exemplars)),
             Action::Revisions(mut r) => {
                 r.reverse();
                 self.revisions = r;

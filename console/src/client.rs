@@ -1,6 +1,6 @@
 //! A small client for the collector's JSON API.
 
-use meshlens_model::api::{AppDetail, ErrorBody, TraceBody, TracesBody, WorkloadsBody};
+use meshlens_model::api::{AppDetail, ErrorBody, ExemplarsBody, TraceBody, TracesBody, WorkloadsBody};
 use meshlens_model::graph::{GraphSnapshot, RevisionsBody, View};
 use serde::de::DeserializeOwned;
 
@@ -233,6 +233,11 @@ impl Client {
             q.push_str(&format!("&from={}", enc(f)));
         }
         self.get(&q).await
+    }
+
+    /// `/api/v1/exemplars?node=`: the requests behind a node, newest failed and slowest.
+    pub async fn exemplars(&self, node: &str, limit: usize) -> Result<ExemplarsBody, ClientError> {
+        self.get(&format!("/api/v1/exemplars?node={}&limit={limit}", enc(node))).await
     }
 
     /// `/api/v1/traces`: kept traces through `from` (and on to `to`), newest or slowest first.

@@ -54,19 +54,18 @@ pub async fn run(
                 Command::Revisions => client.revisions(200).await.map(|r| Action::Revisions(r.revisions)),
                 Command::Detail { namespace, app, window, workload } => {
                     let service = format!("{namespace}/{app}");
-                    let (d, failed, slowest, routes) = tokio::join!(
+                    let (d, exemplars, routes) = tokio::join!(
                         client.app(&namespace, &app, &window),
-                        client.traces(Some(&workload), None, true, false, 3),
-                        client.traces(Some(&workload), None, false, true, 3),
+                        client.exemplars(&workload, 3),
                         client.routes(&service, None, &window),
                     );
                     // A service nobody has routed to yet has no routes to show.
                     if let Ok(r) = routes {
                         let _ = actions.send(Action::Routes(Box::new(r)));
                     }
-                    // A collector without a trace store (or an older one) leaves the list out.
-                    if let (Ok(f), Ok(s)) = (failed, slowest) {
-                        let _ = actions.send(Action::Traces { workload, failed: f.traces, slowest: s.traces });
+                    // An older collector without exemplars leaves the list out.
+                    if let Ok(e) = exemplars {
+                        let _ = actions.send(Action::Traces { workload, exemplars: Box::new(e) });
                     }
                     d.map(|d| Action::Detail(Box::new(d)))
                 }

@@ -406,16 +406,21 @@ fn draw_detail(frame: &mut Frame, app: &App, area: Rect) {
                 )));
             }
         }
-        if let Some((w, failed, slowest)) = &app.traces
+        if let Some((w, ex)) = &app.traces
             && *w == n.id
-            && !(failed.is_empty() && slowest.is_empty())
+            && !(ex.failed.is_empty() && ex.slowest.is_empty())
         {
             lines.push(Line::from(Span::styled("traces (meshlens trace ID)", Style::new().fg(Color::DarkGray))));
-            for (what, list, color) in [("failed", failed, Color::Red), ("slow", slowest, Color::Yellow)] {
-                for t in list {
+            for (what, list, color) in [("failed", &ex.failed, Color::Red), ("slow", &ex.slowest, Color::Yellow)] {
+                for x in list {
+                    // The other end of the exemplar's edge: who called, or whom it called.
+                    let other =
+                        if x.target == n.id { format!("← {}", x.source) } else { format!("→ {}", x.target) };
+                    let gone = if x.kept { "" } else { " (not kept)" };
                     lines.push(Line::from(vec![
                         Span::styled(format!("{what:<6} "), Style::new().fg(color)),
-                        Span::raw(format!("{} {}", t.trace_id, crate::text::format_ms(t.duration_ms))),
+                        Span::raw(format!("{} {}{gone} ", x.trace_id, crate::text::format_ms(x.latency_ms))),
+                        Span::styled(other, Style::new().fg(Color::DarkGray)),
                     ]));
                 }
             }

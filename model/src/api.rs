@@ -423,6 +423,37 @@ pub struct TracesBody {
     pub spans_bound: usize,
 }
 
+/// One request behind an edge (an exemplar): its trace, and whether the collector still keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Exemplar {
+    /// Trace id, 32 hex digits.
+    pub trace_id: String,
+    /// The caller's node id (the graph's workload view).
+    pub source: String,
+    /// The callee's node id.
+    pub target: String,
+    /// The request's latency, milliseconds (the callee's span; the caller's when it had none).
+    pub latency_ms: f64,
+    /// When it arrived, Unix seconds.
+    pub time_unix: u64,
+    /// Whether it failed by the graph's rule.
+    pub failed: bool,
+    /// Whether the trace is in the collector's trace store (`/api/v1/traces/{id}` opens it).
+    pub kept: bool,
+    /// The trace in the user's Jaeger or Tempo, when `--trace-link` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+/// `/api/v1/exemplars`: the requests behind a node (the edges into it) or an edge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExemplarsBody {
+    /// The newest failed requests, newest first.
+    pub failed: Vec<Exemplar>,
+    /// The slowest requests of the last five minutes, slowest first.
+    pub slowest: Vec<Exemplar>,
+}
+
 /// `/api/v1/routes`: one service's routes over a window, as its callers' agents saw them (the
 /// columns of `linkerd viz routes`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

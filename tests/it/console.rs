@@ -160,7 +160,7 @@ async fn box_titles_are_whole_at_120x40_and_200x50() {
     }
 }
 
-/// The detail pane of the selected workload lists its kept traces, failed and slowest, by the id
+/// The detail pane of the selected workload lists the requests behind it (exemplars), failed and slowest, by the id
 /// `meshlens trace` opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_detail_pane_lists_the_selected_workloads_failed_and_slow_traces() {

@@ -40,6 +40,40 @@ async fn a_failed_requests_trace_on_its_edge_shows_every_hop_it_took() {
     assert_eq!(all["traces"][0]["trace_id"], id.as_str(), "the failure came last: newest first");
     assert_eq!(all["traces"].as_array().unwrap().iter().filter(|t| t["failed"] == true).count(), 1);
 
+    // The edge's exemplars name the same failed request, once for its two attempts; the node's (the
+    // edges into and out of it) and its app's and namespace's too. The seven requests' traces, five slowest first.
+    let ex: Value = eventually("the exemplars of the a → b edge", 20, || async {
+        let (_, body) = get_json(&format!("{api}/api/v1/exemplars?from=shop/a/v1&to=shop/b/v1")).await;
+        (body["failed"].as_array()?.len() == 1 && body["slowest"].as_array()?.len() == 5).then_some(body)
+    })
+    .await;
+    let f = &ex["failed"][0];
+    assert_eq!(
+        (f["trace_id"].as_str(), &f["source"], &f["target"]),
+        (Some(id.as_str()), &"shop/a/v1".into(), &"shop/b/v1".into())
+    );
+    assert_eq!((&f["failed"], &f["kept"]), (&true.into(), &true.into()), "{ex:#}");
+    let slow: Vec<f64> = ex["slowest"].as_array().unwrap().iter().map(|x| x["latency_ms"].as_f64().unwrap()).collect();
+    assert!(slow.windows(2).all(|w| w[0] >= w[1]) && slow[4] > 0.0, "slowest first: {slow:?}");
+    let mut ids: Vec<&str> =
+        ex["slowest"].as_array().unwrap().iter().map(|x| x["trace_id"].as_str().unwrap()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "a trace once: {ex:#}");
+    for q in ["node=shop/b/v1", "node=shop/b", "node=ns:shop", "from=shop/a&to=shop/b"] {
+        let (status, body) = get_json(&format!("{api}/api/v1/exemplars?{q}")).await;
+        assert_eq!((status, body["failed"][0]["trace_id"].as_str()), (200, Some(id.as_str())), "{q}: {body}");
+    }
+    // The caller's too (a node's calls are its exemplars as much as what it serves); not the user's.
+    let (_, body) = get_json(&format!("{api}/api/v1/exemplars?node=shop/a/v1")).await;
+    assert_eq!(body["failed"][0]["trace_id"].as_str(), Some(id.as_str()), "{body}");
+    let (_, body) = get_json(&format!("{api}/api/v1/exemplars?node=user")).await;
+    assert_eq!(body["failed"], serde_json::json!([]), "{body}");
+    for (q, names) in [("", "from"), ("node=x&from=y", "node"), ("node=x&limit=0", "limit"), ("nodes=x", "nodes")] {
+        let (status, body) = get_json(&format!("{api}/api/v1/exemplars?{q}")).await;
+        assert_eq!(status, 400, "{q}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(names), "{q}: {body}");
+    }
+
     // The trace: two attempts, each a CLIENT span of a and the SERVER span of b under it.
     let body: Value = eventually("all four spans of the failed trace", 20, || async {
         let (_, body) = get_json(&format!("{api}/api/v1/traces/{id}")).await;
@@ -116,5 +150,15 @@ async fn the_trace_link_sends_users_to_their_tempo() {
     let t = &body["traces"][0];
     let id = t["trace_id"].as_str().unwrap();
     assert_eq!(t["link"], format!("http://tempo.example:3200/api/traces/{id}"));
+    // The exemplars outlive the store: the oldest request's is still named, not kept here, and links
+    // to Tempo.
+    let (_, body) = get_json(&format!("{api}/api/v1/exemplars?node=shop/b/v1&limit=10")).await;
+    let slowest = body["slowest"].as_array().unwrap();
+    assert_eq!(slowest.len(), 4, "{body:#}");
+    let gone = slowest.iter().find(|x| x["kept"] == false).expect("an exemplar whose trace was evicted");
+    let gone_id = gone["trace_id"].as_str().unwrap();
+    assert_eq!(gone["link"], format!("http://tempo.example:3200/api/traces/{gone_id}"));
+    let (status, _) = get_json(&format!("{api}/api/v1/traces/{gone_id}")).await;
+    assert_eq!(status, 404);
     hop.shutdown().await;
 }

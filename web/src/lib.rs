@@ -4,7 +4,8 @@
 //! The topology is SVG drawn from the shared layout (`meshlens_model::layout`), with app boxes,
 //! health colours, switchable edge labels, a lock on mTLS edges, pan and zoom; a side panel shows
 //! Kiali's tables for the clicked node or edge, its service's routes (linkerd viz routes' columns)
-//! and its kept failed traces, each opening as a waterfall; find/hide takes the expression language of
+//! and the requests behind it (its exemplars: newest failed, slowest), each opening as a waterfall
+//! when the collector keeps its trace, or linking to the user's Jaeger or Tempo; find/hide takes the expression language of
 //! `meshlens_model::find`; live updates come from the SSE stream; a slider steps through revisions;
 //! the URL holds the whole view (`meshlens_model::viewstate`). A large mesh opens as namespaces
 //! (the collector's `namespace` view); a namespace expands into its apps and collapses back, and
@@ -15,7 +16,7 @@ use futures_util::StreamExt;
 use gloo_net::eventsource::futures::EventSource;
 use gloo_net::http::Request;
 use leptos::prelude::*;
-use meshlens_model::api::{AppDetail, RoutesBody, TraceBody, TracesBody, WorkloadRow, WorkloadsBody};
+use meshlens_model::api::{AppDetail, Exemplar, ExemplarsBody, RoutesBody, TraceBody, WorkloadRow, WorkloadsBody};
 use meshlens_model::find;
 use meshlens_model::graph::{GraphSnapshot, Node, NodeKind, RevisionsBody, View};
 use meshlens_model::layout::{self, Layout, layout};
@@ -118,7 +119,7 @@ pub fn App() -> impl IntoView {
     let graph = RwSignal::new(None::<GraphSnapshot>);
     let workloads = RwSignal::new(Vec::<WorkloadRow>::new());
     let detail = RwSignal::new(None::<AppDetail>);
-    let traces = RwSignal::new(None::<(String, TracesBody, TracesBody)>);
+    let traces = RwSignal::new(None::<(String, ExemplarsBody)>);
     let routes = RwSignal::new(None::<(String, RoutesBody)>);
     let revisions = RwSignal::new(None::<RevisionsBody>);
     let error = RwSignal::new(None::<String>);
@@ -184,15 +185,15 @@ pub fn App() -> impl IntoView {
         });
     });
 
-    // The selection's kept traces, the newest failed and the slowest (a node's, or an edge's: a client
-    // span of its source whose server span is its target's), fetched when the selection changes.
+    // The requests behind the selection (its exemplars): the newest failed and the slowest of a node's
+    // inbound edges, or of an edge, fetched when the selection changes.
     Effect::new(move |_| {
         let Some(sel) = state.with(|s| s.selected.clone()) else { return };
         let enc = meshlens_model::viewstate::encode;
         let q = graph.with_untracked(|g| {
             let g = g.as_ref()?;
             match g.node(&sel) {
-                Some(n) => (n.kind != NodeKind::Namespace).then(|| format!("from={}", enc(&n.id))),
+                Some(n) => Some(format!("node={}", enc(&n.id))),
                 None => g
                     .edges
                     .iter()
@@ -202,10 +203,8 @@ pub fn App() -> impl IntoView {
         });
         let Some(q) = q else { return };
         leptos::task::spawn_local(async move {
-            let failed = get::<TracesBody>(&format!("/api/v1/traces?{q}&failed=true&limit=5")).await;
-            let slowest = get::<TracesBody>(&format!("/api/v1/traces?{q}&sort=slowest&limit=3")).await;
-            if let (Ok(f), Ok(s)) = (failed, slowest) {
-                traces.set(Some((sel, f, s)));
+            if let Ok(body) = get::<ExemplarsBody>(&format!("/api/v1/exemplars?{q}&limit=5")).await {
+                traces.set(Some((sel, body)));
             }
         });
     });
@@ -641,7 +640,7 @@ fn Panel(
     state: RwSignal<ViewState>,
     graph: RwSignal<Option<GraphSnapshot>>,
     detail: RwSignal<Option<AppDetail>>,
-    traces: RwSignal<Option<(String, TracesBody, TracesBody)>>,
+    traces: RwSignal<Option<(String, ExemplarsBody)>>,
     routes: RwSignal<Option<(String, RoutesBody)>>,
 ) -> impl IntoView {
     let opened = RwSignal::new(None::<TraceBody>);
@@ -729,32 +728,41 @@ fn Panel(
             {move || {
                 let sel = state.with(|s| s.selected.clone());
                 traces.with(|t| {
-                    let (_, failed, slowest) = t.as_ref().filter(|(s, _, _)| Some(s) == sel.as_ref())?;
-                    let list = |id: &'static str, title: &'static str, body: &TracesBody| {
-                        if body.traces.is_empty() {
+                    let (_, body) = t.as_ref().filter(|(s, _)| Some(s) == sel.as_ref())?;
+                    // A kept trace opens here as a waterfall; one the store no longer holds links to the
+                    // user's Jaeger or Tempo when there is one, and is named otherwise.
+                    let list = |id: &'static str, title: &'static str, items: &[Exemplar]| {
+                        if items.is_empty() {
                             return None;
                         }
-                        let items = body.traces.iter().map(|t| {
-                            let id = t.trace_id.clone();
+                        let items = items.iter().map(|x| {
+                            let tid = x.trace_id.clone();
                             let open = move |ev: leptos::ev::MouseEvent| {
                                 ev.prevent_default();
-                                let id = id.clone();
+                                let tid = tid.clone();
                                 leptos::task::spawn_local(async move {
-                                    if let Ok(b) = get::<TraceBody>(&format!("/api/v1/traces/{id}")).await {
+                                    if let Ok(b) = get::<TraceBody>(&format!("/api/v1/traces/{tid}")).await {
                                         opened.set(Some(b));
                                     }
                                 });
                             };
+                            let anchor = match (x.kept, &x.link) {
+                                (true, _) => view! { <a href="#" class="trace-id" on:click=open>{x.trace_id.clone()}</a> }.into_any(),
+                                (false, Some(link)) => view! {
+                                    <a href=link.clone() target="_blank" rel="noopener" class="trace-link">{x.trace_id.clone()}</a>
+                                }.into_any(),
+                                (false, None) => view! { <span class="trace-gone" title="no longer kept here">{x.trace_id.clone()}</span> }.into_any(),
+                            };
                             view! {
-                                <li><a href="#" class="trace-id" on:click=open>{t.trace_id.clone()}</a>
-                                    " "{format_ms(t.duration_ms)}" "{t.spans}" spans"</li>
+                                <li data-latency-ms=x.latency_ms.to_string()>{anchor}" "{format_ms(x.latency_ms)}
+                                    " "<span class="muted">{format!("{} → {}", x.source, x.target)}</span></li>
                             }
                         }).collect::<Vec<_>>();
                         Some(view! { <div id=id><h4>{title}</h4><ul>{items}</ul></div> })
                     };
                     Some(view! {
-                        {list("panel-traces", "Failed requests (kept traces)", failed)}
-                        {list("panel-slow", "Slowest requests (kept traces)", slowest)}
+                        {list("panel-traces", "Failed requests", &body.failed)}
+                        {list("panel-slow", "Slowest requests (5 min)", &body.slowest)}
                     })
                 })
             }}
