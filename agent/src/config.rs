@@ -32,7 +32,7 @@ pub struct AgentFile {
     /// Services the workload calls, with their endpoints per version.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSpec>,
-    /// The traffic policy (DESIGN.md's schema).
+    /// The traffic policy (`meshlens_model::policy`'s schema).
     pub policy: Option<PolicyFile>,
     /// Mutual TLS between agents; off when absent.
     pub tls: Option<TlsSpec>,

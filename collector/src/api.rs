@@ -1,4 +1,4 @@
-//! The HTTP API of DESIGN.md (`/api/v1/*`, `/metrics`, `/healthz`, `/readyz`, `/`), as an axum
+//! The HTTP API (`collector/src/openapi.json`) (`/api/v1/*`, `/metrics`, `/healthz`, `/readyz`, `/`), as an axum
 //! router over the [`Hub`].
 //!
 //! Handlers return `Result<_, ApiError>`: a client's mistake gets 400 with a message that names the

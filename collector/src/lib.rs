@@ -33,6 +33,7 @@ pub mod source;
 pub mod spans;
 pub mod store;
 pub mod tap;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod tls;
 pub mod traces;

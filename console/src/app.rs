@@ -150,8 +150,13 @@ pub enum Action {
     FilterDone,
     /// Close what is open.
     Escape,
-    /// A graph from the collector.
-    Graph(Box<GraphSnapshot>),
+    /// A graph from the collector: the answer to the refresh numbered `generation`.
+    Graph {
+        /// The [`Command::Refresh`] it answers.
+        generation: u64,
+        /// The graph.
+        graph: Box<GraphSnapshot>,
+    },
     /// Workloads from the collector.
     Workloads(Box<WorkloadsBody>),
     /// One app's detail (rate series) from the collector.
@@ -180,6 +185,10 @@ pub enum Action {
 pub enum Command {
     /// The graph and the workloads with these settings.
     Refresh {
+        /// This fetch's number: answers are applied only when newer than the last applied, so a
+        /// slow answer for settings since changed (an older window, another view) cannot overwrite
+        /// a newer one.
+        generation: u64,
         /// The view.
         view: View,
         /// The window.
@@ -278,6 +287,10 @@ pub struct App {
     pub now: Option<Instant>,
     /// Leave.
     pub quit: bool,
+    /// The number of the last refresh asked for.
+    asked: u64,
+    /// The number of the refresh whose graph is shown.
+    applied: u64,
 }
 
 impl App {
@@ -316,12 +329,16 @@ impl App {
             updated: None,
             now: None,
             quit: false,
+            asked: 0,
+            applied: 0,
         }
     }
 
-    /// The refresh for the current settings.
-    pub fn refresh(&self) -> Command {
+    /// The refresh for the current settings, numbered.
+    pub fn refresh(&mut self) -> Command {
+        self.asked += 1;
         Command::Refresh {
+            generation: self.asked,
             view: self.view,
             window: WINDOWS[self.window].to_owned(),
             at: self.at,
@@ -625,9 +642,14 @@ impl App {
                 self.filter.pop();
             }
             Action::FilterDone => self.filtering = false,
-            Action::Graph(g) => {
+            Action::Graph { generation, graph } => {
+                // Fetches run side by side: one older than the graph shown is dropped.
+                if generation < self.applied {
+                    return None;
+                }
+                self.applied = generation;
                 let first = self.full_graph.nodes.is_empty();
-                self.full_graph = *g;
+                self.full_graph = *graph;
                 self.updated = self.now;
                 self.relayout();
                 if first {

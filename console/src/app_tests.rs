@@ -11,7 +11,11 @@ use crate::fixture::{bookinfo, workloads};
 fn loaded() -> App {
     let mut app = App::new("http://127.0.0.1:7420");
     app.viewport = (200, 50);
-    assert_eq!(app.update(Action::Graph(Box::new(bookinfo()))).map(|c| matches!(c, Command::Detail { .. })), None);
+    assert_eq!(
+        app.update(Action::Graph { generation: 0, graph: Box::new(bookinfo()) })
+            .map(|c| matches!(c, Command::Detail { .. })),
+        None
+    );
     app.update(Action::Workloads(Box::new(workloads())));
     app
 }
@@ -66,13 +70,14 @@ fn edges_of_the_selection_can_be_picked() {
 fn a_namespace_collapses_and_expands() {
     let mut app = loaded();
     app.update(Action::Move(Dir::Right));
-    let refresh = |collapse: &[&str], view| Command::Refresh {
+    let refresh = |generation, collapse: &[&str], view| Command::Refresh {
+        generation,
         view,
         window: "1m".into(),
         at: None,
         collapse: collapse.iter().map(|c| c.to_string()).collect(),
     };
-    assert_eq!(app.update(Action::Collapse), Some(refresh(&["bookinfo"], View::Versioned)));
+    assert_eq!(app.update(Action::Collapse), Some(refresh(1, &["bookinfo"], View::Versioned)));
     assert_eq!(app.selected.as_deref(), Some("ns:bookinfo"), "the collapsed namespace stays selected");
     // The collector answers with the namespace as one node; `c` on it expands it again.
     let mut g = bookinfo();
@@ -86,10 +91,10 @@ fn a_namespace_collapses_and_expands() {
         target: "ns:bookinfo".into(),
         ..g.edges[0].clone()
     }];
-    app.update(Action::Graph(Box::new(g)));
+    app.update(Action::Graph { generation: 0, graph: Box::new(g) });
     assert_eq!(app.selected.as_deref(), Some("ns:bookinfo"));
-    assert_eq!(app.update(Action::Collapse), Some(refresh(&[], View::Versioned)));
-    assert_eq!(app.update(Action::ToggleNamespaces), Some(refresh(&[], View::Namespace)));
+    assert_eq!(app.update(Action::Collapse), Some(refresh(2, &[], View::Versioned)));
+    assert_eq!(app.update(Action::ToggleNamespaces), Some(refresh(3, &[], View::Namespace)));
     let key = |c: KeyCode| KeyEvent::new(c, KeyModifiers::NONE);
     assert_eq!(key_action(key(KeyCode::Char('c')), &app), Some(Action::Collapse));
     assert_eq!(key_action(key(KeyCode::Char('n')), &app), Some(Action::ToggleNamespaces));
@@ -110,16 +115,37 @@ fn focus_keeps_the_neighbourhood() {
     assert_eq!(app.graph.nodes.len(), 7);
 }
 
+/// Fetches run side by side: the answer to an older refresh (a window since left) arriving after a
+/// newer one's is dropped, not drawn over it.
+#[test]
+fn an_older_fetchs_answer_does_not_overwrite_a_newer_one() {
+    let mut app = loaded();
+    let Some(Command::Refresh { generation: older, .. }) = app.update(Action::CycleWindow) else { panic!() };
+    let Some(Command::Refresh { generation: newer, window, .. }) = app.update(Action::CycleWindow) else { panic!() };
+    assert_eq!(window, "15m");
+    let graph = |secs| {
+        let mut g = bookinfo();
+        g.window_seconds = secs;
+        Box::new(g)
+    };
+    app.update(Action::Graph { generation: newer, graph: graph(900) });
+    app.update(Action::Graph { generation: older, graph: graph(300) });
+    assert_eq!(app.full_graph.window_seconds, 900, "the 5m answer came last and was dropped");
+    let Some(Command::Refresh { generation: next, .. }) = app.update(Action::Published(9)) else { panic!() };
+    app.update(Action::Graph { generation: next, graph: graph(901) });
+    assert_eq!(app.full_graph.window_seconds, 901, "a newer one is drawn");
+}
+
 #[test]
 fn view_and_window_changes_ask_for_a_refresh() {
     let mut app = loaded();
     assert_eq!(
         app.update(Action::ToggleView),
-        Some(Command::Refresh { view: View::App, window: "1m".into(), at: None, collapse: vec![] })
+        Some(Command::Refresh { generation: 1, view: View::App, window: "1m".into(), at: None, collapse: vec![] })
     );
     assert_eq!(
         app.update(Action::CycleWindow),
-        Some(Command::Refresh { view: View::App, window: "5m".into(), at: None, collapse: vec![] })
+        Some(Command::Refresh { generation: 2, view: View::App, window: "5m".into(), at: None, collapse: vec![] })
     );
     for _ in 0..3 {
         app.update(Action::CycleWindow);
@@ -138,13 +164,25 @@ fn an_older_revision_can_be_shown_and_left() {
     app.update(Action::Move(Dir::Down));
     assert_eq!(
         app.update(Action::PickRevision),
-        Some(Command::Refresh { view: View::Versioned, window: "1m".into(), at: Some(41), collapse: vec![] })
+        Some(Command::Refresh {
+            generation: 1,
+            view: View::Versioned,
+            window: "1m".into(),
+            at: Some(41),
+            collapse: vec![]
+        })
     );
     assert_eq!(app.overlay, Overlay::None);
     assert_eq!(app.update(Action::Published(43)), None, "pinned: live updates do not move it");
     assert_eq!(
         app.update(Action::Live),
-        Some(Command::Refresh { view: View::Versioned, window: "1m".into(), at: None, collapse: vec![] })
+        Some(Command::Refresh {
+            generation: 2,
+            view: View::Versioned,
+            window: "1m".into(),
+            at: None,
+            collapse: vec![]
+        })
     );
     assert!(app.update(Action::Published(44)).is_some());
 }
@@ -188,11 +226,12 @@ fn the_link_state_and_staleness_follow_the_collector() {
     let mut app = loaded();
     let t0 = Instant::now();
     app.update(Action::Tick(t0));
-    assert_eq!(app.update(Action::Connection(Connection::Live)), Some(app.refresh()), "connected: fetch");
+    let fetch = |c: Option<Command>| matches!(c, Some(Command::Refresh { at: None, .. }));
+    assert!(fetch(app.update(Action::Connection(Connection::Live))), "connected: fetch");
     app.update(Action::Connection(Connection::Down("refused".into())));
     app.update(Action::Tick(t0 + Duration::from_secs(7)));
     assert_eq!(app.staleness().map(|s| s.round()), Some(7.0));
-    assert_eq!(app.update(Action::Connection(Connection::Live)), Some(app.refresh()), "back: fetch again");
+    assert!(fetch(app.update(Action::Connection(Connection::Live))), "back: fetch again");
 }
 
 fn tapped(target: &str, path: &str) -> Action {

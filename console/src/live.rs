@@ -42,13 +42,13 @@ pub async fn run(
         // Fetches run side by side; each answer is applied when it arrives.
         tokio::spawn(async move {
             let result = match cmd {
-                Command::Refresh { view, window, at, collapse } => {
+                Command::Refresh { generation, view, window, at, collapse } => {
                     let (g, w) =
                         tokio::join!(client.graph_at(view, &window, at, &collapse), client.workloads(&window, &[]));
                     if let Ok(w) = w {
                         let _ = actions.send(Action::Workloads(Box::new(w)));
                     }
-                    g.map(|g| Action::Graph(Box::new(g)))
+                    g.map(|g| Action::Graph { generation, graph: Box::new(g) })
                 }
                 Command::Tap { .. } | Command::StopTap => return,
                 Command::Revisions => client.revisions(200).await.map(|r| Action::Revisions(r.revisions)),

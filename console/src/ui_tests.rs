@@ -25,7 +25,7 @@ fn screen(app: &mut App, w: u16, h: u16) -> String {
 
 fn app() -> App {
     let mut app = App::new("http://127.0.0.1:7420");
-    app.update(Action::Graph(Box::new(bookinfo())));
+    app.update(Action::Graph { generation: 0, graph: Box::new(bookinfo()) });
     app.update(Action::Workloads(Box::new(workloads())));
     app.update(Action::Connection(Connection::Live));
     app

@@ -1,4 +1,4 @@
-//! Workload identity and node ids (DESIGN.md "Identity").
+//! Workload identity and node ids (docs/ARCHITECTURE.md, "Where meshlens departs from the design notes").
 //!
 //! A workload is `(namespace, app, version)`; its node id is `ns/app/version`, or `ns/app` without a
 //! version. Nodes that are not workloads — the `user` that sends traffic with no known caller, and the

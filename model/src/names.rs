@@ -1,4 +1,4 @@
-//! Metric and attribute names that the agent exports and the collector reads (DESIGN.md "Metric names").
+//! Metric and attribute names that the agent exports and the collector reads (docs/ARCHITECTURE.md, "The agent").
 
 /// Inbound-side request duration histogram (seconds), recorded by the callee's agent.
 pub const SERVER_DURATION: &str = "http.server.request.duration";

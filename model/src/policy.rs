@@ -1,4 +1,4 @@
-//! The traffic policy schema shared by the agent and the simulator (DESIGN.md "Policy schema"), so
+//! The traffic policy schema shared by the agent and the simulator (README, "Simulating a policy"; docs/ARCHITECTURE.md, "Policy semantics"), so
 //! what is simulated is what is deployed.
 //!
 //! Two layers, as config should be: [`PolicyFile`] is plain serde (unknown fields refused, durations

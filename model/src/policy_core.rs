@@ -1,5 +1,5 @@
-//! The policy mechanisms, once: what the agent enforces and the simulator rehearses (DESIGN.md "One
-//! policy core"). Everything here is pure and takes time as an argument (seconds or milliseconds on
+//! The policy mechanisms, once: what the agent enforces and the simulator rehearses (docs/ARCHITECTURE.md,
+//! "The simulator"). Everything here is pure and takes time as an argument (seconds or milliseconds on
 //! the caller's clock) and randomness as a uniform number in `[0, 1)`, so the agent runs it on its
 //! atomics and wall clock and the simulator on virtual time and its seeded RNG.
 //!
@@ -49,7 +49,7 @@ pub enum Outcome {
 const GRPC_SERVER_ERRORS: [u8; 7] = [2, 4, 8, 12, 13, 14, 15];
 
 impl Outcome {
-    /// The class name (DESIGN.md's outcome classes): `2xx` … `5xx`, `proxy_503` (also for a refused
+    /// The class name (the outcome classes `retry_on` names): `2xx` … `5xx`, `proxy_503` (also for a refused
     /// connection, which the proxy answers with its own 503), `timeout`, `reset`, `cancelled`, or
     /// `grpc_N`. `ConnectFailure` stays its own variant because `retry_on: [connect-failure]`
     /// tells it apart.

@@ -1,4 +1,5 @@
-//! The policy schema: the example of DESIGN.md resolves; each invalid value names its field.
+//! The policy schema: a full policy (every field of a service, as the design notes gave it) resolves;
+//! each invalid value names its field.
 
 use super::*;
 
@@ -6,7 +7,7 @@ fn file(json: serde_json::Value) -> PolicyFile {
     serde_json::from_value(json).unwrap()
 }
 
-fn design_example() -> serde_json::Value {
+fn full_example() -> serde_json::Value {
     serde_json::json!({"services": {"reviews": {
         "split": {"v1": 90, "v3": 10},
         "timeout": "2s",
@@ -25,7 +26,7 @@ fn design_example() -> serde_json::Value {
 
 #[test]
 fn the_design_example_resolves() {
-    let p = file(design_example()).resolve().unwrap();
+    let p = file(full_example()).resolve().unwrap();
     let r = &p.services["reviews"];
     assert_eq!(r.split, vec![("v1".to_owned(), 0.9), ("v3".to_owned(), 0.1)]);
     assert_eq!(r.timeout, Some(Duration::from_secs(2)));
@@ -99,7 +100,7 @@ fn every_invalid_value_names_its_field() {
         ("/services/reviews/fault/delay/percent", serde_json::json!(101), "services.reviews.fault.delay.percent"),
     ];
     for (pointer, value, expected) in cases {
-        let mut json = design_example();
+        let mut json = full_example();
         *json.pointer_mut(pointer).unwrap() = value.clone();
         let e = file(json).resolve().unwrap_err();
         assert!(e.to_string().starts_with(expected), "{pointer}: {e}");

@@ -1,4 +1,4 @@
-//! Request stats of a node side or an edge, and health (DESIGN.md "HTTP API").
+//! Request stats of a node side or an edge, and health (the `stats` and `health` of `/api/v1/graph`; `collector/src/openapi.json`).
 
 use serde::{Deserialize, Serialize};
 

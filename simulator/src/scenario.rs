@@ -21,7 +21,7 @@ pub struct ScenarioFile {
     pub entry: String,
     /// Services by name.
     pub services: BTreeMap<String, ServiceSpec>,
-    /// The policy (DESIGN.md's schema).
+    /// The policy (`meshlens_model::policy`'s schema).
     #[serde(default)]
     pub policy: PolicyFile,
     /// A canary plan (read by `--canary`; see [`crate::canary`]).

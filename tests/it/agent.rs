@@ -140,13 +140,19 @@ async fn a_failing_endpoint_is_ejected_and_comes_back() {
     assert_eq!(a.counters.ejections.get(), 1);
     assert_eq!(good.hits(), 17);
 
-    // Healed and back after the ejection time.
+    // Healed and back once the ejection time has passed: round robin reaches it again, then gives it
+    // half of what follows.
     bad.fail.store(false, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    eventually("the healed endpoint back in rotation", 10, || async {
+        assert_eq!(app.get("b", "/ok").await.0, 200);
+        (bad.hits() > 3).then_some(())
+    })
+    .await;
+    let before = bad.hits();
     for _ in 0..10 {
         assert_eq!(app.get("b", "/ok").await.0, 200);
     }
-    assert_eq!(bad.hits(), 3 + 5, "round robin gives it half again");
+    assert_eq!(bad.hits(), before + 5, "round robin gives it half again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,25 +397,36 @@ async fn a_broken_config_is_refused_and_a_reload_drops_no_request() {
     let a = meshlens_agent::start(config, options).await.unwrap();
     let app = App::via(&a);
 
-    // Requests flow while the file flips between two valid splits.
-    let flipper = {
-        let (path, a_yaml, b_yaml) =
-            (path.clone(), yaml("b: {split: {v1: 0, v2: 100}}"), yaml("b: {split: {v1: 100, v2: 0}}"));
+    // Requests flow while the file flips between two valid splits: each flip is waited for (the
+    // reload counted), then a request of the test's own goes where the new split says, while a
+    // second client keeps sending and never sees a failure.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = {
+        let (done, app) = (done.clone(), App::via(&a));
         tokio::spawn(async move {
-            for i in 0..10 {
-                write_atomic(&path, if i % 2 == 0 { &a_yaml } else { &b_yaml });
-                tokio::time::sleep(Duration::from_millis(80)).await;
+            let mut n = 0u32;
+            loop {
+                assert_eq!(app.get("b", "/ok").await.0, 200, "a request during a reload failed");
+                n += 1;
+                if done.load(Ordering::SeqCst) {
+                    return n;
+                }
             }
         })
     };
-    let mut n = 0;
-    while !flipper.is_finished() {
+    let (to_v2, to_v1) = (yaml("b: {split: {v1: 0, v2: 100}}"), yaml("b: {split: {v1: 100, v2: 0}}"));
+    for i in 0..10u64 {
+        let reloads = a.counters.reloads.get();
+        let (file, hits) = if i % 2 == 0 { (&to_v2, &b2) } else { (&to_v1, &b1) };
+        write_atomic(&path, file);
+        eventually("the flip reloaded", 5, || async { (a.counters.reloads.get() > reloads).then_some(()) }).await;
+        let before = hits.hits();
         assert_eq!(app.get("b", "/ok").await.0, 200);
-        n += 1;
+        assert!(hits.hits() > before, "flip {i}: the request went to the new split's version");
     }
-    flipper.await.unwrap();
-    assert!(n > 20 && b1.hits() > 0 && b2.hits() > 0, "{n} requests, {} + {}", b1.hits(), b2.hits());
-    eventually("reloads applied", 5, || async { (a.counters.reloads.get() >= 5).then_some(()) }).await;
+    done.store(true, Ordering::SeqCst);
+    let n = background.await.unwrap();
+    assert!(n >= 1 && a.counters.reloads.get() >= 10, "{n} requests beside, {} reloads", a.counters.reloads.get());
 
     // A broken file is refused, named, and the last good config keeps serving (all to v1).
     let before = b1.hits();

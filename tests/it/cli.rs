@@ -212,7 +212,13 @@ async fn demo_stops_cleanly_on_ctrl_c() {
             break;
         }
     }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Stopped mid-traffic: once its graph has an edge, the demo's load is running.
+    let graph = format!("http://127.0.0.1:{}/api/v1/graph", api_port(&text));
+    crate::support::eventually("the demo's traffic on its graph", 20, || async {
+        let (_, g) = crate::support::get_json(&graph).await;
+        (!g["edges"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     let status = tokio::time::timeout(std::time::Duration::from_secs(15), child.wait()).await.unwrap().unwrap();

@@ -135,8 +135,14 @@ async fn tap_shows_the_requests_sent_within_its_bound_and_stops_on_max_and_q() {
         app.get("b", "/ok").await;
     }
     let secs = start.elapsed().as_secs() + 2;
-    // Let the last batch (every 100 ms) arrive, then press q.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the agents' last batches (every 100 ms) have reached the collector, press q.
+    eventually("the tapped requests delivered", 10, || async {
+        let m = reqwest::get(format!("{api}/metrics")).await.ok()?.text().await.ok()?;
+        let got = crate::support::prom_value(&m, "meshlens_collector_tap_events_total")?;
+        let queued = hop.a.counters.tap_events_queued.get() + b.counters.tap_events_queued.get();
+        (got >= queued as f64).then_some(())
+    })
+    .await;
     child.stdin.as_mut().unwrap().write_all(b"q").await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "q ends the tap: {status}");
