@@ -6,7 +6,8 @@
 //! - `ingest/decode_512` and `ingest/engine_512`: the two halves of that path on their own — protobuf
 //!   decoding, and pairing plus recording into windowed stats — to show what limits it.
 //! - `api/graph_1000x5000`: `GET /api/v1/graph` over loopback for 1,000 nodes and 5,000 edges, and the
-//!   same graph computed live for another window.
+//!   same graph computed live for another window, and read back from the store for a past revision.
+//! - `api/revision_write_1000x5000`: the tick's store write of that revision (its four views).
 //! - `memory`: bytes per in-flight span half in the pairing store, and for 1,000 busy edges with a 1 h
 //!   window; printed, not timed.
 
@@ -301,6 +302,9 @@ fn api(c: &mut Criterion) {
         *engine = big_engine(1000, 5000, 20, now);
     }
     collector.hub.tick(now, &mut Merger::default()).unwrap();
+    // A second revision, so revision 1 is read back from the store (`?at=1`).
+    collector.hub.tick(now + 1.0, &mut Merger::default()).unwrap();
+    assert_eq!(collector.hub.latest().unwrap().revision, 2);
     {
         use std::io::Write;
         let rev = collector.hub.latest().unwrap();
@@ -326,10 +330,24 @@ fn api(c: &mut Criterion) {
     g.bench_function("graph_1000x5000_live_window", |b| {
         b.iter(|| rt.block_on(async { client.get(&live).send().await.unwrap().bytes().await.unwrap() }))
     });
+    let past = format!("{url}?at=1");
+    g.bench_function("graph_1000x5000_at_past_revision", |b| {
+        b.iter(|| rt.block_on(async { client.get(&past).send().await.unwrap().bytes().await.unwrap() }))
+    });
     g.bench_function("snapshot_1000x5000_compute", |b| {
         let engine = collector.hub.engine.lock();
         let mut merger = Merger::default();
         b.iter(|| meshlens_collector::views::snapshot(&engine, View::Versioned, 60, now, &mut merger))
+    });
+    // The tick's store write of that revision (four views, JSON, deflated), to an in-memory store.
+    g.bench_function("revision_write_1000x5000", |b| {
+        let rev = collector.hub.latest().unwrap();
+        let store = meshlens_collector::store::Store::in_memory(3600).unwrap();
+        let mut r = (*rev).clone();
+        b.iter(|| {
+            r.revision += 1;
+            store.write_tick(Some(&r), &[], now as u64, now as u64, Default::default(), &[]).unwrap();
+        })
     });
     // What the publisher does every tick: all four views.
     g.bench_function("tick_views_1000x5000", |b| {
