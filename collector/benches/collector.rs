@@ -339,6 +339,12 @@ fn api(c: &mut Criterion) {
         let mut merger = Merger::default();
         b.iter(|| meshlens_collector::views::snapshot(&engine, View::Versioned, 60, now, &mut merger))
     });
+    // The part of a view that holds the engine lock: each edge's window summed, ends and peers copied.
+    g.bench_function("freeze_1000x5000", |b| {
+        let engine = collector.hub.engine.lock();
+        let mut merger = Merger::default();
+        b.iter(|| meshlens_collector::views::freeze(&engine, 60, now, &mut merger))
+    });
     // The tick's store write of that revision (four views, JSON, deflated), to an in-memory store.
     g.bench_function("revision_write_1000x5000", |b| {
         let rev = collector.hub.latest().unwrap();

@@ -228,8 +228,9 @@ fn resolve(hub: &Hub, p: &Params) -> Result<GraphSnapshot, ApiError> {
             Some(rev) if window == rev.window_seconds && collapse.is_empty() => view_of(&rev, view)?,
             latest => {
                 let mut merger = Merger::default();
-                let engine = hub.engine.lock();
-                let mut g = views::collapsed(&engine, view, &collapse, window, unix_now(), &mut merger);
+                // Only the windows' sums are taken under the lock; the view is built after it.
+                let frozen = views::freeze(&hub.engine.lock(), window, unix_now(), &mut merger);
+                let mut g = frozen.view(view, &collapse, &mut merger);
                 g.revision = latest.map(|r| r.revision).unwrap_or(0);
                 g
             }

@@ -330,6 +330,11 @@ impl Graph {
         Ok(i)
     }
 
+    /// Peers interned (indexes `0..peer_count()`).
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
     /// The peer at an index.
     pub fn peer_at(&self, i: u32) -> &Peer {
         &self.peers[i as usize]

@@ -14,7 +14,7 @@ use crate::counters::Counters;
 use crate::engine::{Engine, unix_now};
 use crate::graph::EdgeState;
 use crate::store::{EdgeMeta, EdgeRecord, Store, StoreError, StoredRevision};
-use crate::views::snapshots;
+use crate::views::freeze;
 use crate::wal::Checkpoint;
 use crate::window::{COARSE_WIDTH, FINE_SLOTS, FINE_WIDTH, Slice};
 
@@ -142,7 +142,7 @@ impl Hub {
 
     /// One tick at `now`: returns the new revision if one was published.
     pub fn tick(&self, now: f64, merger: &mut Merger) -> Result<Option<Arc<StoredRevision>>, StoreError> {
-        let (views, records, data_since, applied, moves) = {
+        let (frozen, records, data_since, applied, moves) = {
             let mut engine = self.engine.lock();
             engine.expire(now);
             let moves = {
@@ -150,10 +150,12 @@ impl Hub {
                 pending.extend(engine.evict_idle(now));
                 pending.clone()
             };
-            let views = snapshots(&engine, &View::ALL, self.window_secs, now, merger);
+            let frozen = freeze(&engine, self.window_secs, now, merger);
             let records = dirty_records(&mut engine, now as u64);
-            (views, records, engine.data_since, engine.applied.seq, moves)
+            (frozen, records, engine.data_since, engine.applied.seq, moves)
         };
+        // Built after the lock is released: the pipeline ingests meanwhile.
+        let views = frozen.views(&View::ALL, merger);
         let key = graph_key(&views[0]);
         let mut published = None;
         {

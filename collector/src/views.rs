@@ -6,6 +6,10 @@
 //! `namespace` and for a collapsed namespace), builds a petgraph of view nodes whose edges hold the
 //! raw edges they merge, and aggregates slices and histograms per view edge and per node side, so a
 //! merged node's percentiles are exact.
+//!
+//! Two phases, so readers hold the engine lock only for the first: [`freeze`] sums each edge's
+//! slices over the window and copies the peers and the edges' ends (under the lock; the pipeline
+//! waits meanwhile), and [`Frozen::view`] builds any view from that copy (after it is released).
 
 use hashbrown::HashMap;
 use meshlens_model::api::{AppDetail, PeerStats, RatePoint, VersionDetail};
@@ -141,30 +145,40 @@ fn merge(windows: &[Option<EdgeWindow>], spec: WindowSpec, members: &[u32], merg
     agg.stats()
 }
 
+/// One raw edge's ends and protocol, as frozen.
+#[derive(Clone, Copy, Debug)]
+struct EdgeEnds {
+    source: u32,
+    target: u32,
+    protocol: crate::graph::Protocol,
+}
+
+/// What every view of one window needs of the engine, copied out under its lock: each active edge's
+/// window summed once, the edges' ends, the peers. Building views from it needs no lock.
+pub struct Frozen {
+    peers: Vec<Peer>,
+    edges: Vec<EdgeEnds>,
+    windows: Vec<Option<EdgeWindow>>,
+    spec: WindowSpec,
+    health: HealthThresholds,
+    window_secs: u64,
+    now: f64,
+}
+
+/// Sums every edge's window ending at `now` and copies what the views need (the part of a view
+/// that needs the engine; run it under the lock, then [`Frozen::view`] after).
+pub fn freeze(engine: &Engine, window_secs: u64, now: f64, merger: &mut Merger) -> Frozen {
+    let spec = WindowSpec::new(now, window_secs, engine.data_since);
+    let windows = edge_windows(engine, spec, merger);
+    let edges =
+        engine.edges().iter().map(|e| EdgeEnds { source: e.source, target: e.target, protocol: e.protocol }).collect();
+    let peers = (0..engine.graph.peer_count()).map(|i| engine.peer_at(i as u32).clone()).collect();
+    Frozen { peers, edges, windows, spec, health: engine.config.health, window_secs, now }
+}
+
 /// A view's graph: view nodes, and per view edge the raw edges it merges.
 struct ViewGraph {
     graph: DiGraph<Key, Vec<u32>>,
-}
-
-fn build(engine: &Engine, view: View, collapse: &Collapse, spec: &WindowSpec) -> ViewGraph {
-    let mut graph: DiGraph<Key, Vec<u32>> = DiGraph::new();
-    let mut index: HashMap<Key, NodeIndex> = HashMap::new();
-    let mut node =
-        |graph: &mut DiGraph<Key, Vec<u32>>, k: Key| *index.entry(k.clone()).or_insert_with(|| graph.add_node(k));
-    for (i, e) in engine.edges().iter().enumerate() {
-        if !active(e, spec) {
-            continue;
-        }
-        let s = node(&mut graph, view_key(engine.peer_at(e.source), view, collapse));
-        let t = node(&mut graph, view_key(engine.peer_at(e.target), view, collapse));
-        match graph.find_edge(s, t) {
-            Some(ei) => graph[ei].push(i as u32),
-            None => {
-                graph.add_edge(s, t, vec![i as u32]);
-            }
-        }
-    }
-    ViewGraph { graph }
 }
 
 fn side_members(g: &DiGraph<Key, Vec<u32>>, n: NodeIndex, dir: Direction) -> Vec<u32> {
@@ -185,9 +199,7 @@ pub fn collapsed(
     now: f64,
     merger: &mut Merger,
 ) -> GraphSnapshot {
-    let spec = WindowSpec::new(now, window_secs, engine.data_since);
-    let windows = edge_windows(engine, spec, merger);
-    view_snapshot(engine, &windows, view, collapse, spec, window_secs, now, merger)
+    freeze(engine, window_secs, now, merger).view(view, collapse, merger)
 }
 
 /// Computes snapshots of several views over one window: each edge's slices are summed once and the
@@ -199,64 +211,82 @@ pub fn snapshots(
     now: f64,
     merger: &mut Merger,
 ) -> Vec<GraphSnapshot> {
-    let spec = WindowSpec::new(now, window_secs, engine.data_since);
-    let windows = edge_windows(engine, spec, merger);
-    let none = Collapse::default();
-    views.iter().map(|&view| view_snapshot(engine, &windows, view, &none, spec, window_secs, now, merger)).collect()
+    freeze(engine, window_secs, now, merger).views(views, merger)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn view_snapshot(
-    engine: &Engine,
-    windows: &[Option<EdgeWindow>],
-    view: View,
-    collapse: &Collapse,
-    spec: WindowSpec,
-    window_secs: u64,
-    now: f64,
-    merger: &mut Merger,
-) -> GraphSnapshot {
-    let health = engine.config.health;
-    let vg = build(engine, view, collapse, &spec);
-    let g = &vg.graph;
-    let mut edges = Vec::with_capacity(g.edge_count());
-    for e in g.edge_references() {
-        let stats = merge(windows, spec, e.weight(), merger);
-        if stats.requests == 0 && stats.retries.unwrap_or(0) == 0 && stats.timeouts.unwrap_or(0) == 0 {
-            continue;
-        }
-        let (s, t) = (g[e.source()].id(), g[e.target()].id());
-        let protocol = engine.edges()[e.weight()[0] as usize].protocol.as_str().to_owned();
-        edges.push(Edge {
-            id: format!("{s}->{t}"),
-            source: s,
-            target: t,
-            protocol,
-            health: stats.health(&health),
-            stats,
-        });
+impl Frozen {
+    /// Snapshots of several views, without collapse.
+    pub fn views(&self, views: &[View], merger: &mut Merger) -> Vec<GraphSnapshot> {
+        let none = Collapse::default();
+        views.iter().map(|&view| self.view(view, &none, merger)).collect()
     }
-    edges.sort_by(|a, b| a.id.cmp(&b.id));
-    let live: hashbrown::HashSet<String> = edges.iter().flat_map(|e| [e.source.clone(), e.target.clone()]).collect();
-    let mut nodes = Vec::with_capacity(g.node_count());
-    for n in g.node_indices() {
-        let key = &g[n];
-        let id = key.id();
-        if !live.contains(&id) {
-            continue;
+
+    fn build(&self, view: View, collapse: &Collapse) -> ViewGraph {
+        let mut graph: DiGraph<Key, Vec<u32>> = DiGraph::new();
+        let mut index: HashMap<Key, NodeIndex> = HashMap::new();
+        let mut node =
+            |graph: &mut DiGraph<Key, Vec<u32>>, k: Key| *index.entry(k.clone()).or_insert_with(|| graph.add_node(k));
+        for (i, e) in self.edges.iter().enumerate() {
+            if self.windows[i].is_none() {
+                continue;
+            }
+            let s = node(&mut graph, view_key(&self.peers[e.source as usize], view, collapse));
+            let t = node(&mut graph, view_key(&self.peers[e.target as usize], view, collapse));
+            match graph.find_edge(s, t) {
+                Some(ei) => graph[ei].push(i as u32),
+                None => {
+                    graph.add_edge(s, t, vec![i as u32]);
+                }
+            }
         }
-        let inbound = merge(windows, spec, &side_members(g, n, Direction::Incoming), merger);
-        let outbound = merge(windows, spec, &side_members(g, n, Direction::Outgoing), merger);
-        nodes.push(make_node(key, id, view, inbound, outbound, &health));
+        ViewGraph { graph }
     }
-    nodes.sort_by(|a, b| a.id.cmp(&b.id));
-    GraphSnapshot {
-        revision: 0,
-        generated_at: format_rfc3339_ms((now * 1000.0) as i64),
-        window_seconds: window_secs,
-        view,
-        nodes,
-        edges,
+
+    /// The snapshot of `view` with `collapse`'s namespaces and apps drawn as one node each.
+    pub fn view(&self, view: View, collapse: &Collapse, merger: &mut Merger) -> GraphSnapshot {
+        let (health, spec, windows) = (self.health, self.spec, &self.windows[..]);
+        let vg = self.build(view, collapse);
+        let g = &vg.graph;
+        let mut edges = Vec::with_capacity(g.edge_count());
+        for e in g.edge_references() {
+            let stats = merge(windows, spec, e.weight(), merger);
+            if stats.requests == 0 && stats.retries.unwrap_or(0) == 0 && stats.timeouts.unwrap_or(0) == 0 {
+                continue;
+            }
+            let (s, t) = (g[e.source()].id(), g[e.target()].id());
+            let protocol = self.edges[e.weight()[0] as usize].protocol.as_str().to_owned();
+            edges.push(Edge {
+                id: format!("{s}->{t}"),
+                source: s,
+                target: t,
+                protocol,
+                health: stats.health(&health),
+                stats,
+            });
+        }
+        edges.sort_by(|a, b| a.id.cmp(&b.id));
+        let live: hashbrown::HashSet<String> =
+            edges.iter().flat_map(|e| [e.source.clone(), e.target.clone()]).collect();
+        let mut nodes = Vec::with_capacity(g.node_count());
+        for n in g.node_indices() {
+            let key = &g[n];
+            let id = key.id();
+            if !live.contains(&id) {
+                continue;
+            }
+            let inbound = merge(windows, spec, &side_members(g, n, Direction::Incoming), merger);
+            let outbound = merge(windows, spec, &side_members(g, n, Direction::Outgoing), merger);
+            nodes.push(make_node(key, id, view, inbound, outbound, &health));
+        }
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        GraphSnapshot {
+            revision: 0,
+            generated_at: format_rfc3339_ms((self.now * 1000.0) as i64),
+            window_seconds: self.window_secs,
+            view,
+            nodes,
+            edges,
+        }
     }
 }
 
