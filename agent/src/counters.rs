@@ -2,6 +2,7 @@
 //! ejected, injected and dropped, and how its exports and reloads went. Lock-free; read by the admin
 //! listener.
 
+use meshlens_model::escape::prometheus_label as escape;
 use std::fmt::Write as _;
 
 use meshlens_model::counter::Counter;
@@ -193,8 +194,4 @@ pub fn render(c: &Counters, registry: &Registry) -> String {
         let _ = write!(out, "# HELP meshlens_agent_{name} {help}\n# TYPE meshlens_agent_{name} counter\n{body}");
     }
     out
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

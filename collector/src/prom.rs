@@ -1,6 +1,7 @@
 //! `/metrics`: the graph as the servicegraph connector's `traces_service_graph_*` series (so Grafana's
 //! service graph and existing dashboards work), and the collector's own `meshlens_collector_*` health.
 
+use meshlens_model::escape::prometheus_label as escape;
 use std::fmt::Write;
 
 use meshlens_model::Peer;
@@ -8,10 +9,6 @@ use meshlens_model::Peer;
 use crate::engine::Engine;
 use crate::graph::{EdgeState, PROM_BUCKETS, PromHist};
 use crate::hub::Hub;
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
 
 fn peer_labels(peer: &Peer) -> (String, String, String) {
     match peer {

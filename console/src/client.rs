@@ -144,7 +144,7 @@ impl Client {
 
     /// `/api/v1/workloads/{namespace}/{app}`.
     pub async fn app(&self, namespace: &str, app: &str, window: &str) -> Result<AppDetail, ClientError> {
-        self.get(&format!("/api/v1/workloads/{}/{}?window={}", enc(namespace), enc(app), enc(window))).await
+        self.get(&format!("/api/v1/workloads/{}/{}?window={}", segment(namespace), segment(app), enc(window))).await
     }
 
     /// The base URL.
@@ -218,7 +218,7 @@ impl Client {
 
     /// `/api/v1/traces/{id}`: one kept trace.
     pub async fn trace(&self, id: &str) -> Result<TraceBody, ClientError> {
-        self.get(&format!("/api/v1/traces/{}", enc(id))).await
+        self.get(&format!("/api/v1/traces/{}", segment(id))).await
     }
 
     /// `/api/v1/routes`: a service's routes, as all callers (or `from`) saw them.
@@ -273,4 +273,8 @@ pub enum TapMessage {
 
 fn enc(s: &str) -> String {
     meshlens_model::viewstate::encode(s)
+}
+
+fn segment(s: &str) -> String {
+    meshlens_model::viewstate::encode_segment(s)
 }

@@ -7,6 +7,8 @@
 //! the Unicode bidirectional and invisible formatting characters (which reorder or hide text, the
 //! "Trojan Source" trick) as `\u{NNNN}`. A backslash is doubled only where an escape follows it, so
 //! common names read as before. [`dot`] and [`mermaid`] apply it and then each format's quoting.
+//! [`prometheus_label`] quotes a label value for the Prometheus text format (the agent's and the
+//! collector's `/metrics`).
 
 use std::borrow::Cow;
 
@@ -56,6 +58,12 @@ pub fn mermaid(s: &str) -> String {
         }
     }
     out
+}
+
+/// A Prometheus label value's escapes (backslash, double quote, newline), for the text and
+/// OpenMetrics exposition formats.
+pub fn prometheus_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]

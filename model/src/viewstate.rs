@@ -121,40 +121,29 @@ impl Default for ViewState {
     }
 }
 
-/// Percent-encodes a query-string component (space as `+`; `/` and `:` kept, for readable ids).
+/// What a query component leaves as it is: the unreserved characters, and `/` and `:`, which a query
+/// may hold as they are (RFC 3986 §3.4), so ids stay readable in the address bar.
+const QUERY: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/').remove(b':');
+
+/// What a path segment leaves as it is: the unreserved characters only (a `/` would split it).
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// Percent-encodes a query-string component (`/` and `:` kept, for readable ids; a space is `+`, as
+/// forms write it, and a `+` is `%2B`).
 pub fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => out.push(b as char),
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, QUERY).to_string().replace("%20", "+")
 }
 
+/// Percent-encodes one path segment (`/api/v1/workloads/{ns}/{app}`): a `/` in a name is `%2F`.
+pub fn encode_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// Decodes a query-string component (`+` is a space, as forms write it).
 fn dec(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 impl ViewState {
@@ -282,6 +271,19 @@ pub const MAX_FOCUS_HOPS: u32 = 5;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_stay_readable_in_a_query_and_a_slash_cannot_split_a_path_segment() {
+        assert_eq!(encode("shop/b/v1@east"), "shop/b/v1%40east");
+        assert_eq!(encode("ns:pay"), "ns:pay");
+        assert_eq!(encode("a b&c=d#e+"), "a+b%26c%3Dd%23e%2B");
+        assert_eq!(encode_segment("we/b"), "we%2Fb");
+        assert_eq!(encode_segment("ünïcode ok"), "%C3%BCn%C3%AFcode%20ok");
+        for s in ["shop/b/v1", "a b&c=d#e+f", "ünï/%2F"] {
+            assert_eq!(dec(&encode(s)), s);
+        }
+        assert_eq!(dec("a+b%20c"), "a b c", "a form's + is a space");
+    }
 
     #[test]
     fn the_url_round_trips_the_view() {

@@ -178,7 +178,9 @@ pub fn App() -> impl IntoView {
             return;
         }
         leptos::task::spawn_local(async move {
-            let path = format!("/api/v1/workloads/{}/{}?window={}", node.namespace, node.app, s.window);
+            let (seg, enc) = (meshlens_model::viewstate::encode_segment, meshlens_model::viewstate::encode);
+            let path =
+                format!("/api/v1/workloads/{}/{}?window={}", seg(&node.namespace), seg(&node.app), enc(&s.window));
             if let Ok(d) = get::<AppDetail>(&path).await {
                 detail.set(Some(d));
             }
