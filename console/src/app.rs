@@ -6,14 +6,14 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use meshlens_model::api::{AppDetail, ExemplarsBody, RoutesBody, WorkloadRow, WorkloadsBody};
+use meshlens_model::api::{AppDetail, Column, ExemplarsBody, RoutesBody, WorkloadRow, WorkloadsBody};
 use meshlens_model::graph::{GraphSnapshot, RevisionSummary, View};
 use meshlens_model::layout::{Layout, edge_label, layout};
 use meshlens_model::tap::{TapEvent, TapStatus};
 use meshlens_model::viewstate::{collapse_item, expand_namespace};
 
 /// Stats windows the `w` key cycles through.
-pub const WINDOWS: [&str; 5] = ["30s", "1m", "5m", "15m", "1h"];
+pub use meshlens_model::viewstate::WINDOWS;
 
 /// Which screen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,8 +79,8 @@ pub enum Dir {
     Right,
 }
 
-/// Table columns, in order; the digit keys 1–9 sort by them.
-pub const COLUMNS: [&str; 10] = ["NAMESPACE", "APP", "VERSION", "SUCCESS", "RPS", "P50", "P95", "P99", "IN", "OUT"];
+/// Table columns, in order; the digit keys 1–9 and 0 sort by them.
+pub const COLUMNS: [Column; 10] = Column::ALL;
 
 /// Everything that changes the state.
 #[derive(Clone, Debug, PartialEq)]
@@ -139,7 +139,7 @@ pub enum Action {
         why: String,
     },
     /// Sort the table by this column (again: reverse).
-    SortBy(usize),
+    SortBy(Column),
     /// Start typing a filter.
     StartFilter,
     /// A character of the filter.
@@ -264,7 +264,7 @@ pub struct App {
     /// Highlighted revision in the list.
     pub revision_cursor: usize,
     /// Sort column and descending.
-    pub sort: (usize, bool),
+    pub sort: (Column, bool),
     /// Table filter.
     pub filter: String,
     /// Typing into the filter.
@@ -317,7 +317,7 @@ impl App {
             at: None,
             revisions: Vec::new(),
             revision_cursor: 0,
-            sort: (4, true),
+            sort: (Column::Rps, true),
             filter: String::new(),
             filtering: false,
             row: 0,
@@ -625,11 +625,7 @@ impl App {
                     t.ended = Some(why);
                 }
             }
-            Action::SortBy(col) => {
-                if col < COLUMNS.len() {
-                    self.sort = if self.sort.0 == col { (col, !self.sort.1) } else { (col, col >= 3) };
-                }
-            }
+            Action::SortBy(col) => self.sort = col.sort_after(self.sort),
             Action::StartFilter => {
                 self.filtering = true;
                 self.screen = Screen::Workloads;
@@ -763,8 +759,8 @@ pub fn key_action(key: KeyEvent, app: &App) -> Option<Action> {
         KeyCode::Char('e') => Action::NextEdge,
         KeyCode::Char('t') => Action::ToggleTap,
         KeyCode::Char('/') => Action::StartFilter,
-        KeyCode::Char(c @ '1'..='9') => Action::SortBy(c as usize - '1' as usize),
-        KeyCode::Char('0') => Action::SortBy(9),
+        KeyCode::Char(c @ '1'..='9') => Action::SortBy(COLUMNS[c as usize - '1' as usize]),
+        KeyCode::Char('0') => Action::SortBy(COLUMNS[9]),
         _ => return None,
     })
 }

@@ -7,6 +7,7 @@ use meshlens_model::graph::{RevisionSummary, TopologyChanges, View};
 
 use super::*;
 use crate::fixture::{bookinfo, workloads};
+use meshlens_model::api::Column;
 
 fn loaded() -> App {
     let mut app = App::new("http://127.0.0.1:7420");
@@ -193,11 +194,11 @@ fn the_table_sorts_and_filters() {
     app.update(Action::SwitchScreen);
     let ids = |app: &App| app.rows().iter().map(|w| w.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&app)[0], "bookinfo/details/v1", "by rps, highest first (ties by id)");
-    app.update(Action::SortBy(3));
+    app.update(Action::SortBy(Column::Success));
     assert_eq!(ids(&app)[0], "bookinfo/details/v1");
-    app.update(Action::SortBy(3));
+    app.update(Action::SortBy(Column::Success));
     assert_eq!(ids(&app)[0], "bookinfo/reviews/v3", "success, lowest first after reversing");
-    app.update(Action::SortBy(1));
+    app.update(Action::SortBy(Column::App));
     assert_eq!(ids(&app)[0], "bookinfo/details/v1");
     for c in "rev".chars() {
         app.update(Action::FilterChar(c));
@@ -215,7 +216,7 @@ fn keys_map_to_actions_and_the_filter_takes_letters() {
     let mut app = loaded();
     assert_eq!(key_action(key(KeyCode::Char('q')), &app), Some(Action::Quit));
     assert_eq!(key_action(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), &app), Some(Action::Quit));
-    assert_eq!(key_action(key(KeyCode::Char('3')), &app), Some(Action::SortBy(2)));
+    assert_eq!(key_action(key(KeyCode::Char('3')), &app), Some(Action::SortBy(Column::Version)));
     app.update(Action::StartFilter);
     assert_eq!(key_action(key(KeyCode::Char('q')), &app), Some(Action::FilterChar('q')));
     assert_eq!(key_action(key(KeyCode::Enter), &app), Some(Action::FilterDone));

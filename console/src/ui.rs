@@ -2,6 +2,7 @@
 //! detail pane, the status line, overlays); each panel is a function of the [`App`] only, so
 //! screens render the same on a real terminal and on ratatui's `TestBackend`.
 
+use meshlens_model::viewstate::format_pct as pct;
 use ratatui::Frame;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout as Split, Rect};
@@ -236,10 +237,6 @@ fn draw_graph(frame: &mut Frame, app: &mut App, area: Rect) {
     }
 }
 
-fn pct(v: Option<f64>) -> String {
-    v.map_or("-".to_owned(), |p| format!("{p:.2}"))
-}
-
 fn lat(s: &Stats) -> [String; 3] {
     match &s.latency_ms {
         Some(l) => [format_ms(l.p50), format_ms(l.p95), format_ms(l.p99)],
@@ -249,9 +246,9 @@ fn lat(s: &Stats) -> [String; 3] {
 
 fn draw_table(frame: &mut Frame, app: &mut App, area: Rect) {
     let rows = app.rows();
-    let header = Row::new(COLUMNS.iter().enumerate().map(|(i, c)| {
-        let mark = if app.sort.0 == i { if app.sort.1 { "▼" } else { "▲" } } else { "" };
-        Cell::from(format!("{c}{mark}"))
+    let header = Row::new(COLUMNS.iter().map(|&c| {
+        let mark = if app.sort.0 == c { if app.sort.1 { "▼" } else { "▲" } } else { "" };
+        Cell::from(format!("{}{mark}", c.header()))
     }))
     .style(Style::new().bold());
     let body: Vec<Row> = rows

@@ -138,25 +138,90 @@ impl WorkloadRow {
     }
 }
 
-/// Orders two workload rows by a column of `meshlens stat`: 0 namespace, 1 app, 2 version,
-/// 3 success %, 4 rps, 5 p50, 6 p95, 7 p99, 8 inbound rps, 9 outbound rps; `desc` reverses; ties go
-/// by id, so the order is stable.
-pub fn compare_rows(a: &WorkloadRow, b: &WorkloadRow, col: usize, desc: bool) -> std::cmp::Ordering {
+/// A column of the workloads table (the console's and the web view's), in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Column {
+    /// Namespace.
+    Namespace,
+    /// App.
+    App,
+    /// Version.
+    Version,
+    /// Inbound success %.
+    Success,
+    /// Inbound requests per second.
+    Rps,
+    /// Inbound p50.
+    P50,
+    /// Inbound p95.
+    P95,
+    /// Inbound p99.
+    P99,
+    /// Inbound requests per second (the `IN` beside `OUT`).
+    Inbound,
+    /// Outbound requests per second.
+    Outbound,
+}
+
+impl Column {
+    /// Every column, in the table's order.
+    pub const ALL: [Column; 10] = [
+        Column::Namespace,
+        Column::App,
+        Column::Version,
+        Column::Success,
+        Column::Rps,
+        Column::P50,
+        Column::P95,
+        Column::P99,
+        Column::Inbound,
+        Column::Outbound,
+    ];
+
+    /// The header.
+    pub fn header(self) -> &'static str {
+        match self {
+            Column::Namespace => "NAMESPACE",
+            Column::App => "APP",
+            Column::Version => "VERSION",
+            Column::Success => "SUCCESS",
+            Column::Rps => "RPS",
+            Column::P50 => "P50",
+            Column::P95 => "P95",
+            Column::P99 => "P99",
+            Column::Inbound => "IN",
+            Column::Outbound => "OUT",
+        }
+    }
+
+    /// The sort after choosing `self` with `current` in force: the same column reverses; another
+    /// sorts by it, numbers highest first and names A to Z.
+    pub fn sort_after(self, current: (Column, bool)) -> (Column, bool) {
+        if current.0 == self {
+            (self, !current.1)
+        } else {
+            (self, !matches!(self, Column::Namespace | Column::App | Column::Version))
+        }
+    }
+}
+
+/// Orders two workload rows by a column; `desc` reverses; ties go by id, so the order is stable.
+pub fn compare_rows(a: &WorkloadRow, b: &WorkloadRow, col: Column, desc: bool) -> std::cmp::Ordering {
     let num = |w: &WorkloadRow| -> f64 {
         let lat = |f: fn(&crate::stats::LatencyMs) -> f64| w.inbound.latency_ms.as_ref().map_or(-1.0, f);
         match col {
-            3 => w.inbound.success_pct.unwrap_or(-1.0),
-            4 | 8 => w.inbound.rps,
-            5 => lat(|l| l.p50),
-            6 => lat(|l| l.p95),
-            7 => lat(|l| l.p99),
-            _ => w.outbound.rps,
+            Column::Success => w.inbound.success_pct.unwrap_or(-1.0),
+            Column::P50 => lat(|l| l.p50),
+            Column::P95 => lat(|l| l.p95),
+            Column::P99 => lat(|l| l.p99),
+            Column::Outbound => w.outbound.rps,
+            _ => w.inbound.rps,
         }
     };
     let o = match col {
-        0 => a.namespace.cmp(&b.namespace),
-        1 => a.app.cmp(&b.app),
-        2 => a.version.cmp(&b.version),
+        Column::Namespace => a.namespace.cmp(&b.namespace),
+        Column::App => a.app.cmp(&b.app),
+        Column::Version => a.version.cmp(&b.version),
         _ => num(a).total_cmp(&num(b)),
     };
     let o = if desc { o.reverse() } else { o };

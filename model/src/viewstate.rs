@@ -55,6 +55,14 @@ impl EdgeLabel {
     }
 }
 
+/// The windows the console cycles through and the web view offers, shortest first.
+pub const WINDOWS: [&str; 5] = ["30s", "1m", "5m", "15m", "1h"];
+
+/// A percentage as the tables show it: two decimals, `-` when there were no requests.
+pub fn format_pct(v: Option<f64>) -> String {
+    v.map_or("-".to_owned(), |p| format!("{p:.2}"))
+}
+
 /// Milliseconds, short: `3.2ms`, `12ms`, `1.2s`.
 pub fn format_ms(v: f64) -> String {
     if v >= 1000.0 {

@@ -16,10 +16,14 @@ use futures_util::StreamExt;
 use gloo_net::eventsource::futures::EventSource;
 use gloo_net::http::Request;
 use leptos::prelude::*;
-use meshlens_model::api::{AppDetail, Exemplar, ExemplarsBody, RoutesBody, TraceBody, WorkloadRow, WorkloadsBody};
+use meshlens_model::api::{
+    AppDetail, Column, Exemplar, ExemplarsBody, RoutesBody, TraceBody, WorkloadRow, WorkloadsBody,
+};
 use meshlens_model::find;
 use meshlens_model::graph::{GraphSnapshot, Node, NodeKind, RevisionsBody, View};
 use meshlens_model::layout::{self, Layout, layout};
+use meshlens_model::viewstate::WINDOWS;
+use meshlens_model::viewstate::format_pct as pct;
 use meshlens_model::viewstate::{EdgeLabel, MAX_FOCUS_HOPS, Page, ViewState, format_ms};
 use meshlens_model::{Health, Stats};
 use wasm_bindgen::prelude::*;
@@ -29,8 +33,6 @@ use wasm_bindgen::prelude::*;
 pub fn start() {
     leptos::mount::mount_to_body(App);
 }
-
-const WINDOWS: [&str; 5] = ["30s", "1m", "5m", "15m", "1h"];
 
 fn health_color(h: Health) -> &'static str {
     match h {
@@ -614,10 +616,6 @@ fn draw(
     view! { {edges} {boxes} {nodes} }
 }
 
-fn pct(v: Option<f64>) -> String {
-    v.map_or("-".to_owned(), |p| format!("{p:.2}"))
-}
-
 fn stats_rows(label: &'static str, s: &Stats) -> impl IntoView + use<> {
     view! { <tr><td>{label}</td><td>{format!("{:.2}", s.rps)}</td><td>{pct(s.success_pct)}</td><td>{pct(s.error_pct)}</td></tr> }
 }
@@ -868,12 +866,11 @@ fn Chart(points: Vec<f64>) -> impl IntoView {
 
 #[component]
 fn Workloads(rows: RwSignal<Vec<WorkloadRow>>) -> impl IntoView {
-    let sort = RwSignal::new((4usize, true));
-    let headers = ["NAMESPACE", "APP", "VERSION", "SUCCESS", "RPS", "P50", "P95", "P99"];
+    let sort = RwSignal::new((Column::Rps, true));
     view! {
         <table class="workloads" id="workloads">
-            <tr>{headers.into_iter().enumerate().map(|(i, h)| view! {
-                <th on:click=move |_| sort.update(|s| *s = if s.0 == i { (i, !s.1) } else { (i, i >= 3) })>{h}</th>
+            <tr>{Column::ALL[..8].iter().map(|&c| view! {
+                <th on:click=move |_| sort.update(|s| *s = c.sort_after(*s))>{c.header()}</th>
             }).collect_view()}</tr>
             {move || {
                 let (col, desc) = sort.get();
