@@ -392,25 +392,40 @@ impl AgentConfig {
     /// The parts a reload may change differ from `other` only there; listeners and the workload
     /// need a restart. Returns the first part that needs one.
     pub fn restart_needed(&self, other: &Self) -> Option<&'static str> {
-        if self.workload != other.workload {
-            Some("workload")
-        } else if self.inbound_listen != other.inbound_listen {
-            Some("inbound.listen")
-        } else if self.outbound_listen != other.outbound_listen {
-            Some("outbound.listen")
-        } else if self.admin_listen != other.admin_listen {
-            Some("admin.listen")
-        } else if self.limits != other.limits {
-            Some("limits")
-        } else if self.tls != other.tls {
-            Some("tls")
-        } else if self.telemetry.as_ref().map(|t| (&t.collector, t.span_queue))
-            != other.telemetry.as_ref().map(|t| (&t.collector, t.span_queue))
-        {
-            Some("telemetry.collector")
-        } else {
-            None
-        }
+        // Every field is named, so a new one does not compile until it is sorted here into what a
+        // reload applies (`_`) or what needs a restart.
+        let AgentConfig {
+            workload,
+            inbound_listen,
+            app: _,
+            source_header: _,
+            outbound_listen,
+            admin_listen,
+            telemetry,
+            limits,
+            services: _,
+            tls,
+            authz: _,
+            rate_limit: _,
+        } = self;
+        // The exporter (endpoint, queue, interval, token) is built at start; sampling is read live.
+        let export = |t: &Option<Telemetry>| {
+            t.as_ref().map(|t| {
+                let Telemetry { collector, interval, sampling: _, span_queue, token } = t;
+                (collector.clone(), *span_queue, *interval, token.clone())
+            })
+        };
+        [
+            ("workload", *workload != other.workload),
+            ("inbound.listen", *inbound_listen != other.inbound_listen),
+            ("outbound.listen", *outbound_listen != other.outbound_listen),
+            ("admin.listen", *admin_listen != other.admin_listen),
+            ("limits", *limits != other.limits),
+            ("tls", *tls != other.tls),
+            ("telemetry (collector, interval, token, span_queue)", export(telemetry) != export(&other.telemetry)),
+        ]
+        .into_iter()
+        .find_map(|(part, differs)| differs.then_some(part))
     }
 }
 
@@ -768,5 +783,10 @@ policy:
         )
         .unwrap();
         assert_eq!(a.restart_needed(&d), Some("admin.listen"));
+        // Sampling is read live; the exporter's interval is not (it was silently ignored before).
+        let e = AgentConfig::parse(&GOOD.replace("sampling: 0.5", "sampling: 0.25"), "a").unwrap();
+        assert_eq!(a.restart_needed(&e), None);
+        let f = AgentConfig::parse(&GOOD.replace("interval: 2s", "interval: 5s"), "a").unwrap();
+        assert_eq!(a.restart_needed(&f), Some("telemetry (collector, interval, token, span_queue)"));
     }
 }
