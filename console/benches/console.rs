@@ -65,7 +65,7 @@ fn layout_and_frame(c: &mut Criterion) {
         let mut app = App::new("http://127.0.0.1:7420");
         g.bench_function(name, |b| {
             b.iter(|| {
-                app.update(Action::Graph(Box::new(graph.clone())));
+                app.update(Action::Graph { generation: 0, graph: Box::new(graph.clone()) });
                 terminal.draw(|f| draw(f, &mut app)).unwrap();
             })
         });
