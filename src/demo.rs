@@ -340,6 +340,9 @@ pub struct RunningDemo {
     pub load: Arc<[AtomicU64; 3]>,
     agents: Vec<meshlens_agent::Running>,
     tasks: Vec<JoinHandle<()>>,
+    /// The load generator: it returns once `stop` is sent (its requests in flight finish in the
+    /// agents' drain).
+    generator: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     _certs: Certs,
 }
@@ -350,15 +353,16 @@ impl RunningDemo {
         self.collector.api_url()
     }
 
-    /// Stops the load, then the agents (each exports once more), then the collector.
+    /// Stops the load, then the agents (each drains its open requests and exports once more, waiting
+    /// for the collector's answer), then the collector (which takes in all it has acknowledged).
     pub async fn shutdown(self) -> Result<(), DemoError> {
         let _ = self.stop.send(true);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(g) = self.generator {
+            let _ = g.await;
+        }
         for a in self.agents.into_iter().rev() {
             a.shutdown().await;
         }
-        // Let the collector take in the agents' last exports before it stops.
-        tokio::time::sleep(Duration::from_millis(300)).await;
         for t in self.tasks {
             t.abort();
         }
@@ -452,10 +456,9 @@ pub async fn start(config: DemoConfig) -> Result<RunningDemo, DemoError> {
     let load: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
     let entry = callees.get(&mesh.entry).cloned().unwrap_or_default();
     let targets: Vec<Arc<Upstream>> = entry.iter().map(|(_, a)| Arc::new(Upstream::new(&a.to_string()))).collect();
-    if config.load {
-        tasks.push(tokio::spawn(generate(targets, mesh.entry.clone(), config.rate, load.clone(), stop_rx)));
-    }
-    Ok(RunningDemo { collector, workloads, load, agents, tasks, stop, _certs: certs })
+    let generator =
+        config.load.then(|| tokio::spawn(generate(targets, mesh.entry.clone(), config.rate, load.clone(), stop_rx)));
+    Ok(RunningDemo { collector, workloads, load, agents, tasks, generator, stop, _certs: certs })
 }
 
 /// The demo's own mesh CA and certificates, in a directory removed when the demo stops.
