@@ -121,31 +121,21 @@ async fn follow(base: String, token: Option<String>, actions: mpsc::UnboundedSen
                 if actions.send(Action::Connection(Connection::Live)).is_err() {
                     return;
                 }
-                let mut body = resp.bytes_stream();
-                let mut pending = String::new();
-                let mut event = String::new();
+                // The revision is the event's SSE id; the graph itself is fetched for the console's own
+                // settings, so the event's data is not decoded.
+                let mut events = eventsource_stream::Eventsource::eventsource(resp.bytes_stream());
                 let mut failure = "the collector closed the stream".to_owned();
-                while let Some(chunk) = body.next().await {
-                    let chunk = match chunk {
-                        Ok(c) => c,
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(ev) if ev.event == "graph" => {
+                            if actions.send(Action::Published(ev.id.parse().unwrap_or(0))).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
                         Err(e) => {
                             failure = e.to_string();
                             break;
-                        }
-                    };
-                    pending.push_str(&String::from_utf8_lossy(&chunk));
-                    while let Some(end) = pending.find('\n') {
-                        let line: String = pending.drain(..=end).collect();
-                        let line = line.trim_end();
-                        if let Some(name) = line.strip_prefix("event:") {
-                            event = name.trim().to_owned();
-                        } else if let Some(data) = line.strip_prefix("data:")
-                            && event == "graph"
-                        {
-                            let revision = revision_of(data);
-                            if actions.send(Action::Published(revision)).is_err() {
-                                return;
-                            }
                         }
                     }
                 }
@@ -164,21 +154,4 @@ async fn follow(base: String, token: Option<String>, actions: mpsc::UnboundedSen
 
 fn short(e: &reqwest::Error) -> String {
     if e.is_connect() { "connection refused".to_owned() } else { e.to_string() }
-}
-
-/// The `revision` of a graph event's JSON without decoding the whole graph.
-fn revision_of(data: &str) -> u64 {
-    data.find("\"revision\":")
-        .map(|i| &data[i + 11..])
-        .and_then(|rest| rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_the_revision_of_an_event() {
-        assert_eq!(super::revision_of(r#"{"revision":42,"generated_at":"x"}"#), 42);
-        assert_eq!(super::revision_of("{}"), 0);
-    }
 }
