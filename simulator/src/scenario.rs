@@ -294,8 +294,7 @@ impl Scenario {
         let origin = path.display().to_string();
         let err = |message: String| ScenarioError { origin: origin.clone(), message };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("reading: {e}")))?;
-        let mut sc = Self::parse(&text, &origin)?;
-        let file: ScenarioFile = serde_yaml_ng::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let (file, mut sc) = Self::parse_file(&text, &origin)?;
         if let Some(log) = &file.arrivals.replay {
             let log_path = path.parent().unwrap_or(std::path::Path::new(".")).join(log);
             let body = std::fs::read_to_string(&log_path)
@@ -320,16 +319,23 @@ impl Scenario {
 
     /// Parses and checks a scenario; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
+        Self::parse_file(text, origin).map(|(_, sc)| sc)
+    }
+
+    /// Parses once: the file as written (for what [`Scenario::load`] reads beside it) and the
+    /// checked scenario.
+    fn parse_file(text: &str, origin: &str) -> Result<(ScenarioFile, Self), ScenarioError> {
         let err = |message: String| ScenarioError { origin: origin.to_owned(), message };
         let file: ScenarioFile = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
-        file.resolve().map_err(|message| {
+        let sc = file.resolve().map_err(|message| {
             // Checks after parsing name the field by its path; add the line it is on.
             let path = message.split(':').next().unwrap_or("");
             match line_of(text, path) {
                 Some(line) => err(format!("line {line}: {message}")),
                 None => err(message),
             }
-        })
+        })?;
+        Ok((file, sc))
     }
 }
 
