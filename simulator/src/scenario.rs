@@ -629,28 +629,112 @@ impl Scenario {
     }
 }
 
+/// One step of a field path: a mapping key, or a sequence index (`spikes[0]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn segments(path: &str) -> Vec<Seg> {
+    let mut out = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let mut pieces = part.split('[');
+        if let Some(key) = pieces.next().filter(|k| !k.is_empty()) {
+            out.push(Seg::Key(key.to_owned()));
+        }
+        for idx in pieces {
+            if let Ok(i) = idx.trim_end_matches(']').parse() {
+                out.push(Seg::Index(i));
+            }
+        }
+    }
+    out
+}
+
+/// Every parse event with where it starts.
+struct Events(Vec<(yaml_rust2::Event, yaml_rust2::scanner::Marker)>);
+
+impl yaml_rust2::parser::MarkedEventReceiver for Events {
+    fn on_event(&mut self, ev: yaml_rust2::Event, mark: yaml_rust2::scanner::Marker) {
+        self.0.push((ev, mark));
+    }
+}
+
 /// The line (1-based) of the field at a dotted path (`services.b.versions.v1.latency`,
-/// `arrivals.spikes[0].rate`), found by looking for each key in turn after the previous one.
+/// `arrivals.spikes[0].rate`), read from the YAML's own structure (a parser's events and their
+/// positions), so a key of the same name elsewhere is never taken for it; when the field itself is
+/// not written, the line of its nearest written parent.
 pub fn line_of(text: &str, path: &str) -> Option<usize> {
-    let keys: Vec<&str> = path.split('.').map(|k| k.split('[').next().unwrap_or(k)).filter(|k| !k.is_empty()).collect();
-    if keys.is_empty() || keys.iter().any(|k| k.contains(' ')) {
+    use yaml_rust2::Event;
+    let want = segments(path);
+    if want.is_empty() {
         return None;
     }
-    let lines: Vec<&str> = text.lines().collect();
-    let mut from = 0;
-    let mut found = None;
-    for key in keys {
-        let needle = format!("{key}:");
-        let hit = (from..lines.len()).find(|&i| {
-            let l = lines[i];
-            l.trim_start().starts_with(&needle)
-                || l.contains(&format!("{{{needle}"))
-                || l.contains(&format!(" {needle}"))
-        })?;
-        found = Some(hit + 1);
-        from = hit;
+    let mut events = Events(Vec::new());
+    yaml_rust2::parser::Parser::new_from_str(text).load(&mut events, false).ok()?;
+    // Per open container: a mapping waiting for a key (`None`) or holding the key of its value, or
+    // a sequence with the index of its next item.
+    enum Frame {
+        Map(Option<String>),
+        Seq(usize),
     }
-    found
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut best: Option<(usize, usize)> = None; // (depth matched, line)
+    let here = |stack: &[Frame]| -> Vec<Seg> {
+        stack
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Map(Some(k)) => Some(Seg::Key(k.clone())),
+                Frame::Seq(i) => Some(Seg::Index(*i)),
+                Frame::Map(None) => None,
+            })
+            .collect()
+    };
+    let mut note = |at: &[Seg], line: usize| {
+        let depth = at.len();
+        if depth <= want.len() && want[..depth] == *at && best.is_none_or(|(d, _)| depth > d) {
+            best = Some((depth, line));
+        }
+    };
+    for (ev, mark) in events.0 {
+        // A node in a sequence is its next item.
+        let item =
+            matches!(ev, Event::Scalar(..) | Event::MappingStart(..) | Event::SequenceStart(..) | Event::Alias(_));
+        if item && let Some(Frame::Seq(_)) = stack.last() {
+            note(&here(&stack), mark.line());
+        }
+        match ev {
+            Event::Scalar(value, ..) if matches!(stack.last(), Some(Frame::Map(None))) => {
+                if let Some(Frame::Map(key)) = stack.last_mut() {
+                    *key = Some(value);
+                }
+                note(&here(&stack), mark.line());
+                continue;
+            }
+            Event::MappingStart(..) => {
+                stack.push(Frame::Map(None));
+                continue;
+            }
+            Event::SequenceStart(..) => {
+                stack.push(Frame::Seq(0));
+                continue;
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                stack.pop();
+            }
+            _ => {}
+        }
+        // A value (scalar, alias, or a container just closed) ends: the parent moves on.
+        if matches!(ev, Event::Scalar(..) | Event::Alias(_) | Event::MappingEnd | Event::SequenceEnd) {
+            match stack.last_mut() {
+                Some(Frame::Map(key)) => *key = None,
+                Some(Frame::Seq(i)) => *i += 1,
+                None => {}
+            }
+        }
+    }
+    best.map(|(_, line)| line)
 }
 
 #[cfg(test)]
@@ -669,5 +753,22 @@ mod fuzz_tests {
         ];
         let ok = meshlens_model::mutate::count_parsed(&seeds, 5, 5_000, |t| Scenario::parse(t, "fuzz.yaml").is_ok());
         assert!(ok > 0 && ok < 5_000, "{ok} of the mutants parse");
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::line_of;
+
+    #[test]
+    fn lines_follow_the_structure_not_the_first_key_of_that_name() {
+        let text = "services:\n  a:\n    versions:\n      v1: {latency: 1ms, calls: [b]}\n  b:\n    versions:\n      v1:\n        latency: 2ms\narrivals:\n  spikes:\n    - {at: 1s, rate: 5}\n    - at: 2s\n      rate: 9\n";
+        assert_eq!(line_of(text, "services.b.versions.v1.latency"), Some(8), "b's, not a's on line 4");
+        assert_eq!(line_of(text, "services.a.versions.v1.latency"), Some(4), "inside a flow mapping");
+        assert_eq!(line_of(text, "arrivals.spikes[1].rate"), Some(13));
+        assert_eq!(line_of(text, "arrivals.spikes[0]"), Some(11));
+        assert_eq!(line_of(text, "services.b.versions.v1.error_pct"), Some(7), "not written: its parent's line");
+        assert_eq!(line_of(text, "nowhere.at.all"), None);
+        assert_eq!(line_of("a: [unclosed", "a"), None, "a file that does not parse has no lines");
     }
 }
