@@ -768,6 +768,11 @@ mod line_tests {
         assert_eq!(line_of(text, "arrivals.spikes[1].rate"), Some(13));
         assert_eq!(line_of(text, "arrivals.spikes[0]"), Some(11));
         assert_eq!(line_of(text, "services.b.versions.v1.error_pct"), Some(7), "not written: its parent's line");
+        assert_eq!(line_of(text, "services.a.versions.v1.calls[0]"), Some(4));
+        // a's v1 writes no error_pct and no service_time: its own line, not b's `latency` below.
+        assert_eq!(line_of(text, "services.a.versions.v1.service_time"), Some(4));
+        let b_later = text.replace("latency: 2ms", "service_time: 2ms");
+        assert_eq!(line_of(&b_later, "services.a.versions.v1.service_time"), Some(4), "not b's on line 8");
         assert_eq!(line_of(text, "nowhere.at.all"), None);
         assert_eq!(line_of("a: [unclosed", "a"), None, "a file that does not parse has no lines");
     }
