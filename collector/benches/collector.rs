@@ -7,7 +7,7 @@
 //!   decoding, and pairing plus recording into windowed stats — to show what limits it.
 //! - `api/graph_1000x5000`: `GET /api/v1/graph` over loopback for 1,000 nodes and 5,000 edges, and the
 //!   same graph computed live for another window, and read back from the store for a past revision.
-//! - `api/revision_write_1000x5000`: the tick's store write of that revision (its four views).
+//! - `api/revision_write_1000x5000`: the tick's store write of that revision (its five views).
 //! - `memory`: bytes per in-flight span half in the pairing store, and for 1,000 busy edges with a 1 h
 //!   window; printed, not timed.
 
@@ -312,7 +312,7 @@ fn api(c: &mut Criterion) {
         let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(&json).unwrap();
         let stored = enc.finish().unwrap();
-        println!("stored revision (4 views): {} bytes of JSON, {} bytes deflated", json.len(), stored.len());
+        println!("stored revision (5 views): {} bytes of JSON, {} bytes deflated", json.len(), stored.len());
     }
     let client = reqwest::Client::new();
     let url = format!("{}/api/v1/graph", collector.api_url());
@@ -345,7 +345,7 @@ fn api(c: &mut Criterion) {
         let mut merger = Merger::default();
         b.iter(|| meshlens_collector::views::freeze(&engine, 60, now, &mut merger))
     });
-    // The tick's store write of that revision (four views, JSON, deflated), to an in-memory store.
+    // The tick's store write of that revision (five views, JSON, deflated), to an in-memory store.
     g.bench_function("revision_write_1000x5000", |b| {
         let rev = collector.hub.latest().unwrap();
         let store = meshlens_collector::store::Store::in_memory(3600).unwrap();
@@ -355,7 +355,7 @@ fn api(c: &mut Criterion) {
             store.write_tick(Some(&r), &[], now as u64, now as u64, Default::default(), &[]).unwrap();
         })
     });
-    // What the publisher does every tick: all four views.
+    // What the publisher does every tick: all five views.
     g.bench_function("tick_views_1000x5000", |b| {
         let engine = collector.hub.engine.lock();
         let mut merger = Merger::default();

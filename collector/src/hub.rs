@@ -1,5 +1,5 @@
 //! The shared state behind the API, and the publisher: on each tick it expires span halves, computes
-//! the four views, publishes a revision when the graph changed, writes the tick to the store and
+//! the five views, publishes a revision when the graph changed, writes the tick to the store and
 //! announces the revision to SSE subscribers.
 
 use std::sync::atomic::{AtomicBool, Ordering};

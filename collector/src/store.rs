@@ -426,7 +426,7 @@ fn summary_of(r: &StoredRevision) -> RevisionSummary {
     }
 }
 
-/// A revision is JSON, deflate-compressed: the four views repeat ids and field names, and compress
+/// A revision is JSON, deflate-compressed: the five views repeat ids and field names, and compress
 /// about tenfold.
 fn encode_revision(rev: &StoredRevision) -> Result<Vec<u8>, StoreError> {
     let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt { what: "revision", detail: e.to_string() };

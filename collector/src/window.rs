@@ -276,7 +276,7 @@ impl Counts {
     }
 }
 
-/// One edge's window summed once, so the four views of a tick can merge edges without walking
+/// One edge's window summed once, so the five views of a tick can merge edges without walking
 /// their slices again.
 #[derive(Clone, Debug, Default)]
 pub struct EdgeWindow {
