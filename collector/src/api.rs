@@ -1,5 +1,5 @@
-//! The HTTP API (`collector/src/openapi.json`) (`/api/v1/*`, `/metrics`, `/healthz`, `/readyz`, `/`), as an axum
-//! router over the [`Hub`].
+//! The HTTP API (`/api/v1/*`, `/metrics`, `/healthz`, `/readyz`, `/`; described in
+//! `collector/src/openapi.json`), as an axum router over the [`Hub`].
 //!
 //! Handlers return `Result<_, ApiError>`: a client's mistake gets 400 with a message that names the
 //! parameter, an unknown workload or revision 404, a collector that is not ready 503, and an
@@ -78,6 +78,14 @@ impl IntoResponse for ApiError {
 
 fn bad(name: &str, detail: impl std::fmt::Display) -> ApiError {
     ApiError::BadParameter(format!("parameter {name}: {detail}"))
+}
+
+/// A query string read into `T` (serde, unknown parameters refused); a bad one is a 400 that says
+/// what is wrong and which parameters the endpoint takes.
+type Query<T> = Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
+
+fn query<T>(q: Query<T>, takes: &str) -> Result<T, ApiError> {
+    q.map(|q| q.0).map_err(|e| ApiError::BadParameter(format!("{}: {takes}", e.body_text())))
 }
 
 /// Where `at=` points.
@@ -384,11 +392,8 @@ struct TracesQuery {
     limit: Option<usize>,
 }
 
-async fn traces(
-    State(api): ApiState,
-    q: Result<axum::extract::Query<TracesQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<TracesBody>, ApiError> {
-    let q = q.map_err(|e| ApiError::BadParameter(format!("{}: from, to, failed, sort, limit", e.body_text())))?.0;
+async fn traces(State(api): ApiState, q: Query<TracesQuery>) -> Result<Json<TracesBody>, ApiError> {
+    let q = query(q, "from, to, failed, sort, limit")?;
     let limit = q.limit.unwrap_or(20);
     if !(1..=1000).contains(&limit) {
         return Err(bad("limit", "must be between 1 and 1000"));
@@ -419,11 +424,8 @@ struct ExemplarsQuery {
     limit: Option<usize>,
 }
 
-async fn exemplars(
-    State(api): ApiState,
-    q: Result<axum::extract::Query<ExemplarsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<ExemplarsBody>, ApiError> {
-    let q = q.map_err(|e| ApiError::BadParameter(format!("{}: node, from, to, limit", e.body_text())))?.0;
+async fn exemplars(State(api): ApiState, q: Query<ExemplarsQuery>) -> Result<Json<ExemplarsBody>, ApiError> {
+    let q = query(q, "node, from, to, limit")?;
     let limit = q.limit.unwrap_or(crate::exemplars::KEEP);
     if !(1..=100).contains(&limit) {
         return Err(bad("limit", "must be between 1 and 100"));
@@ -471,11 +473,11 @@ const MAX_TAP_TARGET: usize = 4 * meshlens_model::identity::MAX_NAME_BYTES;
 /// once a second `event: status` (agents connected and live, events, dropped).
 async fn tap(
     State(api): ApiState,
-    q: Result<axum::extract::Query<TapQuery>, axum::extract::rejection::QueryRejection>,
+    q: Query<TapQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     use meshlens_model::tap::{MAX_TAP_RPS, parse_find};
     ready(&api.hub)?;
-    let q = q.map_err(|e| ApiError::BadParameter(format!("{}: target, find, max_rps", e.body_text())))?.0;
+    let q = query(q, "target, find, max_rps")?;
     let target = match q.target {
         None => return Err(bad("target", "missing: name a workload as app, namespace/app or its node id")),
         Some(t) if t.is_empty() || t.len() > MAX_TAP_TARGET => {

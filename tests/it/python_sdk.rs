@@ -67,6 +67,19 @@ async fn the_python_sdk_over_grpc_and_http() {
         assert!(near(&front["inbound"]["latency_ms"]["p50"], 80.0), "{ns}: {}", front["inbound"]);
         assert_eq!(front["outbound"]["requests"], 2 * n);
         assert_eq!(node(&g, &id("payments", "v1")).unwrap()["health"], "failing");
+        // The requests behind the failing edge, from the SDK's own spans: its newest failed ones
+        // (five kept, of ten), each a trace the collector holds, and the slowest beside them.
+        let q = format!("{}/api/v1/exemplars?from={}&to={}", c.api_url(), id("checkout", "v2"), id("payments", "v1"));
+        let (status, ex) = crate::support::get_json(&q).await;
+        assert_eq!(status, 200, "{ex}");
+        let failed = ex["failed"].as_array().unwrap();
+        assert_eq!(failed.len(), 5, "{ns}: {ex:#}");
+        assert!(failed.iter().all(|x| x["failed"] == true && x["kept"] == true), "{ns}: {ex:#}");
+        assert_eq!(ex["slowest"].as_array().unwrap().len(), 5, "{ns}: {ex:#}");
+        // A root request's edge (user → frontend) has them too.
+        let (_, ex) =
+            crate::support::get_json(&format!("{}/api/v1/exemplars?node={}", c.api_url(), id("frontend", "v1"))).await;
+        assert!(ex["slowest"].as_array().unwrap().iter().any(|x| x["source"] == "user"), "{ns}: {ex:#}");
     }
     c.shutdown().await.unwrap();
 }
