@@ -24,7 +24,6 @@ use meshlens_model::api::{
 use meshlens_model::graph::{DiffBody, GraphSnapshot, RevisionsBody, View};
 use meshlens_model::hist::Merger;
 use meshlens_model::time::{parse_duration, parse_rfc3339_ms};
-use parking_lot::Mutex;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -171,11 +170,10 @@ fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Params, ApiError> {
 
 type ApiState = State<Arc<Api>>;
 
-/// The API's state: the hub and a cache of serialized latest snapshots.
+/// The API's state.
 pub struct Api {
     hub: Arc<Hub>,
     shutdown: tokio::sync::watch::Receiver<bool>,
-    cache: Mutex<Option<(u64, View, Bytes)>>,
     subscribers: Arc<tokio::sync::Semaphore>,
     max_sse_subscribers: usize,
     trace_link: Option<String>,
@@ -185,95 +183,128 @@ fn ready(hub: &Hub) -> Result<(), ApiError> {
     if hub.is_ready() { Ok(()) } else { Err(ApiError::NotReady) }
 }
 
-fn stored(hub: &Hub, at: At) -> Result<Arc<StoredRevision>, ApiError> {
-    let n = match at {
-        At::Revision(n) => n,
+/// The revision number `at` names (a number, or the newest published at or before a time).
+fn revision_number(hub: &Hub, at: At) -> Result<u64, ApiError> {
+    match at {
+        At::Revision(n) => Ok(n),
         At::Time(t) => hub.revision_at_time(t).ok_or_else(|| {
             ApiError::NotFound(format!("no revision at or before {}", meshlens_model::time::format_rfc3339_ms(t)))
-        })?,
-    };
+        }),
+    }
+}
+
+fn not_stored(hub: &Hub, n: u64) -> ApiError {
+    ApiError::NotFound(format!("revision {n} is not stored (oldest kept: {})", hub.oldest()))
+}
+
+/// One view of the revision `at` names, with the window it was published with: the latest from
+/// memory, another from the store (that view only is read and parsed).
+fn stored(hub: &Hub, at: At, view: View) -> Result<(u64, GraphSnapshot), ApiError> {
+    let n = revision_number(hub, at)?;
     if let Some(latest) = hub.latest().filter(|l| l.revision == n) {
-        return Ok(latest);
+        return Ok((latest.window_seconds, view_of(&latest, view)?));
     }
-    match hub.store.revision(n) {
-        Ok(Some(r)) => Ok(Arc::new(r)),
-        Ok(None) => Err(ApiError::NotFound(format!("revision {n} is not stored (oldest kept: {})", hub.oldest()))),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
+    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
+    let (head, json) = hub.store.revision_view(n, view).map_err(|e| internal(&e))?.ok_or_else(|| not_stored(hub, n))?;
+    Ok((head.window_seconds, serde_json::from_slice(&json).map_err(|e| internal(&e))?))
+}
+
+fn other_window(rev: u64, stored: u64, w: u64) -> ApiError {
+    bad(
+        "window",
+        format!(
+            "revision {rev} was published with a {stored}s window; a past revision cannot be read with another window ({w}s)"
+        ),
+    )
+}
+
+/// A past revision's view as the store holds it, its JSON sent as stored (no parse, no
+/// serialisation); the latest is served as the live answer kept for it.
+async fn stored_view(hub: &Arc<Hub>, at: At, view: View, window: Option<u64>) -> Result<Bytes, ApiError> {
+    let n = revision_number(hub, at)?;
+    // (A latest revision published with another window, before a restart, is read from the store.)
+    if let Some(latest) = hub.latest().filter(|l| l.revision == n && l.window_seconds == hub.window_secs) {
+        if let Some(w) = window.filter(|&w| w != latest.window_seconds) {
+            return Err(other_window(n, latest.window_seconds, w));
+        }
+        let key = crate::live::LiveKey::new(latest.window_seconds, view, &[]);
+        let answer = hub.live_graph(key, unix_now()).map_err(|e| ApiError::Internal(e.to_string()))?;
+        // The live answer may be of a newer revision by now; then read the one asked for.
+        if answer.snapshot.revision == n {
+            return Ok(answer.body.clone());
+        }
     }
+    let h = hub.clone();
+    let read = tokio::task::spawn_blocking(move || h.store.revision_view(n, view))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (head, json) = read.ok_or_else(|| not_stored(hub, n))?;
+    if let Some(w) = window.filter(|&w| w != head.window_seconds) {
+        return Err(other_window(n, head.window_seconds, w));
+    }
+    Ok(Bytes::from(json))
 }
 
 fn view_of(rev: &StoredRevision, view: View) -> Result<GraphSnapshot, ApiError> {
-    let i = View::ALL.iter().position(|&v| v == view).unwrap_or(0);
-    rev.views.get(i).cloned().ok_or_else(|| ApiError::Internal(format!("revision {} lacks view {view}", rev.revision)))
+    rev.view(view).cloned().ok_or_else(|| ApiError::Internal(format!("revision {} lacks view {view}", rev.revision)))
 }
 
-/// The snapshot a read asks for: a stored revision, the latest, or computed live for another window.
-fn resolve(hub: &Hub, p: &Params) -> Result<GraphSnapshot, ApiError> {
-    let view = p.view.unwrap_or_default();
-    let collapse = views::Collapse::new(&p.collapse);
-    if !collapse.is_empty() && p.at.is_some() {
-        return Err(bad(
-            "collapse",
-            "a past revision keeps its views' figures, not the histograms a collapsed node's percentiles merge; \
-             collapse the live graph, or read view=namespace at that revision",
-        ));
+/// What a graph read answers with: a live answer as kept (served as its bytes), or a snapshot built
+/// for this read (a stored revision, or a namespace filter applied to a copy).
+enum Resolved {
+    Kept(Arc<crate::live::LiveAnswer>),
+    Built(GraphSnapshot),
+}
+
+impl Resolved {
+    fn snapshot(&self) -> &GraphSnapshot {
+        match self {
+            Resolved::Kept(a) => &a.snapshot,
+            Resolved::Built(g) => g,
+        }
     }
+}
+
+/// The snapshot a read asks for: a stored revision, or the live graph for a window (see [`crate::live`]).
+fn resolve(hub: &Hub, p: &Params) -> Result<Resolved, ApiError> {
+    let view = p.view.unwrap_or_default();
     let mut g = if let Some(at) = p.at {
-        let rev = stored(hub, at)?;
-        if let Some(w) = p.window.filter(|&w| w != rev.window_seconds) {
+        if !p.collapse.is_empty() {
             return Err(bad(
-                "window",
-                format!(
-                    "revision {} was published with a {}s window; a past revision cannot be read with another window ({w}s)",
-                    rev.revision, rev.window_seconds
-                ),
+                "collapse",
+                "a past revision keeps its views' figures, not the histograms a collapsed node's percentiles merge; \
+                 collapse the live graph, or read view=namespace at that revision",
             ));
         }
-        view_of(&rev, view)?
-    } else {
-        let window = p.window.unwrap_or(hub.window_secs);
-        match hub.latest() {
-            Some(rev) if window == rev.window_seconds && collapse.is_empty() => view_of(&rev, view)?,
-            latest => {
-                let mut merger = Merger::default();
-                // Only the windows' sums are taken under the lock; the view is built after it.
-                let frozen = views::freeze(&hub.engine.lock(), window, unix_now(), &mut merger);
-                let mut g = frozen.view(view, &collapse, &mut merger);
-                g.revision = latest.map(|r| r.revision).unwrap_or(0);
-                g
-            }
+        let (window, g) = stored(hub, at, view)?;
+        if let Some(w) = p.window.filter(|&w| w != window) {
+            return Err(other_window(g.revision, window, w));
         }
+        g
+    } else {
+        let key = crate::live::LiveKey::new(p.window.unwrap_or(hub.window_secs), view, &p.collapse);
+        let answer = hub.live_graph(key, unix_now()).map_err(|e| ApiError::Internal(e.to_string()))?;
+        if p.namespaces.is_empty() {
+            return Ok(Resolved::Kept(answer));
+        }
+        (*answer.snapshot).clone()
     };
     g.retain_namespaces(&p.namespaces);
-    Ok(g)
+    Ok(Resolved::Built(g))
 }
 
 async fn graph(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     ready(&api.hub)?;
     let p = parse(q.as_deref(), &["view", "window", "namespace", "collapse", "at"])?;
-    // The common read — the latest revision, whole mesh — is served from cached bytes.
-    if p.at.is_none()
-        && p.namespaces.is_empty()
-        && p.collapse.is_empty()
-        && p.window.is_none_or(|w| w == api.hub.window_secs)
-        && let Some(rev) = api.hub.latest()
-    {
-        let view = p.view.unwrap_or_default();
-        let mut cache = api.cache.lock();
-        let hit = cache.as_ref().filter(|(r, v, _)| *r == rev.revision && *v == view).map(|(_, _, b)| b.clone());
-        let body = match hit {
-            Some(b) => b,
-            None => {
-                let b = Bytes::from(
-                    serde_json::to_vec(&view_of(&rev, view)?).map_err(|e| ApiError::Internal(e.to_string()))?,
-                );
-                *cache = Some((rev.revision, view, b.clone()));
-                b
-            }
-        };
+    if let Some(at) = p.at.filter(|_| p.namespaces.is_empty() && p.collapse.is_empty()) {
+        let body = stored_view(&api.hub, at, p.view.unwrap_or_default(), p.window).await?;
         return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
     }
-    Ok(Json(resolve(&api.hub, &p)?).into_response())
+    Ok(match resolve(&api.hub, &p)? {
+        Resolved::Kept(a) => ([(header::CONTENT_TYPE, "application/json")], a.body.clone()).into_response(),
+        Resolved::Built(g) => Json(g).into_response(),
+    })
 }
 
 async fn revisions(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<RevisionsBody>, ApiError> {
@@ -309,8 +340,8 @@ async fn diff(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<DiffBo
             .ok_or_else(|| ApiError::NotFound("no revision published yet".into()))?,
     };
     let view = p.view.unwrap_or_default();
-    let a = view_of(&*stored(&api.hub, At::Revision(from))?, view)?;
-    let b = view_of(&*stored(&api.hub, At::Revision(to))?, view)?;
+    let (_, a) = stored(&api.hub, At::Revision(from), view)?;
+    let (_, b) = stored(&api.hub, At::Revision(to), view)?;
     Ok(Json(DiffBody::between(&a, &b)))
 }
 
@@ -322,15 +353,16 @@ async fn workloads(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<W
     ready(&api.hub)?;
     let mut p = parse(q.as_deref(), &["window", "namespace", "at"])?;
     p.view = Some(View::Workload);
-    let g = resolve(&api.hub, &p)?;
-    Ok(Json(WorkloadsBody { revision: g.revision, window_seconds: g.window_seconds, workloads: workload_rows(&g) }))
+    let r = resolve(&api.hub, &p)?;
+    let g = r.snapshot();
+    Ok(Json(WorkloadsBody { revision: g.revision, window_seconds: g.window_seconds, workloads: workload_rows(g) }))
 }
 
 async fn profile(State(api): ApiState, RawQuery(q): RawQuery) -> Result<Json<Profile>, ApiError> {
     ready(&api.hub)?;
     let mut p = parse(q.as_deref(), &["window", "namespace", "at"])?;
     p.view = Some(View::Versioned);
-    Ok(Json(Profile::from_graph(&resolve(&api.hub, &p)?)))
+    Ok(Json(Profile::from_graph(resolve(&api.hub, &p)?.snapshot())))
 }
 
 async fn app(
@@ -628,7 +660,7 @@ pub fn router(
     trace_link: Option<String>,
 ) -> Router {
     let subscribers = Arc::new(tokio::sync::Semaphore::new(max_sse_subscribers));
-    let api = Arc::new(Api { hub, shutdown, cache: Mutex::new(None), subscribers, max_sse_subscribers, trace_link });
+    let api = Arc::new(Api { hub, shutdown, subscribers, max_sse_subscribers, trace_link });
     Router::new()
         .route("/api/v1/graph", get(graph))
         .route("/api/v1/revisions", get(revisions))

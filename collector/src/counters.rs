@@ -104,6 +104,13 @@ pub struct Counters {
     pub series: Counter,
     /// Revisions published.
     pub revisions_published: Counter,
+    /// Live graph answers (a window or collapse other than the publisher's) computed on a read,
+    /// because no tick had kept them ready ([`crate::live`]).
+    pub live_computed: Counter,
+    /// Live graph answers served as kept by a tick.
+    pub live_served: Counter,
+    /// Live keys dropped to make room for another ([`crate::live::MAX_KEYS`]).
+    pub live_evicted: Counter,
     /// Store writes that failed.
     pub store_errors: Counter,
     /// Bytes appended to the write-ahead log.

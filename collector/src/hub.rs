@@ -2,7 +2,7 @@
 //! the five views, publishes a revision when the graph changed, writes the tick to the store and
 //! announces the revision to SSE subscribers.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use meshlens_model::graph::{GraphSnapshot, TopologyChanges, View};
@@ -13,8 +13,9 @@ use tokio::sync::broadcast;
 use crate::counters::Counters;
 use crate::engine::{Engine, unix_now};
 use crate::graph::EdgeState;
+use crate::live::{LiveAnswer, LiveCache, LiveKey};
 use crate::store::{EdgeMeta, EdgeRecord, Store, StoreError, StoredRevision};
-use crate::views::freeze;
+use crate::views::{Collapse, Frozen, freeze};
 use crate::wal::Checkpoint;
 use crate::window::{COARSE_WIDTH, FINE_SLOTS, FINE_WIDTH, Slice};
 
@@ -47,6 +48,10 @@ pub struct Hub {
     /// Edge evictions done in memory and not yet in the store (a failed write keeps them for the
     /// next; see [`crate::graph::Evicted`]).
     pending_moves: Mutex<Vec<(u32, Option<u32>)>>,
+    /// Live graph answers kept ready for their readers.
+    live: LiveCache,
+    /// The publisher's tick, ms (how old a kept live answer may be).
+    tick_ms: AtomicU64,
 }
 
 fn graph_key(g: &GraphSnapshot) -> String {
@@ -104,6 +109,8 @@ impl Hub {
             checkpoint: Mutex::new(loaded.checkpoint),
             wal_checkpoint: OnceLock::new(),
             pending_moves: Mutex::new(Vec::new()),
+            live: LiveCache::default(),
+            tick_ms: AtomicU64::new(1000),
         })
     }
 
@@ -142,7 +149,8 @@ impl Hub {
 
     /// One tick at `now`: returns the new revision if one was published.
     pub fn tick(&self, now: f64, merger: &mut Merger) -> Result<Option<Arc<StoredRevision>>, StoreError> {
-        let (frozen, records, data_since, applied, moves) = {
+        let watched = self.live.watched(now);
+        let (frozen, others, records, data_since, applied, moves) = {
             let mut engine = self.engine.lock();
             engine.expire(now);
             let moves = {
@@ -151,8 +159,15 @@ impl Hub {
                 pending.clone()
             };
             let frozen = freeze(&engine, self.window_secs, now, merger);
+            // The other windows someone is reading: summed now, so their readers need no lock.
+            let mut windows: Vec<u64> =
+                watched.iter().map(|k| k.window_secs).filter(|&w| w != self.window_secs).collect();
+            windows.sort_unstable();
+            windows.dedup();
+            let others: Vec<(u64, Frozen)> =
+                windows.into_iter().map(|w| (w, freeze(&engine, w, now, merger))).collect();
             let records = dirty_records(&mut engine, now as u64);
-            (frozen, records, engine.data_since, engine.applied.seq, moves)
+            (frozen, others, records, engine.data_since, engine.applied.seq, moves)
         };
         // Built after the lock is released: the pipeline ingests meanwhile.
         let views = frozen.views(&View::ALL, merger);
@@ -215,11 +230,90 @@ impl Hub {
             self.counters.revisions_published.add(1);
             let _ = self.events.send(rec.clone());
         }
+        self.refresh_live(&watched, now, published.as_deref(), &frozen, &others, merger);
         Ok(published)
+    }
+
+    /// Recomputes the live answers being read, after the tick's freeze (no lock held).
+    fn refresh_live(
+        &self,
+        watched: &[LiveKey],
+        now: f64,
+        published: Option<&StoredRevision>,
+        frozen: &Frozen,
+        others: &[(u64, Frozen)],
+        merger: &mut Merger,
+    ) {
+        let revision = self.latest().map(|r| r.revision).unwrap_or(0);
+        for key in watched {
+            let snapshot = if self.is_published(key) {
+                // An unchanged graph keeps its kept answer: it is of the latest revision still.
+                match published.and_then(|r| r.view(key.view)) {
+                    Some(g) => g.clone(),
+                    None => continue,
+                }
+            } else {
+                let from = if key.window_secs == self.window_secs {
+                    Some(frozen)
+                } else {
+                    others.iter().find(|(w, _)| *w == key.window_secs).map(|(_, f)| f)
+                };
+                let Some(from) = from else { continue };
+                let mut g = from.view(key.view, &Collapse::new(&key.collapse), merger);
+                g.revision = revision;
+                g
+            };
+            match LiveAnswer::new(now, snapshot) {
+                Ok(a) => self.live.refresh(key, Arc::new(a)),
+                Err(error) => tracing::warn!(%error, "serialising a live graph answer failed"),
+            }
+        }
+    }
+
+    /// Whether `key` is what the revisions hold (the publisher's window, nothing collapsed).
+    fn is_published(&self, key: &LiveKey) -> bool {
+        key.window_secs == self.window_secs && key.collapse.is_empty()
+    }
+
+    /// The live answer for `key` at `now`: as a tick kept it when fresh (the latest revision's for the
+    /// publisher's window; else computed within the last two ticks), otherwise computed here — for
+    /// another window, each edge's window summed under the engine lock — and kept for the ticks to
+    /// come.
+    pub fn live_graph(&self, key: LiveKey, now: f64) -> Result<Arc<LiveAnswer>, serde_json::Error> {
+        let latest = self.latest();
+        let revision = latest.as_ref().map(|r| r.revision).unwrap_or(0);
+        let fresh_since = now - 2.0 * self.tick_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        if let Some(a) = self.live.get(&key, now, f64::NEG_INFINITY) {
+            let fresh =
+                if self.is_published(&key) { a.snapshot.revision == revision } else { a.computed_at >= fresh_since };
+            if fresh {
+                self.counters.live_served.add(1);
+                return Ok(a);
+            }
+        }
+        self.counters.live_computed.add(1);
+        let kept = latest.as_ref().filter(|_| self.is_published(&key)).and_then(|r| r.view(key.view));
+        let snapshot = match kept {
+            Some(g) => g.clone(),
+            None => {
+                let mut merger = Merger::default();
+                // Only the windows' sums are taken under the lock; the view is built after it.
+                let frozen = freeze(&self.engine.lock(), key.window_secs, now, &mut merger);
+                let mut g = frozen.view(key.view, &Collapse::new(&key.collapse), &mut merger);
+                g.revision = revision;
+                g
+            }
+        };
+        let answer = Arc::new(LiveAnswer::new(now, snapshot)?);
+        if self.live.put(key, answer.clone(), now) {
+            self.counters.live_evicted.add(1);
+        }
+        Ok(answer)
     }
 
     /// Runs ticks every `every` until `stop` is set (on a thread of its own: store writes block).
     pub fn run_publisher(self: Arc<Self>, every: std::time::Duration, stop: Arc<AtomicBool>) {
+        self.tick_ms.store(every.as_millis().max(1) as u64, Ordering::Relaxed);
         let mut merger = Merger::default();
         while !stop.load(Ordering::Acquire) {
             std::thread::park_timeout(every);

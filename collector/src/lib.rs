@@ -22,6 +22,7 @@ pub mod engine;
 pub mod exemplars;
 pub mod graph;
 pub mod hub;
+pub mod live;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;

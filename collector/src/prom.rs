@@ -452,6 +452,18 @@ pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
         "Revisions published by this process.",
         &[("", c.revisions_published.get())],
     );
+    metric(
+        "live_answers_total",
+        "counter",
+        "Live graph reads for another window or a collapse: computed on the read, or served as a tick kept them.",
+        &[("how=\"computed\"", c.live_computed.get()), ("how=\"kept\"", c.live_served.get())],
+    );
+    metric(
+        "live_keys_evicted_total",
+        "counter",
+        "Live graph keys (window, view, collapse) dropped to make room: the most are kept ready at once.",
+        &[("", c.live_evicted.get())],
+    );
     metric("store_errors_total", "counter", "Store writes that failed.", &[("", c.store_errors.get())]);
     metric("wal_bytes_total", "counter", "Bytes appended to the write-ahead log.", &[("", c.wal_bytes.get())]);
     metric(

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use meshlens_model::Peer;
-use meshlens_model::graph::{GraphSnapshot, RevisionSummary, TopologyChanges};
+use meshlens_model::graph::{GraphSnapshot, RevisionSummary, TopologyChanges, View};
 use meshlens_model::hist::SparseHist;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,10 @@ const SUMMARIES: TableDefinition<u64, &[u8]> = TableDefinition::new("revision_su
 const EDGES: TableDefinition<u32, &[u8]> = TableDefinition::new("edges");
 const SLOTS: TableDefinition<(u32, u8, u64), &[u8]> = TableDefinition::new("slots");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `(revision, view)` → that view's snapshot, JSON deflated ([`View::ALL`] order): a read of one
+/// view at a past revision inflates that view only and sends its bytes as stored. Revisions written
+/// before this table hold their views inside their `revisions` record.
+const VIEWS: TableDefinition<(u64, u8), &[u8]> = TableDefinition::new("revision_views");
 /// Revision → when it was published (Unix ms): what a start needs of every revision, without
 /// reading the revisions themselves.
 const TIMES: TableDefinition<u64, i64> = TableDefinition::new("revision_times");
@@ -92,6 +96,13 @@ pub struct StoredRevision {
     pub changes: TopologyChanges,
     /// Snapshots in `View::ALL` order.
     pub views: Vec<GraphSnapshot>,
+}
+
+impl StoredRevision {
+    /// The snapshot of `view`, if the revision holds it.
+    pub fn view(&self, view: View) -> Option<&GraphSnapshot> {
+        self.views.get(View::ALL.iter().position(|&v| v == view)?)
+    }
 }
 
 /// An edge's identity and totals.
@@ -242,6 +253,7 @@ impl Store {
         tx.open_table(SLOTS).map_err(io("create tables"))?;
         tx.open_table(META).map_err(io("create tables"))?;
         tx.open_table(TIMES).map_err(io("create tables"))?;
+        tx.open_table(VIEWS).map_err(io("create tables"))?;
         tx.commit().map_err(io("commit"))?;
         Ok(Self { db, retain_revisions: retain_revisions.max(1) })
     }
@@ -263,12 +275,13 @@ impl Store {
         let mut older = Vec::new();
         for item in revs.range(..first_timed).map_err(io("read revisions"))? {
             let (k, v) = item.map_err(io("read revisions"))?;
-            older.push((k.value(), parse_revision(v.value())?.generated_at_ms));
+            older.push((k.value(), parse_revision::<StoredRevision>(v.value())?.generated_at_ms));
         }
         older.append(&mut index);
         let index = older;
+        let views = tx.open_table(VIEWS).map_err(io("open revision views"))?;
         let latest = match revs.last().map_err(io("read revisions"))? {
-            Some((_, v)) => Some(parse_revision(v.value())?),
+            Some((_, v)) => Some(with_views(parse_revision(v.value())?, &views)?),
             None => None,
         };
         let edges_t = tx.open_table(EDGES).map_err(io("open edges"))?;
@@ -319,11 +332,16 @@ impl Store {
             }
             if let Some(rev) = revision {
                 let mut t = tx.open_table(REVISIONS).map_err(io("open revisions"))?;
-                let bytes = encode_revision(rev)?;
+                let bytes = encode_revision(&RevisionHead::of(rev))?;
                 t.insert(rev.revision, bytes.as_slice()).map_err(io("write revision"))?;
+                let mut vt = tx.open_table(VIEWS).map_err(io("open revision views"))?;
+                for (i, view) in rev.views.iter().enumerate() {
+                    vt.insert((rev.revision, i as u8), encode_revision(view)?.as_slice()).map_err(io("write view"))?;
+                }
                 let keep_from = rev.revision.saturating_sub(self.retain_revisions - 1);
                 if keep_from > 0 {
                     t.retain_in(..keep_from, |_, _| false).map_err(io("prune revisions"))?;
+                    vt.retain_in(..(keep_from, 0), |_, _| false).map_err(io("prune revision views"))?;
                 }
                 let mut times = tx.open_table(TIMES).map_err(io("open revision times"))?;
                 times.insert(rev.revision, rev.generated_at_ms).map_err(io("write revision time"))?;
@@ -392,10 +410,36 @@ impl Store {
     pub fn revision(&self, n: u64) -> Result<Option<StoredRevision>, StoreError> {
         let tx = self.db.begin_read().map_err(io("begin read"))?;
         let t = tx.open_table(REVISIONS).map_err(io("open revisions"))?;
+        let views = tx.open_table(VIEWS).map_err(io("open revision views"))?;
         match t.get(n).map_err(io("read revision"))? {
-            Some(v) => Ok(Some(parse_revision(v.value())?)),
+            Some(v) => Ok(Some(with_views(parse_revision(v.value())?, &views)?)),
             None => Ok(None),
         }
+    }
+
+    /// One view of a revision as stored: the revision without its views, and that view's JSON.
+    pub fn revision_view(&self, n: u64, view: View) -> Result<Option<(StoredRevision, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(io("begin read"))?;
+        let t = tx.open_table(REVISIONS).map_err(io("open revisions"))?;
+        let Some(v) = t.get(n).map_err(io("read revision"))? else { return Ok(None) };
+        let mut head: StoredRevision = parse_revision(v.value())?;
+        let i = View::ALL.iter().position(|&v| v == view).unwrap_or(0);
+        let json = if head.views.is_empty() {
+            let views = tx.open_table(VIEWS).map_err(io("open revision views"))?;
+            let stored = views.get((n, i as u8)).map_err(io("read revision view"))?;
+            let stored =
+                stored.ok_or(StoreError::Corrupt { what: "revision", detail: format!("{n} lacks view {view}") })?;
+            inflate(stored.value())?
+        } else {
+            // Written before views were stored apart: the record holds them all.
+            let g = head
+                .views
+                .get(i)
+                .ok_or(StoreError::Corrupt { what: "revision", detail: format!("{n} lacks view {view}") })?;
+            serde_json::to_vec(g).map_err(|e| StoreError::Corrupt { what: "revision", detail: e.to_string() })?
+        };
+        head.views.clear();
+        Ok(Some((head, json)))
     }
 
     /// Summaries of the revisions after `since`, oldest first, at most `limit`.
@@ -426,25 +470,68 @@ fn summary_of(r: &StoredRevision) -> RevisionSummary {
     }
 }
 
-/// A revision is JSON, deflate-compressed: the five views repeat ids and field names, and compress
-/// about tenfold.
-fn encode_revision(rev: &StoredRevision) -> Result<Vec<u8>, StoreError> {
+/// A revision's record without its views (they are stored apart, per view, in [`VIEWS`]); it reads
+/// back as a [`StoredRevision`] with no views.
+#[derive(Serialize)]
+struct RevisionHead<'a> {
+    revision: u64,
+    generated_at_ms: i64,
+    window_seconds: u64,
+    changes: &'a TopologyChanges,
+    views: [(); 0],
+}
+
+impl<'a> RevisionHead<'a> {
+    fn of(r: &'a StoredRevision) -> Self {
+        Self {
+            revision: r.revision,
+            generated_at_ms: r.generated_at_ms,
+            window_seconds: r.window_seconds,
+            changes: &r.changes,
+            views: [],
+        }
+    }
+}
+
+/// A revision read from its record, with its views from [`VIEWS`] when the record has none.
+fn with_views(
+    mut rev: StoredRevision,
+    views: &redb::ReadOnlyTable<(u64, u8), &[u8]>,
+) -> Result<StoredRevision, StoreError> {
+    if !rev.views.is_empty() {
+        return Ok(rev);
+    }
+    for item in views.range((rev.revision, 0)..=(rev.revision, u8::MAX)).map_err(io("read revision views"))? {
+        let (_, v) = item.map_err(io("read revision views"))?;
+        rev.views.push(parse_revision(v.value())?);
+    }
+    Ok(rev)
+}
+
+/// Revisions and their views are JSON, deflate-compressed: a view repeats ids and field names, and
+/// compresses about tenfold.
+fn encode_revision<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt { what: "revision", detail: e.to_string() };
     // Serialised whole, then deflated in one call: serde_json's many small writes straight into the
     // encoder cost ~1.9 s for a 5,000-edge revision (each write a compressor call that clears its
     // buffers), against the figures in docs/PERFORMANCE.md ("Storing a revision") this way.
-    let json = serde_json::to_vec(rev).map_err(|e| corrupt(&e))?;
+    let json = serde_json::to_vec(value).map_err(|e| corrupt(&e))?;
     let mut enc = flate2::write::DeflateEncoder::new(Vec::with_capacity(json.len() / 8), flate2::Compression::fast());
     std::io::Write::write_all(&mut enc, &json).map_err(|e| corrupt(&e))?;
     enc.finish().map_err(|e| corrupt(&e))
 }
 
-fn parse_revision(b: &[u8]) -> Result<StoredRevision, StoreError> {
-    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt { what: "revision", detail: e.to_string() };
-    // Inflated whole, then parsed from the slice (serde_json reads a slice faster than a reader).
+/// Inflates a stored record whole.
+fn inflate(b: &[u8]) -> Result<Vec<u8>, StoreError> {
     let mut json = Vec::with_capacity(b.len() * 8);
-    std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(b), &mut json).map_err(|e| corrupt(&e))?;
-    serde_json::from_slice(&json).map_err(|e| corrupt(&e))
+    std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(b), &mut json)
+        .map_err(|e| StoreError::Corrupt { what: "revision", detail: e.to_string() })?;
+    Ok(json)
+}
+
+fn parse_revision<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    // Inflated whole, then parsed from the slice (serde_json reads a slice faster than a reader).
+    serde_json::from_slice(&inflate(b)?).map_err(|e| StoreError::Corrupt { what: "revision", detail: e.to_string() })
 }
 
 #[cfg(test)]
@@ -511,9 +598,48 @@ mod tests {
             views: vec![GraphSnapshot { revision: 9, ..GraphSnapshot::default() }; 4],
         };
         let bytes = encode_revision(&rev).unwrap();
-        let back = parse_revision(&bytes).unwrap();
+        let back: StoredRevision = parse_revision(&bytes).unwrap();
         assert_eq!((back.revision, back.views.len(), back.changes), (9, 4, rev.changes));
-        assert!(parse_revision(&bytes[..bytes.len() / 2]).is_err());
+        assert!(parse_revision::<StoredRevision>(&bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn views_are_stored_apart_and_records_holding_them_still_read() {
+        let rev = |n: u64| StoredRevision {
+            revision: n,
+            generated_at_ms: 1_800_000_000_000 + n as i64,
+            window_seconds: 60,
+            changes: TopologyChanges::default(),
+            views: View::ALL
+                .iter()
+                .map(|&view| GraphSnapshot { revision: n, view, ..GraphSnapshot::default() })
+                .collect(),
+        };
+        let store = Store::in_memory(3).unwrap();
+        store.write_tick(Some(&rev(1)), &[], 100, 100, Default::default(), &[]).unwrap();
+        let (head, json) = store.revision_view(1, View::Service).unwrap().unwrap();
+        assert_eq!((head.revision, head.window_seconds, head.views.len()), (1, 60, 0));
+        let g: GraphSnapshot = serde_json::from_slice(&json).unwrap();
+        assert_eq!((g.revision, g.view), (1, View::Service));
+        let whole = store.revision(1).unwrap().unwrap();
+        assert_eq!(whole.views.iter().map(|g| g.view).collect::<Vec<_>>(), View::ALL);
+        // A record written before views were stored apart holds them all.
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(REVISIONS).unwrap().insert(2, encode_revision(&rev(2)).unwrap().as_slice()).unwrap();
+        tx.commit().unwrap();
+        let (_, json) = store.revision_view(2, View::App).unwrap().unwrap();
+        assert_eq!(serde_json::from_slice::<GraphSnapshot>(&json).unwrap().view, View::App);
+        assert_eq!(store.revision(2).unwrap().unwrap().views.len(), View::ALL.len());
+        assert_eq!(store.load().unwrap().latest.unwrap().views.len(), View::ALL.len());
+        // Retention drops a revision's views with it.
+        for n in 3..=5 {
+            store.write_tick(Some(&rev(n)), &[], 100, 100, Default::default(), &[]).unwrap();
+        }
+        assert!(store.revision_view(1, View::App).unwrap().is_none());
+        let tx = store.db.begin_read().unwrap();
+        let views = tx.open_table(VIEWS).unwrap();
+        assert_eq!(views.iter().unwrap().count(), 3 * View::ALL.len(), "the views of 3, 4 and 5 only");
+        assert_eq!(store.load().unwrap().latest.unwrap().revision, 5);
     }
 
     #[test]

@@ -72,6 +72,37 @@ async fn views_merge_versions_with_exact_percentiles() {
     c.shutdown().await.unwrap();
 }
 
+/// A window other than the publisher's is computed on its first read, then kept ready by each tick
+/// while it is read: later reads are served as kept, show new traffic, and equal a fresh computation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_window_is_kept_ready_and_fresh() {
+    let c = collector().await;
+    let live = |text: &str, how: &str| {
+        prom_value(text, &format!("meshlens_collector_live_answers_total{{how=\"{how}\"}}")).unwrap()
+    };
+    let scrape =
+        || async { http().get(format!("{}/metrics", c.api_url())).send().await.unwrap().text().await.unwrap() };
+    grpc_traces(&c, pairs(1, ("a", ""), ("b", ""), 3, 200, 1)).await.unwrap();
+    wait_edge(&c, "?window=15m&view=app", "default/a", "default/b", 3).await;
+    let before = scrape().await;
+    grpc_traces(&c, pairs(2, ("a", ""), ("b", ""), 4, 200, 2)).await.unwrap();
+    let kept = wait_edge(&c, "?window=15m&view=app", "default/a", "default/b", 7).await;
+    let after = scrape().await;
+    assert!(live(&after, "kept") > live(&before, "kept"), "reads were served as the ticks kept them:\n{after}");
+    assert_eq!(kept["window_seconds"], 900);
+    // Another key (a collapse of a namespace with no traffic) is computed on its read: the same figures.
+    let (status, computed) =
+        get_json(&format!("{}/api/v1/graph?window=15m&view=app&collapse=elsewhere", c.api_url())).await;
+    assert_eq!(status, 200);
+    assert!(live(&scrape().await, "computed") > live(&after, "computed"));
+    assert_eq!(kept["edges"], computed["edges"]);
+    assert_eq!(kept["nodes"], computed["nodes"]);
+    // A namespace filter applies to the kept answer.
+    let (_, none) = get_json(&format!("{}/api/v1/graph?window=15m&view=app&namespace=elsewhere", c.api_url())).await;
+    assert_eq!(none["edges"].as_array().unwrap().len(), 0);
+    c.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revisions_diffs_and_reading_the_past() {
     let c = collector().await;
