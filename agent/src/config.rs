@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use meshlens_model::Workload;
 use meshlens_model::policy::{PolicyError, PolicyFile, ServicePolicy};
-use meshlens_model::time::parse_duration;
 use serde::{Deserialize, Serialize};
 
 /// The file as written.
@@ -53,9 +52,31 @@ pub struct TlsSpec {
     /// The mesh CA (PEM).
     pub ca: String,
     /// `strict` (only mTLS inbound) or `permissive` (mTLS and plaintext); strict when absent.
-    pub mode: Option<String>,
+    pub mode: Option<TlsMode>,
     /// The SPIFFE trust domain; `meshlens.local` when absent.
     pub trust_domain: Option<String>,
+}
+
+/// `tls.mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Only mTLS inbound.
+    #[default]
+    Strict,
+    /// mTLS and plaintext inbound.
+    Permissive,
+}
+
+/// What an authorization rule (or the default) does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthzAction {
+    /// Let the request through.
+    #[default]
+    Allow,
+    /// Answer 403.
+    Deny,
 }
 
 /// `authz:`.
@@ -63,7 +84,7 @@ pub struct TlsSpec {
 #[serde(deny_unknown_fields)]
 pub struct AuthzSpec {
     /// `allow` or `deny` what no rule decides; allow when absent.
-    pub default: Option<String>,
+    pub default: Option<AuthzAction>,
     /// Rules: any matching deny denies, else any matching allow allows, else the default.
     #[serde(default)]
     pub rules: Vec<AuthzRuleSpec>,
@@ -74,7 +95,7 @@ pub struct AuthzSpec {
 #[serde(deny_unknown_fields)]
 pub struct AuthzRuleSpec {
     /// `allow` or `deny`.
-    pub action: String,
+    pub action: AuthzAction,
     /// Caller identities: a SPIFFE id, a prefix ending in `*`, or `*` (anyone, even unauthenticated).
     #[serde(default)]
     pub from: Vec<String>,
@@ -224,7 +245,8 @@ pub struct TelemetrySpec {
     /// checks the collector's is the CA's `meshlens/collector`.
     pub collector: String,
     /// Metrics export interval; 5s when absent.
-    pub interval: Option<String>,
+    #[serde(default, with = "meshlens_model::time::text_opt")]
+    pub interval: Option<Duration>,
     /// Fraction of new traces sampled, 0..=1; 0.01 when absent.
     pub sampling: Option<f64>,
     /// Finished spans waiting for export; more are dropped and counted. 2048 when absent.
@@ -240,20 +262,25 @@ pub struct LimitsSpec {
     /// Most bytes of request headers; 64 KiB when absent.
     pub max_header_bytes: Option<usize>,
     /// A client must finish sending its headers within this; 10s when absent.
-    pub header_read_timeout: Option<String>,
+    #[serde(default, with = "meshlens_model::time::text_opt")]
+    pub header_read_timeout: Option<Duration>,
     /// Connecting to an endpoint gives up after this; 1s when absent.
-    pub connect_timeout: Option<String>,
+    #[serde(default, with = "meshlens_model::time::text_opt")]
+    pub connect_timeout: Option<Duration>,
     /// A request to a service whose policy sets no `timeout` gives up after this (504, as the
     /// policy's timeout does); 15s when absent, Envoy's route default; `0s` waits for ever.
-    pub default_timeout: Option<String>,
+    #[serde(default, with = "meshlens_model::time::text_opt")]
+    pub default_timeout: Option<Duration>,
     /// Most connections open at once on each listener; past it a new one is closed at once and
     /// counted. 10000 when absent.
     pub max_connections: Option<usize>,
     /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive and
     /// HTTP/2 alike: a connection that sent only the HTTP/2 preface has none); 60s when absent.
-    pub idle_timeout: Option<String>,
+    #[serde(default, with = "meshlens_model::time::text_opt")]
+    pub idle_timeout: Option<Duration>,
     /// A request body that sends nothing for this long ends its request (408); 30s when absent.
-    pub body_idle_timeout: Option<String>,
+    #[serde(default, with = "meshlens_model::time::text_opt")]
+    pub body_idle_timeout: Option<Duration>,
 }
 
 /// One called service as written.
@@ -447,16 +474,12 @@ fn authority(path: &str, text: &str) -> Result<String, PolicyError> {
     }
 }
 
-fn dur(path: &str, text: Option<&str>, default: Duration) -> Result<Duration, PolicyError> {
-    match text {
+/// A duration as read, or its default; zero is refused.
+fn dur(path: &str, read: Option<Duration>, default: Duration) -> Result<Duration, PolicyError> {
+    match read {
         None => Ok(default),
-        Some(t) => {
-            let d = parse_duration(t).map_err(|e| invalid(path, e.to_string()))?;
-            if d.is_zero() {
-                return Err(invalid(path, "must be longer than zero"));
-            }
-            Ok(d)
-        }
+        Some(d) if d.is_zero() => Err(invalid(path, "must be longer than zero")),
+        Some(d) => Ok(d),
     }
 }
 
@@ -498,7 +521,7 @@ impl AgentFile {
                 }
                 Some(Telemetry {
                     collector: t.collector.clone(),
-                    interval: dur("telemetry.interval", t.interval.as_deref(), Duration::from_secs(5))?,
+                    interval: dur("telemetry.interval", t.interval, Duration::from_secs(5))?,
                     sampling,
                     span_queue,
                     token: t.token.clone(),
@@ -520,33 +543,21 @@ impl AgentFile {
                     max_header_bytes,
                     header_read_timeout: dur(
                         "limits.header_read_timeout",
-                        l.header_read_timeout.as_deref(),
+                        l.header_read_timeout,
                         d.header_read_timeout,
                     )?,
-                    connect_timeout: dur("limits.connect_timeout", l.connect_timeout.as_deref(), d.connect_timeout)?,
-                    default_timeout: match l.default_timeout.as_deref() {
+                    connect_timeout: dur("limits.connect_timeout", l.connect_timeout, d.connect_timeout)?,
+                    // `0s` waits for ever.
+                    default_timeout: match l.default_timeout {
                         None => d.default_timeout,
-                        Some(t) => {
-                            Some(parse_duration(t).map_err(|e| invalid("limits.default_timeout", e.to_string()))?)
-                                .filter(|t| !t.is_zero())
-                        }
+                        Some(t) => Some(t).filter(|t| !t.is_zero()),
                     },
                     max_connections: match l.max_connections.unwrap_or(d.max_connections) {
                         0 => return Err(invalid("limits.max_connections", "must be at least 1")),
                         n => n,
                     },
-                    idle_timeout: match dur("limits.idle_timeout", l.idle_timeout.as_deref(), d.idle_timeout)? {
-                        t if t.is_zero() => return Err(invalid("limits.idle_timeout", "must be more than 0s")),
-                        t => t,
-                    },
-                    body_idle_timeout: match dur(
-                        "limits.body_idle_timeout",
-                        l.body_idle_timeout.as_deref(),
-                        d.body_idle_timeout,
-                    )? {
-                        t if t.is_zero() => return Err(invalid("limits.body_idle_timeout", "must be more than 0s")),
-                        t => t,
-                    },
+                    idle_timeout: dur("limits.idle_timeout", l.idle_timeout, d.idle_timeout)?,
+                    body_idle_timeout: dur("limits.body_idle_timeout", l.body_idle_timeout, d.body_idle_timeout)?,
                 }
             }
         };
@@ -599,13 +610,7 @@ impl AgentFile {
         let tls = match &self.tls {
             None => None,
             Some(t) => {
-                let strict = match t.mode.as_deref() {
-                    None | Some("strict") => true,
-                    Some("permissive") => false,
-                    Some(other) => {
-                        return Err(invalid("tls.mode", format!("unknown {other:?}: expected strict or permissive")));
-                    }
-                };
+                let strict = t.mode.unwrap_or_default() == TlsMode::Strict;
                 for (field, v) in [("tls.cert", &t.cert), ("tls.key", &t.key), ("tls.ca", &t.ca)] {
                     if v.is_empty() {
                         return Err(invalid(field, "needs a file path"));
@@ -623,25 +628,10 @@ impl AgentFile {
         let authz = match &self.authz {
             None => None,
             Some(a) => {
-                let default_allow = match a.default.as_deref() {
-                    None | Some("allow") => true,
-                    Some("deny") => false,
-                    Some(other) => {
-                        return Err(invalid("authz.default", format!("unknown {other:?}: expected allow or deny")));
-                    }
-                };
+                let default_allow = a.default.unwrap_or_default() == AuthzAction::Allow;
                 let mut rules = Vec::new();
                 for (i, r) in a.rules.iter().enumerate() {
-                    let allow = match r.action.as_str() {
-                        "allow" => true,
-                        "deny" => false,
-                        other => {
-                            return Err(invalid(
-                                format!("authz.rules[{i}].action"),
-                                format!("unknown {other:?}: expected allow or deny"),
-                            ));
-                        }
-                    };
+                    let allow = r.action == AuthzAction::Allow;
                     for (k, f) in r.from.iter().enumerate() {
                         if f != "*" && !f.starts_with("spiffe://") {
                             return Err(invalid(
@@ -751,6 +741,24 @@ policy:
             (GOOD.replace("per_try_timeout: 500ms", "per_try_timout: 500ms"), "unknown field `per_try_timout`"),
             (GOOD.replace("app: productpage,", "app: '',"), "workload.app"),
             ("workload: [".to_owned(), "agent.yaml"),
+            // Typed settings: serde names the field, the value and what would be right.
+            (
+                GOOD.replace("timeout: 2s\n", "timeout: 2s\n      load_balancer: random\n"),
+                "policy.services.reviews.load_balancer: unknown variant `random`, expected one of",
+            ),
+            (
+                GOOD.replace("per_try_timeout: 500ms}", "per_try_timeout: 500ms, retry_on: [5xx, teapot]}"),
+                "policy.services.reviews.retries.retry_on[1]: unknown variant `teapot`",
+            ),
+            (
+                format!("{GOOD}tls: {{cert: c, key: k, ca: a, mode: lenient}}\n"),
+                "tls.mode: unknown variant `lenient`, expected `strict` or `permissive`",
+            ),
+            (format!("{GOOD}authz: {{default: maybe}}\n"), "authz.default: unknown variant `maybe`"),
+            (
+                format!("{GOOD}authz: {{rules: [{{action: permit}}]}}\n"),
+                "authz.rules[0].action: unknown variant `permit`",
+            ),
         ];
         for (text, needle) in cases {
             let e = error(&text);

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::policy::{
-    AbortSpec, BackoffSpec, DelaySpec, FaultSpec, OutlierSpec, PolicyError, PolicyFile, RetriesSpec, ServiceSpec,
+    AbortSpec, BackoffSpec, DelaySpec, FaultSpec, LoadBalancer, OutlierSpec, PolicyError, PolicyFile, RetriesSpec,
+    RetryOn, ServiceSpec,
 };
 
 /// What an import produced.
@@ -28,14 +29,14 @@ pub struct Imported {
 }
 
 /// The `retryOn` words of Envoy and Istio that meshlens models, as meshlens names them.
-const RETRY_ON: [(&str, Option<&str>); 12] = [
-    ("5xx", Some("5xx")),
-    ("gateway-error", Some("gateway-error")),
-    ("reset", Some("reset")),
-    ("connect-failure", Some("connect-failure")),
-    ("retriable-4xx", Some("retriable-4xx")),
-    ("refused-stream", Some("refused-stream")),
-    ("unavailable", Some("unavailable")),
+const RETRY_ON: [(&str, Option<RetryOn>); 12] = [
+    ("5xx", Some(RetryOn::ServerError)),
+    ("gateway-error", Some(RetryOn::GatewayError)),
+    ("reset", Some(RetryOn::Reset)),
+    ("connect-failure", Some(RetryOn::ConnectFailure)),
+    ("retriable-4xx", Some(RetryOn::Retriable4xx)),
+    ("refused-stream", Some(RetryOn::RefusedStream)),
+    ("unavailable", Some(RetryOn::Unavailable)),
     // Known to Envoy, not modelled: warned and left out.
     ("cancelled", None),
     ("deadline-exceeded", None),
@@ -67,10 +68,9 @@ fn name_of(doc: &Value, i: usize) -> String {
 }
 
 /// Istio durations: `10s`, `500ms`, `1.5s`, `1m`, `1h`. Kept as text meshlens's parser reads.
-fn duration(v: &Value, path: &str) -> Result<String, PolicyError> {
+fn duration(v: &Value, path: &str) -> Result<std::time::Duration, PolicyError> {
     let s = v.as_str().ok_or_else(|| err(path.to_owned(), "expected a duration such as 2s"))?;
-    crate::time::parse_duration(s).map_err(|e| err(path.to_owned(), e.to_string()))?;
-    Ok(s.to_owned())
+    crate::time::parse_duration(s).map_err(|e| err(path.to_owned(), e.to_string()))
 }
 
 /// A fault's percent: `percentage.value` (a float) or the older `percent` (an integer).
@@ -151,14 +151,14 @@ fn destination_rule(
             "loadBalancer" => {
                 let simple = v.get("simple").and_then(Value::as_str);
                 spec.load_balancer = match simple {
-                    Some("LEAST_REQUEST") | Some("LEAST_CONN") => Some("p2c".into()),
-                    Some("ROUND_ROBIN") => Some("round_robin".into()),
+                    Some("LEAST_REQUEST") | Some("LEAST_CONN") => Some(LoadBalancer::P2c),
+                    Some("ROUND_ROBIN") => Some(LoadBalancer::RoundRobin),
                     Some("RANDOM") | Some("PASSTHROUGH") | Some("UNSPECIFIED") => {
                         warnings.push(format!(
                             "{tp_at}.loadBalancer.simple: {} is not modelled; least request (p2c) is used",
                             simple.unwrap_or_default()
                         ));
-                        Some("p2c".into())
+                        Some(LoadBalancer::P2c)
                     }
                     Some(other) => {
                         return Err(err(
@@ -170,7 +170,7 @@ fn destination_rule(
                         warnings.push(format!(
                             "{tp_at}.loadBalancer: only `simple` is modelled (not consistentHash or locality); least request (p2c) is used"
                         ));
-                        Some("p2c".into())
+                        Some(LoadBalancer::P2c)
                     }
                 };
             }
@@ -305,7 +305,7 @@ fn virtual_service(
         // Istio retries twice by default; meshlens's schema says every retry out loud.
         spec.retries = Some(RetriesSpec {
             attempts: 2,
-            retry_on: Some(vec!["connect-failure".into(), "refused-stream".into(), "unavailable".into()]),
+            retry_on: Some(vec![RetryOn::ConnectFailure, RetryOn::RefusedStream, RetryOn::Unavailable]),
             ..RetriesSpec::default()
         });
         warnings.push(format!(
@@ -344,7 +344,7 @@ fn retries(v: &Value, at: &str, warnings: &mut Vec<String>) -> Result<Option<Ret
                         continue;
                     }
                     match RETRY_ON.iter().find(|(w, _)| *w == word) {
-                        Some((_, Some(m))) => on.push((*m).to_owned()),
+                        Some((_, Some(m))) => on.push(*m),
                         Some((_, None)) => warnings.push(format!("{path}: {word} is not modelled; left out")),
                         None => {
                             let names: Vec<&str> = RETRY_ON.iter().map(|(w, _)| *w).collect();
@@ -359,7 +359,8 @@ fn retries(v: &Value, at: &str, warnings: &mut Vec<String>) -> Result<Option<Ret
         }
     }
     // Envoy's default backoff: 25 ms base, ten times that as the cap (meshlens's defaults too).
-    r.backoff = Some(BackoffSpec { base: "25ms".into(), max: "250ms".into() });
+    r.backoff =
+        Some(BackoffSpec { base: std::time::Duration::from_millis(25), max: std::time::Duration::from_millis(250) });
     Ok(Some(r))
 }
 

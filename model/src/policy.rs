@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::time::parse_duration;
-
 /// A policy file as written.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,17 +33,17 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub split: BTreeMap<String, f64>,
     /// Whole-request timeout, all attempts included; off when absent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::time::text_opt")]
+    pub timeout: Option<Duration>,
     /// Retries; none when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<RetriesSpec>,
     /// Ejecting endpoints that keep failing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierSpec>,
-    /// `round_robin` or `p2c`.
+    /// `round_robin` or `p2c` (`least_request`); p2c when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub load_balancer: Option<String>,
+    pub load_balancer: Option<LoadBalancer>,
     /// Injected delays and aborts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultSpec>,
@@ -68,8 +66,8 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<MatchSpec>,
     /// The whole-request timeout on this route; the service's when absent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::time::text_opt")]
+    pub timeout: Option<Duration>,
     /// Retries on this route; the service's when absent (`attempts: 0` turns them off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<RetriesSpec>,
@@ -130,11 +128,11 @@ pub struct RetriesSpec {
     /// Retries after the first try; 0 is off.
     pub attempts: u32,
     /// Timeout of each try.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::time::text_opt")]
+    pub per_try_timeout: Option<Duration>,
+    /// Which outcomes are retried; `5xx`, `connect-failure` and `reset` when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub per_try_timeout: Option<String>,
-    /// Which outcomes are retried.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_on: Option<Vec<String>>,
+    pub retry_on: Option<Vec<RetryOn>>,
     /// Exponential backoff with full jitter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffSpec>,
@@ -148,9 +146,11 @@ pub struct RetriesSpec {
 #[serde(deny_unknown_fields)]
 pub struct BackoffSpec {
     /// First interval.
-    pub base: String,
+    #[serde(with = "crate::time::text")]
+    pub base: Duration,
     /// Largest interval.
-    pub max: String,
+    #[serde(with = "crate::time::text")]
+    pub max: Duration,
 }
 
 /// Retry budget as written.
@@ -171,11 +171,11 @@ pub struct OutlierSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consecutive_5xx: Option<u32>,
     /// How often ejections are reconsidered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::time::text_opt")]
+    pub interval: Option<Duration>,
     /// First ejection time; it grows with each ejection.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub base_ejection_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::time::text_opt")]
+    pub base_ejection_time: Option<Duration>,
     /// Most endpoints ejected at once, percent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_ejection_percent: Option<f64>,
@@ -198,7 +198,8 @@ pub struct FaultSpec {
 #[serde(deny_unknown_fields)]
 pub struct DelaySpec {
     /// How long.
-    pub fixed: String,
+    #[serde(with = "crate::time::text")]
+    pub fixed: Duration,
     /// Of which requests, percent.
     pub percent: f64,
 }
@@ -223,10 +224,6 @@ pub struct PolicyError {
     pub message: String,
 }
 
-/// Outcomes a retry policy can name (Envoy's and Istio's `retry_on` vocabulary).
-pub const RETRY_ON: [&str; 7] =
-    ["5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream", "unavailable"];
-
 /// What a retry reacts to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -241,6 +238,7 @@ pub enum RetryOn {
     /// The connection could not be made.
     ConnectFailure,
     /// 409.
+    #[serde(rename = "retriable-4xx")]
     Retriable4xx,
     /// HTTP/2 REFUSED_STREAM.
     RefusedStream,
@@ -256,6 +254,7 @@ pub enum LoadBalancer {
     RoundRobin,
     /// Least request of two random choices (Envoy's and Linkerd's default).
     #[default]
+    #[serde(alias = "least_request")]
     P2c,
 }
 
@@ -462,8 +461,8 @@ fn err(path: &str, message: impl Into<String>) -> PolicyError {
     PolicyError { path: path.to_owned(), message: message.into() }
 }
 
-fn duration(path: &str, text: &str) -> Result<Duration, PolicyError> {
-    let d = parse_duration(text).map_err(|e| err(path, e.to_string()))?;
+/// A duration as read, checked: zero is no duration any setting here can use.
+fn duration(path: &str, d: Duration) -> Result<Duration, PolicyError> {
     if d.is_zero() {
         return Err(err(path, "must be longer than zero"));
     }
@@ -504,27 +503,18 @@ impl ServiceSpec {
         for (version, &w) in &self.split {
             split.push((version.clone(), w / total));
         }
-        let timeout = self.timeout.as_deref().map(|t| duration(&format!("{at}.timeout"), t)).transpose()?;
+        let timeout = self.timeout.map(|t| duration(&format!("{at}.timeout"), t)).transpose()?;
         let retries =
             self.retries.as_ref().map(|r| r.resolve(&format!("{at}.retries"), timeout)).transpose()?.flatten();
         let outlier_detection =
             self.outlier_detection.as_ref().map(|o| o.resolve(&format!("{at}.outlier_detection"))).transpose()?;
-        let load_balancer = match self.load_balancer.as_deref() {
-            None | Some("p2c") | Some("least_request") => LoadBalancer::P2c,
-            Some("round_robin") => LoadBalancer::RoundRobin,
-            Some(other) => {
-                return Err(err(
-                    &format!("{at}.load_balancer"),
-                    format!("unknown {other:?}: expected round_robin or p2c"),
-                ));
-            }
-        };
+        let load_balancer = self.load_balancer.unwrap_or_default();
         let mut faults = Faults::default();
         if let Some(f) = &self.fault {
             if let Some(d) = &f.delay {
                 let p = format!("{at}.fault.delay");
                 faults.delay = Some((
-                    duration(&format!("{p}.fixed"), &d.fixed)?,
+                    duration(&format!("{p}.fixed"), d.fixed)?,
                     percent(&format!("{p}.percent"), d.percent)? / 100.0,
                 ));
             }
@@ -581,7 +571,7 @@ impl ServiceSpec {
                     format!("{name:?} names another route of this service (or the one no route fits): give it a name"),
                 ));
             }
-            let route_timeout = r.timeout.as_deref().map(|t| duration(&format!("{at}.timeout"), t)).transpose()?;
+            let route_timeout = r.timeout.map(|t| duration(&format!("{at}.timeout"), t)).transpose()?;
             let timeout = route_timeout.or(timeout);
             let retries = match &r.retries {
                 Some(spec) => spec.resolve(&format!("{at}.retries"), timeout)?,
@@ -663,7 +653,7 @@ impl RetriesSpec {
             ));
         }
         let per_try_timeout =
-            self.per_try_timeout.as_deref().map(|t| duration(&format!("{at}.per_try_timeout"), t)).transpose()?;
+            self.per_try_timeout.map(|t| duration(&format!("{at}.per_try_timeout"), t)).transpose()?;
         if let (Some(per_try), Some(whole)) = (per_try_timeout, timeout)
             && per_try > whole
         {
@@ -674,25 +664,13 @@ impl RetriesSpec {
                 ),
             ));
         }
-        let mut retry_on = Vec::new();
-        for (i, name) in self
+        let retry_on = self
             .retry_on
             .clone()
-            .unwrap_or_else(|| vec!["5xx".into(), "connect-failure".into(), "reset".into()])
-            .iter()
-            .enumerate()
-        {
-            let v: RetryOn = serde_json::from_value(serde_json::Value::String(name.clone())).map_err(|_| {
-                err(
-                    &format!("{at}.retry_on[{i}]"),
-                    format!("unknown {name:?}: expected one of {}", RETRY_ON.join(", ")),
-                )
-            })?;
-            retry_on.push(v);
-        }
+            .unwrap_or_else(|| vec![RetryOn::ServerError, RetryOn::ConnectFailure, RetryOn::Reset]);
         let (backoff_base, backoff_max) = match &self.backoff {
             Some(b) => {
-                (duration(&format!("{at}.backoff.base"), &b.base)?, duration(&format!("{at}.backoff.max"), &b.max)?)
+                (duration(&format!("{at}.backoff.base"), b.base)?, duration(&format!("{at}.backoff.max"), b.max)?)
             }
             None => (Duration::from_millis(25), Duration::from_millis(250)),
         };
@@ -745,13 +723,11 @@ impl OutlierSpec {
             consecutive_5xx,
             interval: self
                 .interval
-                .as_deref()
                 .map(|t| duration(&format!("{at}.interval"), t))
                 .transpose()?
                 .unwrap_or(Duration::from_secs(10)),
             base_ejection_time: self
                 .base_ejection_time
-                .as_deref()
                 .map(|t| duration(&format!("{at}.base_ejection_time"), t))
                 .transpose()?
                 .unwrap_or(Duration::from_secs(30)),

@@ -49,6 +49,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, TimeError> {
 
 /// Formats a duration the way [`parse_duration`] reads it (`90s` → `1m30s`).
 pub fn format_duration(d: Duration) -> String {
+    if !d.subsec_nanos().is_multiple_of(1000) {
+        return format!("{}ns", d.as_nanos());
+    }
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return format!("{}us", d.as_micros());
+    }
     let ms = d.as_millis();
     if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
@@ -65,6 +71,82 @@ pub fn format_duration(d: Duration) -> String {
         out.push_str(&format!("{secs}s"));
     }
     out
+}
+
+/// Serde for a [`Duration`] written as text (`250ms`, `2s`, `1m30s`), as config and policy files
+/// write them: `#[serde(with = "meshlens_model::time::text")]`. A bad value is refused while the
+/// file is read, so the reader's error names the field (YAML gives its path and line).
+pub mod text {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    /// Writes [`super::format_duration`]'s text.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    /// Reads [`super::parse_duration`]'s text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_str(Text)
+    }
+
+    /// Parses inside the reader's call (not after it returned), so its error carries the field's path.
+    pub(super) struct Text;
+
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as 250ms, 2s or 1m30s")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            super::parse_duration(v).map_err(E::custom)
+        }
+    }
+}
+
+/// [`text`] for an optional duration: `#[serde(default, with = "meshlens_model::time::text_opt")]`.
+pub mod text_opt {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    /// Writes the text, or nothing.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::text::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads the text, if any.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        d.deserialize_option(Opt)
+    }
+
+    struct Opt;
+
+    impl<'de> serde::de::Visitor<'de> for Opt {
+        type Value = Option<Duration>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as 250ms, 2s or 1m30s")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(super::text::Text).map(Some)
+        }
+    }
 }
 
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {

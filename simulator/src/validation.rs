@@ -404,14 +404,14 @@ fn istios_example_files_are_read_as_written() {
     let (dr, b) = istio("dr-ratings");
     let got = read_policies(&[(vs, &a), (dr, &b)]).unwrap();
     let r = got.policy.services["ratings"].retries.as_ref().unwrap();
-    assert_eq!((r.attempts, r.per_try_timeout.as_deref()), (3, Some("2s")));
+    assert_eq!((r.attempts, r.per_try_timeout), (3, Some(std::time::Duration::from_secs(2))));
 
     let (dr, b) = istio("dr-httpbin");
     let got = read_policies(&[(dr, &b)]).unwrap();
     let od = got.policy.services["httpbin"].outlier_detection.as_ref().unwrap();
     assert_eq!(
-        (od.consecutive_5xx, od.base_ejection_time.as_deref(), od.max_ejection_percent),
-        (Some(1), Some("3m"), Some(100.0))
+        (od.consecutive_5xx, od.base_ejection_time, od.max_ejection_percent),
+        (Some(1), Some(std::time::Duration::from_secs(180)), Some(100.0))
     );
     assert!(
         got.warnings.iter().any(|w| w.contains("spec.trafficPolicy.connectionPool: not modelled")),
