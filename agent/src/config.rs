@@ -39,6 +39,8 @@ pub struct AgentFile {
     pub authz: Option<AuthzSpec>,
     /// Requests per second each caller may make to this workload; unlimited when absent.
     pub rate_limit: Option<RateLimitSpec>,
+    /// How `{dns: ...}` and `{srv: ...}` endpoints are resolved.
+    pub discovery: Option<DiscoverySpec>,
 }
 
 /// `tls:`.
@@ -289,8 +291,51 @@ pub struct LimitsSpec {
 pub struct ServiceSpec {
     /// Its namespace; the agent's own when absent.
     pub namespace: Option<String>,
-    /// Endpoints (`ip:port` or `dns-name:port` of each instance's agent) per version.
-    pub versions: BTreeMap<String, Vec<String>>,
+    /// Endpoints per version: `ip:port` or `dns-name:port` of each instance's agent (a name is
+    /// resolved on each new connection), or a source of endpoints found at run time
+    /// (`crate::discovery`): `{dns: NAME:PORT}`, `{srv: NAME}`, `{file: PATH}`.
+    pub versions: BTreeMap<String, Vec<EndpointSpec>>,
+}
+
+/// One entry of a version's endpoint list as written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EndpointSpec {
+    /// `host:port`.
+    Address(String),
+    /// A source of endpoints.
+    Discover(DiscoverSpec),
+}
+
+/// A source of endpoints as written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum DiscoverSpec {
+    /// `NAME:PORT`: every A and AAAA record of the name is an endpoint on that port.
+    Dns(String),
+    /// An SRV name (`_http._tcp.reviews.shop.svc.cluster.local`): each target and port.
+    Srv(String),
+    /// A file of `host:port` lines, watched for changes.
+    File(String),
+    /// A Kubernetes Service's EndpointSlices through the API (refused: not built yet).
+    Kubernetes(serde_yaml_ng::Value),
+}
+
+/// `discovery:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverySpec {
+    /// The resolver `{dns: ...}` and `{srv: ...}` entries ask.
+    pub dns: Option<DnsSpec>,
+}
+
+/// `discovery.dns:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSpec {
+    /// `ip:port` of the DNS server (a cluster's, or a test's); the system's (`/etc/resolv.conf`)
+    /// when absent.
+    pub server: Option<String>,
 }
 
 /// A config that cannot be used.
@@ -370,8 +415,11 @@ impl Default for Limits {
 pub struct Service {
     /// Its namespace.
     pub namespace: String,
-    /// Endpoints per version, versions in name order.
+    /// Static endpoints per version, versions in name order.
     pub versions: Vec<(String, Vec<String>)>,
+    /// Sources of endpoints found at run time, per version, beside the static ones.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<(String, crate::discovery::Source)>,
     /// Its policy (defaults when the policy names it not).
     pub policy: ServicePolicy,
 }
@@ -403,6 +451,8 @@ pub struct AgentConfig {
     pub authz: Option<Authz>,
     /// Inbound rate limit per caller.
     pub rate_limit: Option<RateLimit>,
+    /// The DNS server discovery asks; the system's when `None`.
+    pub dns_server: Option<SocketAddr>,
 }
 
 /// The admin listener's default address.
@@ -434,6 +484,7 @@ impl AgentConfig {
             tls,
             authz: _,
             rate_limit: _,
+            dns_server,
         } = self;
         // The exporter (endpoint, queue, interval, token) is built at start; sampling is read live.
         let export = |t: &Option<Telemetry>| {
@@ -449,6 +500,7 @@ impl AgentConfig {
             ("admin.listen", *admin_listen != other.admin_listen),
             ("limits", *limits != other.limits),
             ("tls", *tls != other.tls),
+            ("discovery.dns.server", *dns_server != other.dns_server),
             ("telemetry (collector, interval, token, span_queue)", export(telemetry) != export(&other.telemetry)),
         ]
         .into_iter()
@@ -465,13 +517,52 @@ fn addr(path: &str, text: &str) -> Result<SocketAddr, PolicyError> {
 }
 
 fn authority(path: &str, text: &str) -> Result<String, PolicyError> {
+    check_authority(text).map_err(|e| invalid(path, e))?;
+    Ok(text.to_owned())
+}
+
+/// Whether `text` is an endpoint's `host:port` (a static entry, or a line of an endpoint file).
+pub(crate) fn check_authority(text: &str) -> Result<(), String> {
     match text.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
-            text.parse::<http::uri::Authority>().map_err(|_| invalid(path, format!("{text:?} is not a host:port")))?;
-            Ok(text.to_owned())
+            text.parse::<http::uri::Authority>().map(|_| ()).map_err(|_| format!("{text:?} is not a host:port"))
         }
-        _ => Err(invalid(path, format!("{text:?} is not a host:port such as 127.0.0.1:9080 or reviews-v1:9080"))),
+        _ => Err(format!("{text:?} is not a host:port such as 127.0.0.1:9080 or reviews-v1:9080")),
     }
+}
+
+/// A source of endpoints, checked.
+fn source(path: &str, d: &DiscoverSpec) -> Result<crate::discovery::Source, PolicyError> {
+    use crate::discovery::Source;
+    Ok(match d {
+        DiscoverSpec::Dns(text) => {
+            let path = format!("{path}.dns");
+            authority(&path, text)?;
+            let (host, port) = text.rsplit_once(':').unwrap_or_default();
+            Source::Dns { host: host.to_owned(), port: port.parse().map_err(|_| invalid(&path, "needs a port"))? }
+        }
+        DiscoverSpec::Srv(name) => {
+            if name.is_empty() || name.contains([':', '/', ' ']) {
+                return Err(invalid(
+                    format!("{path}.srv"),
+                    format!("{name:?} is not an SRV name such as _http._tcp.reviews.shop.svc.cluster.local"),
+                ));
+            }
+            Source::Srv { name: name.clone() }
+        }
+        DiscoverSpec::File(file) if file.is_empty() => {
+            return Err(invalid(format!("{path}.file"), "needs a file path"));
+        }
+        DiscoverSpec::File(file) => Source::File(file.into()),
+        DiscoverSpec::Kubernetes(_) => {
+            return Err(invalid(
+                format!("{path}.kubernetes"),
+                "watching EndpointSlices through the Kubernetes API is not built in this version; point \
+                 {dns: SERVICE.NAMESPACE.svc.cluster.local:PORT} at a headless Service (each ready Pod is an A record), \
+                 or {file: PATH} at a file an operator keeps",
+            ));
+        }
+    })
 }
 
 /// A duration as read, or its default; zero is refused.
@@ -584,11 +675,15 @@ impl AgentFile {
             if spec.versions.is_empty() {
                 return Err(invalid(format!("{at}.versions"), "needs at least one version with endpoints"));
             }
-            let mut versions = Vec::new();
+            let (mut versions, mut sources) = (Vec::new(), Vec::new());
             for (version, endpoints) in &spec.versions {
                 let mut resolved = Vec::new();
                 for (i, e) in endpoints.iter().enumerate() {
-                    resolved.push(authority(&format!("{at}.versions.{version}[{i}]"), e)?);
+                    let path = format!("{at}.versions.{version}[{i}]");
+                    match e {
+                        EndpointSpec::Address(a) => resolved.push(authority(&path, a)?),
+                        EndpointSpec::Discover(d) => sources.push((version.clone(), source(&path, d)?)),
+                    }
                 }
                 versions.push((version.clone(), resolved));
             }
@@ -605,7 +700,7 @@ impl AgentFile {
                 }
             }
             let namespace = spec.namespace.clone().unwrap_or_else(|| workload.namespace.clone());
-            services.insert(name.clone(), Service { namespace, versions, policy });
+            services.insert(name.clone(), Service { namespace, versions, sources, policy });
         }
         let tls = match &self.tls {
             None => None,
@@ -663,7 +758,12 @@ impl AgentFile {
                 Some(RateLimit { per_second: r.requests_per_second, burst })
             }
         };
+        let dns_server = match self.discovery.as_ref().and_then(|d| d.dns.as_ref()).and_then(|d| d.server.as_deref()) {
+            Some(text) => Some(addr("discovery.dns.server", text)?),
+            None => None,
+        };
         Ok(AgentConfig {
+            dns_server,
             workload,
             inbound_listen,
             app,
@@ -713,6 +813,28 @@ policy:
 "#;
 
     #[test]
+    fn discovery_entries_sit_beside_static_endpoints() {
+        let text = GOOD
+            .replace("\"127.0.0.1:9002\"", "{dns: 'reviews.shop.svc:9001'}, {srv: _http._tcp.r}, {file: /e}")
+            + "discovery: {dns: {server: '127.0.0.1:5353'}}\n";
+        let c = AgentConfig::parse(&text, "agent.yaml").unwrap();
+        let r = &c.services["reviews"];
+        assert_eq!(r.versions[1].1, ["reviews-v3.local:9001"]);
+        use crate::discovery::Source;
+        assert_eq!(
+            r.sources,
+            [
+                ("v3".into(), Source::Dns { host: "reviews.shop.svc".into(), port: 9001 }),
+                ("v3".into(), Source::Srv { name: "_http._tcp.r".into() }),
+                ("v3".into(), Source::File("/e".into())),
+            ]
+        );
+        assert_eq!(c.dns_server, Some("127.0.0.1:5353".parse().unwrap()));
+        let other = AgentConfig::parse(&text.replace("5353", "53"), "a").unwrap();
+        assert_eq!(c.restart_needed(&other), Some("discovery.dns.server"));
+    }
+
+    #[test]
     fn a_good_file_resolves() {
         let c = AgentConfig::parse(GOOD, "agent.yaml").unwrap();
         assert_eq!(c.workload.id(), "shop/productpage/v1");
@@ -755,6 +877,14 @@ policy:
                 "tls.mode: unknown variant `lenient`, expected `strict` or `permissive`",
             ),
             (format!("{GOOD}authz: {{default: maybe}}\n"), "authz.default: unknown variant `maybe`"),
+            // Discovery sources.
+            (GOOD.replace("\"127.0.0.1:9002\"", "{dns: reviews.local}"), "services.reviews.versions.v3[1].dns"),
+            (
+                GOOD.replace("\"127.0.0.1:9002\"", "{kubernetes: {service: reviews, port: 9080}}"),
+                "services.reviews.versions.v3[1].kubernetes: watching EndpointSlices",
+            ),
+            (GOOD.replace("\"127.0.0.1:9002\"", "{srv: 'a b'}"), "services.reviews.versions.v3[1].srv"),
+            (format!("{GOOD}discovery: {{dns: {{server: resolver}}}}\n"), "discovery.dns.server"),
             (
                 format!("{GOOD}authz: {{rules: [{{action: permit}}]}}\n"),
                 "authz.rules[0].action: unknown variant `permit`",

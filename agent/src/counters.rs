@@ -54,6 +54,10 @@ pub struct Counters {
     pub reloads: Counter,
     /// Config reloads refused (bad file); the old config kept serving.
     pub reload_errors: Counter,
+    /// Times a discovery source's endpoints changed (`crate::discovery`).
+    pub discovery_updates: Counter,
+    /// Discovery lookups or file reads that failed; the source's last endpoints kept serving.
+    pub discovery_errors: Counter,
     /// Inbound requests denied by authorization (403).
     pub authz_denied: Counter,
     /// Inbound requests over the rate limit (429).
@@ -82,7 +86,7 @@ pub struct Counters {
 /// Prometheus text of the counters and the per-peer request metrics.
 pub fn render(c: &Counters, registry: &Registry) -> String {
     let mut out = String::new();
-    let counters: [(&str, &str, &Counter); 32] = [
+    let counters: [(&str, &str, &Counter); 34] = [
         ("tap_events_queued_total", "Requests queued for an open tap.", &c.tap_events_queued),
         ("tap_events_dropped_total", "Tap events dropped: the tap queue was full.", &c.tap_events_dropped),
         ("tap_send_errors_total", "Tap batches the collector did not take.", &c.tap_send_errors),
@@ -131,6 +135,12 @@ pub fn render(c: &Counters, registry: &Registry) -> String {
         ("export_failures_total", "Exports that failed.", &c.export_failures),
         ("config_reloads_total", "Config reloads applied.", &c.reloads),
         ("config_reload_errors_total", "Config reloads refused; the old config kept serving.", &c.reload_errors),
+        ("discovery_updates_total", "Times a discovery source's endpoints changed.", &c.discovery_updates),
+        (
+            "discovery_errors_total",
+            "Discovery lookups or file reads that failed; the source's last endpoints kept serving.",
+            &c.discovery_errors,
+        ),
     ];
     for (name, help, counter) in counters {
         let _ = writeln!(out, "# HELP meshlens_agent_{name} {help}\n# TYPE meshlens_agent_{name} counter");

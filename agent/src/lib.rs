@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod counters;
+pub mod discovery;
 pub mod export;
 pub mod load;
 pub mod normalize;
@@ -47,7 +48,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{AgentConfig, ConfigError};
 use counters::Counters;
-use proxy::{Runtime, Shared};
+use proxy::Shared;
 use trace::SpanSink;
 
 /// Why the agent could not start.
@@ -146,6 +147,8 @@ struct Admin {
     shared: Arc<Shared>,
     ready: AtomicBool,
     last_reload_error: Mutex<Option<String>>,
+    /// The discovery sources' tasks (none run while no version names a source).
+    discovery: Arc<discovery::Discovery>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AgentError> {
@@ -228,8 +231,28 @@ pub async fn start(config: AgentConfig, options: Options) -> Result<Running, Age
         )));
     }
 
-    let admin =
-        Arc::new(Admin { shared: shared.clone(), ready: AtomicBool::new(false), last_reload_error: Mutex::new(None) });
+    // Discovery: a task per source the versions name; each change rebuilds the routing table.
+    let discovery = {
+        let rt = shared.runtime.load();
+        let weak = Arc::downgrade(&shared);
+        let changed: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.rebuild(None);
+            }
+        });
+        let d = discovery::Discovery::new(shared.found.clone(), counters.clone(), rt.config.dns_server, changed);
+        d.sync(&rt.config);
+        for source in d.warm(&rt.config, discovery::WARM_LIMIT).await {
+            tracing::warn!(%source, "no first answer yet; serving without its endpoints until it answers");
+        }
+        Arc::new(d)
+    };
+    let admin = Arc::new(Admin {
+        shared: shared.clone(),
+        ready: AtomicBool::new(false),
+        last_reload_error: Mutex::new(None),
+        discovery,
+    });
     let mut tasks = tasks_early;
     tasks.push(tokio::spawn(serve(inbound_l, shared.clone(), Side::Inbound, stop_rx.clone(), drain_token.clone())));
     if let Some(l) = outbound_l {
@@ -470,8 +493,10 @@ async fn reload_loop(path: PathBuf, every: Duration, admin: Arc<Admin>) {
         });
         match result {
             Ok(config) => {
-                let next = Runtime::new(config, &shared.registry, Some(&old), shared.tls.as_ref());
-                shared.runtime.store(Arc::new(next));
+                // New sources answer first, so the new table does not start without their endpoints.
+                admin.discovery.sync(&config);
+                admin.discovery.warm(&config, discovery::WARM_LIMIT).await;
+                shared.rebuild(Some(config));
                 *admin.last_reload_error.lock() = None;
                 shared.counters.reloads.add(1);
                 tracing::info!(file = %origin, "config reloaded");

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+
+use crate::discovery::Found;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -69,8 +71,14 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the runtime for `config`, keeping endpoint state and connections from `old`; agents
     /// are reached over `tls` when given.
-    pub fn new(config: AgentConfig, registry: &Registry, old: Option<&Runtime>, tls: Option<&Arc<MeshTls>>) -> Self {
-        let routes = Routes::build(&config, registry, old.map(|o| &o.routes), tls);
+    pub fn new(
+        config: AgentConfig,
+        registry: &Registry,
+        old: Option<&Runtime>,
+        tls: Option<&Arc<MeshTls>>,
+        found: &Found,
+    ) -> Self {
+        let routes = Routes::build(&config, registry, old.map(|o| &o.routes), tls, found);
         let source = HeaderValue::from_str(&config.workload.id()).unwrap_or(HeaderValue::from_static(""));
         let sampling = config.telemetry.as_ref().map_or(0.0, |t| t.sampling);
         let app = match old {
@@ -102,6 +110,10 @@ pub struct Shared {
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     /// Open taps.
     pub tap: Arc<crate::tap::Tapper>,
+    /// What discovery sources found (`crate::discovery`).
+    pub found: Arc<Found>,
+    /// Held while a runtime is rebuilt, so a reload and a discovery change do not undo each other.
+    rebuilding: Mutex<()>,
 }
 
 /// What the inbound side knows of a connection.
@@ -145,7 +157,8 @@ impl Shared {
     pub fn new(config: AgentConfig, counters: Arc<Counters>, spans: SpanSink, tls: Option<Arc<MeshTls>>) -> Self {
         let registry = Registry::default();
         let config_connect_timeout = config.limits.connect_timeout;
-        let runtime = Runtime::new(config, &registry, None, tls.as_ref());
+        let found = Arc::new(Found::default());
+        let runtime = Runtime::new(config, &registry, None, tls.as_ref(), &found);
         let counters_for_tap = counters.clone();
         Self {
             unknown_caller: registry.peer(Direction::Inbound, ""),
@@ -159,7 +172,20 @@ impl Shared {
             tls,
             buckets: Mutex::new(HashMap::new()),
             tap: Arc::new(crate::tap::Tapper::new(counters_for_tap)),
+            found,
+            rebuilding: Mutex::new(()),
         }
+    }
+
+    /// Builds the runtime again — for `config` (a reload), or the same config with what discovery
+    /// found now — keeping endpoint state and connections, and swaps it in. In-flight requests
+    /// finish on the runtime they started with.
+    pub fn rebuild(&self, config: Option<AgentConfig>) {
+        let _one_at_a_time = self.rebuilding.lock();
+        let old = self.runtime.load_full();
+        let config = config.unwrap_or_else(|| old.config.clone());
+        let next = Runtime::new(config, &self.registry, Some(&old), self.tls.as_ref(), &self.found);
+        self.runtime.store(Arc::new(next));
     }
 
     /// Takes a token from `caller`'s bucket; `Err(seconds)` says when the next one comes.

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 
 use crate::config::AgentConfig;
 use crate::counters::Counters;
+use crate::discovery::Found;
 use crate::pool::{TlsTarget, Upstream};
 use crate::telemetry::{Direction, PeerMetrics, Registry, RouteMetrics};
 use crate::tls::MeshTls;
@@ -172,22 +173,15 @@ impl Route {
             }
             LoadBalancer::P2c => {
                 let healthy = eps.iter().filter(|e| !e.ejected(now_ms)).count();
-                match healthy {
-                    0 => None,
-                    1 => eps.iter().find(|e| !e.ejected(now_ms)),
-                    n => {
-                        let a = fastrand::usize(..n);
-                        let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                        let mut it = eps.iter().filter(|e| !e.ejected(now_ms));
-                        let (first, second) = if a < b { (a, b) } else { (b, a) };
-                        let x = it.nth(first);
-                        let y = it.nth(second - first - 1);
-                        match (x, y) {
-                            (Some(x), Some(y)) => Some(if y.in_flight() < x.in_flight() { y } else { x }),
-                            (x, y) => x.or(y),
-                        }
-                    }
-                }
+                let nth = |k: usize| eps.iter().filter(|e| !e.ejected(now_ms)).nth(k);
+                (healthy > 0)
+                    .then(|| {
+                        let k = policy_core::p2c(healthy, fastrand::f64(), fastrand::f64(), |k| {
+                            nth(k).map_or(u64::MAX, |e| e.in_flight())
+                        });
+                        nth(k)
+                    })
+                    .flatten()
             }
         };
         match chosen {
@@ -247,7 +241,14 @@ pub struct Routes {
 
 impl Routes {
     /// Builds the table for `config`, reusing endpoint and budget state from `old`.
-    pub fn build(config: &AgentConfig, registry: &Registry, old: Option<&Routes>, tls: Option<&Arc<MeshTls>>) -> Self {
+    /// A version's endpoints are its static ones, then what its discovery sources found (`found`).
+    pub fn build(
+        config: &AgentConfig,
+        registry: &Registry,
+        old: Option<&Routes>,
+        tls: Option<&Arc<MeshTls>>,
+        found: &Found,
+    ) -> Self {
         let mut services = HashMap::new();
         for (name, svc) in &config.services {
             // A name that is no valid TLS server name cannot be reached over mTLS; its requests fail
@@ -281,10 +282,26 @@ impl Routes {
                         } else {
                             weights.get(version.as_str()).copied().unwrap_or(0.0)
                         },
-                        endpoints: endpoints
-                            .iter()
-                            .map(|a| find_old(version, a).unwrap_or_else(|| Arc::new(Endpoint::new(a, target.clone()))))
-                            .collect(),
+                        endpoints: {
+                            let mut all: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+                            let discovered: Vec<Arc<[String]>> = svc
+                                .sources
+                                .iter()
+                                .filter(|(v, _)| v == version)
+                                .filter_map(|(_, source)| found.get(source))
+                                .collect();
+                            for eps in &discovered {
+                                all.extend(
+                                    eps.iter().map(String::as_str).filter(|a| !endpoints.iter().any(|s| s == a)),
+                                );
+                            }
+                            all.dedup();
+                            all.iter()
+                                .map(|a| {
+                                    find_old(version, a).unwrap_or_else(|| Arc::new(Endpoint::new(a, target.clone())))
+                                })
+                                .collect()
+                        },
                         metrics: registry.peer(Direction::Outbound, &workload.id()),
                     }
                 })
@@ -343,7 +360,7 @@ mod tests {
         );
         let config = AgentConfig::parse(&text, "t").unwrap();
         let registry = Registry::default();
-        (Routes::build(&config, &registry, None, None), registry)
+        (Routes::build(&config, &registry, None, None, &Found::default()), registry)
     }
 
     #[test]
@@ -443,7 +460,7 @@ mod tests {
                 od.max_ejection_percent
             );
             let config = AgentConfig::parse(&text, "t").unwrap();
-            let routes = Routes::build(&config, &Registry::default(), None, None);
+            let routes = Routes::build(&config, &Registry::default(), None, None, &Found::default());
             let b = routes.lookup("b").unwrap();
             let endpoints: Vec<Arc<Endpoint>> = b.versions.iter().flat_map(|v| v.endpoints.clone()).collect();
             let c = Counters::default();

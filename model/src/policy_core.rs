@@ -129,6 +129,22 @@ pub fn retriable(retry_on: &[RetryOn], outcome: Outcome) -> bool {
     })
 }
 
+/// Least request of two choices (Envoy's and Linkerd's p2c) among `count` endpoints: two different
+/// ones drawn uniformly by `r1` and `r2` in `[0, 1)`, and of those the one with less `load`; on a
+/// tie the first drawn, so no position in the list is favoured. (Taking the lower index of the two
+/// on a tie, as the agent once did, never picks the last endpoint while the loads are equal.)
+pub fn p2c(count: usize, r1: f64, r2: f64, load: impl Fn(usize) -> u64) -> usize {
+    if count <= 1 {
+        return 0;
+    }
+    let a = ((r1 * count as f64) as usize).min(count - 1);
+    let mut b = ((r2 * (count - 1) as f64) as usize).min(count - 2);
+    if b >= a {
+        b += 1;
+    }
+    if load(b) < load(a) { b } else { a }
+}
+
 /// The index a split picks for the uniform `u` in `[0, 1)`, by `weights` that sum to 1. Rounding
 /// that leaves `u` past the last weight goes to the last positive weight (index 0 when none is).
 pub fn pick_weighted(weights: impl IntoIterator<Item = f64> + Clone, u: f64) -> usize {

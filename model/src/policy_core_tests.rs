@@ -189,3 +189,20 @@ fn a_call_is_planned_by_the_route_its_request_matches() {
     assert!(bad.check().unwrap_err().contains("must start with /"));
     assert!(serde_yaml_ng::from_str::<CallSpec>("{service: back, pth: /x}").is_err(), "unknown keys refused");
 }
+
+#[test]
+fn p2c_draws_two_different_endpoints_and_favours_no_position_on_a_tie() {
+    let mut picked = [0u32; 3];
+    let steps = 30;
+    for i in 0..steps {
+        for j in 0..steps {
+            let (r1, r2) = (i as f64 / steps as f64, j as f64 / steps as f64);
+            picked[p2c(3, r1, r2, |_| 0)] += 1;
+        }
+    }
+    assert!(picked.iter().all(|&n| n == 300), "equal loads: each endpoint a third, {picked:?}");
+    // Two different ones: with the lighter first or second, it is the one chosen.
+    assert_eq!(p2c(2, 0.0, 0.0, |k| if k == 1 { 0 } else { 5 }), 1);
+    assert_eq!(p2c(2, 0.9, 0.0, |k| if k == 0 { 0 } else { 5 }), 0);
+    assert_eq!(p2c(1, 0.7, 0.7, |_| 9), 0);
+}

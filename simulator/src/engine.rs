@@ -526,10 +526,9 @@ impl<'a> Sim<'a> {
                 nth(st, st.rr % count)
             }
             meshlens_model::policy::LoadBalancer::P2c => {
-                let a = nth(st, ((self.rng.f64() * count as f64) as usize).min(count - 1));
-                let b = nth(st, ((self.rng.f64() * count as f64) as usize).min(count - 1));
-                let load = |i: usize| st.instances[i].busy + st.instances[i].queue.len();
-                if load(b) < load(a) { b } else { a }
+                let (r1, r2) = (self.rng.f64(), self.rng.f64());
+                let load = |i: usize| (st.instances[i].busy + st.instances[i].queue.len()) as u64;
+                nth(st, meshlens_model::policy_core::p2c(count, r1, r2, |k| load(nth(st, k))))
             }
         })
     }

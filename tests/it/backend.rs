@@ -119,7 +119,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
 impl Backend {
     /// Starts a backend on `127.0.0.1:0`.
     pub async fn start() -> Backend {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts a backend on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> Backend {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             hits: Arc::default(),

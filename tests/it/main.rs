@@ -11,6 +11,7 @@ mod backend;
 mod cli;
 mod console;
 mod demo;
+mod discovery;
 mod fidelity;
 mod node_sdk;
 mod otlp;
