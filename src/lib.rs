@@ -4,6 +4,7 @@
 
 pub mod demo;
 pub mod fidelity;
+pub mod inject;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -69,6 +70,18 @@ pub enum Command {
     /// Traffic policies: read Istio's files as meshlens's schema.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Write Kubernetes Deployments and StatefulSets back with the agent as a sidecar.
+    ///
+    /// Reads manifests (files, or `-` for stdin) and prints them with each workload's agent added:
+    /// the sidecar container, its config as a ConfigMap (identity from the pod labels app/version
+    /// or app.kubernetes.io/name and /version; the services it calls: every other app of the
+    /// input, or the pod annotation meshlens.io/calls), and a headless Service per workload
+    /// through which other agents find its replicas by DNS. Traffic reaches the agent by an init
+    /// container's iptables rules (--redirect iptables, Istio's and Linkerd's way) or without
+    /// privilege (--redirect ports: HTTP_PROXY for the app, Services retargeted to the agent).
+    /// A pod annotated meshlens.io/inject: "false" is left out. What was done is said on stderr.
+    /// Example: meshlens inject bookinfo.yaml | kubectl apply -f -
+    Inject(InjectArgs),
     /// Send HTTP requests at a constant rate and report latency corrected for coordinated omission.
     ///
     /// Open loop, like wrk2, oha and fortio: a request is due every 1/RATE seconds whether or not
@@ -601,6 +614,30 @@ pub enum LoadOutput {
     Json,
 }
 
+/// `meshlens inject`.
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// Manifest files (many YAML documents each); `-` reads stdin.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The image with the meshlens binary (and iptables, for --redirect iptables).
+    #[arg(long, default_value = concat!("meshlens:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// The collector's OTLP/gRPC URL, as the Pods reach it (deploy/kubernetes/collector.yaml).
+    #[arg(long, default_value = "http://meshlens-collector.meshlens.svc.cluster.local:4317")]
+    pub collector: String,
+    /// How traffic reaches the agent.
+    #[arg(long, value_enum, default_value = "iptables")]
+    pub redirect: inject::Redirect,
+    /// The namespace of every object that names none.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// The collector's bearer token (its --token), written into each agent's config, so into its
+    /// ConfigMap.
+    #[arg(long, value_name = "TOKEN", env = "MESHLENS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
 /// `meshlens load`.
 #[derive(Debug, Args)]
 pub struct LoadArgs {
@@ -867,6 +904,7 @@ pub async fn run<W: Write>(cli: Cli, out: &mut W) -> Result<(), CliError> {
         },
         Command::Ca(c) => ca(c, out),
         Command::Policy(PolicyCommand::Import { files, output }) => policy_import(&files, output, out),
+        Command::Inject(a) => inject_cmd(&a, out),
         Command::Sim(a) => sim(a, out).await,
         Command::Fidelity(a) => fidelity_cmd(a, out).await,
         Command::Load(a) => {
@@ -1298,6 +1336,29 @@ fn read_policy_files(paths: &[PathBuf]) -> Result<meshlens_sim::policy_input::Po
         eprintln!("meshlens: warning: {w}");
     }
     Ok(input)
+}
+
+fn inject_cmd<W: Write>(a: &InjectArgs, out: &mut W) -> Result<(), CliError> {
+    let mut text = String::new();
+    for p in &a.files {
+        let read =
+            if p.as_os_str() == "-" { std::io::read_to_string(std::io::stdin()) } else { std::fs::read_to_string(p) };
+        let t = read.map_err(|e| CliError::Config(anyhow::anyhow!("reading {}: {e}", p.display())))?;
+        text.push_str(&t);
+        text.push_str("\n---\n");
+    }
+    let o = inject::Options {
+        image: a.image.clone(),
+        collector: a.collector.clone(),
+        redirect: a.redirect,
+        namespace: a.namespace.clone(),
+        token: a.token.clone(),
+    };
+    let done = inject::inject(&text, &o).map_err(|e| CliError::Config(e.into()))?;
+    for n in &done.notes {
+        eprintln!("meshlens inject: {n}");
+    }
+    write!(out, "{}", done.yaml).map_err(runtime)
 }
 
 fn policy_import<W: Write>(files: &[PathBuf], output: PolicyOutput, out: &mut W) -> Result<(), CliError> {

@@ -13,6 +13,7 @@ mod console;
 mod demo;
 mod discovery;
 mod fidelity;
+mod kubernetes;
 mod node_sdk;
 mod otlp;
 mod prometheus;
