@@ -315,7 +315,8 @@ pub enum DiscoverSpec {
     Dns(String),
     /// An SRV name (`_http._tcp.reviews.shop.svc.cluster.local`): each target and port.
     Srv(String),
-    /// A file of `host:port` lines, watched for changes.
+    /// A file of `host:port` lines, or of Kubernetes EndpointSlices as kubectl writes them,
+    /// watched for changes.
     File(String),
     /// A Kubernetes Service's EndpointSlices through the API (refused: not built yet).
     Kubernetes(serde_yaml_ng::Value),

@@ -1,6 +1,7 @@
 //! Endpoints found at run time, beside each version's static list: DNS names (every A and AAAA
 //! record is an endpoint, as Envoy's STRICT_DNS clusters and Kubernetes headless Services work),
-//! SRV records (each target and its port), and files of `host:port` lines watched for changes.
+//! SRV records (each target and its port), and files watched for changes: `host:port` lines, or
+//! Kubernetes EndpointSlices as kubectl writes them (`crate::endpointslice`).
 //!
 //! One task per distinct [`Source`] keeps what it last found in [`Found`]; when that changes it asks
 //! the agent to rebuild its routing table (`crate::proxy::Shared::rebuild`). The rebuild keeps the
@@ -115,8 +116,14 @@ impl Found {
     }
 }
 
-/// Parses a file of endpoints: one `host:port` per line; blank lines and `#` comments are skipped.
+/// Parses a file of endpoints: one `host:port` per line (blank lines and `#` comments are skipped),
+/// or Kubernetes EndpointSlices as `kubectl get endpointslices -o yaml` (or json) writes them, whose
+/// ready endpoints on the only port (or the one named `http`) are taken (`crate::endpointslice`).
 pub fn parse_file(text: &str) -> Result<Vec<String>, String> {
+    if crate::endpointslice::looks_like_slices(text) {
+        let slices = crate::endpointslice::parse(text)?;
+        return crate::endpointslice::endpoints(&slices, &crate::endpointslice::PortRef::Only);
+    }
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod counters;
 pub mod discovery;
+pub mod endpointslice;
 pub mod export;
 pub mod load;
 pub mod normalize;

@@ -229,4 +229,33 @@ async fn an_endpoint_file_changes_the_same_way_and_a_bad_one_keeps_the_last() {
         assert_eq!(app.get("b", "/ok").await.0, 200);
     }
     assert!(replicas[3].hits() > before, "the last good list still serves");
+
+    // The same file as `kubectl get endpointslices -o yaml` writes it: the ready endpoints serve,
+    // a terminating one does not (there are ready ones).
+    let slice = |b: &Backend, ready: bool| {
+        format!(
+            "- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: b-{port}, labels: {{kubernetes.io/service-name: b}}}}\n  \
+             addressType: IPv4\n  ports: [{{name: http, protocol: TCP, port: {port}}}]\n  \
+             endpoints: [{{addresses: ['{ip}'], conditions: {{ready: {ready}, serving: true, terminating: {t}}}}}]\n",
+            port = b.addr.port(),
+            ip = b.addr.ip(),
+            t = !ready
+        )
+    };
+    let list = format!(
+        "apiVersion: v1\nkind: List\nitems:\n{}{}{}",
+        slice(&replicas[0], true),
+        slice(&replicas[1], true),
+        slice(&replicas[3], false)
+    );
+    write(&list);
+    let updates = a.counters.discovery_updates.get();
+    eventually("the slices are read", 10, || async { (a.counters.discovery_updates.get() > updates).then_some(()) })
+        .await;
+    let (b0, b1, b3) = (replicas[0].hits(), replicas[1].hits(), replicas[3].hits());
+    for _ in 0..40 {
+        assert_eq!(app.get("b", "/ok").await.0, 200);
+    }
+    assert!(replicas[0].hits() > b0 && replicas[1].hits() > b1, "the ready endpoints serve");
+    assert_eq!(replicas[3].hits(), b3, "the terminating endpoint gets nothing while others are ready");
 }
