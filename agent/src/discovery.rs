@@ -101,6 +101,12 @@ impl Found {
         true
     }
 
+    /// Records endpoints as a source's task would (tests of what is built from them).
+    #[cfg(test)]
+    pub(crate) fn set_for_test(&self, source: &Source, endpoints: &[&str]) {
+        self.set(source, endpoints.iter().map(|s| (*s).to_owned()).collect());
+    }
+
     fn forget(&self, source: &Source) {
         self.by_source.lock().remove(source);
         self.answered.lock().remove(source);

@@ -422,6 +422,44 @@ mod tests {
         assert!(e1.ejected(2999) && !e1.ejected(3000));
     }
 
+    /// Discovery changes a version's endpoints: one still listed keeps its ejection (and its
+    /// connections), a new one starts healthy, one removed and listed again starts over.
+    #[test]
+    fn endpoint_state_follows_discovery_changes() {
+        let text = "workload: {app: a}\ninbound: {listen: '127.0.0.1:0', app: '127.0.0.1:1'}\nservices:\n  b:\n    \
+                    versions:\n      v1: ['127.0.0.1:1', {file: /eps}]\npolicy:\n  services:\n    \
+                    b: {outlier_detection: {consecutive_5xx: 1, base_ejection_time: 10s, max_ejection_percent: 100}}\n";
+        let config = AgentConfig::parse(text, "t").unwrap();
+        let (registry, found, c) = (Registry::default(), Found::default(), Counters::default());
+        let source = crate::discovery::Source::File("/eps".into());
+        let list = |r: &Routes| -> Vec<String> {
+            r.lookup("b").unwrap().versions[0].endpoints.iter().map(|e| e.authority.to_string()).collect()
+        };
+        let before = Routes::build(&config, &registry, None, None, &found);
+        assert_eq!(list(&before), ["127.0.0.1:1"], "nothing found yet: the static endpoint only");
+        found.set_for_test(&source, &["10.0.0.1:80", "10.0.0.2:80"]);
+        let r1 = Routes::build(&config, &registry, Some(&before), None, &found);
+        assert_eq!(list(&r1), ["127.0.0.1:1", "10.0.0.1:80", "10.0.0.2:80"]);
+        let b1 = r1.lookup("b").unwrap();
+        let ejected = b1.versions[0].endpoints[1].clone();
+        assert!(b1.report(&ejected, Outcome::Status(503), 0, &c));
+        // 10.0.0.2 goes, 10.0.0.3 comes: 10.0.0.1 is the same endpoint, still ejected.
+        found.set_for_test(&source, &["10.0.0.1:80", "10.0.0.3:80"]);
+        let r2 = Routes::build(&config, &registry, Some(&r1), None, &found);
+        assert_eq!(list(&r2), ["127.0.0.1:1", "10.0.0.1:80", "10.0.0.3:80"]);
+        let eps = &r2.lookup("b").unwrap().versions[0].endpoints;
+        assert!(Arc::ptr_eq(&eps[1], &ejected) && eps[1].ejected(5_000), "kept with its state");
+        assert!(!eps[2].ejected(0), "a new endpoint starts healthy");
+        // Gone, then back: its state was dropped with it.
+        found.set_for_test(&source, &["10.0.0.3:80"]);
+        let r3 = Routes::build(&config, &registry, Some(&r2), None, &found);
+        found.set_for_test(&source, &["10.0.0.1:80", "10.0.0.3:80"]);
+        let r4 = Routes::build(&config, &registry, Some(&r3), None, &found);
+        let back = &r4.lookup("b").unwrap().versions[0].endpoints[1];
+        assert_eq!(&*back.authority, "10.0.0.1:80");
+        assert!(!back.ejected(5_000) && !Arc::ptr_eq(back, &ejected));
+    }
+
     #[test]
     fn every_endpoint_ejected_is_an_error() {
         let (r, _) = routes("{outlier_detection: {consecutive_5xx: 1, max_ejection_percent: 100}}");
