@@ -21,6 +21,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use meshlens_agent::config::{
+    AgentFile, EndpointSpec, InboundSpec, ListenSpec, ServiceSpec, TelemetrySpec, TlsMode, TlsSpec, WorkloadSpec,
+};
 use meshlens_agent::pool::{ProxyBody, Upstream};
 use meshlens_model::policy::{CallSpec, PolicyFile};
 use meshlens_model::time::parse_duration;
@@ -377,36 +380,41 @@ fn agent_config(
     (otlp, interval): (SocketAddr, Duration),
     callees: &BTreeMap<String, Vec<(String, SocketAddr)>>,
     policy: &PolicyFile,
-    tls: Option<serde_json::Value>,
+    tls: Option<TlsSpec>,
 ) -> Result<meshlens_agent::AgentConfig, DemoError> {
-    let mut services = serde_json::Map::new();
-    let mut policies = serde_json::Map::new();
+    let mut file = AgentFile {
+        workload: WorkloadSpec {
+            namespace: Some(namespace.to_owned()),
+            app: v.app.clone(),
+            version: Some(v.version.clone()),
+        },
+        inbound: InboundSpec { listen: "127.0.0.1:0".into(), app: app.to_string(), ..InboundSpec::default() },
+        admin: Some(ListenSpec { listen: "127.0.0.1:0".into() }),
+        outbound: (!v.calls.is_empty()).then(|| ListenSpec { listen: "127.0.0.1:0".into() }),
+        telemetry: Some(TelemetrySpec {
+            collector: format!("http://{otlp}"),
+            interval: Some(interval),
+            sampling: Some(0.05),
+            ..TelemetrySpec::default()
+        }),
+        tls,
+        policy: Some(PolicyFile::default()),
+        ..AgentFile::default()
+    };
     for callee in v.calls.iter().map(CallSpec::service) {
-        let mut versions = serde_json::Map::new();
-        for (version, addr) in callees.get(callee).map(Vec::as_slice).unwrap_or_default() {
-            versions.insert(version.clone(), serde_json::json!([addr.to_string()]));
+        let versions = callees
+            .get(callee)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|(version, addr)| (version.clone(), vec![EndpointSpec::Address(addr.to_string())]))
+            .collect();
+        file.services.insert(callee.to_owned(), ServiceSpec { namespace: None, versions });
+        if let (Some(p), Some(policies)) = (policy.services.get(callee), file.policy.as_mut()) {
+            policies.services.insert(callee.to_owned(), p.clone());
         }
-        services.insert(callee.to_owned(), serde_json::json!({ "versions": versions }));
-        if let Some(p) = policy.services.get(callee) {
-            policies.insert(callee.to_owned(), serde_json::to_value(p).map_err(|e| DemoError(e.to_string()))?);
-        }
     }
-    let mut file = serde_json::json!({
-        "workload": {"namespace": namespace, "app": v.app, "version": v.version},
-        "inbound": {"listen": "127.0.0.1:0", "app": app.to_string()},
-        "admin": {"listen": "127.0.0.1:0"},
-        "telemetry": {"collector": format!("http://{otlp}"), "interval": format!("{}ms", interval.as_millis()), "sampling": 0.05},
-        "services": services,
-        "policy": {"services": policies},
-    });
-    if !v.calls.is_empty() {
-        file["outbound"] = serde_json::json!({"listen": "127.0.0.1:0"});
-    }
-    if let Some(tls) = tls {
-        file["tls"] = tls;
-    }
-    let text = serde_json::to_string(&file).map_err(|e| DemoError(e.to_string()))?;
-    meshlens_agent::AgentConfig::parse(&text, &format!("the agent of {}-{}", v.app, v.version))
+    meshlens_agent::AgentConfig::from_file(&file, &format!("the agent of {}-{}", v.app, v.version))
         .map_err(|e| DemoError(e.to_string()))
 }
 
@@ -483,7 +491,7 @@ impl Drop for Certs {
 
 /// An app version's `tls:` block: its own certificate; strict, except at the entry, which takes
 /// users without certificates too (permissive), as a mesh's ingress does.
-fn tls_for(certs: &Certs, namespace: &str, v: &Version, entry: bool) -> Result<serde_json::Value, DemoError> {
+fn tls_for(certs: &Certs, namespace: &str, v: &Version, entry: bool) -> Result<TlsSpec, DemoError> {
     let stem = format!("{namespace}-{}-{}", v.app, v.version);
     let issued = meshlens_agent::tls::issue(
         &certs.dir,
@@ -494,10 +502,13 @@ fn tls_for(certs: &Certs, namespace: &str, v: &Version, entry: bool) -> Result<s
         Duration::from_secs(7 * 24 * 3600),
     )
     .map_err(|e| DemoError(format!("issuing {}-{}'s certificate: {e}", v.app, v.version)))?;
-    Ok(serde_json::json!({
-        "cert": issued.cert, "key": issued.key, "ca": certs.dir.join("ca.pem"),
-        "mode": if entry { "permissive" } else { "strict" },
-    }))
+    Ok(TlsSpec {
+        cert: issued.cert.display().to_string(),
+        key: issued.key.display().to_string(),
+        ca: certs.dir.join("ca.pem").display().to_string(),
+        mode: Some(if entry { TlsMode::Permissive } else { TlsMode::Strict }),
+        trust_domain: None,
+    })
 }
 
 /// Sends GET /ENTRY at `rate` to the entry service's agents (as users with no agent of their own),

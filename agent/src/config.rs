@@ -464,6 +464,12 @@ impl AgentConfig {
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let file: AgentFile = serde_yaml_ng::from_str(text)
             .map_err(|e| ConfigError::Syntax { origin: origin.to_owned(), message: e.to_string() })?;
+        Self::from_file(&file, origin)
+    }
+
+    /// Checks a config built in code (the demo's, tests'): the same checks as a file's, with no
+    /// text in between.
+    pub fn from_file(file: &AgentFile, origin: &str) -> Result<Self, ConfigError> {
         file.resolve().map_err(|e| ConfigError::Invalid { origin: origin.to_owned(), path: e.path, message: e.message })
     }
 
