@@ -590,75 +590,35 @@ impl AgentFile {
         let app = authority("inbound.app", &self.inbound.app)?;
         let outbound_listen = self.outbound.as_ref().map(|o| addr("outbound.listen", &o.listen)).transpose()?;
         let admin_listen = addr("admin.listen", self.admin.as_ref().map_or(DEFAULT_ADMIN, |a| a.listen.as_str()))?;
-        let telemetry = match &self.telemetry {
+        let telemetry = self.telemetry.as_ref().map(|t| t.resolve(self.tls.is_some())).transpose()?;
+        let limits = self.limits.as_ref().map(LimitsSpec::resolve).transpose()?.unwrap_or_default();
+        let services = self.resolve_services(&workload)?;
+        let tls = self.tls.as_ref().map(TlsSpec::resolve).transpose()?;
+        let authz = self.authz.as_ref().map(AuthzSpec::resolve).transpose()?;
+        let rate_limit = self.rate_limit.as_ref().map(RateLimitSpec::resolve).transpose()?;
+        let dns_server = match self.discovery.as_ref().and_then(|d| d.dns.as_ref()).and_then(|d| d.server.as_deref()) {
+            Some(text) => Some(addr("discovery.dns.server", text)?),
             None => None,
-            Some(t) => {
-                let uri: http::Uri = t.collector.parse().map_err(|_| invalid("telemetry.collector", "not a URL"))?;
-                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
-                    return Err(invalid(
-                        "telemetry.collector",
-                        format!(
-                            "{:?} must be an http:// or https:// URL of the collector's OTLP/gRPC port",
-                            t.collector
-                        ),
-                    ));
-                }
-                if uri.scheme_str() == Some("https") && self.tls.is_none() {
-                    return Err(invalid(
-                        "telemetry.collector",
-                        "an https:// collector is reached with the agent's mesh certificate: add a tls: block",
-                    ));
-                }
-                let sampling = t.sampling.unwrap_or(0.01);
-                if !(0.0..=1.0).contains(&sampling) {
-                    return Err(invalid("telemetry.sampling", format!("{sampling} is not a fraction between 0 and 1")));
-                }
-                let span_queue = t.span_queue.unwrap_or(2048);
-                if span_queue == 0 {
-                    return Err(invalid("telemetry.span_queue", "must be 1 or more"));
-                }
-                Some(Telemetry {
-                    collector: t.collector.clone(),
-                    interval: dur("telemetry.interval", t.interval, Duration::from_secs(5))?,
-                    sampling,
-                    span_queue,
-                    token: t.token.clone(),
-                })
-            }
         };
-        let limits = match &self.limits {
-            None => Limits::default(),
-            Some(l) => {
-                let d = Limits::default();
-                let max_header_bytes = l.max_header_bytes.unwrap_or(d.max_header_bytes);
-                if !(8192..=1 << 20).contains(&max_header_bytes) {
-                    return Err(invalid(
-                        "limits.max_header_bytes",
-                        format!("{max_header_bytes} is outside 8192..=1048576 (hyper's smallest buffer is 8 KiB)"),
-                    ));
-                }
-                Limits {
-                    max_header_bytes,
-                    header_read_timeout: dur(
-                        "limits.header_read_timeout",
-                        l.header_read_timeout,
-                        d.header_read_timeout,
-                    )?,
-                    connect_timeout: dur("limits.connect_timeout", l.connect_timeout, d.connect_timeout)?,
-                    // `0s` waits for ever.
-                    default_timeout: match l.default_timeout {
-                        None => d.default_timeout,
-                        Some(t) => Some(t).filter(|t| !t.is_zero()),
-                    },
-                    max_connections: match l.max_connections.unwrap_or(d.max_connections) {
-                        0 => return Err(invalid("limits.max_connections", "must be at least 1")),
-                        n => n,
-                    },
-                    idle_timeout: dur("limits.idle_timeout", l.idle_timeout, d.idle_timeout)?,
-                    body_idle_timeout: dur("limits.body_idle_timeout", l.body_idle_timeout, d.body_idle_timeout)?,
-                }
-            }
-        };
+        Ok(AgentConfig {
+            dns_server,
+            workload,
+            inbound_listen,
+            app,
+            source_header: self.inbound.source_header,
+            outbound_listen,
+            admin_listen,
+            telemetry,
+            limits,
+            services,
+            tls,
+            authz,
+            rate_limit,
+        })
+    }
+
+    /// The services, their endpoints and sources, and each one's resolved policy.
+    fn resolve_services(&self, workload: &Workload) -> Result<BTreeMap<String, Service>, PolicyError> {
         let policies = self
             .policy
             .clone()
@@ -709,81 +669,130 @@ impl AgentFile {
             let namespace = spec.namespace.clone().unwrap_or_else(|| workload.namespace.clone());
             services.insert(name.clone(), Service { namespace, versions, sources, policy });
         }
-        let tls = match &self.tls {
-            None => None,
-            Some(t) => {
-                let strict = t.mode.unwrap_or_default() == TlsMode::Strict;
-                for (field, v) in [("tls.cert", &t.cert), ("tls.key", &t.key), ("tls.ca", &t.ca)] {
-                    if v.is_empty() {
-                        return Err(invalid(field, "needs a file path"));
-                    }
-                }
-                Some(Tls {
-                    cert: t.cert.clone().into(),
-                    key: t.key.clone().into(),
-                    ca: t.ca.clone().into(),
-                    strict,
-                    trust_domain: t.trust_domain.clone().unwrap_or_else(|| crate::tls::TRUST_DOMAIN.to_owned()),
-                })
-            }
-        };
-        let authz = match &self.authz {
-            None => None,
-            Some(a) => {
-                let default_allow = a.default.unwrap_or_default() == AuthzAction::Allow;
-                let mut rules = Vec::new();
-                for (i, r) in a.rules.iter().enumerate() {
-                    let allow = r.action == AuthzAction::Allow;
-                    for (k, f) in r.from.iter().enumerate() {
-                        if f != "*" && !f.starts_with("spiffe://") {
-                            return Err(invalid(
-                                format!("authz.rules[{i}].from[{k}]"),
-                                format!("{f:?} is not a SPIFFE id (spiffe://...), a prefix ending in *, or *"),
-                            ));
-                        }
-                    }
-                    rules.push(AuthzRule {
-                        allow,
-                        from: r.from.clone(),
-                        methods: r.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
-                        paths: r.paths.clone(),
-                    });
-                }
-                Some(Authz { default_allow, rules })
-            }
-        };
-        let rate_limit = match &self.rate_limit {
-            None => None,
-            Some(r) => {
-                if !(r.requests_per_second > 0.0 && r.requests_per_second.is_finite()) {
-                    return Err(invalid("rate_limit.requests_per_second", "must be more than 0"));
-                }
-                let burst = r.burst.unwrap_or(r.requests_per_second.max(1.0));
-                if !(burst >= 1.0 && burst.is_finite()) {
-                    return Err(invalid("rate_limit.burst", "must be 1 or more"));
-                }
-                Some(RateLimit { per_second: r.requests_per_second, burst })
-            }
-        };
-        let dns_server = match self.discovery.as_ref().and_then(|d| d.dns.as_ref()).and_then(|d| d.server.as_deref()) {
-            Some(text) => Some(addr("discovery.dns.server", text)?),
-            None => None,
-        };
-        Ok(AgentConfig {
-            dns_server,
-            workload,
-            inbound_listen,
-            app,
-            source_header: self.inbound.source_header,
-            outbound_listen,
-            admin_listen,
-            telemetry,
-            limits,
-            services,
-            tls,
-            authz,
-            rate_limit,
+        Ok(services)
+    }
+}
+
+impl TelemetrySpec {
+    fn resolve(&self, has_tls: bool) -> Result<Telemetry, PolicyError> {
+        let t = self;
+        let uri: http::Uri = t.collector.parse().map_err(|_| invalid("telemetry.collector", "not a URL"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+            return Err(invalid(
+                "telemetry.collector",
+                format!("{:?} must be an http:// or https:// URL of the collector's OTLP/gRPC port", t.collector),
+            ));
+        }
+        if uri.scheme_str() == Some("https") && !has_tls {
+            return Err(invalid(
+                "telemetry.collector",
+                "an https:// collector is reached with the agent's mesh certificate: add a tls: block",
+            ));
+        }
+        let sampling = t.sampling.unwrap_or(0.01);
+        if !(0.0..=1.0).contains(&sampling) {
+            return Err(invalid("telemetry.sampling", format!("{sampling} is not a fraction between 0 and 1")));
+        }
+        let span_queue = t.span_queue.unwrap_or(2048);
+        if span_queue == 0 {
+            return Err(invalid("telemetry.span_queue", "must be 1 or more"));
+        }
+        Ok(Telemetry {
+            collector: t.collector.clone(),
+            interval: dur("telemetry.interval", t.interval, Duration::from_secs(5))?,
+            sampling,
+            span_queue,
+            token: t.token.clone(),
         })
+    }
+}
+
+impl LimitsSpec {
+    fn resolve(&self) -> Result<Limits, PolicyError> {
+        let l = self;
+        let d = Limits::default();
+        let max_header_bytes = l.max_header_bytes.unwrap_or(d.max_header_bytes);
+        if !(8192..=1 << 20).contains(&max_header_bytes) {
+            return Err(invalid(
+                "limits.max_header_bytes",
+                format!("{max_header_bytes} is outside 8192..=1048576 (hyper's smallest buffer is 8 KiB)"),
+            ));
+        }
+        Ok(Limits {
+            max_header_bytes,
+            header_read_timeout: dur("limits.header_read_timeout", l.header_read_timeout, d.header_read_timeout)?,
+            connect_timeout: dur("limits.connect_timeout", l.connect_timeout, d.connect_timeout)?,
+            // `0s` waits for ever.
+            default_timeout: match l.default_timeout {
+                None => d.default_timeout,
+                Some(t) => Some(t).filter(|t| !t.is_zero()),
+            },
+            max_connections: match l.max_connections.unwrap_or(d.max_connections) {
+                0 => return Err(invalid("limits.max_connections", "must be at least 1")),
+                n => n,
+            },
+            idle_timeout: dur("limits.idle_timeout", l.idle_timeout, d.idle_timeout)?,
+            body_idle_timeout: dur("limits.body_idle_timeout", l.body_idle_timeout, d.body_idle_timeout)?,
+        })
+    }
+}
+
+impl TlsSpec {
+    fn resolve(&self) -> Result<Tls, PolicyError> {
+        let t = self;
+        let strict = t.mode.unwrap_or_default() == TlsMode::Strict;
+        for (field, v) in [("tls.cert", &t.cert), ("tls.key", &t.key), ("tls.ca", &t.ca)] {
+            if v.is_empty() {
+                return Err(invalid(field, "needs a file path"));
+            }
+        }
+        Ok(Tls {
+            cert: t.cert.clone().into(),
+            key: t.key.clone().into(),
+            ca: t.ca.clone().into(),
+            strict,
+            trust_domain: t.trust_domain.clone().unwrap_or_else(|| crate::tls::TRUST_DOMAIN.to_owned()),
+        })
+    }
+}
+
+impl AuthzSpec {
+    fn resolve(&self) -> Result<Authz, PolicyError> {
+        let a = self;
+        let default_allow = a.default.unwrap_or_default() == AuthzAction::Allow;
+        let mut rules = Vec::new();
+        for (i, r) in a.rules.iter().enumerate() {
+            let allow = r.action == AuthzAction::Allow;
+            for (k, f) in r.from.iter().enumerate() {
+                if f != "*" && !f.starts_with("spiffe://") {
+                    return Err(invalid(
+                        format!("authz.rules[{i}].from[{k}]"),
+                        format!("{f:?} is not a SPIFFE id (spiffe://...), a prefix ending in *, or *"),
+                    ));
+                }
+            }
+            rules.push(AuthzRule {
+                allow,
+                from: r.from.clone(),
+                methods: r.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+                paths: r.paths.clone(),
+            });
+        }
+        Ok(Authz { default_allow, rules })
+    }
+}
+
+impl RateLimitSpec {
+    fn resolve(&self) -> Result<RateLimit, PolicyError> {
+        let r = self;
+        if !(r.requests_per_second > 0.0 && r.requests_per_second.is_finite()) {
+            return Err(invalid("rate_limit.requests_per_second", "must be more than 0"));
+        }
+        let burst = r.burst.unwrap_or(r.requests_per_second.max(1.0));
+        if !(burst >= 1.0 && burst.is_finite()) {
+            return Err(invalid("rate_limit.burst", "must be 1 or more"));
+        }
+        Ok(RateLimit { per_second: r.requests_per_second, burst })
     }
 }
 
