@@ -18,7 +18,11 @@ use meshlens_model::tap::{Direction as TapDirection, TapEvent};
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+// The tokio clock (the std one unless a test pauses it), so `start_paused` tests drive deadlines,
+// outlier detection and the rate limiter.
+use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 
@@ -970,6 +974,39 @@ async fn route_attempts<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shared() -> Shared {
+        let text = "workload: {app: a}\ninbound: {listen: '127.0.0.1:0', app: '127.0.0.1:1'}\n\
+                    services: {b: {versions: {v1: ['127.0.0.1:2']}}}\n\
+                    policy: {services: {b: {outlier_detection: {consecutive_5xx: 1, base_ejection_time: 30s}}}}\n";
+        let config = AgentConfig::parse(text, "t").unwrap();
+        let counters = Arc::new(Counters::default());
+        Shared::new(config, counters.clone(), SpanSink::new(None, counters), None)
+    }
+
+    /// On tokio's paused clock (as linkerd2-proxy's breaker tests run): the rate limiter refills
+    /// and an ejection ends when the clock says, with no test waiting in real time.
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_and_ejections_run_on_the_tokio_clock() {
+        let s = shared();
+        let limit = RateLimit { per_second: 1.0, burst: 2.0 };
+        assert_eq!((s.take_token("c", &limit), s.take_token("c", &limit)), (Ok(()), Ok(())));
+        assert_eq!(s.take_token("c", &limit), Err(1), "the burst is spent");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(s.take_token("c", &limit).is_err());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(s.take_token("c", &limit), Ok(()), "one token a second");
+
+        let rt = s.runtime.load();
+        let b = rt.routes.lookup("b").unwrap();
+        let ep = b.versions[0].endpoints[0].clone();
+        let now = || crate::route::now_ms(s.origin);
+        assert!(b.report(&ep, meshlens_model::policy_core::Outcome::Status(503), now(), &s.counters));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(b.pick_endpoint(&b.versions[0], now()).is_err(), "ejected for 30 s");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.pick_endpoint(&b.versions[0], now()).is_ok(), "back after 30 s of the tokio clock");
+    }
 
     #[test]
     fn a_responses_grpc_status_is_read_from_its_head() {

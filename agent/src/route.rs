@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use meshlens_model::Workload;
 use meshlens_model::policy::{DEFAULT_ROUTE, LoadBalancer, Retries, ServicePolicy};
