@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use meshlens_agent::config::{
     AgentFile, EndpointSpec, InboundSpec, ListenSpec, ServiceSpec, TelemetrySpec, TlsMode, TlsSpec, WorkloadSpec,
 };
-use meshlens_agent::pool::{ProxyBody, Upstream};
+use meshlens_agent::{ProxyBody, Upstream};
 use meshlens_model::policy::{CallSpec, PolicyFile};
 use meshlens_model::time::parse_duration;
 use serde::Deserialize;

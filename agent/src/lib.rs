@@ -19,7 +19,7 @@ pub mod endpointslice;
 pub mod export;
 pub mod load;
 pub mod normalize;
-pub mod pool;
+mod pool;
 pub mod proxy;
 pub mod route;
 pub mod tap;
@@ -48,6 +48,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use config::{AgentConfig, ConfigError};
+/// The agent's pooled HTTP/1 client towards one address (its connections to an endpoint), which
+/// `meshlens load` and the demo's apps send with too.
+pub use pool::{ProxyBody, Upstream};
 use counters::Counters;
 use proxy::Shared;
 use trace::SpanSink;
