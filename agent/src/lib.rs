@@ -48,10 +48,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use config::{AgentConfig, ConfigError};
+use counters::Counters;
 /// The agent's pooled HTTP/1 client towards one address (its connections to an endpoint), which
 /// `meshlens load` and the demo's apps send with too.
 pub use pool::{ProxyBody, Upstream};
-use counters::Counters;
 use proxy::Shared;
 use trace::SpanSink;
 

@@ -259,3 +259,32 @@ async fn an_endpoint_file_changes_the_same_way_and_a_bad_one_keeps_the_last() {
     assert!(replicas[0].hits() > b0 && replicas[1].hits() > b1, "the ready endpoints serve");
     assert_eq!(replicas[3].hits(), b3, "the terminating endpoint gets nothing while others are ready");
 }
+
+/// A reload that turns a version's static list into a discovery source applies once the source has
+/// answered: no request in between finds the version empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_a_discovery_source_waits_for_its_first_answer() {
+    let (old, new) = (Backend::start().await, Backend::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, endpoints) = (dir.path().join("agent.yaml"), dir.path().join("endpoints"));
+    std::fs::write(&endpoints, format!("{}\n", new.addr)).unwrap();
+    let yaml = |v1: &str| {
+        agent_yaml("shop/a/v1", "127.0.0.1:9".parse().unwrap(), &format!("b:\n  versions:\n    v1: [{v1}]\n"), "", None)
+    };
+    std::fs::write(&config, yaml(&format!("'{}'", old.addr))).unwrap();
+    let parsed = meshlens_agent::AgentConfig::parse(&std::fs::read_to_string(&config).unwrap(), "t").unwrap();
+    let options = meshlens_agent::Options { watch: Some(config.clone()), reload_every: Duration::from_millis(50) };
+    let a = meshlens_agent::start(parsed, options).await.unwrap();
+    let load = Load::start(&a, "b");
+    hits_reach("the static endpoint serves", &old, 10).await;
+    let tmp = dir.path().join("agent.yaml.new");
+    std::fs::write(&tmp, yaml(&format!("{{file: '{}'}}", endpoints.display()))).unwrap();
+    std::fs::rename(&tmp, &config).unwrap();
+    hits_reach("the file's endpoint serves after the reload", &new, 20).await;
+    let old_then = old.hits();
+    hits_reach("and keeps serving", &new, new.hits() + 50).await;
+    let (sent, failed) = load.stop().await;
+    assert_eq!(failed, 0, "of {sent} requests");
+    assert_eq!(old.hits(), old_then, "the static endpoint is gone with the reload");
+    assert_eq!(a.counters.reloads.get(), 1);
+}
