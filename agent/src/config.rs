@@ -318,8 +318,31 @@ pub enum DiscoverSpec {
     /// A file of `host:port` lines, or of Kubernetes EndpointSlices as kubectl writes them,
     /// watched for changes.
     File(String),
-    /// A Kubernetes Service's EndpointSlices through the API (refused: not built yet).
-    Kubernetes(serde_yaml_ng::Value),
+    /// A Kubernetes Service's EndpointSlices, watched through the API.
+    Kubernetes(KubernetesSpec),
+}
+
+/// `{kubernetes: {service, namespace, port}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSpec {
+    /// The Service.
+    pub service: String,
+    /// Its namespace; the agent's own when absent.
+    pub namespace: Option<String>,
+    /// The port of its slices: a name (the Service port's) or a number; the only one (or the one
+    /// named `http`) when absent.
+    pub port: Option<PortSpec>,
+}
+
+/// A port by number or name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    /// A number.
+    Number(u16),
+    /// A name.
+    Name(String),
 }
 
 /// `discovery:`.
@@ -328,6 +351,17 @@ pub enum DiscoverSpec {
 pub struct DiscoverySpec {
     /// The resolver `{dns: ...}` and `{srv: ...}` entries ask.
     pub dns: Option<DnsSpec>,
+    /// The API `{kubernetes: ...}` entries watch.
+    pub kubernetes: Option<KubernetesApiSpec>,
+}
+
+/// `discovery.kubernetes:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesApiSpec {
+    /// An `http://` URL of the API (`kubectl proxy`'s); in a Pod, leave it out: the in-cluster API
+    /// and the service account's token and CA are used.
+    pub api: Option<String>,
 }
 
 /// `discovery.dns:`.
@@ -454,6 +488,8 @@ pub struct AgentConfig {
     pub rate_limit: Option<RateLimit>,
     /// The DNS server discovery asks; the system's when `None`.
     pub dns_server: Option<SocketAddr>,
+    /// The Kubernetes API URL discovery watches; the in-cluster one when `None`.
+    pub kubernetes_api: Option<String>,
 }
 
 /// The admin listener's default address.
@@ -492,6 +528,7 @@ impl AgentConfig {
             authz: _,
             rate_limit: _,
             dns_server,
+            kubernetes_api,
         } = self;
         // The exporter (endpoint, queue, interval, token) is built at start; sampling is read live.
         let export = |t: &Option<Telemetry>| {
@@ -508,6 +545,7 @@ impl AgentConfig {
             ("limits", *limits != other.limits),
             ("tls", *tls != other.tls),
             ("discovery.dns.server", *dns_server != other.dns_server),
+            ("discovery.kubernetes.api", *kubernetes_api != other.kubernetes_api),
             ("telemetry (collector, interval, token, span_queue)", export(telemetry) != export(&other.telemetry)),
         ]
         .into_iter()
@@ -539,7 +577,7 @@ pub(crate) fn check_authority(text: &str) -> Result<(), String> {
 }
 
 /// A source of endpoints, checked.
-fn source(path: &str, d: &DiscoverSpec) -> Result<crate::discovery::Source, PolicyError> {
+fn source(path: &str, d: &DiscoverSpec, namespace: &str) -> Result<crate::discovery::Source, PolicyError> {
     use crate::discovery::Source;
     Ok(match d {
         DiscoverSpec::Dns(text) => {
@@ -561,13 +599,36 @@ fn source(path: &str, d: &DiscoverSpec) -> Result<crate::discovery::Source, Poli
             return Err(invalid(format!("{path}.file"), "needs a file path"));
         }
         DiscoverSpec::File(file) => Source::File(file.into()),
-        DiscoverSpec::Kubernetes(_) => {
-            return Err(invalid(
-                format!("{path}.kubernetes"),
-                "watching EndpointSlices through the Kubernetes API is not built in this version; point \
-                 {dns: SERVICE.NAMESPACE.svc.cluster.local:PORT} at a headless Service (each ready Pod is an A record), \
-                 or {file: PATH} at a file an operator keeps",
-            ));
+        DiscoverSpec::Kubernetes(k) => {
+            let path = format!("{path}.kubernetes");
+            let label = |v: &str| {
+                !v.is_empty()
+                    && v.len() <= 63
+                    && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            };
+            if !label(&k.service) {
+                return Err(invalid(
+                    format!("{path}.service"),
+                    format!("{:?} is not a Service name (a DNS label)", k.service),
+                ));
+            }
+            let namespace = k.namespace.clone().unwrap_or_else(|| namespace.to_owned());
+            if !label(&namespace) {
+                return Err(invalid(
+                    format!("{path}.namespace"),
+                    format!("{namespace:?} is not a namespace name (a DNS label)"),
+                ));
+            }
+            let port = match &k.port {
+                None => None,
+                Some(PortSpec::Number(0)) => return Err(invalid(format!("{path}.port"), "0 is no port")),
+                Some(PortSpec::Number(n)) => Some(n.to_string()),
+                Some(PortSpec::Name(n)) if label(n) => Some(n.clone()),
+                Some(PortSpec::Name(n)) => {
+                    return Err(invalid(format!("{path}.port"), format!("{n:?} is not a port name")));
+                }
+            };
+            Source::Kubernetes { namespace, service: k.service.clone(), port }
         }
     })
 }
@@ -600,7 +661,12 @@ impl AgentFile {
             Some(text) => Some(addr("discovery.dns.server", text)?),
             None => None,
         };
+        let kubernetes_api = self.discovery.as_ref().and_then(|d| d.kubernetes.as_ref()).and_then(|k| k.api.clone());
+        if let Some(url) = &kubernetes_api {
+            crate::kubernetes::Api::at(url).map_err(|e| invalid("discovery.kubernetes.api", e))?;
+        }
         Ok(AgentConfig {
+            kubernetes_api,
             dns_server,
             workload,
             inbound_listen,
@@ -642,6 +708,7 @@ impl AgentFile {
             if spec.versions.is_empty() {
                 return Err(invalid(format!("{at}.versions"), "needs at least one version with endpoints"));
             }
+            let namespace = spec.namespace.clone().unwrap_or_else(|| workload.namespace.clone());
             let (mut versions, mut sources) = (Vec::new(), Vec::new());
             for (version, endpoints) in &spec.versions {
                 let mut resolved = Vec::new();
@@ -649,7 +716,7 @@ impl AgentFile {
                     let path = format!("{at}.versions.{version}[{i}]");
                     match e {
                         EndpointSpec::Address(a) => resolved.push(authority(&path, a)?),
-                        EndpointSpec::Discover(d) => sources.push((version.clone(), source(&path, d)?)),
+                        EndpointSpec::Discover(d) => sources.push((version.clone(), source(&path, d, &namespace)?)),
                     }
                 }
                 versions.push((version.clone(), resolved));
@@ -666,7 +733,6 @@ impl AgentFile {
                     ));
                 }
             }
-            let namespace = spec.namespace.clone().unwrap_or_else(|| workload.namespace.clone());
             services.insert(name.clone(), Service { namespace, versions, sources, policy });
         }
         Ok(services)
@@ -831,7 +897,10 @@ policy:
     #[test]
     fn discovery_entries_sit_beside_static_endpoints() {
         let text = GOOD
-            .replace("\"127.0.0.1:9002\"", "{dns: 'reviews.shop.svc:9001'}, {srv: _http._tcp.r}, {file: /e}")
+            .replace(
+                "\"127.0.0.1:9002\"",
+                "{dns: 'reviews.shop.svc:9001'}, {srv: _http._tcp.r}, {file: /e}, {kubernetes: {service: reviews, port: http}}",
+            )
             + "discovery: {dns: {server: '127.0.0.1:5353'}}\n";
         let c = AgentConfig::parse(&text, "agent.yaml").unwrap();
         let r = &c.services["reviews"];
@@ -843,6 +912,14 @@ policy:
                 ("v3".into(), Source::Dns { host: "reviews.shop.svc".into(), port: 9001 }),
                 ("v3".into(), Source::Srv { name: "_http._tcp.r".into() }),
                 ("v3".into(), Source::File("/e".into())),
+                (
+                    "v3".into(),
+                    Source::Kubernetes {
+                        namespace: "shop".into(),
+                        service: "reviews".into(),
+                        port: Some("http".into())
+                    }
+                ),
             ]
         );
         assert_eq!(c.dns_server, Some("127.0.0.1:5353".parse().unwrap()));
@@ -896,9 +973,10 @@ policy:
             // Discovery sources.
             (GOOD.replace("\"127.0.0.1:9002\"", "{dns: reviews.local}"), "services.reviews.versions.v3[1].dns"),
             (
-                GOOD.replace("\"127.0.0.1:9002\"", "{kubernetes: {service: reviews, port: 9080}}"),
-                "services.reviews.versions.v3[1].kubernetes: watching EndpointSlices",
+                GOOD.replace("\"127.0.0.1:9002\"", "{kubernetes: {service: Reviews_1, port: 9080}}"),
+                "services.reviews.versions.v3[1].kubernetes.service: \"Reviews_1\" is not a Service name",
             ),
+            (format!("{GOOD}discovery: {{kubernetes: {{api: 'https://k8s:6443'}}}}\n"), "discovery.kubernetes.api: "),
             (GOOD.replace("\"127.0.0.1:9002\"", "{srv: 'a b'}"), "services.reviews.versions.v3[1].srv"),
             (format!("{GOOD}discovery: {{dns: {{server: resolver}}}}\n"), "discovery.dns.server"),
             (

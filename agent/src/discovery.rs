@@ -1,7 +1,8 @@
 //! Endpoints found at run time, beside each version's static list: DNS names (every A and AAAA
 //! record is an endpoint, as Envoy's STRICT_DNS clusters and Kubernetes headless Services work),
-//! SRV records (each target and its port), and files watched for changes: `host:port` lines, or
-//! Kubernetes EndpointSlices as kubectl writes them (`crate::endpointslice`).
+//! SRV records (each target and its port), files watched for changes (`host:port` lines, or
+//! Kubernetes EndpointSlices as kubectl writes them), and a Kubernetes Service's EndpointSlices
+//! watched through the API (`crate::kubernetes`, `crate::endpointslice`).
 //!
 //! One task per distinct [`Source`] keeps what it last found in [`Found`]; when that changes it asks
 //! the agent to rebuild its routing table (`crate::proxy::Shared::rebuild`). The rebuild keeps the
@@ -61,8 +62,17 @@ pub enum Source {
         /// The SRV name.
         name: String,
     },
-    /// A file of `host:port` lines (`#` starts a comment).
+    /// A file of `host:port` lines (`#` starts a comment), or of EndpointSlices.
     File(PathBuf),
+    /// A Kubernetes Service's EndpointSlices, watched through the API (`crate::kubernetes`).
+    Kubernetes {
+        /// Its namespace.
+        namespace: String,
+        /// The Service.
+        service: String,
+        /// The port: a name, a number, or (none) the only one.
+        port: Option<String>,
+    },
 }
 
 impl std::fmt::Display for Source {
@@ -71,6 +81,7 @@ impl std::fmt::Display for Source {
             Source::Dns { host, port } => write!(f, "dns {host}:{port}"),
             Source::Srv { name } => write!(f, "srv {name}"),
             Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Kubernetes { namespace, service, .. } => write!(f, "kubernetes {namespace}/{service}"),
         }
     }
 }
@@ -155,21 +166,31 @@ pub struct Discovery {
     found: Arc<Found>,
     counters: Arc<Counters>,
     dns_server: Option<SocketAddr>,
+    kubernetes_api: Option<String>,
     resolver: Mutex<Option<Arc<TokioResolver>>>,
     tasks: Mutex<HashMap<Source, tokio::task::JoinHandle<()>>>,
     changed: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl Discovery {
-    /// Sources resolved by `dns_server` (the system's when `None`), recorded in `found`; `changed`
-    /// is called when a source's endpoints change.
+    /// Sources resolved by `config`'s DNS server (the system's when none) and watched through its
+    /// Kubernetes API (the in-cluster one when none), recorded in `found`; `changed` is called when
+    /// a source's endpoints change.
     pub fn new(
         found: Arc<Found>,
         counters: Arc<Counters>,
-        dns_server: Option<SocketAddr>,
+        config: &AgentConfig,
         changed: Arc<dyn Fn() + Send + Sync>,
     ) -> Self {
-        Self { found, counters, dns_server, resolver: Mutex::new(None), tasks: Mutex::new(HashMap::new()), changed }
+        Self {
+            found,
+            counters,
+            dns_server: config.dns_server,
+            kubernetes_api: config.kubernetes_api.clone(),
+            resolver: Mutex::new(None),
+            tasks: Mutex::new(HashMap::new()),
+            changed,
+        }
     }
 
     fn resolver(&self) -> Result<Arc<TokioResolver>, String> {
@@ -239,6 +260,40 @@ impl Discovery {
                     self.counters.clone(),
                     self.changed.clone(),
                 )),
+                Source::Kubernetes { namespace, service, port } => {
+                    let api = match &self.kubernetes_api {
+                        Some(url) => crate::kubernetes::Api::at(url),
+                        None => crate::kubernetes::Api::in_cluster(),
+                    };
+                    let port = match port.as_deref().map(|p| p.parse::<u16>().map_err(|_| p)) {
+                        None => crate::endpointslice::PortRef::Only,
+                        Some(Ok(n)) => crate::endpointslice::PortRef::Number(n),
+                        Some(Err(name)) => crate::endpointslice::PortRef::Name(name.to_owned()),
+                    };
+                    let (src, found, counters, changed) =
+                        (source.clone(), self.found.clone(), self.counters.clone(), self.changed.clone());
+                    let (namespace, service) = (namespace.clone(), service.clone());
+                    tokio::spawn(async move {
+                        let fail = |e: String| {
+                            found.answer(&src);
+                            counters.discovery_errors.add(1);
+                            tracing::warn!(source = %src, error = %e, "the last endpoints keep serving");
+                        };
+                        let api = match api {
+                            Ok(api) => api,
+                            Err(e) => return fail(e),
+                        };
+                        crate::kubernetes::follow(
+                            api,
+                            namespace,
+                            service,
+                            port,
+                            |eps| record(&src, eps, &found, &counters, &*changed),
+                            fail,
+                        )
+                        .await;
+                    })
+                }
                 Source::Dns { .. } | Source::Srv { .. } => {
                     let resolver = self.resolver();
                     tokio::spawn(resolve_loop(
@@ -297,7 +352,7 @@ async fn lookup(resolver: &TokioResolver, source: &Source) -> Lookup {
             }
             Lookup::Found(eps, until)
         }
-        Source::File(_) => Lookup::Failed(format!("{source}: not a DNS source")),
+        Source::File(_) | Source::Kubernetes { .. } => Lookup::Failed(format!("{source}: not a DNS source")),
     }
 }
 

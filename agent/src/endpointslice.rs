@@ -8,9 +8,9 @@
 //! the serving ones that are terminating are (kube-proxy's fallback, so a Service being rolled keeps
 //! answering while its last Pods drain). FQDN slices and slices of other ports are skipped.
 //!
-//! The agent reads slices from a `{file: PATH}` source (the output of `kubectl get endpointslices
-//! -l kubernetes.io/service-name=NAME -o yaml`, kept fresh by any controller that can write a file);
-//! it does not watch the Kubernetes API itself.
+//! The agent reads slices from the API (`{kubernetes: ...}`, `crate::kubernetes`) or from a
+//! `{file: PATH}` source (the output of `kubectl get endpointslices -l
+//! kubernetes.io/service-name=NAME -o yaml`).
 
 use serde::Deserialize;
 
@@ -65,6 +65,8 @@ pub struct Port {
 pub enum PortRef {
     /// The port of this name.
     Name(String),
+    /// The port of this number.
+    Number(u16),
     /// The slices' only TCP port, or the one named `http`.
     Only,
 }
@@ -78,6 +80,7 @@ fn port_of(slice: &EndpointSlice, want: &PortRef) -> Result<Option<u16>, String>
         .collect();
     let found = match want {
         PortRef::Name(n) => tcp.iter().find(|p| p.name.as_deref() == Some(n.as_str())),
+        PortRef::Number(n) => tcp.iter().find(|p| p.port == Some(*n)),
         PortRef::Only if tcp.len() == 1 => tcp.first(),
         PortRef::Only => match tcp.iter().find(|p| p.name.as_deref() == Some("http")) {
             Some(p) => Some(p),
@@ -184,6 +187,7 @@ endpoints:
         assert_eq!(endpoints(&slices, &PortRef::Only).unwrap(), ["10.1.2.3:80"]);
         assert_eq!(endpoints(&slices, &PortRef::Name("http".into())).unwrap(), ["10.1.2.3:80"]);
         assert!(endpoints(&slices, &PortRef::Name("grpc".into())).unwrap().is_empty());
+        assert_eq!(endpoints(&slices, &PortRef::Number(80)).unwrap(), ["10.1.2.3:80"]);
     }
 
     /// A rolling update as `kubectl get endpointslices -o json` lists it: a List of an IPv4 and an

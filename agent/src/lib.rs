@@ -17,6 +17,7 @@ pub mod counters;
 pub mod discovery;
 pub mod endpointslice;
 pub mod export;
+pub mod kubernetes;
 pub mod load;
 pub mod normalize;
 mod pool;
@@ -244,7 +245,7 @@ pub async fn start(config: AgentConfig, options: Options) -> Result<Running, Age
                 shared.rebuild(None);
             }
         });
-        let d = discovery::Discovery::new(shared.found.clone(), counters.clone(), rt.config.dns_server, changed);
+        let d = discovery::Discovery::new(shared.found.clone(), counters.clone(), &rt.config, changed);
         d.sync(&rt.config);
         for source in d.warm(&rt.config, discovery::WARM_LIMIT).await {
             tracing::warn!(%source, "no first answer yet; serving without its endpoints until it answers");

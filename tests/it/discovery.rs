@@ -288,3 +288,106 @@ async fn a_reload_to_a_discovery_source_waits_for_its_first_answer() {
     assert_eq!(old.hits(), old_then, "the static endpoint is gone with the reload");
     assert_eq!(a.counters.reloads.get(), 1);
 }
+
+/// A stand-in for the Kubernetes API's EndpointSlice list and watch (what `kubectl proxy` serves
+/// on loopback; no cluster runs here): a list of the slices held, then a watch stream of the
+/// events the test sends.
+struct FakeApi {
+    addr: SocketAddr,
+    /// What a list answers with.
+    slices: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    events: tokio::sync::mpsc::UnboundedSender<serde_json::Value>,
+    watches: Arc<AtomicU64>,
+}
+
+fn slice(name: &str, b: &Backend, ready: bool) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "shop", "resourceVersion": "2",
+                     "labels": {"kubernetes.io/service-name": "b"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "protocol": "TCP", "port": b.addr.port()}],
+        "endpoints": [{"addresses": [b.addr.ip().to_string()],
+                       "conditions": {"ready": ready, "serving": true, "terminating": !ready}}]
+    })
+}
+
+impl FakeApi {
+    async fn start(initial: Vec<serde_json::Value>) -> FakeApi {
+        use http_body_util::{BodyExt, Full, StreamBody};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let slices = Arc::new(std::sync::Mutex::new(initial));
+        let (events, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let watches = Arc::new(AtomicU64::new(0));
+        let (s, w) = (slices.clone(), watches.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (s, w, rx) = (s.clone(), w.clone(), rx.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (s, w, rx) = (s.clone(), w.clone(), rx.clone());
+                        async move {
+                            let q = req.uri().query().unwrap_or("").to_owned();
+                            let path = req.uri().path().to_owned();
+                            let wanted = path == "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices"
+                                && q.contains("labelSelector=kubernetes.io%2Fservice-name%3Db");
+                            let body = if !wanted {
+                                Full::new(bytes::Bytes::from("not found")).map_err(|e| match e {}).boxed()
+                            } else if q.contains("watch=1") {
+                                w.fetch_add(1, Ordering::SeqCst);
+                                let stream = futures_util::stream::unfold(rx, |rx| async move {
+                                    let ev = rx.lock().await.recv().await?;
+                                    let line = bytes::Bytes::from(format!("{ev}\n"));
+                                    Some((Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(line)), rx))
+                                });
+                                StreamBody::new(stream).boxed()
+                            } else {
+                                let items = s.lock().unwrap().clone();
+                                let list = serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList",
+                                    "metadata": {"resourceVersion": "1"}, "items": items});
+                                Full::new(bytes::Bytes::from(list.to_string())).map_err(|e| match e {}).boxed()
+                            };
+                            let mut resp = hyper::Response::new(body);
+                            if !wanted {
+                                *resp.status_mut() = hyper::StatusCode::NOT_FOUND;
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeApi { addr, slices, events, watches }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpointslices_watched_through_the_api_move_traffic_as_pods_come_and_go() {
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Backend::start().await);
+    }
+    let api = FakeApi::start(vec![slice("b-0", &replicas[0], true), slice("b-1", &replicas[1], true)]).await;
+    let services = "b:\n  versions:\n    v1: [{kubernetes: {service: b, namespace: shop, port: http}}]\n";
+    let mut yaml = agent_yaml("shop/a/v1", "127.0.0.1:9".parse().unwrap(), services, "", None);
+    yaml.push_str(&format!("discovery: {{kubernetes: {{api: 'http://{}'}}}}\n", api.addr));
+    let a = agent(&yaml).await;
+    let events = api.events.clone();
+    let (r0, r2) = (slice("b-0", &replicas[0], false), slice("b-2", &replicas[2], true));
+    eventually("the watch is open", 10, || async { (api.watches.load(Ordering::SeqCst) > 0).then_some(()) }).await;
+    assert_eq!(api.slices.lock().unwrap().len(), 2);
+    // A new Pod's slice is added and the first Pod starts terminating (ready false, serving): the
+    // first gets nothing new, the new one its share (the kept one counted twice: shift takes two).
+    shift(&a, "b", [&replicas[1], &replicas[1]], &replicas[0], &replicas[2], || {
+        events.send(serde_json::json!({"type": "ADDED", "object": r2})).unwrap();
+        events.send(serde_json::json!({"type": "MODIFIED", "object": r0})).unwrap();
+    })
+    .await;
+    assert_eq!(a.counters.discovery_errors.get(), 0);
+}
