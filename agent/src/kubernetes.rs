@@ -132,10 +132,7 @@ fn slices_path(namespace: &str, service: &str) -> String {
 }
 
 /// What one watch event does to the slices held (by name).
-fn apply(
-    slices: &mut std::collections::BTreeMap<String, EndpointSlice>,
-    event: &Value,
-) -> Result<(), String> {
+fn apply(slices: &mut std::collections::BTreeMap<String, EndpointSlice>, event: &Value) -> Result<(), String> {
     let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
     let object = event.get("object").cloned().unwrap_or(Value::Null);
     let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned();
