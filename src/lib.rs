@@ -839,11 +839,11 @@ async fn tap<W: Write>(
     mut each: impl FnMut(&mut W, &meshlens_model::tap::TapEvent) -> std::io::Result<()>,
 ) -> Result<u64, CliError> {
     use futures_util::StreamExt;
-    use meshlens_console::client::TapMessage;
+    use meshlens_console::TapMessage;
     let client = Client::with_token(&t.collector, t.token.as_deref()).map_err(runtime)?;
     let stream = client.tap(&t.target, t.find.as_deref(), Some(t.max_rps)).await.map_err(runtime)?;
     let mut stream = std::pin::pin!(stream);
-    let quit = meshlens_console::quit::QuitKey::watch();
+    let quit = meshlens_console::QuitKey::watch();
     let ctrl_c = tokio::signal::ctrl_c();
     let mut ctrl_c = std::pin::pin!(ctrl_c);
     let (mut seen, mut said) = (0u64, None);
@@ -1247,7 +1247,7 @@ async fn demo_cmd<W: Write>(a: DemoArgs, out: &mut W) -> Result<(), CliError> {
     out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(runtime)?;
     if with_console {
         // The console runs until the user quits it (or --duration passes); then the demo stops.
-        let ui = meshlens_console::tui::run(&url, None);
+        let ui = meshlens_console::run(&url, None);
         let outcome = match a.duration {
             Some(d) => tokio::time::timeout(d, ui).await.unwrap_or(Ok(())),
             None => ui.await,
@@ -1276,8 +1276,8 @@ async fn demo_cmd<W: Write>(a: DemoArgs, out: &mut W) -> Result<(), CliError> {
 /// The console when stdout is a terminal, else the `stat` table.
 async fn console<W: Write>(collector: &str, token: Option<&str>, out: &mut W) -> Result<(), CliError> {
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        meshlens_console::tui::run(collector, token).await.map_err(|e| match e {
-            meshlens_console::tui::ConsoleError::Client(c) => CliError::Config(c.into()),
+        meshlens_console::run(collector, token).await.map_err(|e| match e {
+            meshlens_console::ConsoleError::Client(c) => CliError::Config(c.into()),
             other => runtime(other),
         })
     } else {

@@ -16,9 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use meshlens_agent::export::metrics_request;
-use meshlens_agent::telemetry::{Direction, ErrorKind, Outcome, Registry};
-use meshlens_agent::trace::TraceContext;
+use meshlens_agent::bench::{Direction, ErrorKind, Outcome, Registry, TraceContext, metrics_request};
 use meshlens_model::Workload;
 
 fn telemetry(c: &mut Criterion) {

@@ -12,6 +12,8 @@ use meshlens_model::Workload;
 use meshlens_model::policy::{PolicyError, PolicyFile, ServicePolicy};
 use serde::{Deserialize, Serialize};
 
+pub use crate::discovery::Source;
+
 /// The file as written.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -200,7 +202,7 @@ pub struct WorkloadSpec {
     pub namespace: Option<String>,
     /// App name.
     pub app: String,
-    /// Version.
+    /// The version label; unversioned when absent.
     pub version: Option<String>,
 }
 
@@ -454,7 +456,7 @@ pub struct Service {
     pub versions: Vec<(String, Vec<String>)>,
     /// Sources of endpoints found at run time, per version, beside the static ones.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub sources: Vec<(String, crate::discovery::Source)>,
+    pub sources: Vec<(String, Source)>,
     /// Its policy (defaults when the policy names it not).
     pub policy: ServicePolicy,
 }
@@ -476,7 +478,7 @@ pub struct AgentConfig {
     pub admin_listen: SocketAddr,
     /// Export; none when off.
     pub telemetry: Option<Telemetry>,
-    /// Limits.
+    /// Limits on connections, headers, bodies and idle time.
     pub limits: Limits,
     /// Called services by name.
     pub services: BTreeMap<String, Service>,
@@ -577,8 +579,8 @@ pub(crate) fn check_authority(text: &str) -> Result<(), String> {
 }
 
 /// A source of endpoints, checked.
-fn source(path: &str, d: &DiscoverSpec, namespace: &str) -> Result<crate::discovery::Source, PolicyError> {
-    use crate::discovery::Source;
+fn source(path: &str, d: &DiscoverSpec, namespace: &str) -> Result<Source, PolicyError> {
+    use Source;
     Ok(match d {
         DiscoverSpec::Dns(text) => {
             let path = format!("{path}.dns");
@@ -905,7 +907,7 @@ policy:
         let c = AgentConfig::parse(&text, "agent.yaml").unwrap();
         let r = &c.services["reviews"];
         assert_eq!(r.versions[1].1, ["reviews-v3.local:9001"]);
-        use crate::discovery::Source;
+        use Source;
         assert_eq!(
             r.sources,
             [

@@ -84,7 +84,7 @@ pub struct Counters {
 }
 
 /// Prometheus text of the counters and the per-peer request metrics.
-pub fn render(c: &Counters, registry: &Registry) -> String {
+pub(crate) fn render(c: &Counters, registry: &Registry) -> String {
     let mut out = String::new();
     let counters: [(&str, &str, &Counter); 34] = [
         ("tap_events_queued_total", "Requests queued for an open tap.", &c.tap_events_queued),

@@ -36,15 +36,15 @@ use crate::config::AgentConfig;
 use crate::counters::Counters;
 
 /// Shortest time between two lookups of one name.
-pub const MIN_REFRESH: Duration = Duration::from_secs(1);
+pub(crate) const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// Longest time a DNS answer is trusted, whatever its TTL.
-pub const MAX_REFRESH: Duration = Duration::from_secs(30);
+pub(crate) const MAX_REFRESH: Duration = Duration::from_secs(30);
 /// How often a file of endpoints is read.
-pub const FILE_POLL: Duration = Duration::from_secs(1);
+pub(crate) const FILE_POLL: Duration = Duration::from_secs(1);
 /// Longest wait for the sources' first answers, at start and on a reload.
-pub const WARM_LIMIT: Duration = Duration::from_secs(5);
+pub(crate) const WARM_LIMIT: Duration = Duration::from_secs(5);
 /// Most endpoints one source may give; more are left out and said.
-pub const MAX_ENDPOINTS: usize = 1024;
+pub(crate) const MAX_ENDPOINTS: usize = 1024;
 
 /// Where a version's endpoints are found.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -88,7 +88,7 @@ impl std::fmt::Display for Source {
 
 /// What each source found last.
 #[derive(Default)]
-pub struct Found {
+pub(crate) struct Found {
     by_source: Mutex<HashMap<Source, Arc<[String]>>>,
     /// Sources that answered at least once (with endpoints, none, or an error).
     answered: Mutex<std::collections::HashSet<Source>>,
@@ -96,7 +96,7 @@ pub struct Found {
 
 impl Found {
     /// The endpoints `source` found last (none before its first answer).
-    pub fn get(&self, source: &Source) -> Option<Arc<[String]>> {
+    pub(crate) fn get(&self, source: &Source) -> Option<Arc<[String]>> {
         self.by_source.lock().get(source).cloned()
     }
 
@@ -128,7 +128,7 @@ impl Found {
     }
 
     /// Whether `source` has answered once.
-    pub fn answered(&self, source: &Source) -> bool {
+    pub(crate) fn answered(&self, source: &Source) -> bool {
         self.answered.lock().contains(source)
     }
 }
@@ -136,7 +136,7 @@ impl Found {
 /// Parses a file of endpoints: one `host:port` per line (blank lines and `#` comments are skipped),
 /// or Kubernetes EndpointSlices as `kubectl get endpointslices -o yaml` (or json) writes them, whose
 /// ready endpoints on the only port (or the one named `http`) are taken (`crate::endpointslice`).
-pub fn parse_file(text: &str) -> Result<Vec<String>, String> {
+pub(crate) fn parse_file(text: &str) -> Result<Vec<String>, String> {
     if crate::endpointslice::looks_like_slices(text) {
         let slices = crate::endpointslice::parse(text)?;
         return crate::endpointslice::endpoints(&slices, &crate::endpointslice::PortRef::Only);
@@ -162,7 +162,7 @@ enum Lookup {
 }
 
 /// The running sources.
-pub struct Discovery {
+pub(crate) struct Discovery {
     found: Arc<Found>,
     counters: Arc<Counters>,
     dns_server: Option<SocketAddr>,
@@ -176,7 +176,7 @@ impl Discovery {
     /// Sources resolved by `config`'s DNS server (the system's when none) and watched through its
     /// Kubernetes API (the in-cluster one when none), recorded in `found`; `changed` is called when
     /// a source's endpoints change.
-    pub fn new(
+    pub(crate) fn new(
         found: Arc<Found>,
         counters: Arc<Counters>,
         config: &AgentConfig,
@@ -222,7 +222,7 @@ impl Discovery {
     /// endpoints all come from discovery has none before, so the agent waits for them before it
     /// serves (as Envoy warms a cluster), and a reload before it applies. Returns the sources that
     /// had not answered.
-    pub async fn warm(&self, config: &AgentConfig, limit: Duration) -> Vec<Source> {
+    pub(crate) async fn warm(&self, config: &AgentConfig, limit: Duration) -> Vec<Source> {
         let sources: Vec<&Source> = config.services.values().flat_map(|s| s.sources.iter().map(|(_, s)| s)).collect();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -236,7 +236,7 @@ impl Discovery {
     }
 
     /// Runs a task for every source `config` names and stops those it no longer names.
-    pub fn sync(&self, config: &AgentConfig) {
+    pub(crate) fn sync(&self, config: &AgentConfig) {
         let wanted: std::collections::HashSet<&Source> =
             config.services.values().flat_map(|s| s.sources.iter().map(|(_, src)| src)).collect();
         let mut tasks = self.tasks.lock();

@@ -17,7 +17,7 @@ use serde::Deserialize;
 /// One EndpointSlice, the fields this reads.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct EndpointSlice {
+pub(crate) struct EndpointSlice {
     /// `IPv4`, `IPv6` or `FQDN`.
     pub address_type: String,
     /// Its endpoints.
@@ -30,7 +30,7 @@ pub struct EndpointSlice {
 
 /// One endpoint (a Pod).
 #[derive(Clone, Debug, Deserialize)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Its addresses (all of one Pod; the first is used, as kube-proxy does).
     pub addresses: Vec<String>,
     /// Its conditions.
@@ -40,7 +40,7 @@ pub struct Endpoint {
 
 /// An endpoint's conditions; absent ones as the API says to read them.
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct Conditions {
+pub(crate) struct Conditions {
     /// Ready for traffic (nil: true).
     pub ready: Option<bool>,
     /// Passing readiness, terminating or not (nil: true).
@@ -51,7 +51,7 @@ pub struct Conditions {
 
 /// A slice port.
 #[derive(Clone, Debug, Deserialize)]
-pub struct Port {
+pub(crate) struct Port {
     /// Its name (the Service port's).
     pub name: Option<String>,
     /// The target port number.
@@ -62,7 +62,7 @@ pub struct Port {
 
 /// Which port of the slices: by name, or the only TCP one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PortRef {
+pub(crate) enum PortRef {
     /// The port of this name.
     Name(String),
     /// The port of this number.
@@ -95,7 +95,7 @@ fn port_of(slice: &EndpointSlice, want: &PortRef) -> Result<Option<u16>, String>
 }
 
 /// The `ip:port` endpoints of a Service's slices, sorted.
-pub fn endpoints(slices: &[EndpointSlice], port: &PortRef) -> Result<Vec<String>, String> {
+pub(crate) fn endpoints(slices: &[EndpointSlice], port: &PortRef) -> Result<Vec<String>, String> {
     let (mut ready, mut draining) = (Vec::new(), Vec::new());
     for s in slices {
         let v6 = match s.address_type.as_str() {
@@ -124,7 +124,7 @@ pub fn endpoints(slices: &[EndpointSlice], port: &PortRef) -> Result<Vec<String>
 
 /// Slices from YAML or JSON text: one EndpointSlice, a `List`/`EndpointSliceList` of them (what
 /// `kubectl get -o yaml` writes), or several YAML documents.
-pub fn parse(text: &str) -> Result<Vec<EndpointSlice>, String> {
+pub(crate) fn parse(text: &str) -> Result<Vec<EndpointSlice>, String> {
     let mut out = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
         let v = serde_yaml_ng::Value::deserialize(doc).map_err(|e| e.to_string())?;
@@ -146,7 +146,7 @@ pub fn parse(text: &str) -> Result<Vec<EndpointSlice>, String> {
 }
 
 /// Whether `text` is Kubernetes objects rather than `host:port` lines.
-pub fn looks_like_slices(text: &str) -> bool {
+pub(crate) fn looks_like_slices(text: &str) -> bool {
     text.lines()
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))

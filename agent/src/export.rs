@@ -35,7 +35,7 @@ use crate::telemetry::{BOUNDS_US, Direction, Registry};
 use crate::trace::{SpanKind, SpanRecord};
 
 /// Spans sent in one export at most.
-pub const SPAN_BATCH: usize = 512;
+pub(crate) const SPAN_BATCH: usize = 512;
 const SPAN_TRIES: u32 = 3;
 
 fn kv(key: &str, value: Value) -> KeyValue {
@@ -59,7 +59,7 @@ fn workload_attrs(prefix: &str, w: &Workload, out: &mut Vec<KeyValue>) {
 }
 
 /// The OTLP resource of this agent's workload.
-pub fn resource(w: &Workload) -> Resource {
+pub(crate) fn resource(w: &Workload) -> Resource {
     let mut attributes = vec![kv("service.namespace", s(&w.namespace)), kv("service.name", s(&w.app))];
     if let Some(v) = &w.version {
         attributes.push(kv("service.version", s(v)));
@@ -230,7 +230,7 @@ pub fn metrics_request(
 }
 
 /// The OTLP span of a record.
-pub fn span(r: &SpanRecord) -> Span {
+pub(crate) fn span(r: &SpanRecord) -> Span {
     let mut attributes = vec![kv("http.request.method", s(r.method.as_str()))];
     if r.status != 0 {
         attributes.push(kv(HTTP_STATUS, Value::IntValue(i64::from(r.status))));
@@ -270,11 +270,11 @@ pub fn span(r: &SpanRecord) -> Span {
 
 /// Adds the collector's bearer token, when it has one, to every export.
 #[derive(Clone)]
-pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+pub(crate) struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl Bearer {
     /// A bearer of `token` (none: nothing added).
-    pub fn new(token: Option<&str>) -> Self {
+    pub(crate) fn new(token: Option<&str>) -> Self {
         Self(token.and_then(|t| format!("Bearer {t}").parse().ok()))
     }
 }
@@ -294,7 +294,7 @@ impl tonic::service::Interceptor for Bearer {
 ///
 /// Each call times out after `timeout` when given (exports); a tap subscription is one call that
 /// lasts as long as the agent, so its channel has none.
-pub fn channel(
+pub(crate) fn channel(
     endpoint: &str,
     tls: Option<Arc<crate::tls::MeshTls>>,
     timeout: Option<Duration>,
@@ -326,12 +326,12 @@ pub fn channel(
 
 /// The identity a TLS collector's certificate must carry (`meshlens ca issue --workload
 /// meshlens/collector`).
-pub const COLLECTOR_NS: &str = "meshlens";
+pub(crate) const COLLECTOR_NS: &str = "meshlens";
 /// See [`COLLECTOR_NS`].
-pub const COLLECTOR_APP: &str = "collector";
+pub(crate) const COLLECTOR_APP: &str = "collector";
 
 /// Exports the metrics every `interval` until `stop` turns true, then once more.
-pub async fn metrics_loop(
+pub(crate) async fn metrics_loop(
     channel: Channel,
     bearer: Bearer,
     build: impl Fn() -> ExportMetricsServiceRequest,
@@ -365,7 +365,7 @@ pub async fn metrics_loop(
 }
 
 /// Exports spans in batches of up to [`SPAN_BATCH`], at least every second, until the queue closes.
-pub async fn spans_loop(
+pub(crate) async fn spans_loop(
     channel: Channel,
     bearer: Bearer,
     me: Workload,

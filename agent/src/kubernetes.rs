@@ -30,7 +30,7 @@ const WATCH_SECS: u64 = 290;
 
 /// Where the API is and how to be let in.
 #[derive(Clone)]
-pub struct Api {
+pub(crate) struct Api {
     scheme_https: bool,
     host: String,
     port: u16,
@@ -44,7 +44,7 @@ fn err(e: impl std::fmt::Display) -> String {
 
 impl Api {
     /// The API this Pod's service account reaches.
-    pub fn in_cluster() -> Result<Api, String> {
+    pub(crate) fn in_cluster() -> Result<Api, String> {
         let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
             "KUBERNETES_SERVICE_HOST is not set: not in a Pod (set discovery.kubernetes.api)".to_owned()
         })?;
@@ -69,7 +69,7 @@ impl Api {
     }
 
     /// The API at `url`, plain HTTP with no credentials (`kubectl proxy`, or a test's).
-    pub fn at(url: &str) -> Result<Api, String> {
+    pub(crate) fn at(url: &str) -> Result<Api, String> {
         let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
         if uri.scheme_str() != Some("http") {
             return Err(format!(
@@ -155,7 +155,7 @@ fn apply(slices: &mut std::collections::BTreeMap<String, EndpointSlice>, event: 
 
 /// Follows `service`'s slices through `api`, calling `found` with the endpoints each time they may
 /// have changed and `failed` with what went wrong; runs until aborted.
-pub async fn follow(
+pub(crate) async fn follow(
     api: Api,
     namespace: String,
     service: String,

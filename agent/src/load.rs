@@ -48,7 +48,7 @@ pub enum LoadError {
 /// Latency percentiles in milliseconds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Percentiles {
-    /// Median.
+    /// 50th percentile (median).
     pub p50: f64,
     /// 90th.
     pub p90: f64,
@@ -56,7 +56,7 @@ pub struct Percentiles {
     pub p99: f64,
     /// 99.9th.
     pub p999: f64,
-    /// Largest.
+    /// The slowest response.
     pub max: f64,
 }
 
@@ -87,7 +87,7 @@ pub struct LoadReport {
     pub achieved_rps: f64,
     /// Seconds from the first slot to the last response.
     pub elapsed_s: f64,
-    /// Connections.
+    /// Connections the requests were spread over.
     pub connections: usize,
     /// Requests sent.
     pub sent: u64,

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 /// Why a path cannot be normalised (the agent answers 400 and names it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
+pub(crate) enum PathError {
     /// `%` not followed by two hex digits.
     #[error("{0:?} is not a percent-encoding (% and two hex digits)")]
     BadEscape(String),
@@ -36,7 +36,7 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// The normalised form of `path` (the part of the target before `?`); borrowed when it already is.
-pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+pub(crate) fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     if is_normal(path) {
         return Ok(Cow::Borrowed(path));
     }

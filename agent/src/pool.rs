@@ -30,10 +30,10 @@ use tokio::net::TcpStream;
 use crate::tls::MeshTls;
 
 /// A boxed error.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Idle connections kept per endpoint.
-pub const MAX_IDLE: usize = 256;
+pub(crate) const MAX_IDLE: usize = 256;
 
 /// The body of a forwarded request or response: no boxing on the common paths.
 pub enum ProxyBody {
@@ -72,7 +72,7 @@ impl Stalled {
 /// A request body that sent nothing for the body idle timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body sent nothing for {0:?}")]
-pub struct BodyStalled(pub Duration);
+pub(crate) struct BodyStalled(pub Duration);
 
 impl TimedBody {
     /// `body`, failing after `idle` without a frame; and the flag that says it did.

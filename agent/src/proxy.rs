@@ -48,18 +48,18 @@ use crate::tls::{MeshTls, workload_of};
 use crate::trace::{SpanKind, SpanRecord, SpanSink, TraceContext};
 
 /// The body type both proxies forward.
-pub type Body = ProxyBody;
+pub(crate) type Body = ProxyBody;
 
 /// Request bodies up to this size are kept so that the request can be retried.
-pub const MAX_REPLAY: u64 = 64 * 1024;
+pub(crate) const MAX_REPLAY: u64 = 64 * 1024;
 /// The header that carries the caller's workload id from the outbound agent to the inbound one.
-pub const SOURCE_HEADER: &str = "x-meshlens-source";
+pub(crate) const SOURCE_HEADER: &str = "x-meshlens-source";
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static SOURCE: HeaderName = HeaderName::from_static(SOURCE_HEADER);
 
 /// The active config and what is built from it; swapped whole on reload.
-pub struct Runtime {
+pub(crate) struct Runtime {
     /// The config.
     pub config: AgentConfig,
     /// The outbound routing table.
@@ -75,7 +75,7 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the runtime for `config`, keeping endpoint state and connections from `old`; agents
     /// are reached over `tls` when given.
-    pub fn new(
+    pub(crate) fn new(
         config: AgentConfig,
         registry: &Registry,
         old: Option<&Runtime>,
@@ -94,7 +94,7 @@ impl Runtime {
 }
 
 /// What both proxies share.
-pub struct Shared {
+pub(crate) struct Shared {
     /// The active runtime.
     pub runtime: ArcSwap<Runtime>,
     /// Request telemetry.
@@ -122,7 +122,7 @@ pub struct Shared {
 
 /// What the inbound side knows of a connection.
 #[derive(Clone, Debug, Default)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     /// The caller's SPIFFE id from its certificate.
     pub peer: Option<Arc<str>>,
     /// Whether the connection is mutual TLS.
@@ -135,14 +135,14 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     /// A mutual TLS connection from the caller with SPIFFE id `peer` (if it showed one).
-    pub fn mtls(peer: Option<String>, trust_domain: &str, remote: std::net::IpAddr) -> Self {
+    pub(crate) fn mtls(peer: Option<String>, trust_domain: &str, remote: std::net::IpAddr) -> Self {
         let peer_app =
             peer.as_deref().and_then(|p| workload_of(p, trust_domain)).map(|(ns, app)| format!("{ns}/{app}").into());
         Self { mtls: peer.is_some(), peer: peer.map(Into::into), peer_app, remote: remote.to_string().into() }
     }
 
     /// A plaintext connection from `remote`.
-    pub fn plain(remote: std::net::IpAddr) -> Self {
+    pub(crate) fn plain(remote: std::net::IpAddr) -> Self {
         Self { remote: remote.to_string().into(), ..Self::default() }
     }
 }
@@ -158,7 +158,12 @@ const MAX_BUCKETS: usize = 4096;
 
 impl Shared {
     /// Everything the proxies need, for `config`.
-    pub fn new(config: AgentConfig, counters: Arc<Counters>, spans: SpanSink, tls: Option<Arc<MeshTls>>) -> Self {
+    pub(crate) fn new(
+        config: AgentConfig,
+        counters: Arc<Counters>,
+        spans: SpanSink,
+        tls: Option<Arc<MeshTls>>,
+    ) -> Self {
         let registry = Registry::default();
         let config_connect_timeout = config.limits.connect_timeout;
         let found = Arc::new(Found::default());
@@ -184,7 +189,7 @@ impl Shared {
     /// Builds the runtime again — for `config` (a reload), or the same config with what discovery
     /// found now — keeping endpoint state and connections, and swaps it in. In-flight requests
     /// finish on the runtime they started with.
-    pub fn rebuild(&self, config: Option<AgentConfig>) {
+    pub(crate) fn rebuild(&self, config: Option<AgentConfig>) {
         let _one_at_a_time = self.rebuilding.lock();
         let old = self.runtime.load_full();
         let config = config.unwrap_or_else(|| old.config.clone());
@@ -262,7 +267,7 @@ fn text_response(status: StatusCode, text: String) -> Response<Body> {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header names.
 /// `TE: trailers` stays, since gRPC needs it end to end.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass of cheap comparisons instead of a hashed remove per name.
     let hop = |n: &HeaderName| {
         n == header::CONNECTION
@@ -337,7 +342,7 @@ fn span_for(ctx: &TraceContext) -> Option<(TraceContext, SystemTime)> {
 }
 
 /// Serves one inbound request: forwards it to the local app.
-pub async fn inbound(
+pub(crate) async fn inbound(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
     conn: Arc<ConnInfo>,
@@ -530,7 +535,7 @@ impl Attempt {
 }
 
 /// Serves one outbound request: routes it to a version and endpoint of the service it names.
-pub async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub(crate) async fn outbound(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let rt = shared.runtime.load_full();
     if let Some(why) = host_problem(&req) {

@@ -28,10 +28,8 @@ use crate::pool::{TlsTarget, Upstream};
 use crate::telemetry::{Direction, PeerMetrics, Registry, RouteMetrics};
 use crate::tls::MeshTls;
 
-pub use meshlens_model::policy_core::MAX_EJECTION_TIME;
-
 /// One instance of a service version: the address of its agent.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// `host:port`.
     pub authority: Arc<str>,
     /// Its connections.
@@ -59,17 +57,17 @@ impl Endpoint {
     }
 
     /// Requests in flight to this endpoint.
-    pub fn in_flight(&self) -> u64 {
+    pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Relaxed)
     }
 }
 
 /// Counts a request in flight to an endpoint until dropped.
-pub struct InFlight(Arc<Endpoint>);
+pub(crate) struct InFlight(Arc<Endpoint>);
 
 impl InFlight {
     /// The endpoint.
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
         &self.0
     }
 }
@@ -81,7 +79,7 @@ impl Drop for InFlight {
 }
 
 /// One version of a service.
-pub struct VersionRoute {
+pub(crate) struct VersionRoute {
     /// Version name.
     pub name: Arc<str>,
     /// Share of the traffic, summing to 1 over the versions.
@@ -95,22 +93,22 @@ pub struct VersionRoute {
 /// A retry budget (Linkerd's and Finagle's): the core's [`RetryBudget`] on the agent's clock, one
 /// per route (this caller and that service), kept across reloads.
 #[derive(Default)]
-pub struct Budget(Mutex<RetryBudget>);
+pub(crate) struct Budget(Mutex<RetryBudget>);
 
 impl Budget {
     /// Counts a request (not a retry) in second `sec`.
-    pub fn deposit(&self, sec: u64) {
+    pub(crate) fn deposit(&self, sec: u64) {
         self.0.lock().deposit(sec);
     }
 
     /// Takes a retry in second `sec` if the budget allows it.
-    pub fn withdraw(&self, sec: u64, retries: &Retries) -> bool {
+    pub(crate) fn withdraw(&self, sec: u64, retries: &Retries) -> bool {
         self.0.lock().withdraw(sec, retries)
     }
 }
 
 /// One service, as the outbound side routes it.
-pub struct Route {
+pub(crate) struct Route {
     /// Service name.
     pub name: Arc<str>,
     /// Its namespace.
@@ -129,7 +127,7 @@ pub struct Route {
 
 /// Why no endpoint was picked.
 #[derive(Debug, PartialEq, Eq)]
-pub enum NoEndpoint {
+pub(crate) enum NoEndpoint {
     /// The version has no endpoints configured.
     NoneConfigured(Arc<str>),
     /// Every endpoint of the version is ejected.
@@ -137,7 +135,7 @@ pub enum NoEndpoint {
 }
 
 /// The declared route a request is, with the timeout and retries it runs under.
-pub struct Plan<'r> {
+pub(crate) struct Plan<'r> {
     /// Whole-request timeout: the route's, else the service's.
     pub timeout: Option<std::time::Duration>,
     /// Retries: the route's, else the service's.
@@ -148,20 +146,20 @@ pub struct Plan<'r> {
 
 impl Route {
     /// The route a request is and its plan (`policy_core::plan`, the simulator's rule too).
-    pub fn plan<'h>(&self, method: &str, path: &str, header: impl Fn(&str) -> Option<&'h str>) -> Plan<'_> {
+    pub(crate) fn plan<'h>(&self, method: &str, path: &str, header: impl Fn(&str) -> Option<&'h str>) -> Plan<'_> {
         let p = policy_core::plan(&self.policy, method, path, header);
         let metrics = &self.http[p.route.unwrap_or(self.http.len() - 1)];
         Plan { timeout: p.timeout, retries: p.retries, metrics }
     }
 
     /// Picks a version by the split: weighted, random.
-    pub fn pick_version(&self) -> &VersionRoute {
+    pub(crate) fn pick_version(&self) -> &VersionRoute {
         let i = policy_core::pick_weighted(self.versions.iter().map(|v| v.weight), fastrand::f64());
         &self.versions[i]
     }
 
     /// Picks an endpoint of `version` by the load balancer, skipping ejected ones.
-    pub fn pick_endpoint(&self, version: &VersionRoute, now_ms: u64) -> Result<InFlight, NoEndpoint> {
+    pub(crate) fn pick_endpoint(&self, version: &VersionRoute, now_ms: u64) -> Result<InFlight, NoEndpoint> {
         let eps = &version.endpoints;
         if eps.is_empty() {
             return Err(NoEndpoint::NoneConfigured(version.name.clone()));
@@ -200,7 +198,7 @@ impl Route {
 
     /// Tells outlier detection how an attempt to `endpoint` went. Returns true when this ejected
     /// the endpoint.
-    pub fn report(&self, endpoint: &Endpoint, outcome: Outcome, now_ms: u64, counters: &Counters) -> bool {
+    pub(crate) fn report(&self, endpoint: &Endpoint, outcome: Outcome, now_ms: u64, counters: &Counters) -> bool {
         let Some(od) = &self.policy.outlier_detection else { return false };
         // The cap counts every endpoint of the service, as Envoy's cluster does.
         let total = self.versions.iter().map(|v| v.endpoints.len()).sum();
@@ -232,7 +230,7 @@ impl Route {
 }
 
 /// Every outbound service by name.
-pub struct Routes {
+pub(crate) struct Routes {
     /// By service name.
     pub services: HashMap<String, Arc<Route>>,
     /// The known names, for error messages.
@@ -242,7 +240,7 @@ pub struct Routes {
 impl Routes {
     /// Builds the table for `config`, reusing endpoint and budget state from `old`.
     /// A version's endpoints are its static ones, then what its discovery sources found (`found`).
-    pub fn build(
+    pub(crate) fn build(
         config: &AgentConfig,
         registry: &Registry,
         old: Option<&Routes>,
@@ -333,7 +331,7 @@ impl Routes {
 
     /// The service a request's host names: the exact name, or its first label when the rest is
     /// the service's namespace (`reviews.shop`, `reviews.shop.svc.cluster.local`).
-    pub fn lookup(&self, host: &str) -> Option<&Arc<Route>> {
+    pub(crate) fn lookup(&self, host: &str) -> Option<&Arc<Route>> {
         if let Some(r) = self.services.get(host) {
             return Some(r);
         }
@@ -345,7 +343,7 @@ impl Routes {
 }
 
 /// Milliseconds since `origin`, the clock outlier detection runs on.
-pub fn now_ms(origin: Instant) -> u64 {
+pub(crate) fn now_ms(origin: Instant) -> u64 {
     origin.elapsed().as_millis() as u64
 }
 

@@ -27,7 +27,7 @@ use tower::ServiceExt;
 use crate::counters::Counters;
 
 /// How often the queue is sent while a tap is open.
-pub const FLUSH: Duration = Duration::from_millis(100);
+pub(crate) const FLUSH: Duration = Duration::from_millis(100);
 /// The longest wait between two tries to subscribe.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -64,7 +64,7 @@ struct Queue {
 }
 
 /// The open taps this agent applies, and what it has to send.
-pub struct Tapper {
+pub(crate) struct Tapper {
     on: AtomicBool,
     taps: arc_swap::ArcSwap<Vec<Active>>,
     queue: Mutex<Queue>,
@@ -73,20 +73,20 @@ pub struct Tapper {
 
 impl Tapper {
     /// No tap open; queued and dropped events are counted in `counters`.
-    pub fn new(counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
         Self { on: AtomicBool::new(false), taps: Default::default(), queue: Mutex::default(), counters }
     }
 
     /// Whether any tap is open: the proxy builds an event only then.
     #[inline]
-    pub fn on(&self) -> bool {
+    pub(crate) fn on(&self) -> bool {
         self.on.load(Ordering::Relaxed)
     }
 
     /// Whether a request that started at `unix_ms` may be sampled: a tap is open and one has budget
     /// left in that second. The proxy builds an event only then, so past a busy second's budget a
     /// request pays an atomic load and a lock per open tap, not an event.
-    pub fn wants(&self, unix_ms: u64) -> bool {
+    pub(crate) fn wants(&self, unix_ms: u64) -> bool {
         let second = unix_ms / 1000;
         self.on()
             && self.taps.load().iter().any(|t| {
@@ -97,7 +97,7 @@ impl Tapper {
 
     /// A request starts: its time, method and path if a tap may sample it ([`Tapper::wants`]), to
     /// build its event from when it is answered. One atomic load while no tap is open.
-    pub fn begin(&self, method: &http::Method, path: &str) -> Option<(u64, String, String)> {
+    pub(crate) fn begin(&self, method: &http::Method, path: &str) -> Option<(u64, String, String)> {
         if !self.on() {
             return None;
         }
@@ -106,7 +106,7 @@ impl Tapper {
     }
 
     /// Offers a request to the open taps.
-    pub fn record(&self, event: TapEvent) {
+    pub(crate) fn record(&self, event: TapEvent) {
         let taps = self.taps.load();
         let second = event.time_unix_ms / 1000;
         let ids: Vec<u64> = taps.iter().filter(|t| t.admits(&event, second)).map(|t| t.id).collect();
@@ -162,7 +162,7 @@ impl Tapper {
 }
 
 /// Milliseconds since the Unix epoch, now.
-pub fn now_unix_ms() -> u64 {
+pub(crate) fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -179,7 +179,7 @@ fn request(path: &'static str, token: Option<&str>, body: Vec<u8>) -> http::Requ
 
 /// Holds the subscription (re-subscribing with a backoff when it breaks; every tap stops while it
 /// is broken) and sends the queue every [`FLUSH`], until `stop` turns true.
-pub async fn run(
+pub(crate) async fn run(
     channel: Channel,
     token: Option<String>,
     workload: Workload,

@@ -35,13 +35,13 @@ const fn bound_count() -> usize {
 }
 
 /// Number of latency bounds.
-pub const BOUNDS_LEN: usize = bound_count();
+pub(crate) const BOUNDS_LEN: usize = bound_count();
 
 /// Upper bounds of the latency buckets, in microseconds (the last bucket is open): geometric, 3%
 /// apart, 50 µs to 60 s. The first round's 31 hand-picked bounds put percentiles at bucket
 /// midpoints up to ±25% away (100–150 ms read as 125 ms); these keep the hot path a binary search
 /// and a relaxed atomic add, at 8 bytes per bucket per outcome.
-pub const BOUNDS_US: [u64; BOUNDS_LEN] = {
+pub(crate) const BOUNDS_US: [u64; BOUNDS_LEN] = {
     let mut a = [0u64; BOUNDS_LEN];
     let (mut b, mut i) = (50, 0);
     while i < BOUNDS_LEN {
@@ -56,9 +56,9 @@ const BUCKETS: usize = BOUNDS_US.len() + 1;
 const _: () = assert!(BOUNDS_US[BOUNDS_LEN - 1] >= 60_000_000 && BOUNDS_US[BOUNDS_LEN - 2] < 60_000_000);
 const _: () = assert!(BOUNDS_LEN < 520);
 /// Outcomes tracked per peer; a further outcome is counted in `overflow` and not exported.
-pub const SLOTS: usize = 16;
+pub(crate) const SLOTS: usize = 16;
 /// Callers tracked by identity on the inbound side; further callers share the unknown caller.
-pub const MAX_PEERS: usize = 1024;
+pub(crate) const MAX_PEERS: usize = 1024;
 
 /// Why a request got no response, as `error.type` says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,7 +169,7 @@ pub enum Direction {
 }
 
 /// A cumulative latency histogram in atomics.
-pub struct Histogram {
+pub(crate) struct Histogram {
     buckets: [AtomicU64; BUCKETS],
     sum_us: AtomicU64,
 }
@@ -181,13 +181,13 @@ impl Default for Histogram {
 }
 
 /// The bucket of a latency.
-pub fn bucket_of(us: u64) -> usize {
+pub(crate) fn bucket_of(us: u64) -> usize {
     BOUNDS_US.partition_point(|&b| b < us)
 }
 
 impl Histogram {
     /// Adds one observation.
-    pub fn record(&self, latency: Duration) {
+    pub(crate) fn record(&self, latency: Duration) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         if let Some(b) = self.buckets.get(bucket_of(us)) {
             b.fetch_add(1, Relaxed);
@@ -196,7 +196,7 @@ impl Histogram {
     }
 
     /// Bucket counts, sum in seconds and count.
-    pub fn read(&self) -> (Vec<u64>, f64, u64) {
+    pub(crate) fn read(&self) -> (Vec<u64>, f64, u64) {
         let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
         let count = counts.iter().sum();
         (counts, self.sum_us.load(Relaxed) as f64 / 1e6, count)
@@ -228,7 +228,6 @@ pub struct OutcomeTotals {
     pub buckets: Vec<u64>,
     /// Sum of latencies, seconds.
     pub sum_s: f64,
-    /// Requests.
     pub count: u64,
 }
 
@@ -428,7 +427,7 @@ impl Registry {
 }
 
 /// `ns/app/version` or `ns/app` to a workload; `None` for anything else.
-pub fn parse_id(id: &str) -> Option<Workload> {
+pub(crate) fn parse_id(id: &str) -> Option<Workload> {
     let mut parts = id.split('/');
     let (ns, app, version) = (parts.next()?, parts.next()?, parts.next());
     if parts.next().is_some() || ns.is_empty() || app.is_empty() {

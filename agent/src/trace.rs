@@ -98,7 +98,7 @@ impl TraceContext {
 
 /// Server or client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SpanKind {
+pub(crate) enum SpanKind {
     /// The inbound side.
     Server,
     /// One outbound attempt.
@@ -107,14 +107,13 @@ pub enum SpanKind {
 
 /// A finished span of a sampled request.
 #[derive(Clone, Debug)]
-pub struct SpanRecord {
+pub(crate) struct SpanRecord {
     /// Trace id.
     pub trace_id: [u8; 16],
     /// Span id.
     pub span_id: [u8; 8],
     /// Parent span id, zero for a root.
     pub parent_span_id: [u8; 8],
-    /// Kind.
     pub kind: SpanKind,
     /// The request method.
     pub method: http::Method,
@@ -124,9 +123,7 @@ pub struct SpanRecord {
     pub peer_service: Option<Arc<str>>,
     /// The endpoint (client spans).
     pub server_address: Option<Arc<str>>,
-    /// Start.
     pub start: SystemTime,
-    /// End.
     pub end: SystemTime,
     /// Response status, 0 for none.
     pub status: u16,
@@ -136,19 +133,19 @@ pub struct SpanRecord {
 
 /// Hands finished spans to the exporter without waiting.
 #[derive(Clone)]
-pub struct SpanSink {
+pub(crate) struct SpanSink {
     tx: Option<mpsc::Sender<SpanRecord>>,
     counters: Arc<Counters>,
 }
 
 impl SpanSink {
     /// A sink into `tx`; `None` drops everything uncounted (telemetry off).
-    pub fn new(tx: Option<mpsc::Sender<SpanRecord>>, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(tx: Option<mpsc::Sender<SpanRecord>>, counters: Arc<Counters>) -> Self {
         Self { tx, counters }
     }
 
     /// Queues a span, or drops and counts it when the queue is full.
-    pub fn send(&self, span: SpanRecord) {
+    pub(crate) fn send(&self, span: SpanRecord) {
         if let Some(tx) = &self.tx {
             if tx.try_send(span).is_err() {
                 self.counters.spans_dropped.add(1);

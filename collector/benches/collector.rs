@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use meshlens_collector::counters::Counters;
-use meshlens_collector::engine::{Engine, EngineConfig};
-use meshlens_collector::otlp::lite;
+use meshlens_collector::bench::Counters;
+use meshlens_collector::bench::lite;
+use meshlens_collector::bench::{Engine, EngineConfig};
 use meshlens_collector::testkit::{kv_int, resource, span, traces};
 use meshlens_collector::{CollectorConfig, start};
 use meshlens_model::graph::View;
@@ -297,7 +297,7 @@ fn api(c: &mut Criterion) {
     let collector = rt
         .block_on(start(CollectorConfig { tick: Duration::from_secs(3600), ..CollectorConfig::ephemeral() }))
         .unwrap();
-    let now = meshlens_collector::engine::unix_now();
+    let now = meshlens_collector::bench::unix_now();
     {
         let mut engine = collector.hub.engine.lock();
         *engine = big_engine(1000, 5000, 20, now);
@@ -358,18 +358,18 @@ fn api(c: &mut Criterion) {
     g.bench_function("snapshot_1000x5000_compute", |b| {
         let engine = collector.hub.engine.lock();
         let mut merger = Merger::default();
-        b.iter(|| meshlens_collector::views::snapshot(&engine, View::Versioned, 60, now, &mut merger))
+        b.iter(|| meshlens_collector::bench::snapshot(&engine, View::Versioned, 60, now, &mut merger))
     });
     // The part of a view that holds the engine lock: each edge's window summed, ends and peers copied.
     g.bench_function("freeze_1000x5000", |b| {
         let engine = collector.hub.engine.lock();
         let mut merger = Merger::default();
-        b.iter(|| meshlens_collector::views::freeze(&engine, 60, now, &mut merger))
+        b.iter(|| meshlens_collector::bench::freeze(&engine, 60, now, &mut merger))
     });
     // The tick's store write of that revision (five views, JSON, deflated), to an in-memory store.
     g.bench_function("revision_write_1000x5000", |b| {
         let rev = collector.hub.latest().unwrap();
-        let store = meshlens_collector::store::Store::in_memory(3600).unwrap();
+        let store = meshlens_collector::bench::Store::in_memory(3600).unwrap();
         let mut r = (*rev).clone();
         b.iter(|| {
             r.revision += 1;
@@ -380,7 +380,7 @@ fn api(c: &mut Criterion) {
     g.bench_function("tick_views_1000x5000", |b| {
         let engine = collector.hub.engine.lock();
         let mut merger = Merger::default();
-        b.iter(|| meshlens_collector::views::snapshots(&engine, &View::ALL, 60, now, &mut merger))
+        b.iter(|| meshlens_collector::bench::snapshots(&engine, &View::ALL, 60, now, &mut merger))
     });
     g.finish();
     rt.block_on(collector.shutdown()).unwrap();
@@ -446,7 +446,7 @@ fn memory(c: &mut Criterion) {
     // Keep criterion happy with one cheap timed function over the same state.
     c.bench_function("memory/snapshot_1000_edges_1h_window", |b| {
         let mut merger = Merger::default();
-        b.iter(|| meshlens_collector::views::snapshot(&engine, View::Versioned, 3600, now, &mut merger))
+        b.iter(|| meshlens_collector::bench::snapshot(&engine, View::Versioned, 3600, now, &mut merger))
     });
 }
 
@@ -454,10 +454,10 @@ fn memory(c: &mut Criterion) {
 /// revision history: only the newest revision is read whole, so the two should take about the
 /// same time.
 fn restart(c: &mut Criterion) {
-    use meshlens_collector::store::{Store, StoredRevision};
-    let now = meshlens_collector::engine::unix_now();
+    use meshlens_collector::bench::{Store, StoredRevision};
+    let now = meshlens_collector::bench::unix_now();
     let engine = big_engine(300, 1000, 5, now);
-    let views = meshlens_collector::views::snapshots(&engine, &View::ALL, 60, now, &mut Merger::default());
+    let views = meshlens_collector::bench::snapshots(&engine, &View::ALL, 60, now, &mut Merger::default());
     let mut g = c.benchmark_group("restart");
     g.sample_size(10);
     for (revisions, times) in [(100u64, true), (1000, true), (100, false)] {

@@ -35,7 +35,7 @@ use crate::window::{MAX_WINDOW_SECS, MIN_WINDOW_SECS};
 
 /// An API failure.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// A query parameter is wrong.
     #[error("{0}")]
     BadParameter(String),
@@ -171,7 +171,7 @@ fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Params, ApiError> {
 type ApiState = State<Arc<Api>>;
 
 /// The API's state.
-pub struct Api {
+pub(crate) struct Api {
     hub: Arc<Hub>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     subscribers: Arc<tokio::sync::Semaphore>,
@@ -653,7 +653,7 @@ async fn not_found() -> ApiError {
 }
 
 /// The API router.
-pub fn router(
+pub(crate) fn router(
     hub: Arc<Hub>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     max_sse_subscribers: usize,

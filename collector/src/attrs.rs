@@ -6,13 +6,13 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 
 /// The value of `key`, if present.
 #[inline]
-pub fn get<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+pub(crate) fn get<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
     attrs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v: &AnyValue| v.value.as_ref())
 }
 
 /// A string attribute (other scalar types are not converted).
 #[inline]
-pub fn get_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+pub(crate) fn get_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
     match get(attrs, key)? {
         Value::StringValue(s) => Some(s.as_str()),
         _ => None,
@@ -21,7 +21,7 @@ pub fn get_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
 
 /// An integer attribute; numeric strings are accepted (some SDKs send status codes as strings).
 #[inline]
-pub fn get_int(attrs: &[KeyValue], key: &str) -> Option<i64> {
+pub(crate) fn get_int(attrs: &[KeyValue], key: &str) -> Option<i64> {
     match get(attrs, key)? {
         Value::IntValue(i) => Some(*i),
         Value::DoubleValue(d) => Some(*d as i64),
@@ -32,7 +32,7 @@ pub fn get_int(attrs: &[KeyValue], key: &str) -> Option<i64> {
 
 /// A boolean attribute; `"true"` is accepted.
 #[inline]
-pub fn get_bool(attrs: &[KeyValue], key: &str) -> Option<bool> {
+pub(crate) fn get_bool(attrs: &[KeyValue], key: &str) -> Option<bool> {
     match get(attrs, key)? {
         Value::BoolValue(b) => Some(*b),
         Value::StringValue(s) => Some(s.eq_ignore_ascii_case("true")),
@@ -41,7 +41,7 @@ pub fn get_bool(attrs: &[KeyValue], key: &str) -> Option<bool> {
 }
 
 /// The workload a resource describes; `None` without `service.name`.
-pub fn resource_workload(resource: Option<&Resource>) -> Option<Workload> {
+pub(crate) fn resource_workload(resource: Option<&Resource>) -> Option<Workload> {
     let attrs = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
     Workload::from_resource(
         get_str(attrs, "service.namespace"),
@@ -52,7 +52,7 @@ pub fn resource_workload(resource: Option<&Resource>) -> Option<Workload> {
 }
 
 /// The workload named by `<prefix>namespace`, `<prefix>app`, `<prefix>version` attributes.
-pub fn prefixed_workload(attrs: &[KeyValue], prefix: &str) -> Option<Workload> {
+pub(crate) fn prefixed_workload(attrs: &[KeyValue], prefix: &str) -> Option<Workload> {
     let key = |k: &str| format!("{prefix}{k}");
     Workload::from_resource(
         get_str(attrs, &key("namespace")),

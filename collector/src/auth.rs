@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 /// Equal in time that depends only on the lengths, not on where the bytes differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -50,7 +50,7 @@ fn strip_token(req: &mut Request) {
 
 /// The middleware: lets a request with the token through, answers 401 (or gRPC `UNAUTHENTICATED`)
 /// otherwise.
-pub async fn require_token(State(token): State<Arc<str>>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn require_token(State(token): State<Arc<str>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     // Probes, and the web UI itself, which then asks for the token.
     if matches!(path, "/healthz" | "/readyz" | "/" | "/app.js" | "/app_bg.wasm") {
@@ -78,7 +78,7 @@ pub async fn require_token(State(token): State<Arc<str>>, mut req: Request, next
 
 /// Whether a `Host` value names this machine's loopback: `localhost` (or a name under it), or a
 /// loopback IP literal, with any port.
-pub fn loopback_host(host: &str) -> bool {
+pub(crate) fn loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => host
@@ -95,7 +95,7 @@ pub fn loopback_host(host: &str) -> bool {
 /// `Host` is not a loopback name is answered 403, so a web page whose name re-resolves to
 /// 127.0.0.1 (DNS rebinding) cannot read the API or write spans. Requests with no `Host` (not a
 /// browser) pass.
-pub async fn require_loopback_host(req: Request, next: Next) -> Response {
+pub(crate) async fn require_loopback_host(req: Request, next: Next) -> Response {
     let host = req
         .headers()
         .get(header::HOST)

@@ -1,7 +1,7 @@
 //! The collector's own health counters, shared lock-free between the receivers, the pipeline and
 //! `/metrics` (`meshlens_collector_*`).
 
-pub use meshlens_model::counter::Counter;
+pub(crate) use meshlens_model::counter::Counter;
 
 /// Every counter the collector exposes about itself.
 #[derive(Debug, Default)]

@@ -58,7 +58,7 @@ impl Default for EngineConfig {
 
 /// The collector's state.
 pub struct Engine {
-    /// Limits.
+    /// The limits and timings it was started with.
     pub config: EngineConfig,
     /// Shared counters.
     pub counters: Arc<Counters>,

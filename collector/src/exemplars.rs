@@ -15,11 +15,11 @@ use meshlens_model::Peer;
 use crate::graph::Graph;
 
 /// Failed and slow requests kept per edge, of each kind.
-pub const KEEP: usize = 5;
+pub(crate) const KEEP: usize = 5;
 
 /// The slowest requests are those of the last this many seconds: an old outlier gives way to a
 /// recent one even when it was slower.
-pub const SLOW_HORIZON_SECS: u64 = 300;
+pub(crate) const SLOW_HORIZON_SECS: u64 = 300;
 
 /// One request behind an edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl Exemplars {
 
 /// Whether `id`, a node id of some graph view, names `peer` or a group it is in: a workload's own
 /// id, its app's (`ns/app`, the app and versioned views) or its namespace's (`ns:NAME`).
-pub fn names(id: &str, peer: &Peer) -> bool {
+pub(crate) fn names(id: &str, peer: &Peer) -> bool {
     match peer {
         Peer::Workload(w) => {
             id.strip_prefix("ns:").is_some_and(|ns| ns == w.namespace) || w.id() == id || w.app_id() == id
@@ -99,7 +99,7 @@ pub fn names(id: &str, peer: &Peer) -> bool {
 
 /// Which edges' exemplars are wanted.
 #[derive(Clone, Copy, Debug)]
-pub enum Of<'a> {
+pub(crate) enum Of<'a> {
     /// Every edge into or out of this node (the requests it served and the calls it made).
     Node(&'a str),
     /// The edges from one node to another (several, when either names a group).
@@ -107,11 +107,11 @@ pub enum Of<'a> {
 }
 
 /// An exemplar and its edge's ends (peer indexes).
-pub type OnEdge = (u32, u32, Sample);
+pub(crate) type OnEdge = (u32, u32, Sample);
 
 /// The exemplars of the edges `of` names: up to `limit` failed ones, newest first, and up to `limit`
 /// slowest ones, slowest first, each with its edge's ends, a trace once.
-pub fn collect(graph: &Graph, of: Of<'_>, now_sec: u64, limit: usize) -> (Vec<OnEdge>, Vec<OnEdge>) {
+pub(crate) fn collect(graph: &Graph, of: Of<'_>, now_sec: u64, limit: usize) -> (Vec<OnEdge>, Vec<OnEdge>) {
     let mut is: HashMap<u32, (bool, bool)> = HashMap::new();
     let mut role = |i: u32| -> (bool, bool) {
         *is.entry(i).or_insert_with(|| {

@@ -22,7 +22,6 @@ pub struct PromHist {
     pub buckets: Vec<u64>,
     /// Sum of observations, seconds.
     pub sum: f64,
-    /// Observations.
     pub count: u64,
     /// Per bucket, the last request with a trace id that fell in it (OpenMetrics exemplars). Not
     /// stored: a restart starts without.
@@ -67,7 +66,6 @@ impl PromHist {
 /// Totals since the collector's data began, for `/metrics`.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
-    /// Requests.
     pub requests: u64,
     /// Failed requests.
     pub failed: u64,

@@ -14,33 +14,50 @@
 //! (default 1 s): expire, compute views, publish a revision if the graph changed, write the store,
 //! notify SSE subscribers. See docs/ARCHITECTURE.md.
 
-pub mod api;
-pub mod attrs;
-pub mod auth;
-pub mod counters;
-pub mod engine;
-pub mod exemplars;
-pub mod graph;
-pub mod hub;
-pub mod live;
-pub mod metrics;
-pub mod otlp;
-pub mod pipeline;
-pub mod prom;
+mod api;
+mod attrs;
+mod auth;
+mod counters;
+// Modules marked `allow(unreachable_pub)` without the `testkit` feature hold items it re-exports.
+#[cfg_attr(not(feature = "testkit"), allow(unreachable_pub))]
+mod engine;
+mod exemplars;
+mod graph;
+mod hub;
+mod live;
+mod metrics;
+#[cfg_attr(not(feature = "testkit"), allow(unreachable_pub))]
+mod otlp;
+mod pipeline;
+mod prom;
 pub mod remote_write;
-pub mod routes;
-pub mod serve;
+mod routes;
+mod serve;
 pub mod source;
-pub mod spans;
-pub mod store;
-pub mod tap;
+mod spans;
+mod store;
+mod tap;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
-pub mod tls;
-pub mod traces;
-pub mod views;
-pub mod wal;
-pub mod window;
+
+pub use graph::PROM_BUCKETS;
+
+/// The internals the criterion benchmark measures (`benches/collector.rs`) and the tests that
+/// drive an engine or a store without a server; with the test kit, off in the binary.
+#[cfg(feature = "testkit")]
+pub mod bench {
+    pub use crate::counters::Counters;
+    pub use crate::engine::{Engine, EngineConfig, unix_now};
+    pub use crate::otlp::lite;
+    pub use crate::store::{Store, StoredRevision};
+    pub use crate::views::{freeze, snapshot, snapshots};
+}
+mod tls;
+mod traces;
+#[cfg_attr(not(feature = "testkit"), allow(unreachable_pub))]
+mod views;
+mod wal;
+mod window;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -310,8 +327,8 @@ pub async fn start(config: CollectorConfig) -> Result<Running, CollectorError> {
                     "write-ahead log replayed"
                 );
             }
-            let (wal, thread) = wal::Wal::start(recovered, ttl, tx, counters.clone())?;
-            hub.attach_wal(thread.checkpoint);
+            let (wal, checkpoint) = wal::Wal::start(recovered, ttl, tx, counters.clone())?;
+            hub.attach_wal(checkpoint);
             otlp::Sink::Log(wal)
         }
         None => otlp::Sink::Direct(tx),

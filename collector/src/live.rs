@@ -20,16 +20,15 @@ use meshlens_model::graph::{GraphSnapshot, View};
 use parking_lot::Mutex;
 
 /// A key unread for this long is no longer recomputed by the tick, and is dropped.
-pub const WATCH_SECS: f64 = 60.0;
+pub(crate) const WATCH_SECS: f64 = 60.0;
 /// Most keys kept (and so recomputed per tick).
-pub const MAX_KEYS: usize = 16;
+pub(crate) const MAX_KEYS: usize = 16;
 
 /// What one live answer is of: a window, a view and what it collapses.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LiveKey {
     /// Window, seconds.
     pub window_secs: u64,
-    /// View.
     pub view: View,
     /// Collapsed namespaces and apps, sorted, without repeats.
     pub collapse: Vec<String>,
@@ -71,14 +70,14 @@ struct Slot {
 
 /// The kept answers, and which keys are being read.
 #[derive(Default)]
-pub struct LiveCache {
+pub(crate) struct LiveCache {
     slots: Mutex<HashMap<LiveKey, Slot>>,
 }
 
 impl LiveCache {
     /// The answer for `key` if one computed at or after `fresh_since` is kept; either way the key
     /// counts as read at `now` (a miss is computed by the caller and [`put`](Self::put) here).
-    pub fn get(&self, key: &LiveKey, now: f64, fresh_since: f64) -> Option<Arc<LiveAnswer>> {
+    pub(crate) fn get(&self, key: &LiveKey, now: f64, fresh_since: f64) -> Option<Arc<LiveAnswer>> {
         let mut slots = self.slots.lock();
         let slot = slots.get_mut(key)?;
         slot.last_read = now;
@@ -86,7 +85,7 @@ impl LiveCache {
     }
 
     /// Keeps `answer` for `key`, read at `now`; returns whether another key had to go to make room.
-    pub fn put(&self, key: LiveKey, answer: Arc<LiveAnswer>, now: f64) -> bool {
+    pub(crate) fn put(&self, key: LiveKey, answer: Arc<LiveAnswer>, now: f64) -> bool {
         let mut slots = self.slots.lock();
         let mut evicted = false;
         if !slots.contains_key(&key)
@@ -104,26 +103,28 @@ impl LiveCache {
     }
 
     /// Stores a tick's recomputed answer, unless its key went unwatched meanwhile.
-    pub fn refresh(&self, key: &LiveKey, answer: Arc<LiveAnswer>) {
+    pub(crate) fn refresh(&self, key: &LiveKey, answer: Arc<LiveAnswer>) {
         if let Some(slot) = self.slots.lock().get_mut(key) {
             slot.answer = Some(answer);
         }
     }
 
     /// Drops keys unread since `now - WATCH_SECS` and returns the others: what a tick recomputes.
-    pub fn watched(&self, now: f64) -> Vec<LiveKey> {
+    pub(crate) fn watched(&self, now: f64) -> Vec<LiveKey> {
         let mut slots = self.slots.lock();
         slots.retain(|_, s| now - s.last_read <= WATCH_SECS);
         slots.keys().cloned().collect()
     }
 
-    /// Number of keys kept.
-    pub fn len(&self) -> usize {
+    /// Number of keys kept (tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.slots.lock().len()
     }
 
-    /// Whether no key is kept.
-    pub fn is_empty(&self) -> bool {
+    /// Whether no key is kept (tests).
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -13,7 +13,7 @@ use crate::hub::Hub;
 use crate::otlp::{self, Batch, Job};
 
 /// Starts the pipeline thread; it ends when every sender of `rx` is gone.
-pub fn spawn(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Job>) -> std::io::Result<JoinHandle<()>> {
+pub(crate) fn spawn(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Job>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("meshlens-pipeline".into()).spawn(move || {
         while let Some(job) = rx.blocking_recv() {
             let now = job.at.unwrap_or_else(unix_now);

@@ -19,7 +19,7 @@ fn peer_labels(peer: &Peer) -> (String, String, String) {
 
 /// Which exposition format `/metrics` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// Prometheus text 0.0.4.
     Text,
     /// OpenMetrics 1.0, with exemplars (trace ids) on histogram buckets.
@@ -29,12 +29,12 @@ pub enum Format {
 impl Format {
     /// The format an `Accept` header asks for: OpenMetrics when it names it (as Prometheus's
     /// scraper does), else the text format.
-    pub fn from_accept(accept: &str) -> Self {
+    pub(crate) fn from_accept(accept: &str) -> Self {
         if accept.contains("application/openmetrics-text") { Format::OpenMetrics } else { Format::Text }
     }
 
     /// Its `Content-Type`.
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::Text => "text/plain; version=0.0.4; charset=utf-8",
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -66,7 +66,7 @@ fn connection_type(engine: &Engine, e: &EdgeState) -> &'static str {
 
 /// One sample of a service-graph family: its name suffix (`""`, `_bucket`, `_sum`, `_count`), its
 /// labels, its value and, on a bucket, the exemplar kept for it.
-pub struct Sample<'e> {
+pub(crate) struct Sample<'e> {
     /// Appended to the family's name.
     pub suffix: &'static str,
     /// Label pairs, in order.
@@ -79,7 +79,7 @@ pub struct Sample<'e> {
 
 /// A metric family of the service graph, with its samples: what `/metrics` writes and what
 /// `--remote-write` sends, built once ([`graph_families`]).
-pub struct Family<'e> {
+pub(crate) struct Family<'e> {
     /// Its name (a counter's with `_total`).
     pub name: &'static str,
     /// `counter` or `histogram`.
@@ -129,7 +129,7 @@ fn hist_samples<'e>(out: &mut Vec<Sample<'e>>, labels: &[(&'static str, String)]
 /// The service graph as metric families: `traces_service_graph_*` as the servicegraph connector
 /// and Tempo name and label them, and `meshlens_grpc_requests_total`. Values are totals since the
 /// collector's data began (cumulative counters).
-pub fn graph_families(engine: &Engine) -> Vec<Family<'_>> {
+pub(crate) fn graph_families(engine: &Engine) -> Vec<Family<'_>> {
     let labels: Vec<Vec<(&'static str, String)>> = engine.edges().iter().map(|e| edge_labels(engine, e)).collect();
     let counter = |name, help, value: &dyn Fn(&EdgeState) -> u64| Family {
         name,
@@ -220,7 +220,7 @@ pub fn graph_families(engine: &Engine) -> Vec<Family<'_>> {
 }
 
 /// Renders the exposition text.
-pub fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
+pub(crate) fn render(engine: &Engine, hub: &Hub, format: Format) -> String {
     let mut out = String::with_capacity(4096 + engine.edges().len() * 2048);
     for f in graph_families(engine) {
         family(&mut out, format, f.name, f.kind, f.help);

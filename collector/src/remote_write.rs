@@ -65,19 +65,19 @@ pub struct TimeSeries {
 /// `prometheus.Label`.
 #[derive(Clone, PartialEq, Message)]
 pub struct Label {
-    /// Name.
     #[prost(string, tag = "1")]
+    /// The label's name (`__name__` for the metric name).
     pub name: String,
-    /// Value.
     #[prost(string, tag = "2")]
+    /// The label's value.
     pub value: String,
 }
 
 /// `prometheus.Sample`.
 #[derive(Clone, PartialEq, Message)]
 pub struct Sample {
-    /// Value.
     #[prost(double, tag = "1")]
+    /// The sample's value.
     pub value: f64,
     /// Unix milliseconds.
     #[prost(int64, tag = "2")]

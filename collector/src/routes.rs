@@ -18,7 +18,7 @@ use crate::graph::LimitHit;
 use crate::window::{Aggregate, Obs, Rings, WindowSpec};
 
 /// Most (caller, service, route) series kept; past it new ones are dropped and counted.
-pub const MAX_ROUTE_SERIES: usize = 20_000;
+pub(crate) const MAX_ROUTE_SERIES: usize = 20_000;
 
 /// Who called which route of which service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

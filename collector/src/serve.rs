@@ -20,7 +20,7 @@ use crate::counters::Counters;
 
 /// Limits of one listener.
 #[derive(Clone, Debug)]
-pub struct ListenerLimits {
+pub(crate) struct ListenerLimits {
     /// Most connections open at once.
     pub max_connections: usize,
     /// Time a client has to send a request's headers (and to finish a TLS handshake).
@@ -32,7 +32,7 @@ pub struct ListenerLimits {
 }
 
 /// Serves `router` on `listener` until `shutdown` turns true.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: ListenerLimits,

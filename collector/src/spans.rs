@@ -38,7 +38,7 @@ use crate::window::Obs;
 
 /// The key both halves of a pair share: trace id and the client span's id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PairKey {
+pub(crate) struct PairKey {
     trace: [u8; 16],
     span: [u8; 8],
 }
@@ -57,7 +57,7 @@ const SIDE_MTLS: u8 = 16;
 
 /// One span half waiting for the other: 20 bytes (its key is 24 more).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Half {
+pub(crate) struct Half {
     node: u32,
     /// For a client: the virtual peer to use if no server comes.
     peer: u32,

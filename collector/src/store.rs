@@ -74,7 +74,6 @@ pub enum StoreError {
     Corrupt {
         /// Which table.
         what: &'static str,
-        /// Why.
         detail: String,
     },
 }
@@ -108,11 +107,8 @@ impl StoredRevision {
 /// An edge's identity and totals.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EdgeMeta {
-    /// Caller.
     pub source: Peer,
-    /// Callee.
     pub target: Peer,
-    /// Protocol.
     pub protocol: Protocol,
     /// Totals for `/metrics`.
     pub totals: Totals,
@@ -135,7 +131,7 @@ pub struct EdgeRecord {
 }
 
 /// An edge read back: index, identity and totals, slices by ring.
-pub type StoredEdge = (u32, EdgeMeta, Vec<(u8, Slice)>);
+pub(crate) type StoredEdge = (u32, EdgeMeta, Vec<(u8, Slice)>);
 
 /// What a start reads back.
 pub struct Loaded {

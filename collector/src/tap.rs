@@ -27,12 +27,12 @@ use tokio::sync::{mpsc, watch};
 use crate::counters::Counters;
 
 /// The largest batch an agent may send.
-pub const MAX_BATCH_BYTES: usize = 4 << 20;
+pub(crate) const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// Most agents subscribed at once (one per workload replica; the graph's node limit is 10,000).
 /// Each holds one response stream open; past it a subscription is refused with 503 and counted
 /// (`meshlens_collector_tap_agents_refused_total`), and the agent tries again later.
-pub const MAX_TAP_AGENTS: usize = 10_000;
+pub(crate) const MAX_TAP_AGENTS: usize = 10_000;
 /// How often a subscribed agent is sent its interest even when nothing changed (a keep-alive that
 /// also repairs a line lost to a bug).
 const RESEND: Duration = Duration::from_secs(10);
@@ -266,7 +266,7 @@ async fn events(State(hub): Hub, body: Bytes) -> Response {
 }
 
 /// The agents' side, served on the OTLP/gRPC listener (HTTP/2, the same token as OTLP).
-pub fn agent_router(hub: Arc<TapHub>) -> Router {
+pub(crate) fn agent_router(hub: Arc<TapHub>) -> Router {
     Router::new()
         .route("/meshlens.tap.v1.Tap/Subscribe", post(subscribe))
         .route("/meshlens.tap.v1.Tap/Events", post(events))

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 /// One accepted OTLP/gRPC connection, plain or TLS, as tonic's server takes it; it holds its slot
 /// of the listener's `max_connections` until it closes.
-pub struct GrpcConn {
+pub(crate) struct GrpcConn {
     io: GrpcIo,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -80,7 +80,7 @@ impl AsyncWrite for GrpcConn {
 }
 
 /// Handshakes `stream` within `timeout`; `None` (counted by the caller) when it fails or is late.
-pub async fn accept(
+pub(crate) async fn accept(
     acceptor: &tokio_rustls::TlsAcceptor,
     stream: TcpStream,
     timeout: Duration,
@@ -98,7 +98,7 @@ pub async fn accept(
 /// The connections of the OTLP/gRPC `listener`, for tonic's `serve_with_incoming`: at most
 /// `max_connections` open (past it a new one is closed at once, counted, as on the HTTP
 /// listeners); with `tls`, each handshake runs in its own task within `timeout`, failures counted.
-pub fn incoming(
+pub(crate) fn incoming(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     timeout: Duration,

@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use crate::otlp::lite::{Span, SpanAttrs};
 
 /// Spans kept of one trace at most.
-pub const MAX_SPANS_PER_TRACE: usize = 1000;
+pub(crate) const MAX_SPANS_PER_TRACE: usize = 1000;
 
 /// One kept span, compact.
 #[derive(Clone, Debug)]
@@ -83,7 +83,7 @@ pub struct TraceStore {
 }
 
 /// Lowercase hex of an id.
-pub fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     use std::fmt::Write;
     b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
         let _ = write!(s, "{x:02x}");
@@ -92,7 +92,7 @@ pub fn hex(b: &[u8]) -> String {
 }
 
 /// A trace id from 32 hex digits.
-pub fn parse_trace_id(text: &str) -> Option<[u8; 16]> {
+pub(crate) fn parse_trace_id(text: &str) -> Option<[u8; 16]> {
     if text.len() != 32 {
         return None;
     }
@@ -303,7 +303,7 @@ fn matches(spans: &[Kept], q: &Search) -> Option<bool> {
 }
 
 /// The user's trace UI link for a trace: `template` with `{trace_id}` replaced.
-pub fn link_for(template: Option<&str>, trace_id: &str) -> Option<String> {
+pub(crate) fn link_for(template: Option<&str>, trace_id: &str) -> Option<String> {
     template.map(|t| t.replace("{trace_id}", trace_id))
 }
 

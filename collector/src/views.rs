@@ -48,11 +48,6 @@ impl Collapse {
         }
         c
     }
-
-    /// Whether nothing is collapsed.
-    pub fn is_empty(&self) -> bool {
-        self.namespaces.is_empty() && self.apps.is_empty()
-    }
 }
 
 /// What a view node stands for.
@@ -185,13 +180,16 @@ fn side_members(g: &DiGraph<Key, Vec<u32>>, n: NodeIndex, dir: Direction) -> Vec
     g.edges_directed(n, dir).flat_map(|e| e.weight().iter().copied()).collect()
 }
 
-/// Computes a snapshot of `view` over a `window_secs` window ending at `now`.
+/// Computes a snapshot of `view` over a `window_secs` window ending at `now` (tests and the
+/// benchmark; the server keeps its answers in [`crate::live`]).
+#[cfg(any(test, feature = "testkit"))]
 pub fn snapshot(engine: &Engine, view: View, window_secs: u64, now: f64, merger: &mut Merger) -> GraphSnapshot {
     collapsed(engine, view, &Collapse::default(), window_secs, now, merger)
 }
 
 /// Computes a snapshot of `view` with `collapse`'s namespaces and apps drawn as one node each.
-pub fn collapsed(
+#[cfg(any(test, feature = "testkit"))]
+pub(crate) fn collapsed(
     engine: &Engine,
     view: View,
     collapse: &Collapse,
@@ -203,7 +201,8 @@ pub fn collapsed(
 }
 
 /// Computes snapshots of several views over one window: each edge's slices are summed once and the
-/// views merge those sums.
+/// views merge those sums (the benchmark).
+#[cfg(feature = "testkit")]
 pub fn snapshots(
     engine: &Engine,
     views: &[View],
@@ -314,7 +313,7 @@ fn make_node(key: &Key, id: String, view: View, inbound: Stats, outbound: Stats,
 
 /// One app's versions with their inbound and outbound tables and rate series; `None` when the app
 /// has no traffic in the window.
-pub fn app_detail(
+pub(crate) fn app_detail(
     engine: &Engine,
     namespace: &str,
     app: &str,

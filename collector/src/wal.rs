@@ -23,7 +23,6 @@ use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,7 +36,7 @@ use crate::engine::{Engine, unix_now};
 use crate::otlp::{Batch, Job, lite};
 
 /// A segment is closed once it holds this many bytes.
-pub const SEGMENT_BYTES: u64 = 64 << 20;
+pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
 /// A group is written once it holds this many bytes, even if more batches wait.
 const GROUP_BYTES: usize = 16 << 20;
 const HEADER: usize = 4 + 4 + 8 + 8 + 1;
@@ -169,7 +168,7 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
 }
 
 /// What a start found in the log.
-pub struct Recovered {
+pub(crate) struct Recovered {
     dir: PathBuf,
     segments: Vec<Segment>,
     next_seq: u64,
@@ -185,7 +184,7 @@ pub struct Recovered {
 
 /// Opens the log in `dir` and brings `engine` up to date with it, given the store's checkpoint.
 /// Sets `engine.applied` to the last batch applied.
-pub fn replay(dir: &Path, checkpoint: Checkpoint, engine: &mut Engine) -> Result<Recovered, WalError> {
+pub(crate) fn replay(dir: &Path, checkpoint: Checkpoint, engine: &mut Engine) -> Result<Recovered, WalError> {
     fs::create_dir_all(dir).map_err(io("create directory", dir))?;
     let ttl = engine.config.pairing_ttl_secs;
     let mut rec = Recovered {
@@ -266,41 +265,35 @@ struct Append {
 }
 
 /// The receivers' handle on the log.
-pub struct Wal {
+pub(crate) struct Wal {
     tx: std_mpsc::Sender<Append>,
 }
 
-/// The log's writer thread, and the checkpoint the publisher moves forward.
-pub struct WalThread {
-    /// The thread; it ends when every [`Wal`] handle is dropped.
-    pub handle: JoinHandle<()>,
-    /// The newest checkpoint committed to the store.
-    pub checkpoint: Arc<Mutex<Checkpoint>>,
-}
-
 impl Wal {
-    /// Starts the writer after [`replay`]: appended batches go to `pipeline` once durable.
-    pub fn start(
+    /// Starts the writer after [`replay`]: appended batches go to `pipeline` once durable. Returns
+    /// the log and the newest checkpoint committed to the store, which the publisher moves forward.
+    pub(crate) fn start(
         rec: Recovered,
         ttl_secs: f64,
         pipeline: mpsc::UnboundedSender<Job>,
         counters: Arc<Counters>,
-    ) -> Result<(Self, WalThread), WalError> {
+    ) -> Result<(Self, Arc<Mutex<Checkpoint>>), WalError> {
         // Unbounded, so a sender never blocks the runtime: the queue's byte budget, charged before a
         // batch is handed over, bounds what waits here.
         let (tx, rx) = std_mpsc::channel::<Append>();
         let checkpoint = Arc::new(Mutex::new(Checkpoint::default()));
         let mut writer = Writer::open(rec, ttl_secs, counters)?;
         let cp = checkpoint.clone();
-        let handle = std::thread::Builder::new()
+        // Detached: the thread ends when every [`Wal`] handle is dropped.
+        std::thread::Builder::new()
             .name("meshlens-wal".into())
             .spawn(move || writer.run(rx, pipeline, cp))
             .map_err(|source| WalError::Io { action: "start thread", path: PathBuf::new(), source })?;
-        Ok((Self { tx }, WalThread { handle, checkpoint }))
+        Ok((Self { tx }, checkpoint))
     }
 
     /// Appends a batch; resolves once it is on disk and queued, or with an error (not queued).
-    pub async fn append(&self, batch: Batch, bytes: usize) -> Result<(), WalError> {
+    pub(crate) async fn append(&self, batch: Batch, bytes: usize) -> Result<(), WalError> {
         let (done, wait) = oneshot::channel();
         self.tx.send(Append { batch, bytes, done }).map_err(|_| WalError::Closed)?;
         match wait.await {

@@ -14,24 +14,23 @@ use meshlens_model::hist::{Merger, SparseHist};
 use meshlens_model::stats::{CodeClass, Codes, Stats, round2};
 
 /// Width of a fine slice, seconds.
-pub const FINE_WIDTH: u64 = 1;
+pub(crate) const FINE_WIDTH: u64 = 1;
 /// Number of fine slices.
-pub const FINE_SLOTS: usize = 120;
+pub(crate) const FINE_SLOTS: usize = 120;
 /// Width of a coarse slice, seconds.
-pub const COARSE_WIDTH: u64 = 30;
+pub(crate) const COARSE_WIDTH: u64 = 30;
 /// Number of coarse slices: one hour plus the slice being filled.
-pub const COARSE_SLOTS: usize = 121;
+pub(crate) const COARSE_SLOTS: usize = 121;
 /// Shortest window the API answers.
-pub const MIN_WINDOW_SECS: u64 = 10;
+pub(crate) const MIN_WINDOW_SECS: u64 = 10;
 /// Longest window the API answers.
-pub const MAX_WINDOW_SECS: u64 = 3600;
+pub(crate) const MAX_WINDOW_SECS: u64 = 3600;
 
 /// Counters and latency of the requests that arrived in one slice of time.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Slice {
     /// Slice number (`unix_seconds / width`); 0 means empty.
     pub epoch: u64,
-    /// Requests.
     pub requests: u32,
     /// Failed requests.
     pub errors: u32,
@@ -279,13 +278,13 @@ impl Counts {
 /// One edge's window summed once, so the five views of a tick can merge edges without walking
 /// their slices again.
 #[derive(Clone, Debug, Default)]
-pub struct EdgeWindow {
+pub(crate) struct EdgeWindow {
     counts: Counts,
     hist: SparseHist,
 }
 
 /// Sums slices of many edges and turns them into [`Stats`].
-pub struct Aggregate<'m> {
+pub(crate) struct Aggregate<'m> {
     spec: WindowSpec,
     counts: Counts,
     merger: &'m mut Merger,
@@ -293,13 +292,13 @@ pub struct Aggregate<'m> {
 
 impl<'m> Aggregate<'m> {
     /// An empty aggregate over `spec`, merging latency into `merger` (which is reset first).
-    pub fn new(spec: WindowSpec, merger: &'m mut Merger) -> Self {
+    pub(crate) fn new(spec: WindowSpec, merger: &'m mut Merger) -> Self {
         merger.reset();
         Self { spec, counts: Counts { per_step: vec![(0, 0); spec.steps()], ..Counts::default() }, merger }
     }
 
     /// Adds one edge's rings.
-    pub fn add(&mut self, rings: &Rings, agent_reported: bool) {
+    pub(crate) fn add(&mut self, rings: &Rings, agent_reported: bool) {
         let c = &mut self.counts;
         c.agent_reported |= agent_reported;
         let ring = if self.spec.width == FINE_WIDTH { &rings.fine } else { &rings.coarse };
@@ -322,18 +321,18 @@ impl<'m> Aggregate<'m> {
     }
 
     /// Adds an edge's window summed earlier over the same [`WindowSpec`].
-    pub fn add_window(&mut self, w: &EdgeWindow) {
+    pub(crate) fn add_window(&mut self, w: &EdgeWindow) {
         self.counts.add(&w.counts);
         self.merger.add(&w.hist);
     }
 
     /// This aggregate as an [`EdgeWindow`] for later merging.
-    pub fn to_window(&self) -> EdgeWindow {
+    pub(crate) fn to_window(&self) -> EdgeWindow {
         EdgeWindow { counts: self.counts.clone(), hist: self.merger.to_sparse() }
     }
 
     /// Requests and errors per step, oldest first, with each step's start (Unix seconds).
-    pub fn series(&self) -> impl Iterator<Item = (u64, f64, f64)> + '_ {
+    pub(crate) fn series(&self) -> impl Iterator<Item = (u64, f64, f64)> + '_ {
         let w = self.spec.width;
         self.counts
             .per_step
@@ -343,7 +342,7 @@ impl<'m> Aggregate<'m> {
     }
 
     /// The stats.
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         let c = &self.counts;
         let rps = c.requests as f64 / self.spec.covered_secs;
         let w = self.spec.width as f64;

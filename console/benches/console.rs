@@ -5,9 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use meshlens_console::app::{Action, App};
+use meshlens_console::bench::{Action, App, draw};
 use meshlens_console::fixture::bookinfo;
-use meshlens_console::ui::draw;
 use meshlens_model::graph::{Edge, GraphSnapshot, Node, NodeKind};
 use meshlens_model::{Health, Stats};
 use ratatui::Terminal;

@@ -13,7 +13,7 @@ use meshlens_model::tap::{TapEvent, TapStatus};
 use meshlens_model::viewstate::{collapse_item, expand_namespace};
 
 /// Stats windows the `w` key cycles through.
-pub use meshlens_model::viewstate::WINDOWS;
+pub(crate) use meshlens_model::viewstate::WINDOWS;
 
 /// Which screen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +27,6 @@ pub enum Screen {
 /// What covers the screen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Overlay {
-    /// Nothing.
     None,
     /// The keys.
     Help,
@@ -38,7 +37,7 @@ pub enum Overlay {
 }
 
 /// Requests the tap overlay keeps, newest last; older ones scroll away.
-pub const TAP_ROWS: usize = 200;
+pub(crate) const TAP_ROWS: usize = 200;
 
 /// A tap the console has open (`t`): what it taps and what came.
 #[derive(Debug, Default)]
@@ -69,9 +68,7 @@ pub enum Connection {
 /// A direction of movement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dir {
-    /// Up.
     Up,
-    /// Down.
     Down,
     /// Left: to a caller.
     Left,
@@ -80,12 +77,12 @@ pub enum Dir {
 }
 
 /// Table columns, in order; the digit keys 1–9 and 0 sort by them.
-pub const COLUMNS: [Column; 10] = Column::ALL;
+pub(crate) const COLUMNS: [Column; 10] = Column::ALL;
 
 /// Everything that changes the state.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Leave.
+    /// Leave the console.
     Quit,
     /// Show or hide the keys.
     Help,
@@ -135,7 +132,7 @@ pub enum Action {
     TapEnded {
         /// The tap's target.
         target: String,
-        /// Why.
+        /// What ended it, as the collector or the connection said.
         why: String,
     },
     /// Sort the table by this column (again: reverse).
@@ -202,11 +199,8 @@ pub enum Command {
     Revisions,
     /// One app's detail.
     Detail {
-        /// Namespace.
         namespace: String,
-        /// App.
         app: String,
-        /// Window.
         window: String,
         /// The selected workload's id, whose exemplars are fetched beside.
         workload: String,
@@ -285,7 +279,7 @@ pub struct App {
     pub updated: Option<Instant>,
     /// Now, as the last tick said.
     pub now: Option<Instant>,
-    /// Leave.
+    /// Set by [`Action::Quit`]: the event loop ends.
     pub quit: bool,
     /// The number of the last refresh asked for.
     asked: u64,
@@ -709,18 +703,18 @@ impl App {
 }
 
 /// Cells the detail pane takes on a terminal `width` cells wide.
-pub fn detail_width(width: u16) -> u16 {
+pub(crate) fn detail_width(width: u16) -> u16 {
     if width >= 120 { 44 } else { 34 }
 }
 
 /// The console's edge label: the layout's, with a lock when the hop was mutually authenticated.
-pub fn label(e: &meshlens_model::Edge) -> String {
+pub(crate) fn label(e: &meshlens_model::Edge) -> String {
     let l = edge_label(e);
     if e.stats.mtls_pct.is_some_and(|m| m >= 99.5) { format!("🔒{l}") } else { l }
 }
 
 /// Maps a key to an action, given whether a filter is being typed.
-pub fn key_action(key: KeyEvent, app: &App) -> Option<Action> {
+pub(crate) fn key_action(key: KeyEvent, app: &App) -> Option<Action> {
     let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
     if ctrl && matches!(key.code, KeyCode::Char('c')) {
         return Some(Action::Quit);

@@ -30,7 +30,7 @@ pub enum ClientError {
     Decode {
         /// The URL.
         url: String,
-        /// Why.
+        /// What did not decode, as serde said.
         reason: String,
     },
 }

@@ -6,17 +6,29 @@
 //! state), the collector task ([`live`]: SSE and fetches) and the event loop ([`tui`]). The graph
 //! layout itself lives in `meshlens_model::layout`, shared with the web view.
 
-pub mod app;
-pub mod client;
-pub mod live;
-pub mod quit;
+// Modules marked `allow(unreachable_pub)` without the `fixture` feature hold items it re-exports.
+#[cfg_attr(not(feature = "fixture"), allow(unreachable_pub))]
+mod app;
+mod client;
+mod live;
+mod quit;
 pub mod text;
-pub mod tui;
-pub mod ui;
+mod tui;
+#[cfg_attr(not(feature = "fixture"), allow(unreachable_pub))]
+mod ui;
 
 #[cfg(any(test, feature = "fixture"))]
 pub mod fixture;
 #[cfg(test)]
 mod ui_tests;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, TapMessage};
+pub use quit::QuitKey;
+pub use tui::{ConsoleError, run};
+
+/// The state and drawing the criterion benchmark measures (`benches/console.rs`), with the fixture.
+#[cfg(feature = "fixture")]
+pub mod bench {
+    pub use crate::app::{Action, App};
+    pub use crate::ui::draw;
+}

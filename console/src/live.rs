@@ -13,7 +13,7 @@ use crate::app::{Action, Command, Connection};
 use crate::client::Client;
 
 /// Runs until the UI hangs up.
-pub async fn run(
+pub(crate) async fn run(
     client: Client,
     mut commands: mpsc::UnboundedReceiver<Command>,
     actions: mpsc::UnboundedSender<Action>,

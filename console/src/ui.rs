@@ -17,7 +17,7 @@ use crate::app::{App, COLUMNS, Connection, Overlay, Screen, WINDOWS};
 use crate::text::format_ms;
 
 /// The colour of a health.
-pub fn health_color(h: Health) -> Color {
+pub(crate) fn health_color(h: Health) -> Color {
     match h {
         Health::Idle => Color::DarkGray,
         Health::Healthy => Color::Green,
@@ -451,7 +451,7 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
 }
 
 /// The keys, as `?` shows them.
-pub const KEYS: [(&str, &str); 20] = [
+pub(crate) const KEYS: [(&str, &str); 20] = [
     ("←↑↓→ hjkl", "move along the graph (callers, callees, same column)"),
     ("e", "select the next outbound edge of the node"),
     ("Enter / d", "show / toggle the detail pane"),

@@ -23,9 +23,9 @@ pub struct ErrorDetail {
 /// One row of `/api/v1/workloads` and `meshlens stat`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkloadRow {
-    /// Namespace.
+    /// The workload's namespace.
     pub namespace: String,
-    /// App.
+    /// The workload's app (`app` label or `service.name`).
     pub app: String,
     /// Version, when the workload has one.
     pub version: Option<String>,
@@ -34,7 +34,7 @@ pub struct WorkloadRow {
     pub cluster: Option<String>,
     /// Node id.
     pub id: String,
-    /// Health.
+    /// Healthy, warning or failing, by its inbound success rate.
     pub health: Health,
     /// Requests the workload received.
     pub inbound: Stats,
@@ -80,7 +80,7 @@ pub struct VersionDetail {
     pub version: Option<String>,
     /// Node id.
     pub id: String,
-    /// Health.
+    /// Healthy, warning or failing, by its inbound success rate.
     pub health: Health,
     /// Totals in.
     pub inbound: Stats,
@@ -97,9 +97,9 @@ pub struct VersionDetail {
 /// The body of `/api/v1/workloads/{namespace}/{app}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AppDetail {
-    /// Namespace.
+    /// The app's namespace.
     pub namespace: String,
-    /// App.
+    /// The app's name.
     pub app: String,
     /// The stats window.
     pub window_seconds: u64,
@@ -141,11 +141,11 @@ impl WorkloadRow {
 /// A column of the workloads table (the console's and the web view's), in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Column {
-    /// Namespace.
+    /// The workload's namespace.
     Namespace,
-    /// App.
+    /// The workload's app.
     App,
-    /// Version.
+    /// The workload's version.
     Version,
     /// Inbound success %.
     Success,
@@ -245,9 +245,9 @@ pub struct Profile {
 /// One workload version in a profile.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProfileVersion {
-    /// Namespace.
+    /// The workload's namespace.
     pub namespace: String,
-    /// App.
+    /// The workload's app.
     pub app: String,
     /// Version (`-` when none).
     pub version: String,

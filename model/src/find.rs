@@ -14,11 +14,11 @@ use crate::stats::Stats;
 /// are [`crate::tap::TapField`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expr<F = Field> {
-    /// Both.
+    /// `a and b`.
     And(Box<Expr<F>>, Box<Expr<F>>),
-    /// Either.
+    /// `a or b`.
     Or(Box<Expr<F>>, Box<Expr<F>>),
-    /// Not.
+    /// `not a`.
     Not(Box<Expr<F>>),
     /// `field op value`.
     Cmp(F, Op, Value),
@@ -40,9 +40,9 @@ pub trait Fields: Copy {
 pub enum Field {
     /// App name.
     App,
-    /// Version.
+    /// Version label (empty when none).
     Version,
-    /// Namespace.
+    /// Namespace of the node.
     Namespace,
     /// Cluster (empty in a one-cluster mesh).
     Cluster,
@@ -50,7 +50,7 @@ pub enum Field {
     Id,
     /// Node kind.
     Kind,
-    /// Health.
+    /// `healthy`, `warning`, `failing` or `idle`.
     Health,
     /// Requests per second.
     Rps,
@@ -58,7 +58,7 @@ pub enum Field {
     Error,
     /// Success percent.
     Success,
-    /// Requests.
+    /// Requests in the window.
     Requests,
     /// Median latency, ms.
     P50,
@@ -127,7 +127,7 @@ pub enum Op {
 pub enum Value {
     /// A number.
     Num(f64),
-    /// Text.
+    /// A word or a quoted string.
     Text(String),
 }
 

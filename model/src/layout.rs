@@ -23,7 +23,7 @@ pub struct NodePlace {
     pub column: usize,
     /// Its row, left and right ends (the box's inner width).
     pub x: u32,
-    /// Row.
+    /// Its row.
     pub y: u32,
     /// Inner width.
     pub w: u32,
@@ -46,7 +46,7 @@ pub struct BoxPlace {
     pub w: u32,
     /// Height including borders.
     pub h: u32,
-    /// Column.
+    /// Column (call depth).
     pub column: usize,
 }
 
@@ -69,7 +69,7 @@ pub struct EdgePlace {
 pub struct Layout {
     /// One per snapshot node.
     pub nodes: Vec<NodePlace>,
-    /// Boxes.
+    /// One per box drawn (a node, or a namespace's group).
     pub boxes: Vec<BoxPlace>,
     /// One per snapshot edge.
     pub edges: Vec<EdgePlace>,

@@ -40,7 +40,7 @@ fn edge(s: &str, t: &str, rps: f64) -> Edge {
 }
 
 /// Bookinfo, as the demo shows it.
-pub fn bookinfo() -> GraphSnapshot {
+pub(super) fn bookinfo() -> GraphSnapshot {
     let ids =
         ["user", "b/productpage/v1", "b/details/v1", "b/reviews/v1", "b/reviews/v2", "b/reviews/v3", "b/ratings/v1"];
     let mut nodes: Vec<Node> = ids.iter().map(|i| node(i)).collect();

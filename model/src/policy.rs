@@ -312,7 +312,7 @@ pub struct ServicePolicy {
     pub outlier_detection: Option<OutlierDetection>,
     /// Load balancing.
     pub load_balancer: LoadBalancer,
-    /// Faults.
+    /// Injected delays and aborts.
     pub faults: Faults,
     /// Routes in the order they are tried; each carries its effective timeout and retries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -449,7 +449,7 @@ pub struct RoutePlan<'p> {
     pub route: Option<usize>,
     /// Whole-request timeout.
     pub timeout: Option<Duration>,
-    /// Retries.
+    /// The retries that apply: the route's, else the service's.
     pub retries: Option<&'p Retries>,
 }
 

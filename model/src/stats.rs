@@ -120,7 +120,7 @@ impl Codes {
 /// Latency percentiles in milliseconds, from merged histograms.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencyMs {
-    /// Median.
+    /// 50th percentile (median).
     pub p50: f64,
     /// 95th percentile.
     pub p95: f64,

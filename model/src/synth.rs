@@ -10,7 +10,7 @@ use crate::stats::{Health, Stats};
 /// What to generate.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Spec {
-    /// Namespaces.
+    /// Namespaces generated.
     pub namespaces: usize,
     /// Apps per namespace.
     pub apps: usize,

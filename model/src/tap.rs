@@ -128,7 +128,7 @@ impl TapEvent {
 pub enum TapField {
     /// HTTP method.
     Method,
-    /// Path.
+    /// Request path.
     Path,
     /// Route name.
     Route,
@@ -138,7 +138,7 @@ pub enum TapField {
     Grpc,
     /// Latency, ms.
     Latency,
-    /// Retries.
+    /// Retries the caller's agent made.
     Retries,
     /// The caller's id.
     From,
@@ -275,13 +275,13 @@ pub const MAX_TOP_ROWS: usize = 10_000;
 /// One row of `meshlens top`: the requests of one source, destination, method and path.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TopRow {
-    /// Caller.
+    /// The caller's id.
     pub source: String,
     /// Service called.
     pub destination: String,
-    /// Method.
+    /// HTTP method.
     pub method: String,
-    /// Path.
+    /// Request path (its query left off).
     pub path: String,
     /// Requests seen.
     pub count: u64,

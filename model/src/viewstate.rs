@@ -87,7 +87,7 @@ pub enum Page {
 /// The whole view.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ViewState {
-    /// Page.
+    /// Which page is open.
     pub page: Page,
     /// Graph view.
     pub view: View,

@@ -33,7 +33,7 @@ use crate::scenario::{Dist, Scenario};
 pub struct Rng(SplitMix64);
 
 impl Rng {
-    /// Seeded.
+    /// A generator seeded with `seed`; the same seed gives the same run.
     pub fn new(seed: u64) -> Self {
         Self(SplitMix64::new(seed))
     }
@@ -96,7 +96,7 @@ impl rand_core::RngCore for Rng {
 pub struct Tally {
     /// Attempts that arrived.
     pub offered: u64,
-    /// Succeeded.
+    /// Attempts that succeeded.
     pub ok: u64,
     /// Failed (an error, or a call it made failed).
     pub failed: u64,

@@ -12,9 +12,9 @@ use crate::scenario::Scenario;
 pub struct Spread {
     /// Median over seeds.
     pub median: f64,
-    /// Lowest.
+    /// Lowest over seeds.
     pub min: f64,
-    /// Highest.
+    /// Highest over seeds.
     pub max: f64,
 }
 

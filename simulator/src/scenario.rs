@@ -47,9 +47,9 @@ pub struct FaultSpec {
     pub service: String,
     /// One version; all when absent.
     pub version: Option<String>,
-    /// Start.
+    /// When the fault starts (a duration from the scenario's start).
     pub from: String,
-    /// End.
+    /// When it ends.
     pub to: String,
     /// Percent of requests failed meanwhile.
     #[serde(default)]
@@ -65,9 +65,9 @@ pub struct Fault {
     pub service: usize,
     /// Version index; all when `None`.
     pub version: Option<usize>,
-    /// Seconds.
+    /// Start, seconds.
     pub from: f64,
-    /// Seconds.
+    /// End, seconds.
     pub to: f64,
     /// Failure probability meanwhile.
     pub error_p: f64,
@@ -98,9 +98,9 @@ pub struct ArrivalsSpec {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RampSpec {
-    /// Start.
+    /// When the ramp starts (a duration from the scenario's start).
     pub from: String,
-    /// End.
+    /// When it ends.
     pub to: String,
     /// Rate at the start.
     pub from_rate: f64,
@@ -112,9 +112,9 @@ pub struct RampSpec {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpikeSpec {
-    /// Start.
+    /// When the spike starts (a duration from the scenario's start).
     pub from: String,
-    /// End.
+    /// When it ends.
     pub to: String,
     /// Requests per second meanwhile.
     pub rate: f64,
@@ -169,7 +169,7 @@ pub struct TimeSpec {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LognormalSpec {
-    /// Median.
+    /// Median (a duration).
     pub p50: String,
     /// 99th percentile.
     pub p99: String,
@@ -178,9 +178,9 @@ pub struct LognormalSpec {
 /// A resolved distribution, in seconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Dist {
-    /// Always.
+    /// Always this many seconds.
     Constant(f64),
-    /// Mean.
+    /// Exponential with this mean, seconds.
     Exponential(f64),
     /// ln-space mean and sigma.
     Lognormal(f64, f64),
@@ -191,11 +191,11 @@ pub enum Dist {
 /// A resolved version.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Version {
-    /// Name.
+    /// The version's name.
     pub name: String,
     /// Concurrency per instance.
     pub concurrency: usize,
-    /// Instances.
+    /// Instances (replicas) serving it.
     pub instances: usize,
     /// Service time.
     pub dist: Dist,
@@ -212,9 +212,9 @@ pub struct Version {
 /// A resolved service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Service {
-    /// Name.
+    /// The service's name.
     pub name: String,
-    /// Versions.
+    /// Its versions.
     pub versions: Vec<Version>,
     /// Its policy (as a callee).
     pub policy: ServicePolicy,
@@ -245,7 +245,7 @@ pub struct Scenario {
     pub overhead: f64,
     /// Seconds between timer ticks; 0 for exact timers.
     pub timer_granularity: f64,
-    /// Services.
+    /// The services, the entry among them.
     pub services: Vec<Service>,
 }
 

@@ -20,7 +20,7 @@ use hyper_util::server::conn::auto;
 use meshlens_agent::{AgentConfig, Options, Running};
 
 /// A running backend.
-pub struct Backend {
+pub(crate) struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
     /// Requests it received.
@@ -118,12 +118,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
 
 impl Backend {
     /// Starts a backend on `127.0.0.1:0`.
-    pub async fn start() -> Backend {
+    pub(crate) async fn start() -> Backend {
         Self::start_on("127.0.0.1:0".parse().unwrap()).await
     }
 
     /// Starts a backend on `addr`.
-    pub async fn start_on(addr: SocketAddr) -> Backend {
+    pub(crate) async fn start_on(addr: SocketAddr) -> Backend {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -149,14 +149,20 @@ impl Backend {
     }
 
     /// Requests received so far.
-    pub fn hits(&self) -> u64 {
+    pub(crate) fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
     }
 }
 
 /// An agent config: `workload` as `ns/app/version`, its app at `app`, calling `services` (YAML
 /// under `services:`), with `policy` (YAML under `policy: services:`), exporting to `collector`.
-pub fn agent_yaml(workload: &str, app: SocketAddr, services: &str, policy: &str, collector: Option<&str>) -> String {
+pub(crate) fn agent_yaml(
+    workload: &str,
+    app: SocketAddr,
+    services: &str,
+    policy: &str,
+    collector: Option<&str>,
+) -> String {
     let mut w = workload.split('/');
     let (ns, name, version) = (w.next().unwrap(), w.next().unwrap(), w.next().unwrap());
     let mut y = format!(
@@ -185,14 +191,14 @@ pub fn agent_yaml(workload: &str, app: SocketAddr, services: &str, policy: &str,
 }
 
 /// Starts an agent from YAML.
-pub async fn agent(yaml: &str) -> Running {
+pub(crate) async fn agent(yaml: &str) -> Running {
     let config = AgentConfig::parse(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     meshlens_agent::start(config, Options::default()).await.unwrap()
 }
 
 /// A caller agent `shop/a/v1` whose service `b` has the given versions (`(version, [endpoints])`),
 /// with `policy` for `b` (the YAML map after `b: `).
-pub async fn caller(versions: &[(&str, Vec<SocketAddr>)], policy: &str, collector: Option<&str>) -> Running {
+pub(crate) async fn caller(versions: &[(&str, Vec<SocketAddr>)], policy: &str, collector: Option<&str>) -> Running {
     let mut services = String::from("b:\n  versions:\n");
     for (v, eps) in versions {
         let list: Vec<String> = eps.iter().map(|a| format!("'{a}'")).collect();
@@ -204,13 +210,13 @@ pub async fn caller(versions: &[(&str, Vec<SocketAddr>)], policy: &str, collecto
 }
 
 /// An agent `shop/b/VERSION` in front of `backend`.
-pub async fn callee(version: &str, backend: &Backend, collector: Option<&str>) -> Running {
+pub(crate) async fn callee(version: &str, backend: &Backend, collector: Option<&str>) -> Running {
     agent(&agent_yaml(&format!("shop/b/{version}"), backend.addr, "", "", collector)).await
 }
 
 /// One hop reporting to a collector: an app calls `b` through agent `shop/a/v1` (with `policy`, the
 /// policy YAML), whose agent `shop/b/v1` fronts a backend.
-pub struct Hop {
+pub(crate) struct Hop {
     pub backend: Backend,
     pub a: Running,
     pub b: Running,
@@ -219,7 +225,7 @@ pub struct Hop {
 
 impl Hop {
     /// Starts both agents, exporting to `collector`.
-    pub async fn start(collector: &meshlens_collector::Running, policy: &str) -> Hop {
+    pub(crate) async fn start(collector: &meshlens_collector::Running, policy: &str) -> Hop {
         let otlp = format!("http://{}", collector.otlp_grpc_addr);
         let backend = Backend::start().await;
         let b = callee("v1", &backend, Some(&otlp)).await;
@@ -231,7 +237,7 @@ impl Hop {
     }
 
     /// Stops both agents.
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         self.a.shutdown().await;
         self.b.shutdown().await;
     }
@@ -239,13 +245,13 @@ impl Hop {
 
 /// A client for the app side: requests go to the agent's outbound listener, naming the service in
 /// the Host header, as an app using the agent as its HTTP proxy would.
-pub struct App {
+pub(crate) struct App {
     client: reqwest::Client,
 }
 
 impl App {
     /// Sends through `agent`'s outbound listener.
-    pub fn via(agent: &Running) -> App {
+    pub(crate) fn via(agent: &Running) -> App {
         App {
             client: reqwest::Client::builder()
                 .proxy(reqwest::Proxy::http(format!("http://{}", agent.outbound.unwrap())).unwrap())
@@ -256,13 +262,13 @@ impl App {
     }
 
     /// GET `http://SERVICE{path}`: status and body.
-    pub async fn get(&self, service: &str, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, service: &str, path: &str) -> (u16, String) {
         let r = self.client.get(format!("http://{service}{path}")).send().await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
     /// A request builder for `http://SERVICE{path}`.
-    pub fn request(&self, method: reqwest::Method, service: &str, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, method: reqwest::Method, service: &str, path: &str) -> reqwest::RequestBuilder {
         self.client.request(method, format!("http://{service}{path}"))
     }
 }

@@ -5,7 +5,7 @@ use std::process::Output;
 use crate::support::*;
 
 /// Runs the binary to its end.
-pub async fn meshlens(args: &[&str]) -> Output {
+pub(crate) async fn meshlens(args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlens")).args(args).output().await.unwrap()
 }
 

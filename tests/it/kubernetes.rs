@@ -104,7 +104,7 @@ async fn inject_on_bookinfo_writes_manifests_the_schemas_accept_and_configs_the_
             assert!(!config.services.contains_key(&config.workload.app), "an app does not call itself by default");
             for svc in config.services.values() {
                 for (_, source) in &svc.sources {
-                    let meshlens_agent::discovery::Source::Dns { host, port } = source else { panic!("{source:?}") };
+                    let meshlens_agent::config::Source::Dns { host, port } = source else { panic!("{source:?}") };
                     assert!(names.contains(host), "{host} is no headless Service of the output");
                     assert_eq!(*port, 15006);
                 }

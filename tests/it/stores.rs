@@ -107,7 +107,7 @@ async fn graph(c: &meshlens_collector::Running) -> Value {
 
 /// The bucket of the servicegraph histograms (ms) a latency falls in: its width.
 fn bucket_width_ms(ms: f64) -> f64 {
-    let bounds: Vec<f64> = meshlens_collector::graph::PROM_BUCKETS.iter().map(|b| b * 1000.0).collect();
+    let bounds: Vec<f64> = meshlens_collector::PROM_BUCKETS.iter().map(|b| b * 1000.0).collect();
     let i = bounds.iter().position(|&b| ms <= b).unwrap_or(bounds.len() - 1);
     bounds[i] - if i == 0 { 0.0 } else { bounds[i - 1] }
 }

@@ -12,28 +12,28 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use prost::Message;
 use serde_json::Value;
 
-pub use meshlens_collector::testkit::*;
-pub use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+pub(crate) use meshlens_collector::testkit::*;
+pub(crate) use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
 /// A collector with test settings.
-pub async fn collector() -> Running {
+pub(crate) async fn collector() -> Running {
     collector_with(|_| {}).await
 }
 
 /// A collector with test settings, adjusted.
-pub async fn collector_with(adjust: impl FnOnce(&mut CollectorConfig)) -> Running {
+pub(crate) async fn collector_with(adjust: impl FnOnce(&mut CollectorConfig)) -> Running {
     let mut config = CollectorConfig::ephemeral();
     adjust(&mut config);
     meshlens_collector::start(config).await.expect("collector starts")
 }
 
 /// An HTTP client.
-pub fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
 }
 
 /// GET a URL: status and JSON body (`Value::Null` if not JSON).
-pub async fn get_json(url: &str) -> (u16, Value) {
+pub(crate) async fn get_json(url: &str) -> (u16, Value) {
     let r = http().get(url).send().await.unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
@@ -41,7 +41,7 @@ pub async fn get_json(url: &str) -> (u16, Value) {
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, failing after `secs` seconds with `what`.
-pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -58,7 +58,7 @@ where
 
 /// Waits until the latest graph has an edge `source -> target` with at least `requests` requests,
 /// and returns the graph.
-pub async fn wait_edge(c: &Running, query: &str, source: &str, target: &str, requests: u64) -> Value {
+pub(crate) async fn wait_edge(c: &Running, query: &str, source: &str, target: &str, requests: u64) -> Value {
     let url = format!("{}/api/v1/graph{query}", c.api_url());
     eventually(&format!("edge {source}->{target} with {requests} requests"), 20, || async {
         let (status, g) = get_json(&url).await;
@@ -69,18 +69,18 @@ pub async fn wait_edge(c: &Running, query: &str, source: &str, target: &str, req
 }
 
 /// The edge `source -> target` of a graph body.
-pub fn edge<'a>(g: &'a Value, source: &str, target: &str) -> Option<&'a Value> {
+pub(crate) fn edge<'a>(g: &'a Value, source: &str, target: &str) -> Option<&'a Value> {
     g["edges"].as_array()?.iter().find(|e| e["source"] == source && e["target"] == target)
 }
 
 /// The node `id` of a graph body.
-pub fn node<'a>(g: &'a Value, id: &str) -> Option<&'a Value> {
+pub(crate) fn node<'a>(g: &'a Value, id: &str) -> Option<&'a Value> {
     g["nodes"].as_array()?.iter().find(|n| n["id"] == id)
 }
 
 /// `n` client/server span pairs from `a` to `b` (apps in namespace `default`, versions given), the
 /// server answering `status`, lasting `server_ms`.
-pub fn pairs(
+pub(crate) fn pairs(
     trace: u64,
     a: (&str, &str),
     b: (&str, &str),
@@ -108,7 +108,7 @@ pub fn pairs(
 }
 
 /// Exports spans over OTLP/gRPC.
-pub async fn grpc_traces(
+pub(crate) async fn grpc_traces(
     c: &Running,
     req: ExportTraceServiceRequest,
 ) -> Result<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse, tonic::Status> {
@@ -117,7 +117,7 @@ pub async fn grpc_traces(
 }
 
 /// Exports metrics over OTLP/gRPC.
-pub async fn grpc_metrics(
+pub(crate) async fn grpc_metrics(
     c: &Running,
     req: ExportMetricsServiceRequest,
 ) -> Result<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse, tonic::Status> {
@@ -126,7 +126,7 @@ pub async fn grpc_metrics(
 }
 
 /// POSTs a body to an OTLP/HTTP path.
-pub async fn post(c: &Running, path: &str, content_type: &str, gzip: bool, body: Vec<u8>) -> reqwest::Response {
+pub(crate) async fn post(c: &Running, path: &str, content_type: &str, gzip: bool, body: Vec<u8>) -> reqwest::Response {
     let mut rb = http().post(format!("http://{}{path}", c.otlp_http_addr)).header("content-type", content_type);
     if gzip {
         rb = rb.header("content-encoding", "gzip");
@@ -135,12 +135,12 @@ pub async fn post(c: &Running, path: &str, content_type: &str, gzip: bool, body:
 }
 
 /// POSTs spans as protobuf over OTLP/HTTP.
-pub async fn http_traces(c: &Running, req: &ExportTraceServiceRequest) -> reqwest::Response {
+pub(crate) async fn http_traces(c: &Running, req: &ExportTraceServiceRequest) -> reqwest::Response {
     post(c, "/v1/traces", "application/x-protobuf", false, req.encode_to_vec()).await
 }
 
 /// Gzip-compresses bytes.
-pub fn gzip(data: &[u8]) -> Vec<u8> {
+pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(data).unwrap();
@@ -148,25 +148,25 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// The value of a Prometheus sample line starting with `prefix`.
-pub fn prom_value(text: &str, prefix: &str) -> Option<f64> {
+pub(crate) fn prom_value(text: &str, prefix: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
 }
 
 /// A free loopback port for a server that must be told its port (Prometheus): bind `:0`, read it,
 /// release it.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// An external program a test needs: `$env` if set, else `default`; fails with how to install it.
-pub fn tool(env: &str, default: &str, what: &str) -> std::path::PathBuf {
+pub(crate) fn tool(env: &str, default: &str, what: &str) -> std::path::PathBuf {
     let p = std::env::var_os(env).map(std::path::PathBuf::from).unwrap_or_else(|| default.into());
     assert!(p.exists(), "{} is missing: run .ci/setup (or .ci/test), which installs {what}", p.display());
     p
 }
 
 /// Waits for a test app (tests/node, tests/python) to print `listening PORT` on stdout; its port.
-pub async fn listening_port(child: &mut tokio::process::Child) -> u16 {
+pub(crate) async fn listening_port(child: &mut tokio::process::Child) -> u16 {
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout piped")).lines();
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
@@ -179,7 +179,7 @@ pub async fn listening_port(child: &mut tokio::process::Child) -> u16 {
 
 /// Stops a test app with SIGTERM (its SDK flushes every span and metric point) and asserts it
 /// exited cleanly.
-pub async fn stop_app(mut child: tokio::process::Child) {
+pub(crate) async fn stop_app(mut child: tokio::process::Child) {
     if let Some(pid) = child.id() {
         let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
     }
@@ -188,7 +188,7 @@ pub async fn stop_app(mut child: tokio::process::Child) {
 }
 
 /// The edges of a graph body with an end in namespace `ns`.
-pub fn namespace_edges<'a>(g: &'a Value, ns: &str) -> Vec<&'a Value> {
+pub(crate) fn namespace_edges<'a>(g: &'a Value, ns: &str) -> Vec<&'a Value> {
     let prefix = format!("{ns}/");
     g["edges"]
         .as_array()
@@ -205,7 +205,7 @@ pub fn namespace_edges<'a>(g: &'a Value, ns: &str) -> Vec<&'a Value> {
 }
 
 /// The real `meshlens collector` binary, killed when dropped.
-pub struct Proc {
+pub(crate) struct Proc {
     /// The process.
     pub child: tokio::process::Child,
     /// `http://` address of OTLP/gRPC.
@@ -218,7 +218,7 @@ pub struct Proc {
 
 impl Proc {
     /// A line of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`).
-    pub fn status_bytes(&self, key: &str) -> u64 {
+    pub(crate) fn status_bytes(&self, key: &str) -> u64 {
         let pid = self.child.id().expect("running");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let kb: u64 = status
@@ -231,7 +231,7 @@ impl Proc {
 }
 
 /// Starts the binary's collector on loopback ports with `args` added, and reads its addresses.
-pub async fn collector_process(args: &[&str]) -> Proc {
+pub(crate) async fn collector_process(args: &[&str]) -> Proc {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshlens"))
         .args(["collector", "--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--http", "127.0.0.1:0"])

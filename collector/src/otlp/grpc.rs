@@ -37,7 +37,7 @@ const EXPORT_TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceServic
 
 /// The trace service, decoding into lean requests.
 #[derive(Clone)]
-pub struct Traces {
+pub(crate) struct Traces {
     ingest: Arc<Ingest>,
 }
 
@@ -181,7 +181,7 @@ fn count_refusal(ingest: &Ingest, resp: &http::Response<tonic::body::Body>) {
 }
 
 /// The metrics service.
-pub struct Metrics(pub Arc<Ingest>);
+pub(crate) struct Metrics(pub Arc<Ingest>);
 
 #[tonic::async_trait]
 impl MetricsService for Metrics {
@@ -200,7 +200,7 @@ impl MetricsService for Metrics {
 
 /// The generated metrics server, with the exports tonic refuses counted like the trace service's.
 #[derive(Clone)]
-pub struct CountedMetrics {
+pub(crate) struct CountedMetrics {
     inner: MetricsServiceServer<Metrics>,
     ingest: Arc<Ingest>,
 }
@@ -230,7 +230,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for CountedMetrics {
 }
 
 /// The tonic router serving both services.
-pub fn router(ingest: Arc<Ingest>) -> tonic::service::Routes {
+pub(crate) fn router(ingest: Arc<Ingest>) -> tonic::service::Routes {
     let cap = ingest.max_request_bytes;
     let metrics = MetricsServiceServer::new(Metrics(ingest.clone()))
         .accept_compressed(CompressionEncoding::Gzip)

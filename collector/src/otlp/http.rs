@@ -26,7 +26,7 @@ use super::{Ingest, RETRY_AFTER, Refused, lite};
 
 /// `google.rpc.Status`, the body of an OTLP/HTTP error.
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
-pub struct RpcStatus {
+pub(crate) struct RpcStatus {
     /// gRPC code.
     #[prost(int32, tag = "1")]
     pub code: i32,
@@ -220,7 +220,7 @@ async fn metrics(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bo
 }
 
 /// The OTLP/HTTP router.
-pub fn router(ingest: Arc<Ingest>) -> Router {
+pub(crate) fn router(ingest: Arc<Ingest>) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/metrics", post(metrics))

@@ -196,8 +196,10 @@ fn any_value(b: &[u8]) -> Raw<'_> {
     out
 }
 
-/// Splits an encoded `KeyValue` into its key and value.
-pub fn key_value(b: &[u8]) -> Option<(&str, Raw<'_>)> {
+/// Splits an encoded `KeyValue` into its key and value: the tests' independent read of an attribute
+/// (the ingest path reads only the ones it needs, [`SpanAttrs::scan`]).
+#[cfg(test)]
+fn key_value(b: &[u8]) -> Option<(&str, Raw<'_>)> {
     let mut key = None;
     let mut value = Raw::Other;
     for (n, f) in fields(b) {

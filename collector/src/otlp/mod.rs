@@ -7,8 +7,8 @@
 //! `Retry-After`, gRPC `UNAVAILABLE` with `RetryInfo`) and counted, so memory stays bounded and
 //! nothing acknowledged is dropped. A log that cannot be written refuses exports the same way (503).
 
-pub mod grpc;
-pub mod http;
+pub(crate) mod grpc;
+pub(crate) mod http;
 pub mod lite;
 
 use std::sync::Arc;
@@ -23,18 +23,17 @@ use crate::counters::Counters;
 use meshlens_model::identity::MAX_NAME_BYTES;
 
 /// How long a refused exporter is told to wait.
-pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// One accepted export, waiting for the pipeline.
-pub enum Batch {
+pub(crate) enum Batch {
     /// Spans (lean: see [`lite`]).
     Traces(lite::TraceRequest),
-    /// Metrics.
     Metrics(ExportMetricsServiceRequest),
 }
 
 /// A queued batch and the bytes it counts against the queue limit.
-pub struct Job {
+pub(crate) struct Job {
     /// The batch.
     pub batch: Batch,
     /// Encoded size.
@@ -48,7 +47,7 @@ pub struct Job {
 
 /// An export refused as retryable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// The queue's byte budget is spent: retry later.
     QueueFull,
     /// The write-ahead log could not be written: nothing was acknowledged.
@@ -57,7 +56,7 @@ pub enum Refused {
 
 impl Refused {
     /// The message an exporter sees.
-    pub fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             Refused::QueueFull => "ingest queue is full; retry later",
             Refused::Log => "the write-ahead log cannot be written; retry later",
@@ -66,7 +65,7 @@ impl Refused {
 }
 
 /// Where accepted batches go: straight to the pipeline, or through the write-ahead log.
-pub enum Sink {
+pub(crate) enum Sink {
     /// In memory only (`--in-memory`).
     Direct(mpsc::UnboundedSender<Job>),
     /// Durable before the answer.
@@ -76,14 +75,14 @@ pub enum Sink {
 /// Called by the pipeline when a job is done. The queue's accounting is the `queue_bytes` and
 /// `queue_batches` gauges themselves, so the pipeline needs only the counters, not a sender (which
 /// would keep the queue from ever closing).
-pub fn done(counters: &Counters, bytes: usize) {
+pub(crate) fn done(counters: &Counters, bytes: usize) {
     counters.queue_bytes.sub(bytes.max(1) as u64);
     counters.queue_batches.sub(1);
 }
 
 /// Limits on OTLP/HTTP uploads while their bodies arrive.
 #[derive(Clone, Copy, Debug)]
-pub struct UploadLimits {
+pub(crate) struct UploadLimits {
     /// Time a body has to arrive whole.
     pub body_read_timeout: std::time::Duration,
     /// Bytes being read at once across all uploads.
@@ -91,7 +90,7 @@ pub struct UploadLimits {
 }
 
 /// The sending side of the ingest queue, shared by all receivers.
-pub struct Ingest {
+pub(crate) struct Ingest {
     sink: Sink,
     max_bytes: usize,
     /// Limits on uploads being read.
@@ -106,7 +105,7 @@ pub struct Ingest {
 
 impl Ingest {
     /// A queue holding at most `max_bytes` of encoded exports, feeding `sink`.
-    pub fn new(
+    pub(crate) fn new(
         max_bytes: usize,
         max_request_bytes: usize,
         uploads: UploadLimits,
@@ -120,7 +119,7 @@ impl Ingest {
 
     /// Queues a batch (durably, with a log), or refuses it when the byte budget is spent or the log
     /// cannot be written.
-    pub async fn submit(&self, batch: Batch, bytes: usize) -> Result<(), Refused> {
+    pub(crate) async fn submit(&self, batch: Batch, bytes: usize) -> Result<(), Refused> {
         let bytes = bytes.max(1);
         let prev = self.counters.queue_bytes.fetch_add(bytes as u64);
         if prev + bytes as u64 > self.max_bytes as u64 && prev > 0 {
@@ -138,7 +137,11 @@ impl Ingest {
 
     /// Validates, queues and answers a trace export: `(rejected spans, message)` for the partial
     /// success, or why it was refused.
-    pub async fn accept_traces(&self, mut req: lite::TraceRequest, bytes: usize) -> Result<(i64, String), Refused> {
+    pub(crate) async fn accept_traces(
+        &self,
+        mut req: lite::TraceRequest,
+        bytes: usize,
+    ) -> Result<(i64, String), Refused> {
         let (rejected, message) = reject_unidentified_traces(&mut req, &self.counters);
         self.counters.spans_rejected.add(rejected as u64);
         let spans: usize = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
@@ -150,7 +153,7 @@ impl Ingest {
     }
 
     /// Validates, queues and answers a metrics export.
-    pub async fn accept_metrics(
+    pub(crate) async fn accept_metrics(
         &self,
         mut req: ExportMetricsServiceRequest,
         bytes: usize,
@@ -168,7 +171,7 @@ impl Ingest {
 }
 
 /// Data points in a metric, whatever its type.
-pub fn point_count(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> usize {
+pub(crate) fn point_count(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> usize {
     match &m.data {
         Some(Data::Gauge(g)) => g.data_points.len(),
         Some(Data::Sum(s)) => s.data_points.len(),
@@ -235,7 +238,7 @@ fn describe(what: &str, refused: &[(Refusal, usize, i64)]) -> String {
 
 /// Removes resources without `service.name` or with a name over [`MAX_NAME_BYTES`]; returns the
 /// spans rejected and the message.
-pub fn reject_unidentified_traces(req: &mut lite::TraceRequest, counters: &Counters) -> (i64, String) {
+pub(crate) fn reject_unidentified_traces(req: &mut lite::TraceRequest, counters: &Counters) -> (i64, String) {
     let mut refused = Vec::new();
     let mut i = 0usize;
     req.resource_spans.retain(|rs| {
@@ -281,7 +284,7 @@ fn reject_bad_ids(req: &mut lite::TraceRequest) -> i64 {
 
 /// Removes resources without `service.name`, and histogram points whose buckets do not match their
 /// bounds; returns the data points rejected and a message naming each reason.
-pub fn reject_unusable_metrics(req: &mut ExportMetricsServiceRequest, counters: &Counters) -> (i64, String) {
+pub(crate) fn reject_unusable_metrics(req: &mut ExportMetricsServiceRequest, counters: &Counters) -> (i64, String) {
     let mut refused = Vec::new();
     let mut i = 0usize;
     req.resource_metrics.retain(|rm| {
@@ -318,7 +321,7 @@ pub fn reject_unusable_metrics(req: &mut ExportMetricsServiceRequest, counters: 
 
 /// Why an explicit-bucket histogram point cannot be read, if it cannot: OTLP wants one more bucket
 /// count than bounds (or neither), and bounds strictly increasing.
-pub fn histogram_shape_error(p: &HistogramDataPoint) -> Option<String> {
+pub(crate) fn histogram_shape_error(p: &HistogramDataPoint) -> Option<String> {
     let (counts, bounds) = (p.bucket_counts.len(), p.explicit_bounds.len());
     if counts != 0 && counts != bounds + 1 {
         return Some(format!(
