@@ -10,19 +10,7 @@ use meshlens_model::api::{AppDetail, Column, ExemplarsBody, RoutesBody, Workload
 use meshlens_model::graph::{GraphSnapshot, RevisionSummary, View};
 use meshlens_model::layout::{Layout, edge_label, layout};
 use meshlens_model::tap::{TapEvent, TapStatus};
-use meshlens_model::viewstate::{collapse_item, expand_namespace};
-
-/// Stats windows the `w` key cycles through.
-pub(crate) use meshlens_model::viewstate::WINDOWS;
-
-/// Which screen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Screen {
-    /// The service graph.
-    Graph,
-    /// The workloads table.
-    Workloads,
-}
+use meshlens_model::viewstate::{Page, ViewState, collapse_item, expand_namespace};
 
 /// What covers the screen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,8 +207,10 @@ pub enum Command {
 pub struct App {
     /// The collector's URL, for the title.
     pub collector: String,
-    /// Which screen.
-    pub screen: Screen,
+    /// What the web view's address would hold: page, view, window, pinned revision, selection,
+    /// collapse and focus (one shape for both views; the console leaves `namespaces`, `find`,
+    /// `hide` and `label` at their defaults).
+    pub state: ViewState,
     /// What covers it.
     pub overlay: Overlay,
     /// The graph shown (focus applied).
@@ -239,20 +229,8 @@ pub struct App {
     pub routes: Option<RoutesBody>,
     /// The open tap.
     pub tap: Option<TapPane>,
-    /// The selected node id.
-    pub selected: Option<String>,
     /// The selected outbound edge of the selected node, by index among its outbound edges.
     pub selected_edge: Option<usize>,
-    /// Versioned, app or namespace view.
-    pub view: View,
-    /// Namespaces and apps (`ns/app`) collapsed into one node each.
-    pub collapse: Vec<String>,
-    /// Focus on the selection's neighbourhood.
-    pub focus: bool,
-    /// Index into [`WINDOWS`].
-    pub window: usize,
-    /// A pinned revision; `None` is live.
-    pub at: Option<u64>,
     /// The revisions list.
     pub revisions: Vec<RevisionSummary>,
     /// Highlighted revision in the list.
@@ -292,7 +270,7 @@ impl App {
     pub fn new(collector: &str) -> Self {
         Self {
             collector: collector.to_owned(),
-            screen: Screen::Graph,
+            state: ViewState::default(),
             overlay: Overlay::None,
             graph: GraphSnapshot::default(),
             full_graph: GraphSnapshot::default(),
@@ -302,13 +280,7 @@ impl App {
             traces: None,
             tap: None,
             routes: None,
-            selected: None,
             selected_edge: None,
-            view: View::Versioned,
-            collapse: Vec::new(),
-            focus: false,
-            window: 1,
-            at: None,
             revisions: Vec::new(),
             revision_cursor: 0,
             sort: (Column::Rps, true),
@@ -333,35 +305,35 @@ impl App {
         self.asked += 1;
         Command::Refresh {
             generation: self.asked,
-            view: self.view,
-            window: WINDOWS[self.window].to_owned(),
-            at: self.at,
-            collapse: self.collapse.clone(),
+            view: self.state.view,
+            window: self.state.window.clone(),
+            at: self.state.revision,
+            collapse: self.state.collapse.clone(),
         }
     }
 
     fn detail_command(&self) -> Option<Command> {
-        let node = self.graph.node(self.selected.as_deref()?)?;
+        let node = self.graph.node(self.state.selected.as_deref()?)?;
         if node.namespace.is_empty() || node.kind == meshlens_model::NodeKind::Namespace {
             return None;
         }
         Some(Command::Detail {
             namespace: node.namespace.clone(),
             app: node.app.clone(),
-            window: WINDOWS[self.window].to_owned(),
+            window: self.state.window.clone(),
             workload: node.id.clone(),
         })
     }
 
     /// The selected node's index in the shown graph.
     pub fn selected_index(&self) -> Option<usize> {
-        let id = self.selected.as_deref()?;
+        let id = self.state.selected.as_deref()?;
         self.graph.nodes.iter().position(|n| n.id == id)
     }
 
     /// The selected node's outbound edges (indices into the shown graph's edges).
     pub fn outbound_edges(&self) -> Vec<usize> {
-        let Some(id) = self.selected.as_deref() else { return Vec::new() };
+        let Some(id) = self.state.selected.as_deref() else { return Vec::new() };
         self.graph.edges.iter().enumerate().filter(|(_, e)| e.source == id).map(|(i, _)| i).collect()
     }
 
@@ -391,17 +363,17 @@ impl App {
 
     fn relayout(&mut self) {
         let mut g = self.full_graph.clone();
-        if self.focus
-            && let Some(sel) = self.selected.clone()
+        if self.state.focus > 0
+            && let Some(sel) = self.state.selected.clone()
             && g.node(&sel).is_some()
         {
-            g.retain_hops(&sel, 1);
+            g.retain_hops(&sel, self.state.focus);
         }
         self.layout = layout(&g, label);
         self.graph = g;
-        if self.selected.as_deref().is_none_or(|s| self.graph.node(s).is_none()) {
+        if self.state.selected.as_deref().is_none_or(|s| self.graph.node(s).is_none()) {
             // Start where traffic starts: the first box of the first column.
-            self.selected =
+            self.state.selected =
                 self.layout.nodes.iter().min_by_key(|p| (p.column, p.y)).map(|p| self.graph.nodes[p.node].id.clone());
             self.selected_edge = None;
         }
@@ -455,7 +427,7 @@ impl App {
             }
         };
         if let Some(n) = next {
-            self.selected = Some(self.graph.nodes[n].id.clone());
+            self.state.selected = Some(self.graph.nodes[n].id.clone());
             self.selected_edge = None;
             self.keep_in_view();
         }
@@ -478,17 +450,17 @@ impl App {
                     self.filtering = false;
                 } else if self.selected_edge.is_some() {
                     self.selected_edge = None;
-                } else if self.focus {
+                } else if self.state.focus > 0 {
                     return self.update(Action::ToggleFocus);
                 }
             }
             Action::SwitchScreen => {
-                self.screen = match self.screen {
-                    Screen::Graph => Screen::Workloads,
-                    Screen::Workloads => Screen::Graph,
+                self.state.page = match self.state.page {
+                    Page::Graph => Page::Workloads,
+                    Page::Workloads => Page::Graph,
                 };
             }
-            Action::Move(dir) => match (self.overlay, self.screen) {
+            Action::Move(dir) => match (self.overlay, self.state.page) {
                 (Overlay::Revisions, _) => {
                     let n = self.revisions.len();
                     self.revision_cursor = match dir {
@@ -497,7 +469,7 @@ impl App {
                         _ => self.revision_cursor,
                     };
                 }
-                (_, Screen::Workloads) => {
+                (_, Page::Workloads) => {
                     let n = self.rows().len();
                     self.row = match dir {
                         Dir::Up => self.row.saturating_sub(1),
@@ -505,10 +477,10 @@ impl App {
                         _ => self.row,
                     };
                 }
-                (_, Screen::Graph) => {
-                    let before = self.selected.clone();
+                (_, Page::Graph) => {
+                    let before = self.state.selected.clone();
                     self.move_selection(dir);
-                    if self.selected != before {
+                    if self.state.selected != before {
                         return self.detail_command();
                     }
                 }
@@ -520,37 +492,38 @@ impl App {
                 self.scroll.1 = (i64::from(self.scroll.1) + i64::from(dy)).clamp(0, i64::from(max_y)) as u32;
             }
             Action::ToggleView => {
-                self.view = if self.view == View::App { View::Versioned } else { View::App };
-                self.selected = None;
+                self.state.view = if self.state.view == View::App { View::Versioned } else { View::App };
+                self.state.selected = None;
                 return Some(self.refresh());
             }
             Action::ToggleNamespaces => {
-                self.view = if self.view == View::Namespace { View::Versioned } else { View::Namespace };
-                self.collapse.clear();
-                self.selected = None;
+                self.state.view = if self.state.view == View::Namespace { View::Versioned } else { View::Namespace };
+                self.state.collapse.clear();
+                self.state.selected = None;
                 return Some(self.refresh());
             }
             Action::Collapse => {
-                let node = self.selected.as_deref().and_then(|id| self.full_graph.node(id)).cloned()?;
+                let node = self.state.selected.as_deref().and_then(|id| self.full_graph.node(id)).cloned()?;
                 if node.kind == meshlens_model::NodeKind::Namespace {
-                    expand_namespace(&mut self.view, &mut self.collapse, &node.namespace, &self.full_graph);
-                    self.selected = None;
+                    expand_namespace(&mut self.state.view, &mut self.state.collapse, &node.namespace, &self.full_graph);
+                    self.state.selected = None;
                 } else if !node.namespace.is_empty() {
-                    self.selected = Some(collapse_item(&mut self.collapse, &node.namespace));
+                    self.state.selected = Some(collapse_item(&mut self.state.collapse, &node.namespace));
                 } else {
                     return None;
                 }
                 return Some(self.refresh());
             }
             Action::ToggleFocus => {
-                self.focus = !self.focus;
+                // The console's `f` keeps one hop around the selection; the web view can ask for more.
+                self.state.focus = u32::from(self.state.focus == 0);
                 self.scroll = (0, 0);
                 self.relayout();
             }
             Action::CycleWindow => {
-                self.window = (self.window + 1) % WINDOWS.len();
+                self.state.cycle_window();
                 // A past revision has its own window; changing the window goes live.
-                self.at = None;
+                self.state.revision = None;
                 return Some(self.refresh());
             }
             Action::OpenRevisions => {
@@ -561,18 +534,18 @@ impl App {
                 if self.overlay == Overlay::Revisions
                     && let Some(r) = self.revisions.get(self.revision_cursor)
                 {
-                    self.at = Some(r.revision);
-                    self.window = 1;
+                    self.state.revision = Some(r.revision);
+                    self.state.window = ViewState::default().window;
                     self.overlay = Overlay::None;
                     return Some(self.refresh());
                 }
-                if self.screen == Screen::Graph {
+                if self.state.page == Page::Graph {
                     self.show_detail = Some(true);
                 }
             }
             Action::Live => {
-                if self.at.is_some() {
-                    self.at = None;
+                if self.state.revision.is_some() {
+                    self.state.revision = None;
                     return Some(self.refresh());
                 }
             }
@@ -590,7 +563,7 @@ impl App {
                 if self.tap.is_some() {
                     return self.close_tap();
                 }
-                let node = self.selected.as_deref().and_then(|id| self.graph.node(id))?;
+                let node = self.state.selected.as_deref().and_then(|id| self.graph.node(id))?;
                 // Only workloads have agents: not the outside (`user`), an unmeshed callee, a namespace.
                 if node.namespace.is_empty() || node.kind == meshlens_model::NodeKind::Namespace {
                     return None;
@@ -622,7 +595,7 @@ impl App {
             Action::SortBy(col) => self.sort = col.sort_after(self.sort),
             Action::StartFilter => {
                 self.filtering = true;
-                self.screen = Screen::Workloads;
+                self.state.page = Page::Workloads;
             }
             Action::FilterChar(c) => {
                 self.filter.push(c);
@@ -657,7 +630,7 @@ impl App {
             }
             Action::Published(_) => {
                 self.connection = Connection::Live;
-                if self.at.is_none() {
+                if self.state.revision.is_none() {
                     return Some(self.refresh());
                 }
             }

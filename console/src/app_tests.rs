@@ -24,9 +24,9 @@ fn loaded() -> App {
 #[test]
 fn starts_on_the_first_caller_and_walks_the_graph() {
     let mut app = loaded();
-    assert_eq!(app.selected.as_deref(), Some("user"));
+    assert_eq!(app.state.selected.as_deref(), Some("user"));
     let cmd = app.update(Action::Move(Dir::Right));
-    assert_eq!(app.selected.as_deref(), Some("bookinfo/productpage/v1"));
+    assert_eq!(app.state.selected.as_deref(), Some("bookinfo/productpage/v1"));
     assert_eq!(
         cmd,
         Some(Command::Detail {
@@ -37,18 +37,18 @@ fn starts_on_the_first_caller_and_walks_the_graph() {
         })
     );
     app.update(Action::Move(Dir::Right));
-    assert_eq!(app.selected.as_deref(), Some("bookinfo/details/v1"), "the nearest callee");
+    assert_eq!(app.state.selected.as_deref(), Some("bookinfo/details/v1"), "the nearest callee");
     app.update(Action::Move(Dir::Down));
-    assert_eq!(app.selected.as_deref(), Some("bookinfo/reviews/v1"));
+    assert_eq!(app.state.selected.as_deref(), Some("bookinfo/reviews/v1"));
     app.update(Action::Move(Dir::Down));
     app.update(Action::Move(Dir::Down));
-    assert_eq!(app.selected.as_deref(), Some("bookinfo/reviews/v3"));
+    assert_eq!(app.state.selected.as_deref(), Some("bookinfo/reviews/v3"));
     app.update(Action::Move(Dir::Down));
-    assert_eq!(app.selected.as_deref(), Some("bookinfo/reviews/v3"), "stays at the bottom");
+    assert_eq!(app.state.selected.as_deref(), Some("bookinfo/reviews/v3"), "stays at the bottom");
     app.update(Action::Move(Dir::Right));
-    assert_eq!(app.selected.as_deref(), Some("bookinfo/ratings/v1"));
+    assert_eq!(app.state.selected.as_deref(), Some("bookinfo/ratings/v1"));
     app.update(Action::Move(Dir::Left));
-    assert!(app.selected.as_deref().unwrap().starts_with("bookinfo/reviews/v"));
+    assert!(app.state.selected.as_deref().unwrap().starts_with("bookinfo/reviews/v"));
 }
 
 #[test]
@@ -79,7 +79,7 @@ fn a_namespace_collapses_and_expands() {
         collapse: collapse.iter().map(|c| c.to_string()).collect(),
     };
     assert_eq!(app.update(Action::Collapse), Some(refresh(1, &["bookinfo"], View::Versioned)));
-    assert_eq!(app.selected.as_deref(), Some("ns:bookinfo"), "the collapsed namespace stays selected");
+    assert_eq!(app.state.selected.as_deref(), Some("ns:bookinfo"), "the collapsed namespace stays selected");
     // The collector answers with the namespace as one node; `c` on it expands it again.
     let mut g = bookinfo();
     let mut ns = g.nodes.iter().find(|n| n.namespace == "bookinfo").unwrap().clone();
@@ -93,7 +93,7 @@ fn a_namespace_collapses_and_expands() {
         ..g.edges[0].clone()
     }];
     app.update(Action::Graph { generation: 0, graph: Box::new(g) });
-    assert_eq!(app.selected.as_deref(), Some("ns:bookinfo"));
+    assert_eq!(app.state.selected.as_deref(), Some("ns:bookinfo"));
     assert_eq!(app.update(Action::Collapse), Some(refresh(2, &[], View::Versioned)));
     assert_eq!(app.update(Action::ToggleNamespaces), Some(refresh(3, &[], View::Namespace)));
     let key = |c: KeyCode| KeyEvent::new(c, KeyModifiers::NONE);
@@ -108,7 +108,7 @@ fn focus_keeps_the_neighbourhood() {
     app.update(Action::Move(Dir::Right));
     app.update(Action::Move(Dir::Down));
     app.update(Action::Move(Dir::Down));
-    assert_eq!(app.selected.as_deref(), Some("bookinfo/reviews/v2"));
+    assert_eq!(app.state.selected.as_deref(), Some("bookinfo/reviews/v2"));
     app.update(Action::ToggleFocus);
     let ids: Vec<&str> = app.graph.nodes.iter().map(|n| n.id.as_str()).collect();
     assert_eq!(ids, ["bookinfo/productpage/v1", "bookinfo/ratings/v1", "bookinfo/reviews/v2"]);
@@ -151,7 +151,7 @@ fn view_and_window_changes_ask_for_a_refresh() {
     for _ in 0..3 {
         app.update(Action::CycleWindow);
     }
-    assert_eq!(WINDOWS[app.window], "30s", "wraps around");
+    assert_eq!(app.state.window, "30s", "wraps around");
 }
 
 #[test]

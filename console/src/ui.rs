@@ -13,8 +13,9 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, T
 use meshlens_model::graph::Edge;
 use meshlens_model::{Health, Stats};
 
-use crate::app::{App, COLUMNS, Connection, Overlay, Screen, WINDOWS};
+use crate::app::{App, COLUMNS, Connection, Overlay};
 use crate::text::format_ms;
+use meshlens_model::viewstate::Page;
 
 /// The colour of a health.
 pub(crate) fn health_color(h: Health) -> Color {
@@ -34,15 +35,15 @@ pub fn draw(frame: &mut Frame, app: &mut App) {
         Split::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)]).areas(area);
     draw_title(frame, app, title);
     let detail_width = crate::app::detail_width(area.width);
-    let (main, side) = if app.detail_visible(area.width) && app.screen == Screen::Graph {
+    let (main, side) = if app.detail_visible(area.width) && app.state.page == Page::Graph {
         let [m, s] = Split::horizontal([Constraint::Min(20), Constraint::Length(detail_width)]).areas(body);
         (m, Some(s))
     } else {
         (body, None)
     };
-    match app.screen {
-        Screen::Graph => draw_graph(frame, app, main),
-        Screen::Workloads => draw_table(frame, app, main),
+    match app.state.page {
+        Page::Graph => draw_graph(frame, app, main),
+        Page::Workloads => draw_table(frame, app, main),
     }
     if let Some(side) = side {
         draw_detail(frame, app, side);
@@ -62,11 +63,11 @@ fn draw_title(frame: &mut Frame, app: &App, area: Rect) {
     };
     let mut spans = vec![
         Span::styled("meshlens ", Style::new().bold()),
-        tab("Graph", app.screen == Screen::Graph),
-        tab("Workloads", app.screen == Screen::Workloads),
-        Span::raw(format!("  view {}  window {}", app.view, WINDOWS[app.window])),
+        tab("Graph", app.state.page == Page::Graph),
+        tab("Workloads", app.state.page == Page::Workloads),
+        Span::raw(format!("  view {}  window {}", app.state.view, app.state.window)),
     ];
-    if app.focus {
+    if app.state.focus > 0 {
         spans.push(Span::styled("  focus", Style::new().fg(Color::Cyan)));
     }
     if !app.filter.is_empty() {
@@ -82,7 +83,7 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
         Connection::Live => ("live".to_owned(), Color::Green),
         Connection::Down(why) => (format!("reconnecting: {why}"), Color::Red),
     };
-    let revision = match app.at {
+    let revision = match app.state.revision {
         Some(r) => format!("revision {r} (pinned; L for live)"),
         None => format!("revision {}", app.graph.revision),
     };

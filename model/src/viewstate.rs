@@ -129,6 +129,15 @@ impl Default for ViewState {
     }
 }
 
+impl ViewState {
+    /// Moves to the next of [`WINDOWS`], the shortest after the longest; a window not among them
+    /// (typed into the address) moves to the first.
+    pub fn cycle_window(&mut self) {
+        let next = WINDOWS.iter().position(|w| *w == self.window).map_or(0, |i| (i + 1) % WINDOWS.len());
+        self.window = WINDOWS[next].to_owned();
+    }
+}
+
 /// What a query component leaves as it is: the unreserved characters, and `/` and `:`, which a query
 /// may hold as they are (RFC 3986 §3.4), so ids stay readable in the address bar.
 const QUERY: &percent_encoding::AsciiSet =
