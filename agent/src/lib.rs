@@ -290,7 +290,10 @@ pub async fn start(config: AgentConfig, options: Options) -> Result<Running, Age
         }
     }));
     if let Some(path) = options.watch.clone() {
-        tasks.push(tokio::spawn(reload_loop(path, options.reload_every, admin.clone())));
+        // Read now, not when the task first runs: a change written once `start` has returned is
+        // then always a change (a busy runtime could otherwise start the task after it and miss it).
+        let last = std::fs::read(&path).ok();
+        tasks.push(tokio::spawn(reload_loop(path, last, options.reload_every, admin.clone())));
     }
     if shared.tls.is_some() {
         let (shared, every) = (shared.clone(), options.reload_every);
@@ -485,10 +488,10 @@ fn reload_certs(shared: &Shared) {
     }
 }
 
-/// Checks the file every `every`; applies a changed file that parses, keeps the old config and
+/// Checks the file every `every` against `last` (its bytes when the agent started, then the last
+/// ones read); applies a changed file that parses, keeps the old config and
 /// says why otherwise. In-flight requests finish on the config they started with.
-async fn reload_loop(path: PathBuf, every: Duration, admin: Arc<Admin>) {
-    let mut last = std::fs::read(&path).ok();
+async fn reload_loop(path: PathBuf, mut last: Option<Vec<u8>>, every: Duration, admin: Arc<Admin>) {
     loop {
         tokio::time::sleep(every).await;
         let Ok(text) = tokio::fs::read(&path).await else { continue };
