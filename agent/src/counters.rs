@@ -9,140 +9,93 @@ use meshlens_model::counter::Counter;
 
 use crate::telemetry::{BOUNDS_US, Direction, Registry};
 
-/// Every counter the agent exposes about itself.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Inbound connections accepted.
-    pub inbound_connections: Counter,
+/// Declares [`Counters`] once: each counter's field, its metric name (after `meshlens_agent_`) and
+/// its `# HELP` text (also the field's doc, with any `///` lines above it), in the order `/metrics`
+/// writes them.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $field:ident => $name:literal, $help:literal;)*) => {
+        /// Every counter the agent exposes about itself.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $(#[doc = $help] $(#[doc = $doc])* pub $field: Counter,)*
+        }
+
+        impl Counters {
+            /// Each counter with its metric name and help.
+            fn each(&self) -> impl Iterator<Item = (&'static str, &'static str, &Counter)> {
+                [$(($name, $help, &self.$field)),*].into_iter()
+            }
+        }
+    };
+}
+
+counters! {
+    inbound_connections => "inbound_connections_total", "Inbound connections accepted.";
     /// Outbound connections accepted (from the app).
-    pub outbound_connections: Counter,
+    outbound_connections => "outbound_connections_total", "Outbound connections accepted from the app.";
     /// Connections that ended in a protocol error (malformed HTTP, oversized or slow headers).
-    pub connection_errors: Counter,
+    connection_errors => "connection_errors_total", "Connections ended by a protocol error.";
     /// Outbound requests for a service the config does not name.
-    pub unroutable_unknown_service: Counter,
+    unroutable_unknown_service => "unroutable_unknown_service_total", "Requests for a service not in the config.";
     /// Outbound requests with no endpoint to take them (none configured or all ejected).
-    pub unroutable_no_endpoint: Counter,
-    /// Retries sent.
-    pub retries: Counter,
+    unroutable_no_endpoint => "unroutable_no_endpoint_total", "Requests with no endpoint to take them.";
+    retries => "retries_total", "Retries sent.";
     /// Retries the budget refused.
-    pub retries_budget_denied: Counter,
+    retries_budget_denied => "retries_budget_denied_total", "Retries refused by the retry budget.";
     /// Retries not made because the request body was too large to replay.
-    pub retries_body_too_large: Counter,
+    retries_body_too_large => "retries_body_too_large_total", "Retries not made: body too large to replay.";
     /// Per-try timeouts.
-    pub per_try_timeouts: Counter,
+    per_try_timeouts => "per_try_timeouts_total", "Attempts that hit the per-try timeout.";
     /// Whole-request timeouts.
-    pub request_timeouts: Counter,
+    request_timeouts => "request_timeouts_total", "Requests that hit the whole-request timeout.";
     /// Endpoint ejections.
-    pub ejections: Counter,
+    ejections => "ejections_total", "Endpoints ejected by outlier detection.";
     /// Ejections refused by `max_ejection_percent`.
-    pub ejections_capped: Counter,
+    ejections_capped => "ejections_capped_total", "Ejections refused by max_ejection_percent.";
     /// Injected delays.
-    pub faults_delayed: Counter,
+    faults_delayed => "faults_delayed_total", "Requests delayed by fault injection.";
     /// Injected aborts.
-    pub faults_aborted: Counter,
-    /// Spans queued for export.
-    pub spans_queued: Counter,
+    faults_aborted => "faults_aborted_total", "Requests aborted by fault injection.";
+    spans_queued => "spans_queued_total", "Spans queued for export.";
     /// Spans dropped because the queue was full or export kept failing.
-    pub spans_dropped: Counter,
-    /// Spans the collector accepted.
-    pub spans_exported: Counter,
-    /// Metric exports the collector accepted.
-    pub metric_exports: Counter,
+    spans_dropped => "spans_dropped_total", "Spans dropped (queue full or export failing).";
+    spans_exported => "spans_exported_total", "Spans the collector accepted.";
+    metric_exports => "metric_exports_total", "Metric exports the collector accepted.";
     /// Exports (metrics or spans) that failed.
-    pub export_failures: Counter,
-    /// Config reloads applied.
-    pub reloads: Counter,
+    export_failures => "export_failures_total", "Exports that failed.";
+    reloads => "config_reloads_total", "Config reloads applied.";
     /// Config reloads refused (bad file); the old config kept serving.
-    pub reload_errors: Counter,
+    reload_errors => "config_reload_errors_total", "Config reloads refused; the old config kept serving.";
     /// Times a discovery source's endpoints changed (`crate::discovery`).
-    pub discovery_updates: Counter,
-    /// Discovery lookups or file reads that failed; the source's last endpoints kept serving.
-    pub discovery_errors: Counter,
+    discovery_updates => "discovery_updates_total", "Times a discovery source's endpoints changed.";
+    discovery_errors => "discovery_errors_total", "Discovery lookups or file reads that failed; the source's last endpoints kept serving.";
     /// Inbound requests denied by authorization (403).
-    pub authz_denied: Counter,
+    authz_denied => "authz_denied_total", "Inbound requests denied by authorization.";
     /// Inbound requests over the rate limit (429).
-    pub rate_limited: Counter,
+    rate_limited => "rate_limited_total", "Inbound requests over the rate limit.";
     /// Inbound TLS handshakes that failed (plaintext into strict, unknown CA, expired, garbage).
-    pub tls_handshake_errors: Counter,
-    /// Certificate rotations picked up.
-    pub cert_reloads: Counter,
+    tls_handshake_errors => "tls_handshake_errors_total", "Inbound TLS handshakes that failed.";
+    cert_reloads => "cert_reloads_total", "Certificate rotations picked up.";
     /// Requests answered 400 before routing: Host headers against RFC 9112.
-    pub bad_requests: Counter,
+    bad_requests => "bad_requests_total", "Requests answered 400 for their Host headers (RFC 9112).";
     /// Requests ended with 408: their body sent nothing for `limits.body_idle_timeout`.
-    pub bodies_timed_out: Counter,
+    bodies_timed_out => "request_bodies_timed_out_total", "Requests ended with 408: the body sent nothing for limits.body_idle_timeout.";
     /// Connections closed at once because the listener had `max_connections` open.
-    pub connections_refused: Counter,
+    connections_refused => "connections_refused_total", "Connections closed at once: the listener's max_connections were open.";
     /// Connections closed because their first byte did not come within the header read timeout, or
     /// they had no request in flight for the idle timeout.
-    pub idle_connections_closed: Counter,
-    /// Requests queued for an open tap.
-    pub tap_events_queued: Counter,
+    idle_connections_closed => "idle_connections_closed_total", "Connections closed idle: nothing within the header read timeout, or no request in flight for the idle timeout.";
+    tap_events_queued => "tap_events_queued_total", "Requests queued for an open tap.";
     /// Tap events dropped because the queue was full.
-    pub tap_events_dropped: Counter,
+    tap_events_dropped => "tap_events_dropped_total", "Tap events dropped: the tap queue was full.";
     /// Tap batches the collector did not take (unreachable, refused).
-    pub tap_send_errors: Counter,
+    tap_send_errors => "tap_send_errors_total", "Tap batches the collector did not take.";
 }
 
 /// Prometheus text of the counters and the per-peer request metrics.
 pub(crate) fn render(c: &Counters, registry: &Registry) -> String {
     let mut out = String::new();
-    let counters: [(&str, &str, &Counter); 34] = [
-        ("tap_events_queued_total", "Requests queued for an open tap.", &c.tap_events_queued),
-        ("tap_events_dropped_total", "Tap events dropped: the tap queue was full.", &c.tap_events_dropped),
-        ("tap_send_errors_total", "Tap batches the collector did not take.", &c.tap_send_errors),
-        ("authz_denied_total", "Inbound requests denied by authorization.", &c.authz_denied),
-        ("rate_limited_total", "Inbound requests over the rate limit.", &c.rate_limited),
-        ("tls_handshake_errors_total", "Inbound TLS handshakes that failed.", &c.tls_handshake_errors),
-        ("cert_reloads_total", "Certificate rotations picked up.", &c.cert_reloads),
-        ("inbound_connections_total", "Inbound connections accepted.", &c.inbound_connections),
-        ("outbound_connections_total", "Outbound connections accepted from the app.", &c.outbound_connections),
-        ("connection_errors_total", "Connections ended by a protocol error.", &c.connection_errors),
-        ("bad_requests_total", "Requests answered 400 for their Host headers (RFC 9112).", &c.bad_requests),
-        (
-            "connections_refused_total",
-            "Connections closed at once: the listener's max_connections were open.",
-            &c.connections_refused,
-        ),
-        (
-            "request_bodies_timed_out_total",
-            "Requests ended with 408: the body sent nothing for limits.body_idle_timeout.",
-            &c.bodies_timed_out,
-        ),
-        (
-            "idle_connections_closed_total",
-            "Connections closed idle: nothing within the header read timeout, or no request in flight for the idle timeout.",
-            &c.idle_connections_closed,
-        ),
-        (
-            "unroutable_unknown_service_total",
-            "Requests for a service not in the config.",
-            &c.unroutable_unknown_service,
-        ),
-        ("unroutable_no_endpoint_total", "Requests with no endpoint to take them.", &c.unroutable_no_endpoint),
-        ("retries_total", "Retries sent.", &c.retries),
-        ("retries_budget_denied_total", "Retries refused by the retry budget.", &c.retries_budget_denied),
-        ("retries_body_too_large_total", "Retries not made: body too large to replay.", &c.retries_body_too_large),
-        ("per_try_timeouts_total", "Attempts that hit the per-try timeout.", &c.per_try_timeouts),
-        ("request_timeouts_total", "Requests that hit the whole-request timeout.", &c.request_timeouts),
-        ("ejections_total", "Endpoints ejected by outlier detection.", &c.ejections),
-        ("ejections_capped_total", "Ejections refused by max_ejection_percent.", &c.ejections_capped),
-        ("faults_delayed_total", "Requests delayed by fault injection.", &c.faults_delayed),
-        ("faults_aborted_total", "Requests aborted by fault injection.", &c.faults_aborted),
-        ("spans_queued_total", "Spans queued for export.", &c.spans_queued),
-        ("spans_dropped_total", "Spans dropped (queue full or export failing).", &c.spans_dropped),
-        ("spans_exported_total", "Spans the collector accepted.", &c.spans_exported),
-        ("metric_exports_total", "Metric exports the collector accepted.", &c.metric_exports),
-        ("export_failures_total", "Exports that failed.", &c.export_failures),
-        ("config_reloads_total", "Config reloads applied.", &c.reloads),
-        ("config_reload_errors_total", "Config reloads refused; the old config kept serving.", &c.reload_errors),
-        ("discovery_updates_total", "Times a discovery source's endpoints changed.", &c.discovery_updates),
-        (
-            "discovery_errors_total",
-            "Discovery lookups or file reads that failed; the source's last endpoints kept serving.",
-            &c.discovery_errors,
-        ),
-    ];
-    for (name, help, counter) in counters {
+    for (name, help, counter) in c.each() {
         let _ = writeln!(out, "# HELP meshlens_agent_{name} {help}\n# TYPE meshlens_agent_{name} counter");
         let _ = writeln!(out, "meshlens_agent_{name} {}", counter.get());
     }
