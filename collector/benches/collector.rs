@@ -8,6 +8,8 @@
 //! - `api/graph_1000x5000`: `GET /api/v1/graph` over loopback for 1,000 nodes and 5,000 edges, and the
 //!   same graph for another window (kept ready by the ticks while it is read, and on a first read:
 //!   `_cold`), and read back from the store for a past revision.
+//! - `api/freeze_1000x5000_*`: the part of a view taken under the engine lock, on a window's first
+//!   read (every edge's slices summed) and a second later (the sums kept since, moved on).
 //! - `api/revision_write_1000x5000`: the tick's store write of that revision (its five views).
 //! - `memory`: bytes per in-flight span half in the pairing store, and for 1,000 busy edges with a 1 h
 //!   window; printed, not timed.
@@ -272,24 +274,28 @@ fn big_engine(nodes: u64, edges: u64, secs: u64, now: f64) -> Engine {
     let mut engine = Engine::new(config, Arc::new(Counters::default()), now - secs as f64);
     let mut seq = 0u64;
     for s in (0..secs).rev() {
-        let t = now - s as f64;
-        let mut batches = Vec::new();
-        for e in 0..edges {
-            let (a, b) = (e % nodes, (e % nodes + 1 + e / nodes) % nodes);
-            seq += 1;
-            let dur = 500 + (seq * 7919) % 200_000;
-            batches.push((
-                resource("bench", &format!("svc{a}"), "v1"),
-                vec![span(SpanKind::Client, seq, 1, Some(9), 1, dur, vec![], false)],
-            ));
-            batches.push((
-                resource("bench", &format!("svc{b}"), "v2"),
-                vec![span(SpanKind::Server, seq, 2, Some(1), 1, dur, vec![], false)],
-            ));
-        }
-        engine.ingest_traces(&traces(batches), t);
+        engine.ingest_traces(&second_of_traffic(nodes, edges, &mut seq), now - s as f64);
     }
     engine
+}
+
+/// One request on each of `edges` edges between `nodes` workloads (a CLIENT and a SERVER span).
+fn second_of_traffic(nodes: u64, edges: u64, seq: &mut u64) -> ExportTraceServiceRequest {
+    let mut batches = Vec::new();
+    for e in 0..edges {
+        let (a, b) = (e % nodes, (e % nodes + 1 + e / nodes) % nodes);
+        *seq += 1;
+        let dur = 500 + (*seq * 7919) % 200_000;
+        batches.push((
+            resource("bench", &format!("svc{a}"), "v1"),
+            vec![span(SpanKind::Client, *seq, 1, Some(9), 1, dur, vec![], false)],
+        ));
+        batches.push((
+            resource("bench", &format!("svc{b}"), "v2"),
+            vec![span(SpanKind::Server, *seq, 2, Some(1), 1, dur, vec![], false)],
+        ));
+    }
+    traces(batches)
 }
 
 fn api(c: &mut Criterion) {
@@ -360,12 +366,6 @@ fn api(c: &mut Criterion) {
         let mut merger = Merger::default();
         b.iter(|| meshlens_collector::bench::snapshot(&engine, View::Versioned, 60, now, &mut merger))
     });
-    // The part of a view that holds the engine lock: each edge's window summed, ends and peers copied.
-    g.bench_function("freeze_1000x5000", |b| {
-        let engine = collector.hub.engine.lock();
-        let mut merger = Merger::default();
-        b.iter(|| meshlens_collector::bench::freeze(&engine, 60, now, &mut merger))
-    });
     // The tick's store write of that revision (five views, JSON, deflated), to an in-memory store.
     g.bench_function("revision_write_1000x5000", |b| {
         let rev = collector.hub.latest().unwrap();
@@ -382,6 +382,33 @@ fn api(c: &mut Criterion) {
         let mut merger = Merger::default();
         b.iter(|| meshlens_collector::bench::snapshots(&engine, &View::ALL, 60, now, &mut merger))
     });
+    // The part of a view that holds the engine lock, as a tick takes it: one more second of traffic
+    // on every edge (not timed), then the 60 s window summed from every edge's slices (a window's
+    // first read; what every freeze cost before windows were kept summed), or taken from the sums
+    // kept since the last second. Last: they move the engine's clock on.
+    let (mut t, mut seq) = (now, 1u64 << 40);
+    for (name, kept) in [("freeze_1000x5000_first_read", false), ("freeze_1000x5000_next_second", true)] {
+        g.bench_function(name, |b| {
+            let mut engine = collector.hub.engine.lock();
+            let mut merger = Merger::default();
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    t += 1.0;
+                    engine.ingest_traces(&second_of_traffic(1000, 5000, &mut seq), t);
+                    let start = Instant::now();
+                    let frozen = if kept {
+                        meshlens_collector::bench::freeze(&mut engine, 60, t + 0.5, &mut merger)
+                    } else {
+                        meshlens_collector::bench::freeze_summed(&engine, 60, t + 0.5, &mut merger)
+                    };
+                    spent += start.elapsed();
+                    drop(std::hint::black_box(frozen));
+                }
+                spent
+            })
+        });
+    }
     g.finish();
     rt.block_on(collector.shutdown()).unwrap();
 }

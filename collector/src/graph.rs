@@ -467,7 +467,10 @@ impl Graph {
 
     /// Bytes of memory the windowed stats hold (rings and histograms), for the memory benchmark.
     pub fn window_heap_bytes(&self) -> usize {
-        self.edges.iter().map(|e| e.rings.fine.heap_bytes() + e.rings.coarse.heap_bytes()).sum()
+        self.edges
+            .iter()
+            .map(|e| e.rings.fine.heap_bytes() + e.rings.coarse.heap_bytes() + e.rings.kept_heap_bytes())
+            .sum()
     }
 }
 

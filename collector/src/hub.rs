@@ -158,14 +158,14 @@ impl Hub {
                 pending.extend(engine.evict_idle(now));
                 pending.clone()
             };
-            let frozen = freeze(&engine, self.window_secs, now, merger);
+            let frozen = freeze(&mut engine, self.window_secs, now, merger);
             // The other windows someone is reading: summed now, so their readers need no lock.
             let mut windows: Vec<u64> =
                 watched.iter().map(|k| k.window_secs).filter(|&w| w != self.window_secs).collect();
             windows.sort_unstable();
             windows.dedup();
             let others: Vec<(u64, Frozen)> =
-                windows.into_iter().map(|w| (w, freeze(&engine, w, now, merger))).collect();
+                windows.into_iter().map(|w| (w, freeze(&mut engine, w, now, merger))).collect();
             let records = dirty_records(&mut engine, now as u64);
             (frozen, others, records, engine.data_since, engine.applied.seq, moves)
         };
@@ -298,7 +298,7 @@ impl Hub {
             None => {
                 let mut merger = Merger::default();
                 // Only the windows' sums are taken under the lock; the view is built after it.
-                let frozen = freeze(&self.engine.lock(), key.window_secs, now, &mut merger);
+                let frozen = freeze(&mut self.engine.lock(), key.window_secs, now, &mut merger);
                 let mut g = frozen.view(key.view, &Collapse::new(&key.collapse), &mut merger);
                 g.revision = revision;
                 g

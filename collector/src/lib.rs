@@ -50,7 +50,7 @@ pub mod bench {
     pub use crate::engine::{Engine, EngineConfig, unix_now};
     pub use crate::otlp::lite;
     pub use crate::store::{Store, StoredRevision};
-    pub use crate::views::{freeze, snapshot, snapshots};
+    pub use crate::views::{freeze, freeze_summed, snapshot, snapshots};
 }
 mod tls;
 mod traces;

@@ -7,9 +7,11 @@
 //! raw edges they merge, and aggregates slices and histograms per view edge and per node side, so a
 //! merged node's percentiles are exact.
 //!
-//! Two phases, so readers hold the engine lock only for the first: [`freeze`] sums each edge's
-//! slices over the window and copies the peers and the edges' ends (under the lock; the pipeline
-//! waits meanwhile), and [`Frozen::view`] builds any view from that copy (after it is released).
+//! Two phases, so readers hold the engine lock only for the first: [`freeze`] takes each edge's
+//! window (from the sums the edge keeps per window length, brought up to date with the slices
+//! completed since the last read) and copies the peers and the edges' ends (under the lock; the
+//! pipeline waits meanwhile), and [`Frozen::view`] builds any view from that copy (after it is
+//! released).
 
 use hashbrown::HashMap;
 use meshlens_model::api::{AppDetail, PeerStats, RatePoint, VersionDetail};
@@ -115,17 +117,20 @@ fn aggregate(engine: &Engine, spec: WindowSpec, members: &[u32], merger: &mut Me
     agg.stats()
 }
 
-/// Every active edge's window, summed once (inactive edges: `None`).
-fn edge_windows(engine: &Engine, spec: WindowSpec, merger: &mut Merger) -> Vec<Option<EdgeWindow>> {
+/// Every active edge's window (inactive edges: `None`), from the sums each edge keeps per window
+/// length ([`crate::window::Rings::window`]).
+fn edge_windows(engine: &mut Engine, spec: WindowSpec, merger: &mut Merger) -> Vec<Option<EdgeWindow>> {
+    let mut scratch = Vec::new();
     engine
-        .edges()
-        .iter()
+        .edges_mut()
+        .iter_mut()
         .map(|e| {
-            active(e, &spec).then(|| {
-                let mut agg = Aggregate::new(spec, merger);
-                agg.add(&e.rings, e.metrics_seen);
-                agg.to_window()
-            })
+            if active(e, &spec) {
+                Some(e.rings.window(&spec, e.metrics_seen, merger, &mut scratch))
+            } else {
+                e.rings.forget(spec.secs);
+                None
+            }
         })
         .collect()
 }
@@ -162,9 +167,33 @@ pub struct Frozen {
 
 /// Sums every edge's window ending at `now` and copies what the views need (the part of a view
 /// that needs the engine; run it under the lock, then [`Frozen::view`] after).
-pub fn freeze(engine: &Engine, window_secs: u64, now: f64, merger: &mut Merger) -> Frozen {
+pub fn freeze(engine: &mut Engine, window_secs: u64, now: f64, merger: &mut Merger) -> Frozen {
     let spec = WindowSpec::new(now, window_secs, engine.data_since);
     let windows = edge_windows(engine, spec, merger);
+    frozen(engine, spec, now, windows)
+}
+
+/// [`freeze`] summing every edge's slices afresh, keeping nothing (tests, as the reference, and the
+/// benchmark of a first read).
+#[cfg(any(test, feature = "testkit"))]
+pub fn freeze_summed(engine: &Engine, window_secs: u64, now: f64, merger: &mut Merger) -> Frozen {
+    let spec = WindowSpec::new(now, window_secs, engine.data_since);
+    let windows = engine
+        .edges()
+        .iter()
+        .map(|e| {
+            active(e, &spec).then(|| {
+                let mut agg = Aggregate::new(spec, merger);
+                agg.add(&e.rings, e.metrics_seen);
+                agg.to_window()
+            })
+        })
+        .collect();
+    frozen(engine, spec, now, windows)
+}
+
+fn frozen(engine: &Engine, spec: WindowSpec, now: f64, windows: Vec<Option<EdgeWindow>>) -> Frozen {
+    let window_secs = spec.secs;
     let edges =
         engine.edges().iter().map(|e| EdgeEnds { source: e.source, target: e.target, protocol: e.protocol }).collect();
     let peers = (0..engine.graph.peer_count()).map(|i| engine.peer_at(i as u32).clone()).collect();
@@ -197,7 +226,7 @@ pub(crate) fn collapsed(
     now: f64,
     merger: &mut Merger,
 ) -> GraphSnapshot {
-    freeze(engine, window_secs, now, merger).view(view, collapse, merger)
+    freeze_summed(engine, window_secs, now, merger).view(view, collapse, merger)
 }
 
 /// Computes snapshots of several views over one window: each edge's slices are summed once and the
@@ -210,7 +239,7 @@ pub fn snapshots(
     now: f64,
     merger: &mut Merger,
 ) -> Vec<GraphSnapshot> {
-    freeze(engine, window_secs, now, merger).views(views, merger)
+    freeze_summed(engine, window_secs, now, merger).views(views, merger)
 }
 
 impl Frozen {

@@ -84,12 +84,29 @@ pub struct Obs {
 pub struct Ring {
     width: u64,
     slots: Box<[Slice]>,
+    /// Epochs below this are summed by a kept window ([`Rings::window`]): a write into one is
+    /// counted in `rewrites`, which makes those sums stale.
+    sealed: u64,
+    /// Writes into sealed epochs (a late batch, a store's replay, a restore), wrapping.
+    rewrites: u32,
+    /// The newest epoch written: slots of epochs `len` or more before it hold newer ones.
+    newest: u64,
+}
+
+/// What a ring holds of one epoch.
+enum Held<'a> {
+    /// The epoch's slice.
+    Slice(&'a Slice),
+    /// Nothing was recorded in that epoch (its slot holds an older one).
+    Empty,
+    /// The slot has moved on to a newer epoch.
+    Gone,
 }
 
 impl Ring {
     /// A ring of `len` empty slices of `width` seconds.
     pub fn new(width: u64, len: usize) -> Self {
-        Self { width, slots: vec![Slice::default(); len].into_boxed_slice() }
+        Self { width, slots: vec![Slice::default(); len].into_boxed_slice(), sealed: 0, rewrites: 0, newest: 0 }
     }
 
     /// Slice width in seconds.
@@ -100,6 +117,10 @@ impl Ring {
     /// The slice that holds second `sec`, reset if it held an older epoch.
     pub fn slot_mut(&mut self, sec: u64) -> &mut Slice {
         let epoch = sec / self.width;
+        if epoch < self.sealed {
+            self.rewrites = self.rewrites.wrapping_add(1);
+        }
+        self.newest = self.newest.max(epoch);
         let len = self.slots.len() as u64;
         let i = (epoch % len) as usize;
         if self.slots[i].epoch != epoch {
@@ -120,9 +141,22 @@ impl Ring {
         (slot.epoch == epoch).then_some(slot)
     }
 
+    fn held(&self, epoch: u64) -> Held<'_> {
+        let slot = &self.slots[(epoch % self.slots.len() as u64) as usize];
+        match slot.epoch.cmp(&epoch) {
+            std::cmp::Ordering::Equal => Held::Slice(slot),
+            std::cmp::Ordering::Less => Held::Empty,
+            std::cmp::Ordering::Greater => Held::Gone,
+        }
+    }
+
     /// Puts a slice back (restore from the store); older epochs than what is held are ignored.
     pub fn restore(&mut self, slice: Slice) {
         let i = (slice.epoch % self.slots.len() as u64) as usize;
+        if slice.epoch < self.sealed {
+            self.rewrites = self.rewrites.wrapping_add(1);
+        }
+        self.newest = self.newest.max(slice.epoch);
         if self.slots[i].epoch <= slice.epoch {
             self.slots[i] = slice;
         }
@@ -141,11 +175,118 @@ pub struct Rings {
     pub fine: Ring,
     /// 30 s slices.
     pub coarse: Ring,
+    /// Windows kept summed between reads, one per window length read lately.
+    kept: Vec<KeptSlot>,
 }
 
 impl Default for Rings {
     fn default() -> Self {
-        Self { fine: Ring::new(FINE_WIDTH, FINE_SLOTS), coarse: Ring::new(COARSE_WIDTH, COARSE_SLOTS) }
+        Self {
+            fine: Ring::new(FINE_WIDTH, FINE_SLOTS),
+            coarse: Ring::new(COARSE_WIDTH, COARSE_SLOTS),
+            kept: Vec::new(),
+        }
+    }
+}
+
+/// A kept window not read for this long (seconds) is dropped.
+const KEPT_UNREAD_SECS: u64 = 120;
+/// Most window lengths kept summed per edge (the live cache's 16 keys and the publisher's window).
+const MAX_KEPT: usize = 17;
+
+/// One window length's sums over its *completed* slices `[first, end)`, kept so the next read adds
+/// the slices completed since and takes away those that left the window, instead of summing them
+/// all again: a read costs the slices that changed, not the window's length. Only the slice being
+/// filled is added per read. A maximum cannot be taken away, so `hist.max_us` is unused; the
+/// window's maximum is read from its slices.
+#[derive(Clone, Debug)]
+struct Kept {
+    first: u64,
+    end: u64,
+    /// The ring's `rewrites` when these sums were made: any other value means they are stale.
+    rewrites: u32,
+    sums: Sums,
+    hist: SparseHist,
+    /// Each summed epoch's requests, errors and largest latency, oldest first (`end - first` of
+    /// them), so a read copies these instead of visiting every slice.
+    steps: std::collections::VecDeque<Step>,
+}
+
+/// What a window needs of one slice per step.
+#[derive(Clone, Copy, Debug, Default)]
+struct Step {
+    requests: u32,
+    errors: u32,
+    max_us: u64,
+}
+
+impl Step {
+    fn of(s: &Slice) -> Self {
+        Self { requests: s.requests, errors: s.errors, max_us: s.hist.max_us }
+    }
+}
+
+/// A [`Kept`] with what finding it needs, so looking one up reads a few cache lines, not each.
+#[derive(Clone, Debug)]
+struct KeptSlot {
+    window_secs: u64,
+    /// The newest epoch's start (Unix seconds) of the last read.
+    read_at: u64,
+    kept: Box<Kept>,
+}
+
+impl Kept {
+    /// Sums `[first, end)` from scratch.
+    fn sum(ring: &Ring, first: u64, end: u64, merger: &mut Merger) -> Self {
+        merger.reset();
+        let mut sums = Sums::default();
+        let mut steps = std::collections::VecDeque::with_capacity((end - first) as usize);
+        for epoch in first..end {
+            match ring.get(epoch) {
+                Some(s) => {
+                    sums.add_slice(s);
+                    merger.add(&s.hist);
+                    steps.push_back(Step::of(s));
+                }
+                None => steps.push_back(Step::default()),
+            }
+        }
+        let hist = merger.to_sparse();
+        Self { first, end, rewrites: ring.rewrites, sums, hist, steps }
+    }
+
+    /// Moves these sums to `[first, end)`; false when they cannot be (stale, moved backwards, no
+    /// overlap, or a slice summed or to take away is no longer held): then they are summed again.
+    fn advance(&mut self, ring: &Ring, first: u64, end: u64, scratch: &mut Vec<(u16, u32)>) -> bool {
+        let overwritten = ring.newest >= self.first.max(first) + ring.slots.len() as u64;
+        if self.rewrites != ring.rewrites || first < self.first || end < self.end || first >= self.end || overwritten {
+            return false;
+        }
+        for epoch in self.end..end {
+            match ring.held(epoch) {
+                Held::Slice(s) => {
+                    self.sums.add_slice(s);
+                    self.hist.add_buckets(&s.hist, scratch);
+                    self.steps.push_back(Step::of(s));
+                }
+                Held::Empty => self.steps.push_back(Step::default()),
+                Held::Gone => return false,
+            }
+        }
+        for epoch in self.first..first {
+            match ring.held(epoch) {
+                Held::Slice(s) => {
+                    self.sums.sub_slice(s);
+                    self.hist.sub_buckets(&s.hist, scratch);
+                }
+                // Empty now means empty when it was added: slots only move to newer epochs.
+                Held::Empty => {}
+                Held::Gone => return false,
+            }
+            self.steps.pop_front();
+        }
+        (self.first, self.end) = (first, end);
+        true
     }
 }
 
@@ -194,11 +335,94 @@ impl Rings {
     pub fn ring_for(&self, window_secs: u64) -> &Ring {
         if window_secs <= FINE_SLOTS as u64 * FINE_WIDTH { &self.fine } else { &self.coarse }
     }
+
+    /// This edge's window over `spec`, the same as [`Aggregate::add`] then [`Aggregate::to_window`]
+    /// (`agent_reported`: agents report it), from sums kept for `spec`'s window length since the
+    /// last read of it: a read adds what completed since and takes away what left, and sums the
+    /// window only the first time or when a write landed in a slice already summed.
+    pub(crate) fn window(
+        &mut self,
+        spec: &WindowSpec,
+        agent_reported: bool,
+        merger: &mut Merger,
+        scratch: &mut Vec<(u16, u32)>,
+    ) -> EdgeWindow {
+        let ring = if spec.width == FINE_WIDTH { &mut self.fine } else { &mut self.coarse };
+        let (first, end) = (spec.first, spec.last);
+        let read_at = spec.last * spec.width;
+        // Kept sums unread for a while go first (a scan of a few small slots).
+        if self.kept.iter().any(|k| k.read_at + KEPT_UNREAD_SECS < read_at) {
+            self.kept.retain(|k| k.read_at + KEPT_UNREAD_SECS >= read_at);
+        }
+        let i = match self.kept.iter().position(|k| k.window_secs == spec.secs) {
+            Some(i) => {
+                if !self.kept[i].kept.advance(ring, first, end, scratch) {
+                    *self.kept[i].kept = Kept::sum(ring, first, end, merger);
+                }
+                i
+            }
+            None => {
+                let kept = Box::new(Kept::sum(ring, first, end, merger));
+                let slot = KeptSlot { window_secs: spec.secs, read_at, kept };
+                if self.kept.len() < MAX_KEPT {
+                    self.kept.push(slot);
+                    self.kept.len() - 1
+                } else {
+                    // Full: the least recently read gives its place.
+                    let oldest = self.kept.iter().enumerate().min_by_key(|(_, k)| k.read_at).map_or(0, |(j, _)| j);
+                    self.kept[oldest] = slot;
+                    oldest
+                }
+            }
+        };
+        ring.sealed = ring.sealed.max(end);
+        self.kept[i].read_at = read_at;
+        let kept = &self.kept[i].kept;
+        let mut per_step = Vec::with_capacity(spec.steps());
+        let mut max_us = 0;
+        for s in &kept.steps {
+            per_step.push((u64::from(s.requests), u64::from(s.errors)));
+            max_us = max_us.max(s.max_us);
+        }
+        let mut counts = Counts { sums: kept.sums.clone(), agent_reported, per_step };
+        let mut hist = kept.hist.clone();
+        // The slice being filled.
+        let now = ring.get(spec.last).map(|s| {
+            counts.sums.add_slice(s);
+            hist.add_buckets(&s.hist, scratch);
+            Step::of(s)
+        });
+        let now = now.unwrap_or_default();
+        counts.per_step.push((u64::from(now.requests), u64::from(now.errors)));
+        hist.max_us = max_us.max(now.max_us);
+        EdgeWindow { counts, hist }
+    }
+
+    /// Drops the sums kept for a window length (the edge is idle in it).
+    pub(crate) fn forget(&mut self, window_secs: u64) {
+        self.kept.retain(|k| k.window_secs != window_secs);
+    }
+
+    /// Heap bytes of the kept sums.
+    pub(crate) fn kept_heap_bytes(&self) -> usize {
+        self.kept.capacity() * std::mem::size_of::<KeptSlot>()
+            + self
+                .kept
+                .iter()
+                .map(|k| {
+                    std::mem::size_of::<Kept>()
+                        + k.kept.hist.heap_bytes()
+                        + k.kept.steps.capacity() * std::mem::size_of::<Step>()
+                })
+                .sum::<usize>()
+    }
 }
 
 /// Which slices a query covers.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct WindowSpec {
+    /// The window's length asked for, seconds.
+    pub secs: u64,
     /// Slice width.
     pub width: u64,
     /// First epoch included.
@@ -224,7 +448,7 @@ impl WindowSpec {
         let begin = window_start.max(data_since);
         let covered_secs = (now - begin).max(1.0);
         let first_full = ((data_since.max(0.0) as u64).div_ceil(width)).max(first);
-        Self { width, first, last, covered_secs, first_full }
+        Self { secs: window_secs, width, first, last, covered_secs, first_full }
     }
 
     /// Number of steps in the window.
@@ -233,9 +457,9 @@ impl WindowSpec {
     }
 }
 
-/// Counters summed over a window, per step too.
-#[derive(Clone, Debug, Default)]
-struct Counts {
+/// A window's counters, summed over its slices.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Sums {
     requests: u64,
     errors: u64,
     codes: [u64; 5],
@@ -243,22 +467,37 @@ struct Counts {
     retries: u64,
     timeouts: u64,
     grpc: Option<[u64; 17]>,
-    agent_reported: bool,
-    per_step: Vec<(u64, u64)>,
 }
 
-fn add_grpc<T: Copy + Into<u64>>(into: &mut Option<[u64; 17]>, from: Option<&[T; 17]>) {
-    if let Some(from) = from {
-        let into = into.get_or_insert([0; 17]);
-        for (a, &b) in into.iter_mut().zip(from) {
-            *a += b.into();
+impl Sums {
+    /// Applies `op` to each counter and the slice's matching one.
+    fn apply(&mut self, s: &Slice, op: impl Fn(u64, u64) -> u64) {
+        self.requests = op(self.requests, u64::from(s.requests));
+        self.errors = op(self.errors, u64::from(s.errors));
+        for (a, b) in self.codes.iter_mut().zip(s.codes) {
+            *a = op(*a, u64::from(b));
+        }
+        self.mtls = op(self.mtls, u64::from(s.mtls));
+        self.retries = op(self.retries, u64::from(s.retries));
+        self.timeouts = op(self.timeouts, u64::from(s.timeouts));
+        if let Some(from) = s.grpc.as_deref() {
+            let into = self.grpc.get_or_insert([0; 17]);
+            for (a, &b) in into.iter_mut().zip(from) {
+                *a = op(*a, u64::from(b));
+            }
         }
     }
-}
 
-impl Counts {
-    fn add(&mut self, o: &Counts) {
-        self.agent_reported |= o.agent_reported;
+    fn add_slice(&mut self, s: &Slice) {
+        self.apply(s, |a, b| a + b);
+    }
+
+    /// Takes away a slice added before.
+    fn sub_slice(&mut self, s: &Slice) {
+        self.apply(s, u64::saturating_sub);
+    }
+
+    fn add(&mut self, o: &Sums) {
         self.requests += o.requests;
         self.errors += o.errors;
         for (a, b) in self.codes.iter_mut().zip(o.codes) {
@@ -267,7 +506,27 @@ impl Counts {
         self.mtls += o.mtls;
         self.retries += o.retries;
         self.timeouts += o.timeouts;
-        add_grpc(&mut self.grpc, o.grpc.as_ref());
+        if let Some(from) = &o.grpc {
+            let into = self.grpc.get_or_insert([0; 17]);
+            for (a, &b) in into.iter_mut().zip(from) {
+                *a += b;
+            }
+        }
+    }
+}
+
+/// Counters summed over a window, per step too.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Counts {
+    sums: Sums,
+    agent_reported: bool,
+    per_step: Vec<(u64, u64)>,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.agent_reported |= o.agent_reported;
+        self.sums.add(&o.sums);
         for (a, b) in self.per_step.iter_mut().zip(&o.per_step) {
             a.0 += b.0;
             a.1 += b.1;
@@ -277,7 +536,7 @@ impl Counts {
 
 /// One edge's window summed once, so the five views of a tick can merge edges without walking
 /// their slices again.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct EdgeWindow {
     counts: Counts,
     hist: SparseHist,
@@ -304,15 +563,7 @@ impl<'m> Aggregate<'m> {
         let ring = if self.spec.width == FINE_WIDTH { &rings.fine } else { &rings.coarse };
         for epoch in self.spec.first..=self.spec.last {
             let Some(s) = ring.get(epoch) else { continue };
-            c.requests += u64::from(s.requests);
-            c.errors += u64::from(s.errors);
-            for (a, b) in c.codes.iter_mut().zip(s.codes) {
-                *a += u64::from(b);
-            }
-            c.mtls += u64::from(s.mtls);
-            c.retries += u64::from(s.retries);
-            c.timeouts += u64::from(s.timeouts);
-            add_grpc(&mut c.grpc, s.grpc.as_deref());
+            c.sums.add_slice(s);
             let step = &mut c.per_step[(epoch - self.spec.first) as usize];
             step.0 += u64::from(s.requests);
             step.1 += u64::from(s.errors);
@@ -327,6 +578,7 @@ impl<'m> Aggregate<'m> {
     }
 
     /// This aggregate as an [`EdgeWindow`] for later merging.
+    #[cfg(any(test, feature = "testkit"))]
     pub(crate) fn to_window(&self) -> EdgeWindow {
         EdgeWindow { counts: self.counts.clone(), hist: self.merger.to_sparse() }
     }
@@ -343,10 +595,11 @@ impl<'m> Aggregate<'m> {
 
     /// The stats.
     pub(crate) fn stats(&self) -> Stats {
-        let c = &self.counts;
+        let c = &self.counts.sums;
         let rps = c.requests as f64 / self.spec.covered_secs;
         let w = self.spec.width as f64;
-        let full: Vec<f64> = c
+        let full: Vec<f64> = self
+            .counts
             .per_step
             .iter()
             .enumerate()
@@ -356,6 +609,7 @@ impl<'m> Aggregate<'m> {
             })
             .map(|(_, &(r, _))| r as f64 / w)
             .collect();
+        let agent_reported = self.counts.agent_reported;
         let (rps_min, rps_max) = if full.is_empty() {
             (rps, rps)
         } else {
@@ -369,8 +623,8 @@ impl<'m> Aggregate<'m> {
             rps_max: round2(rps_max),
             codes: Codes::from_array(c.codes),
             latency_ms: self.merger.latency_ms(),
-            retries: c.agent_reported.then_some(c.retries),
-            timeouts: c.agent_reported.then_some(c.timeouts),
+            retries: agent_reported.then_some(c.retries),
+            timeouts: agent_reported.then_some(c.timeouts),
             grpc_codes: c.grpc.as_ref().and_then(meshlens_model::stats::grpc_breakdown),
             ..Stats::default()
         };
@@ -422,6 +676,93 @@ mod tests {
         let s = a.stats();
         assert_eq!(s.requests, 120);
         assert_eq!(s.retries, Some(0));
+    }
+
+    /// The kept sums against summing every slice again, over a long random history: steady
+    /// seconds, bursts, gaps longer than the rings, late writes into summed slices, restores,
+    /// reads going back a little in time, and many window lengths read in turn.
+    #[test]
+    fn kept_windows_equal_a_full_sum_whatever_the_history() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut r = Rings::default();
+        let (mut m, mut m2, mut scratch) = (Merger::default(), Merger::default(), Vec::new());
+        let windows = [10u64, 30, 60, 119, 120, 121, 300, 900, 3600];
+        let mut now = 1_800_000_000u64;
+        let (mut kept_hits, mut reads) = (0, 0);
+        for step in 0..6000 {
+            now += match rand(100) {
+                0 => 200 + rand(4000),
+                1..=10 => 0,
+                _ => 1,
+            };
+            for _ in 0..rand(4) {
+                let sec = if rand(20) == 0 { now.saturating_sub(1 + rand(200)) } else { now };
+                let mut o = obs(rand(7) == 0, 50 + rand(400_000));
+                o.count = 1 + rand(3) as u32;
+                o.grpc = (rand(5) == 0).then(|| rand(17) as u8);
+                o.mtls = rand(2) == 0;
+                r.record(sec, &o);
+            }
+            if rand(50) == 0 {
+                r.record_retries(now - rand(30), 1 + rand(3) as u32, rand(2) as u32);
+            }
+            if rand(300) == 0 {
+                let mut s = Slice { epoch: now / FINE_WIDTH - rand(50), requests: 3, ..Slice::default() };
+                s.hist.record(777);
+                r.fine.restore(s);
+            }
+            let read_at = if rand(30) == 0 { now as f64 - rand(3) as f64 } else { now as f64 + 0.5 };
+            for (i, &w) in windows.iter().enumerate() {
+                if (step + i) % 3 == 0 && rand(4) != 0 {
+                    continue;
+                }
+                let spec = WindowSpec::new(read_at, w, 1_800_000_000.0);
+                let before = r.kept.iter().find(|k| k.window_secs == w).map(|k| (k.kept.first, k.kept.end));
+                // gRPC counts of all zeros read as none (reused slices keep a zeroed array).
+                let norm = |mut w: EdgeWindow| {
+                    w.counts.sums.grpc = w.counts.sums.grpc.filter(|g| g.iter().any(|&n| n > 0));
+                    w
+                };
+                let got = norm(r.window(&spec, step % 2 == 0, &mut m, &mut scratch));
+                let mut agg = Aggregate::new(spec, &mut m2);
+                agg.add(&r, step % 2 == 0);
+                assert_eq!(got, norm(agg.to_window()), "step {step}, window {w}s at {read_at}");
+                reads += 1;
+                if before.is_some_and(|(f, e)| (f, e) != (spec.first, spec.last) && f <= spec.first && e <= spec.last) {
+                    kept_hits += 1;
+                }
+            }
+        }
+        // The kept sums were moved forward most of the time, not summed again.
+        assert!(kept_hits * 2 > reads, "{kept_hits} of {reads}");
+        assert!(r.kept.len() <= MAX_KEPT);
+    }
+
+    #[test]
+    fn a_window_unread_for_two_minutes_is_dropped() {
+        let mut r = Rings::default();
+        let (mut m, mut scratch) = (Merger::default(), Vec::new());
+        r.record(1000, &obs(false, 5));
+        r.window(&WindowSpec::new(1000.5, 60, 0.0), false, &mut m, &mut scratch);
+        r.window(&WindowSpec::new(1000.5, 30, 0.0), false, &mut m, &mut scratch);
+        assert_eq!(r.kept.len(), 2);
+        r.window(&WindowSpec::new(1200.5, 30, 0.0), false, &mut m, &mut scratch);
+        assert_eq!(r.kept.iter().map(|k| k.window_secs).collect::<Vec<_>>(), [30]);
+        r.forget(30);
+        assert!(r.kept.is_empty());
+        // More window lengths than are kept: the least recently read gives its place.
+        for (i, w) in (10..10 + MAX_KEPT as u64 + 3).enumerate() {
+            r.window(&WindowSpec::new(1300.5 + i as f64, w, 0.0), false, &mut m, &mut scratch);
+        }
+        assert_eq!(r.kept.len(), MAX_KEPT);
+        assert!(r.kept.iter().any(|k| k.window_secs == 10 + MAX_KEPT as u64 + 2));
+        assert!(!r.kept.iter().any(|k| k.window_secs == 10));
     }
 
     #[test]

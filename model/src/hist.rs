@@ -99,6 +99,71 @@ impl SparseHist {
     pub fn heap_bytes(&self) -> usize {
         self.buckets.capacity() * std::mem::size_of::<(u16, u32)>()
     }
+
+    /// Adds `other`'s buckets to these (`max_us` is left as it is: a maximum cannot be taken back, so
+    /// a sum kept by adding and [subtracting](Self::sub_buckets) tracks its maximum apart).
+    /// `scratch` is reused between calls.
+    pub fn add_buckets(&mut self, other: &SparseHist, scratch: &mut Vec<(u16, u32)>) {
+        self.merge_buckets(other, scratch, |a, b| a.saturating_add(b));
+    }
+
+    /// Takes away buckets [added](Self::add_buckets) before; a bucket that reaches zero goes.
+    pub fn sub_buckets(&mut self, other: &SparseHist, scratch: &mut Vec<(u16, u32)>) {
+        self.merge_buckets(other, scratch, |a, b| a.saturating_sub(b));
+    }
+
+    fn merge_buckets(&mut self, other: &SparseHist, scratch: &mut Vec<(u16, u32)>, op: impl Fn(u32, u32) -> u32) {
+        match other.buckets.as_slice() {
+            [] => {}
+            // One bucket (the common slice at low rates): in place.
+            &[(idx, n)] => match self.buckets.binary_search_by_key(&idx, |&(i, _)| i) {
+                Ok(pos) => {
+                    let v = op(self.buckets[pos].1, n);
+                    if v == 0 {
+                        self.buckets.remove(pos);
+                    } else {
+                        self.buckets[pos].1 = v;
+                    }
+                }
+                Err(pos) => {
+                    let v = op(0, n);
+                    if v > 0 {
+                        self.buckets.insert(pos, (idx, v));
+                    }
+                }
+            },
+            theirs => {
+                scratch.clear();
+                let (mut a, mut b) = (self.buckets.iter().peekable(), theirs.iter().peekable());
+                loop {
+                    let (idx, v) = match (a.peek(), b.peek()) {
+                        (Some(&&(i, x)), Some(&&(j, y))) if i == j => {
+                            a.next();
+                            b.next();
+                            (i, op(x, y))
+                        }
+                        (Some(&&(i, x)), Some(&&(j, _))) if i < j => {
+                            a.next();
+                            (i, x)
+                        }
+                        (Some(&&(i, x)), None) => {
+                            a.next();
+                            (i, x)
+                        }
+                        (_, Some(&&(j, y))) => {
+                            b.next();
+                            (j, op(0, y))
+                        }
+                        (None, None) => break,
+                    };
+                    if v > 0 {
+                        scratch.push((idx, v));
+                    }
+                }
+                std::mem::swap(&mut self.buckets, scratch);
+            }
+        }
+    }
 }
 
 /// A dense accumulator for merging many sparse histograms, reused across merges.
@@ -203,6 +268,38 @@ impl Merger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_added_then_taken_away_leave_what_was_there() {
+        let mut sum = SparseHist::default();
+        let mut scratch = Vec::new();
+        let parts: Vec<SparseHist> = (0..6u64)
+            .map(|k| {
+                let mut h = SparseHist::default();
+                for v in 0..(k * 3) {
+                    h.record(100 + v * v * 37 * (k + 1));
+                }
+                h
+            })
+            .collect();
+        for p in &parts {
+            sum.add_buckets(p, &mut scratch);
+        }
+        let mut expected = SparseHist::default();
+        for p in &parts[2..] {
+            for &(i, n) in &p.buckets {
+                expected.record_n(value_of(i), n);
+            }
+        }
+        for p in &parts[..2] {
+            sum.sub_buckets(p, &mut scratch);
+        }
+        assert_eq!(sum.buckets, expected.buckets);
+        for p in &parts[2..] {
+            sum.sub_buckets(p, &mut scratch);
+        }
+        assert!(sum.is_empty());
+    }
 
     #[test]
     fn index_and_bounds_agree() {
